@@ -1,0 +1,394 @@
+"""`blocklist`: the hotline's command line. A shell: parse, call the core, print.
+
+Exit codes: 0 success (for `check`: listed), 1 not listed / nothing done where a
+script may care, 2 usage or input error (click's convention), 3 store or key error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from blocklist import __version__
+from blocklist.digests import Scope, digest, domain_keys, entry_keys, kind_of, make_entry
+from blocklist.errors import BlocklistError, InvalidURL, StoreError
+from blocklist.format import public_key_text
+from blocklist.home import Home, HotlineConfig, default_home
+from blocklist.importer import ImportFileError, parse_file
+from blocklist.matcher import ListFilter, Matcher
+from blocklist.publish import publish as run_publish
+from blocklist.store import Store, default_actor
+from blocklist.table import render
+from blocklist.urls import canonicalize
+
+DEFAULT_LIST = "default"
+SCOPES = click.Choice([s.value for s in Scope])
+
+
+class Context:
+    def __init__(self, home: Path, actor: str) -> None:
+        self.home = Home(home)
+        self.actor = actor
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self.home.require()
+            self._store = Store(self.home.store_path)
+        return self._store
+
+
+def _when(ts: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
+
+
+def _fail(message: str, code: int = 3) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class BlocklistGroup(click.Group):
+    """Turns our errors into one clear line and an exit code; never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ImportFileError as exc:
+            for problem in exc.problems[:50]:
+                click.echo(problem, err=True)
+            if len(exc.problems) > 50:
+                click.echo(f"... and {len(exc.problems) - 50} more", err=True)
+            _fail(str(exc), 2)
+        except InvalidURL as exc:
+            _fail(str(exc), 2)
+        except BlocklistError as exc:
+            _fail(str(exc))
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(cls=BlocklistGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=default_home,
+              show_default="$BLOCKLIST_HOME or ~/.local/share/blocklist", help="Hotline home directory.")
+@click.option("--actor", default=default_actor, show_default="$BLOCKLIST_ACTOR or $USER",
+              help="Who makes the change, for the audit log.")
+@click.version_option(__version__)
+@click.pass_context
+def main(ctx: click.Context, home: Path, actor: str) -> None:
+    """Maintain and publish URL blocklists (the hotline side).
+
+    \b
+    Example:
+      blocklist init
+      blocklist add http://bad.example/page.html --reason "report 123"
+      blocklist publish
+      blocklist serve --port 8080
+    """
+    ctx.obj = Context(home, actor)
+
+
+@main.command()
+@click.option("--list", "list_name", default=DEFAULT_LIST, show_default=True, help="First list to create.")
+@click.option("--error-rate", type=float, default=None, help="Its Bloom false-positive rate (default 1e-6).")
+@pass_ctx
+def init(c: Context, list_name: str, error_rate: float | None) -> None:
+    """Create the home: store, signing key (mode 0600), config and a first list.
+
+    \b
+    Example:
+      blocklist --home /srv/hotline init --list iwf
+    """
+    created = c.home.init(HotlineConfig())
+    config = c.home.config()
+    with c.store.transaction():
+        if c.store.get_list(list_name) is None:
+            c.store.create_list(list_name, error_rate or config.default_error_rate, c.actor)
+        if created:
+            c.store.audit(c.actor, "init", "", {"home": str(c.home.root)})
+    click.echo(f"{'initialized' if created else 'already initialized'}: {c.home.root}")
+    click.echo(f"lists: {', '.join(l.name for l in c.store.lists())}")
+    click.echo(f"signing key: {c.home.key_path} (export the public key with `blocklist key export`)")
+
+
+def _list_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--list", "list_name", default=DEFAULT_LIST, show_default=True,
+                        help="The list to change or read.")(f)
+
+
+@main.command()
+@click.argument("urls", nargs=-1, required=True)
+@_list_option
+@click.option("--scope", type=SCOPES, default="page", show_default=True,
+              help="page: that page; folder: that path and below; domain: the host and subdomains.")
+@click.option("--reason", default="", help="Why it is listed (kept in the store, never published).")
+@click.option("--ref", default="", help="External reference, e.g. a report number.")
+@click.option("--create-list", is_flag=True, help="Create the list if it does not exist.")
+@pass_ctx
+def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, reason: str, ref: str,
+        create_list: bool) -> None:
+    """Add URLs to a list (all of them or none).
+
+    \b
+    Example:
+      blocklist add http://bad.example/a.html http://bad.example/b.html --ref R-17
+      blocklist add http://bad.example/ --scope domain --reason "whole site"
+    """
+    entries = [make_entry(url, Scope(scope)) for url in urls]
+    with c.store.transaction():
+        info = c.store.get_list(list_name)
+        if info is None:
+            if not create_list:
+                raise StoreError(f"no list named {list_name!r}; pass --create-list to create it")
+            info = c.store.create_list(list_name, c.home.config().default_error_rate, c.actor)
+        dupes = [e.url for e in entries if c.store.has_entry(info, e)]
+        if dupes:
+            raise StoreError(f"already listed in {list_name} as {scope}: {', '.join(dupes)}; nothing added")
+        added, _ = c.store.add_entries(info, [(e, reason, ref) for e in entries], c.actor)
+    click.echo(f"added {added} {scope} entr{'y' if added == 1 else 'ies'} to {list_name}; "
+               "run `blocklist publish` to distribute")
+
+
+@main.command()
+@click.argument("urls", nargs=-1, required=True)
+@_list_option
+@click.option("--scope", type=SCOPES, default=None, help="Only remove the entry of this scope.")
+@pass_ctx
+def remove(c: Context, urls: tuple[str, ...], list_name: str, scope: str | None) -> None:
+    """Remove URLs from a list (all of them or none).
+
+    Without --scope, every entry of the URL in any scope is removed.
+
+    \b
+    Example:
+      blocklist remove http://bad.example/a.html
+    """
+    scopes = [Scope(scope)] if scope else list(Scope)
+    with c.store.transaction():
+        info = c.store.require_list(list_name)
+        missing, removed = [], 0
+        for url in urls:
+            candidates = []
+            for s in scopes:
+                try:
+                    candidates.append(make_entry(url, s))
+                except InvalidURL:
+                    if scope:
+                        raise
+            hits = [e for e in candidates if c.store.remove_entry(info, e, c.actor)]
+            removed += len(hits)
+            if not hits:
+                missing.append(url)
+        if missing:
+            raise StoreError(f"not listed in {list_name}: {', '.join(missing)}; nothing removed")
+    click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {list_name}; "
+               "run `blocklist publish` to distribute")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_list_option
+@click.option("--scope", type=SCOPES, default="page", show_default=True,
+              help="Scope of lines (or CSV rows) that do not name one.")
+@click.option("--reason", default="", help="Reason for rows that give none.")
+@click.option("--create-list", is_flag=True, help="Create the list if it does not exist.")
+@pass_ctx
+def import_(c: Context, file: Path, list_name: str, scope: str, reason: str, create_list: bool) -> None:
+    """Import a file of URLs: all or nothing; every bad line is named as FILE:LINE.
+
+    Text files hold one URL a line ("#" starts a comment). CSV files have a
+    header row with `url` and optionally `scope`, `reason`, `ref`.
+
+    \b
+    Example:
+      blocklist import reports.txt --list iwf
+      blocklist import reports.csv --scope folder
+    """
+    total = sum(1 for _ in file.open("rb"))
+    with click.progressbar(length=total, label=f"checking {file.name}", file=sys.stderr) as bar:
+        items = parse_file(file, Scope(scope), bar.update)
+    with c.store.transaction():
+        info = c.store.get_list(list_name)
+        if info is None:
+            if not create_list:
+                raise StoreError(f"no list named {list_name!r}; pass --create-list to create it")
+            info = c.store.create_list(list_name, c.home.config().default_error_rate, c.actor)
+        with click.progressbar(items, label=f"importing into {list_name}", file=sys.stderr) as bar:
+            added, already = c.store.add_entries(
+                info, ((i.entry, i.reason or reason, i.ref) for i in bar), c.actor, source=str(file))
+    click.echo(f"imported {added} entr{'y' if added == 1 else 'ies'} into {list_name}"
+               + (f" ({already} already listed)" if already else "")
+               + "; run `blocklist publish` to distribute")
+
+
+@main.command("ls")
+@click.option("--list", "list_name", default=None, help="Only this list.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@pass_ctx
+def ls(c: Context, list_name: str | None, as_json: bool) -> None:
+    """List entries (hotline-private: shows plaintext URLs).
+
+    \b
+    Example:
+      blocklist ls --list iwf --json | jq '.[].url'
+    """
+    if list_name:
+        c.store.require_list(list_name)
+    rows = list(c.store.entries(list_name))
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in rows], indent=1))
+        return
+    click.echo(render(["LIST", "SCOPE", "URL", "ADDED", "BY", "REASON", "REF"],
+                      [[r.list, r.scope.value, r.url, _when(r.added_at), r.added_by, r.reason, r.ref]
+                       for r in rows]))
+    click.echo(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+
+
+@main.command()
+@click.argument("url")
+@click.option("--list", "list_name", default=None, help="Only this list (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@pass_ctx
+def check(c: Context, url: str, list_name: str | None, as_json: bool) -> None:
+    """Is URL listed now (in the store, published or not)? Exit 0 listed, 1 not.
+
+    \b
+    Example:
+      blocklist check 'http://BAD.example:80/a.html#x' && echo listed
+    """
+    infos = [c.store.require_list(list_name)] if list_name else c.store.lists()
+    filters = []
+    for info in infos:
+        entries, hosts = c.store.digest_sets(info)
+        filters.append(ListFilter(info.name, c.store.last_published(info), info.salt, entries, hosts))
+    verdict = Matcher(filters).check(url)
+    matched: list[dict[str, Any]] = []
+    if verdict.blocked:
+        info = next(i for i in infos if i.name == verdict.list)
+        matched = [r.as_json() for r in _explain(c.store, info, url)]
+    if as_json:
+        click.echo(json.dumps({"url": url, "listed": verdict.blocked, "list": verdict.list,
+                               "scope": verdict.scope and verdict.scope.value, "entries": matched}))
+    elif verdict.blocked:
+        click.echo(f"listed in {verdict.list} ({verdict.scope.value} entry"
+                   + (f" {matched[0]['url']}" if matched else "") + ")")
+    else:
+        click.echo("not listed")
+    sys.exit(0 if verdict.blocked else 1)
+
+
+def _explain(store: Store, info: Any, url: str) -> list[Any]:
+    """The store rows behind a match (the hotline may see its own plaintext)."""
+    cu = canonicalize(url)
+    values = [digest(info.salt, kind_of(Scope.DOMAIN), h) for h in domain_keys(cu.host)]
+    values += [digest(info.salt, kind_of(s), k) for s, k in entry_keys(cu)]
+    rows = []
+    for value in values:
+        rows.extend(store.entries_with_digest(info, value))
+    return rows
+
+
+@main.command()
+@click.option("--list", "list_name", default=None, help="Only changes to this list.")
+@click.option("-n", "--limit", type=int, default=50, show_default=True, help="Newest N records (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@pass_ctx
+def log(c: Context, list_name: str | None, limit: int, as_json: bool) -> None:
+    """Show the audit log: who changed what, when.
+
+    \b
+    Example:
+      blocklist log -n 20 --list iwf
+    """
+    rows = c.store.log(limit or None, list_name)
+    if as_json:
+        click.echo(json.dumps([{"id": r.id, "at": r.at, "actor": r.actor, "action": r.action,
+                                "list": r.list, "detail": r.detail} for r in rows], indent=1))
+        return
+    click.echo(render(["#", "WHEN", "ACTOR", "ACTION", "LIST", "DETAIL"],
+                      [[r.id, _when(r.at), r.actor, r.action, r.list,
+                        " ".join(f"{k}={v}" for k, v in sorted(r.detail.items()))] for r in rows]))
+
+
+@main.command("publish")
+@click.option("--list", "list_names", multiple=True, help="Only these lists (repeatable; default all).")
+@pass_ctx
+def publish_cmd(c: Context, list_names: tuple[str, ...]) -> None:
+    """Compile changed lists into snapshots and deltas and sign a new manifest.
+
+    Prints the new version of each published list. Publishes nothing, and says
+    so, when nothing changed (but renews the manifest's expiry once half of its
+    lifetime has passed: run it daily from cron).
+
+    \b
+    Example:
+      blocklist publish && rsync -a ~/.local/share/blocklist/publish/ mirror:/srv/www/
+    """
+    c.store  # noqa: B018 - opens and checks the home first
+    result = run_publish(c.home, c.store, c.actor, list(list_names) or None,
+                         progress=lambda msg: click.echo(msg, err=True))
+    for name, version in sorted(result.published.items()):
+        click.echo(f"{name} {version}")
+    if not result.published:
+        versions = ", ".join(f"{n} {v}" for n, v in sorted(result.unchanged.items())) or "no lists"
+        click.echo(f"nothing changed ({versions})"
+                   + ("; manifest expiry renewed" if result.renewed else ""), err=True)
+
+
+@main.group()
+def key() -> None:
+    """Signing key commands."""
+
+
+@key.command("export")
+@pass_ctx
+def key_export(c: Context) -> None:
+    """Print the public key, in the form plugin.yaml's public_key_file reads.
+
+    \b
+    Example:
+      blocklist key export > hotline.pub    # then public_key_file: hotline.pub
+    """
+    c.home.require()
+    click.echo(public_key_text(c.home.signing_key().public_key()), nl=False)
+
+
+@main.command("lists")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@click.option("--create", "create", default=None, metavar="NAME", help="Create a list.")
+@click.option("--error-rate", type=float, default=None, help="Bloom false-positive rate for --create "
+              "or, with --list, the new rate of a list (applies from its next publish).")
+@click.option("--list", "list_name", default=None, help="The list whose settings to change.")
+@pass_ctx
+def lists_cmd(c: Context, as_json: bool, create: str | None, error_rate: float | None,
+              list_name: str | None) -> None:
+    """Show lists (entries, version, Bloom error rate), create one or change its rate.
+
+    \b
+    Example:
+      blocklist lists --create iwf --error-rate 1e-6
+      blocklist lists --list iwf --error-rate 1e-7
+    """
+    if create or (list_name and error_rate):
+        with c.store.transaction():
+            if create:
+                c.store.create_list(create, error_rate or c.home.config().default_error_rate, c.actor)
+            else:
+                c.store.set_error_rate(list_name, error_rate, c.actor)
+    rows = []
+    for info in c.store.lists():
+        counts = c.store.count(info)
+        rows.append({"list": info.name, "entries": sum(counts.values()), **{s.value: counts.get(s.value, 0) for s in Scope},
+                     "published_version": c.store.last_published(info), "error_rate": info.error_rate})
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    click.echo(render(["LIST", "ENTRIES", "PAGE", "FOLDER", "DOMAIN", "PUBLISHED", "ERROR RATE"],
+                      [[r["list"], r["entries"], r["page"], r["folder"], r["domain"],
+                        r["published_version"], f"{r['error_rate']:g}"] for r in rows]))

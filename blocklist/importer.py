@@ -1,0 +1,107 @@
+"""Parse an import file (text or CSV) into entries, all or nothing, with FILE:LINE errors.
+
+Text: one URL a line; blank lines and lines starting with "#" are skipped.
+CSV: a header row naming `url` and optionally `scope`, `reason`, `ref`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from blocklist.digests import Entry, Scope, make_entry
+from blocklist.errors import BlocklistError
+
+MAX_LINE = 8192
+CSV_COLUMNS = {"url", "scope", "reason", "ref"}
+
+
+class ImportFileError(BlocklistError):
+    """Every bad line of a file; nothing was imported."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path, self.problems = path, problems
+        super().__init__(f"{path}: {len(problems)} bad line(s); nothing imported")
+
+
+@dataclass(frozen=True)
+class ImportItem:
+    entry: Entry
+    reason: str
+    ref: str
+    line: int
+
+
+def _is_csv(path: Path, first: str) -> bool:
+    return path.suffix.lower() == ".csv" or first.lower().replace(" ", "").startswith("url,")
+
+
+def _rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
+    lines = text.splitlines()
+    first = next((l for l in lines if l.strip() and not l.lstrip().startswith("#")), "")
+    if not _is_csv(path, first):
+        for number, line in enumerate(lines, 1):
+            stripped = line.strip()
+            if stripped and not stripped.startswith("#"):
+                yield number, {"url": stripped}
+        return
+    reader = csv.reader(io.StringIO(text))
+    header: list[str] | None = None
+    for row in reader:
+        number = reader.line_num
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if header is None:
+            header = [h.strip().lower() for h in row]
+            unknown = set(header) - CSV_COLUMNS
+            if "url" not in header or unknown:
+                raise ImportFileError(str(path), [f"{path}:{number}: CSV header must name url "
+                                                  f"and may name scope, reason, ref (got {', '.join(header)})"])
+            continue
+        if len(row) != len(header):
+            yield number, {"error": f"expected {len(header)} columns, got {len(row)}"}
+            continue
+        yield number, {k: v.strip() for k, v in zip(header, row)}
+
+
+def parse_file(path: Path, default_scope: Scope,
+               tick: Callable[[int], None] = lambda n: None) -> list[ImportItem]:
+    """All entries of `path`, or ImportFileError naming every bad line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(str(path), [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ImportFileError(str(path), [f"{path}: {exc.strerror}"]) from None
+    items: list[ImportItem] = []
+    problems: list[str] = []
+    seen: set[tuple[Scope, str]] = set()
+    for number, row in _rows(path, text):
+        tick(1)
+        if "error" in row:
+            problems.append(f"{path}:{number}: {row['error']}")
+            continue
+        url = row.get("url", "")
+        if len(url) > MAX_LINE:
+            problems.append(f"{path}:{number}: line longer than {MAX_LINE} characters")
+            continue
+        try:
+            scope = Scope(row["scope"].lower()) if row.get("scope") else default_scope
+        except ValueError:
+            problems.append(f"{path}:{number}: unknown scope {row['scope']!r} (page, folder or domain)")
+            continue
+        try:
+            entry = make_entry(url, scope)
+        except BlocklistError as exc:
+            problems.append(f"{path}:{number}: {exc}")
+            continue
+        if (entry.scope, entry.key) in seen:
+            continue  # the same entry twice in one file is one entry
+        seen.add((entry.scope, entry.key))
+        items.append(ImportItem(entry, row.get("reason", ""), row.get("ref", ""), number))
+    if problems:
+        raise ImportFileError(str(path), problems)
+    return items

@@ -1,0 +1,218 @@
+"""Answers `check(url)` and `check_host(host)` against loaded lists: Bloom first, then exact.
+
+A `ListFilter` is one list at one version, immutable once built: a delta makes a
+new one (`apply`), and shells swap a whole `Matcher` by reference, so a request
+is always answered by exactly one version of every list.
+
+Lookup order for a URL (see blocklist.digests for the keys):
+1. host level: the domain digests of every host suffix and the host digest of the
+   exact host, in the host Bloom filter; a hit is confirmed against the exact
+   sorted host digests. A confirmed domain digest blocks; no confirmed host
+   digest means the host carries nothing and the URL is allowed.
+2. entry level, only for hosts that carry entries: page and folder digests, in
+   the entry Bloom filter, confirmed against the exact entry digests.
+A Bloom hit that the exact digests refute never blocks; it is counted.
+The host-level answer depends only on the host, so it is cached per filter.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import Iterable
+
+from pybloom_live import BloomFilter
+
+from blocklist.digests import HOST_KIND, Scope, domain_keys, entry_keys, kind_of
+from blocklist.errors import ChecksumError, FormatError
+from blocklist.format import Delta, Snapshot, add_to_bloom, bloom_key, set_checksum
+from blocklist.urls import CanonicalURL, canonicalize, canonicalize_host
+
+HOST_CACHE_SIZE = 65536
+_DOMAIN = kind_of(Scope.DOMAIN)
+
+
+class HostAction(str, enum.Enum):
+    PASS = "pass"    # nothing listed on this host
+    PROXY = "proxy"  # the host carries page or folder entries: send it to stage 2
+    BLOCK = "block"  # the host is listed whole (domain scope)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a check found. It names the list, never the matched entry."""
+
+    blocked: bool
+    list: str | None = None
+    version: int | None = None
+    scope: Scope | None = None
+
+
+@dataclass(frozen=True)
+class HostVerdict:
+    action: HostAction
+    list: str | None = None
+    version: int | None = None
+
+
+ALLOWED = Verdict(False)
+HOST_PASS = HostVerdict(HostAction.PASS)
+
+
+def _contains(values: array, value: int) -> bool:
+    i = bisect_left(values, value)
+    return i < len(values) and values[i] == value
+
+
+def _merge(base: array, added: array, removed: array) -> array:
+    """`base` minus `removed` plus `added`, all sorted."""
+    if not added and not removed:
+        return base
+    if len(added) + len(removed) > 256:  # in-place edits are O(n) each: rebuild instead
+        return array("Q", sorted(set(base).difference(removed).union(added)))
+    out = array("Q", base)
+    for value in removed:
+        i = bisect_left(out, value)
+        if i < len(out) and out[i] == value:
+            del out[i]
+    for value in added:
+        i = bisect_left(out, value)
+        if i == len(out) or out[i] != value:
+            out.insert(i, value)
+    return out
+
+
+class ListFilter:
+    """One list at one version: salt, two Bloom filters and two exact digest sets."""
+
+    def __init__(self, name: str, version: int, salt: bytes, entries: array, hosts: array,
+                 entry_bloom: BloomFilter | None = None, host_bloom: BloomFilter | None = None,
+                 created: int = 0, expires: int = 0, checksum: str | None = None) -> None:
+        self.name, self.version, self.salt = name, version, salt
+        self.entries, self.hosts = entries, hosts
+        self.entry_bloom, self.host_bloom = entry_bloom, host_bloom
+        self.created, self.expires = created, expires
+        self.checksum = checksum if checksum is not None else set_checksum(entries, hosts)
+        self._base = hashlib.sha256(salt)
+        self._host_cache: dict[str, tuple[HostAction, Scope | None]] = {}
+        self.bloom_confirmed = 0
+        self.bloom_refuted = 0
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> ListFilter:
+        return cls(snap.list, snap.version, snap.salt, snap.entries, snap.hosts,
+                   snap.entry_bloom, snap.host_bloom, snap.created, snap.expires, snap.checksum)
+
+    def apply(self, delta: Delta) -> ListFilter:
+        """A new filter at `delta.to_version`; raises if the delta does not fit this one."""
+        if delta.list != self.name or delta.from_version != self.version:
+            raise FormatError(f"delta {delta.list} {delta.from_version}->{delta.to_version} "
+                              f"does not apply to {self.name} version {self.version}")
+        entries = _merge(self.entries, delta.entries_added, delta.entries_removed)
+        hosts = _merge(self.hosts, delta.hosts_added, delta.hosts_removed)
+        checksum = set_checksum(entries, hosts)
+        if checksum != delta.checksum:
+            raise ChecksumError(f"delta {delta.from_version}->{delta.to_version} of {self.name}: "
+                                "resulting set does not match the announced checksum")
+        # Removed digests stay set in the Bloom filters: they become refuted hits.
+        entry_bloom, host_bloom = self.entry_bloom, self.host_bloom
+        if entry_bloom is not None and delta.entries_added:
+            entry_bloom = entry_bloom.copy()
+            add_to_bloom(entry_bloom, delta.entries_added)
+        if host_bloom is not None and delta.hosts_added:
+            host_bloom = host_bloom.copy()
+            add_to_bloom(host_bloom, delta.hosts_added)
+        return ListFilter(self.name, delta.to_version, self.salt, entries, hosts, entry_bloom,
+                          host_bloom, delta.created, self.expires, checksum)
+
+    def __len__(self) -> int:
+        return len(self.entries) + len(self.hosts)
+
+    def _digest(self, kind: bytes, key: str) -> int:
+        h = self._base.copy()
+        h.update(kind + b"\x00" + key.encode("utf-8"))
+        return int.from_bytes(h.digest()[:8], "big")
+
+    def _member(self, bloom: BloomFilter | None, exact: array, value: int) -> bool:
+        if bloom is not None and bloom_key(value) not in bloom:
+            return False
+        if _contains(exact, value):
+            self.bloom_confirmed += 1
+            return True
+        if bloom is not None:
+            self.bloom_refuted += 1
+        return False
+
+    def host_stage(self, host: str) -> tuple[HostAction, Scope | None]:
+        """The host-level answer for a canonical host (cached)."""
+        cached = self._host_cache.get(host)
+        if cached is not None:
+            return cached
+        result: tuple[HostAction, Scope | None] = (HostAction.PASS, None)
+        for suffix in domain_keys(host):
+            if self._member(self.host_bloom, self.hosts, self._digest(_DOMAIN, suffix)):
+                result = (HostAction.BLOCK, Scope.DOMAIN)
+                break
+        else:
+            if self._member(self.host_bloom, self.hosts, self._digest(HOST_KIND, host)):
+                result = (HostAction.PROXY, None)
+        if len(self._host_cache) >= HOST_CACHE_SIZE:
+            self._host_cache.clear()
+        self._host_cache[host] = result
+        return result
+
+    def check_canonical(self, url: CanonicalURL) -> Scope | None:
+        """The scope of the entry that covers `url`, or None."""
+        action, scope = self.host_stage(url.host)
+        if action is HostAction.BLOCK:
+            return scope
+        if action is HostAction.PASS:
+            return None
+        for scope, key in entry_keys(url):
+            if self._member(self.entry_bloom, self.entries, self._digest(kind_of(scope), key)):
+                return scope
+        return None
+
+
+class Matcher:
+    """Every enforced list together; checks them in order and names the first that matches."""
+
+    def __init__(self, filters: Iterable[ListFilter] = ()) -> None:
+        self.filters: tuple[ListFilter, ...] = tuple(filters)
+
+    def __bool__(self) -> bool:
+        return bool(self.filters)
+
+    def versions(self) -> dict[str, int]:
+        return {f.name: f.version for f in self.filters}
+
+    def replace(self, new: ListFilter) -> Matcher:
+        """A matcher with `new` in place of the filter of the same list (or added)."""
+        kept = [new if f.name == new.name else f for f in self.filters]
+        if not any(f.name == new.name for f in self.filters):
+            kept.append(new)
+        return Matcher(kept)
+
+    def check(self, url: str | CanonicalURL) -> Verdict:
+        """Whether `url` is listed; raises InvalidURL if it cannot be canonicalized."""
+        canonical = url if isinstance(url, CanonicalURL) else canonicalize(url)
+        for f in self.filters:
+            scope = f.check_canonical(canonical)
+            if scope is not None:
+                return Verdict(True, f.name, f.version, scope)
+        return ALLOWED
+
+    def check_host(self, host: str) -> HostVerdict:
+        """Stage 1: BLOCK a host listed whole, PROXY one that carries entries, else PASS."""
+        canonical = canonicalize_host(host)
+        proxy: HostVerdict | None = None
+        for f in self.filters:
+            action, _ = f.host_stage(canonical)
+            if action is HostAction.BLOCK:
+                return HostVerdict(action, f.name, f.version)
+            if action is HostAction.PROXY and proxy is None:
+                proxy = HostVerdict(action, f.name, f.version)
+        return proxy or HOST_PASS

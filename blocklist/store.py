@@ -1,0 +1,291 @@
+"""The hotline store: lists, entries and the append-only audit log, in SQLite (WAL).
+
+Every change runs inside `Store.transaction()` (BEGIN IMMEDIATE ... COMMIT), so a
+command either changes the store completely, audit rows included, or not at all;
+a crash or kill -9 at any point leaves the last committed state. The plaintext
+entries live here and only here: publishing reads digests, never URLs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sqlite3
+import time
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from blocklist.digests import Entry, Scope, entry_digests
+from blocklist.errors import StoreError
+from blocklist.format import check_list_name, FormatError
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS lists (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    salt BLOB NOT NULL,
+    error_rate REAL NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    scope TEXT NOT NULL CHECK (scope IN ('page', 'folder', 'domain')),
+    key TEXT NOT NULL,
+    url TEXT NOT NULL,
+    digest BLOB,          -- page/folder entry digest; NULL for domain entries
+    host_digest BLOB NOT NULL,  -- host digest (page/folder) or domain digest
+    added_by TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    ref TEXT NOT NULL DEFAULT '',
+    UNIQUE (list_id, scope, key)
+);
+CREATE INDEX IF NOT EXISTS entries_digest ON entries(list_id, digest);
+CREATE INDEX IF NOT EXISTS entries_host_digest ON entries(list_id, host_digest);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    list TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS publications (
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    version INTEGER NOT NULL,
+    published_at INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    entries INTEGER NOT NULL,
+    PRIMARY KEY (list_id, version)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ListInfo:
+    id: int
+    name: str
+    salt: bytes
+    error_rate: float
+    created: int
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    list: str
+    scope: Scope
+    url: str
+    added_by: str
+    added_at: int
+    reason: str
+    ref: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"list": self.list, "scope": self.scope.value, "url": self.url,
+                "added_by": self.added_by, "added_at": self.added_at,
+                "reason": self.reason, "ref": self.ref}
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: int
+    actor: str
+    action: str
+    list: str
+    detail: dict[str, Any]
+
+
+def _blob(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                            (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic change: everything inside commits together or not at all."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot start a transaction: {exc}") from None
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.db.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: commit failed, nothing changed: {exc}") from None
+
+    # -- lists
+
+    def get_list(self, name: str) -> ListInfo | None:
+        row = self.db.execute("SELECT id, name, salt, error_rate, created FROM lists WHERE name = ?",
+                              (name,)).fetchone()
+        return ListInfo(*row) if row else None
+
+    def require_list(self, name: str) -> ListInfo:
+        info = self.get_list(name)
+        if info is None:
+            known = ", ".join(l.name for l in self.lists()) or "none"
+            raise StoreError(f"no list named {name!r} (lists: {known})")
+        return info
+
+    def lists(self) -> list[ListInfo]:
+        rows = self.db.execute("SELECT id, name, salt, error_rate, created FROM lists ORDER BY name")
+        return [ListInfo(*row) for row in rows]
+
+    def create_list(self, name: str, error_rate: float, actor: str) -> ListInfo:
+        """Create a list with a fresh random salt; call inside a transaction."""
+        try:
+            check_list_name(name)
+        except FormatError as exc:
+            raise StoreError(str(exc)) from None
+        if not 0 < error_rate < 0.5:
+            raise StoreError(f"error rate {error_rate} must be between 0 and 0.5")
+        if self.get_list(name) is not None:
+            raise StoreError(f"list {name!r} already exists")
+        now = int(time.time())
+        self.db.execute("INSERT INTO lists (name, salt, error_rate, created) VALUES (?, ?, ?, ?)",
+                        (name, secrets.token_bytes(16), error_rate, now))
+        self.audit(actor, "create-list", name, {"error_rate": error_rate})
+        return self.require_list(name)
+
+    def set_error_rate(self, name: str, error_rate: float, actor: str) -> None:
+        info = self.require_list(name)
+        if not 0 < error_rate < 0.5:
+            raise StoreError(f"error rate {error_rate} must be between 0 and 0.5")
+        self.db.execute("UPDATE lists SET error_rate = ? WHERE id = ?", (error_rate, info.id))
+        self.audit(actor, "set-error-rate", name, {"from": info.error_rate, "to": error_rate})
+
+    # -- entries
+
+    def has_entry(self, info: ListInfo, entry: Entry) -> bool:
+        return self.db.execute("SELECT 1 FROM entries WHERE list_id = ? AND scope = ? AND key = ?",
+                               (info.id, entry.scope.value, entry.key)).fetchone() is not None
+
+    def add_entries(self, info: ListInfo, items: Iterable[tuple[Entry, str, str]], actor: str,
+                    source: str = "") -> tuple[int, int]:
+        """Add (entry, reason, ref) items; returns (added, already listed). Inside a transaction."""
+        now, added, already = int(time.time()), 0, 0
+        for entry, reason, ref in items:
+            digest, host_digest = entry_digests(info.salt, entry)
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO entries (list_id, scope, key, url, digest, host_digest, "
+                "added_by, added_at, reason, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (info.id, entry.scope.value, entry.key, entry.url,
+                 None if digest is None else _blob(digest), _blob(host_digest),
+                 actor, now, reason, ref))
+            if cur.rowcount:
+                added += 1
+                if not source:
+                    self.audit(actor, "add", info.name, {"scope": entry.scope.value, "url": entry.url,
+                                                        "reason": reason, "ref": ref})
+            else:
+                already += 1
+        if source:  # one audit row for a whole import, naming the file
+            self.audit(actor, "import", info.name, {"file": source, "added": added,
+                                                    "already_listed": already})
+        return added, already
+
+    def remove_entry(self, info: ListInfo, entry: Entry, actor: str) -> bool:
+        cur = self.db.execute("DELETE FROM entries WHERE list_id = ? AND scope = ? AND key = ?",
+                              (info.id, entry.scope.value, entry.key))
+        if cur.rowcount:
+            self.audit(actor, "remove", info.name, {"scope": entry.scope.value, "url": entry.url})
+        return bool(cur.rowcount)
+
+    def entries(self, list_name: str | None = None) -> Iterator[EntryRow]:
+        sql = ("SELECT l.name, e.scope, e.url, e.added_by, e.added_at, e.reason, e.ref "
+               "FROM entries e JOIN lists l ON l.id = e.list_id")
+        args: tuple[Any, ...] = ()
+        if list_name is not None:
+            sql, args = sql + " WHERE l.name = ?", (list_name,)
+        for name, scope, url, by, at, reason, ref in self.db.execute(sql + " ORDER BY l.name, e.url", args):
+            yield EntryRow(name, Scope(scope), url, by, at, reason, ref)
+
+    def count(self, info: ListInfo) -> dict[str, int]:
+        rows = self.db.execute("SELECT scope, COUNT(*) FROM entries WHERE list_id = ? GROUP BY scope",
+                               (info.id,))
+        return {scope: n for scope, n in rows}
+
+    def digest_sets(self, info: ListInfo) -> tuple[array, array]:
+        """(entry digests, host-level digests) of a list, sorted and unique."""
+        entries, hosts = set(), set()
+        for digest, host_digest in self.db.execute(
+                "SELECT digest, host_digest FROM entries WHERE list_id = ?", (info.id,)):
+            if digest is not None:
+                entries.add(int.from_bytes(digest, "big"))
+            hosts.add(int.from_bytes(host_digest, "big"))
+        return array("Q", sorted(entries)), array("Q", sorted(hosts))
+
+    def entries_with_digest(self, info: ListInfo, value: int) -> list[EntryRow]:
+        """The entries behind a digest: how the hotline explains a match to its staff."""
+        blob = _blob(value)
+        rows = self.db.execute(
+            "SELECT scope, url, added_by, added_at, reason, ref FROM entries "
+            "WHERE list_id = ? AND (digest = ? OR (digest IS NULL AND host_digest = ?))",
+            (info.id, blob, blob))
+        return [EntryRow(info.name, Scope(s), u, b, a, r, f) for s, u, b, a, r, f in rows]
+
+    # -- audit and publications
+
+    def audit(self, actor: str, action: str, list_name: str = "", detail: dict[str, Any] | None = None) -> None:
+        self.db.execute("INSERT INTO audit (at, actor, action, list, detail) VALUES (?, ?, ?, ?, ?)",
+                        (int(time.time()), actor, action, list_name, json.dumps(detail or {}, sort_keys=True)))
+
+    def log(self, limit: int | None = None, list_name: str | None = None) -> list[AuditRow]:
+        sql, args = "SELECT id, at, actor, action, list, detail FROM audit", []
+        if list_name:
+            sql += " WHERE list = ?"
+            args.append(list_name)
+        sql += " ORDER BY id DESC"
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = [AuditRow(i, at, actor, action, lst, json.loads(detail))
+                for i, at, actor, action, lst, detail in self.db.execute(sql, args)]
+        rows.reverse()
+        return rows
+
+    def record_publication(self, info: ListInfo, version: int, checksum: str, entries: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO publications VALUES (?, ?, ?, ?, ?)",
+                        (info.id, version, int(time.time()), checksum, entries))
+
+    def last_published(self, info: ListInfo) -> int:
+        row = self.db.execute("SELECT MAX(version) FROM publications WHERE list_id = ?",
+                              (info.id,)).fetchone()
+        return row[0] or 0
+
+
+def default_actor() -> str:
+    return os.environ.get("BLOCKLIST_ACTOR") or os.environ.get("USER") or "unknown"

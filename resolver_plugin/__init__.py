@@ -1,0 +1,1 @@
+"""resolver_plugin: the ISP side: sync, cache, Squid helper, HTTP proxy, Unbound module, status."""

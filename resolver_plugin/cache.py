@@ -1,0 +1,257 @@
+"""The plugin's local cache of verified artifacts, and the hot-reloading matcher built from it.
+
+Layout under `cache_dir` (written only by `sync`, read by every enforcement process):
+
+    manifest.json               the last verified manifest, bytes as fetched
+    keys.json                   keys trusted after following a key rotation
+    lists/<name>/snapshot-N     a verified snapshot, bytes as fetched (signed)
+    lists/<name>/delta-M-N      verified deltas applied on top of it, in order
+    lists/<name>/state.json     {"version", "checksum", "snapshot", "deltas"}: what to load
+    generation                  rewritten after every change; readers stat it to reload
+    status.json                 the node status (resolver_plugin.node_status)
+
+Writers put new artifact files first and replace state.json last (each file
+atomically), then bump `generation`, then delete files state.json no longer
+names: a kill -9 anywhere leaves a state.json that names complete files.
+Readers verify the signatures and the resulting checksum again on every load,
+so a damaged cache is refused and the previous in-memory list stays in force.
+An expired list is still loaded: a plugin never starts open when it has a cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives import serialization
+
+from blocklist import atomic
+from blocklist.errors import BlocklistError, ChecksumError, FormatError
+from blocklist.format import Keyring, check_list_name, key_id, read_delta, read_snapshot
+from blocklist.matcher import HOST_PASS, HostAction, HostVerdict, ListFilter, Matcher, Verdict
+from resolver_plugin.config import PluginConfig
+
+log = logging.getLogger("blocklist.plugin.cache")
+
+FAIL_CLOSED = "(no list loaded: fail-closed)"
+
+
+@dataclass(frozen=True)
+class ListState:
+    version: int
+    checksum: str
+    snapshot: str           # file name inside lists/<name>/
+    deltas: tuple[str, ...]  # file names, applied in order
+
+    def as_json(self) -> dict[str, Any]:
+        return {"version": self.version, "checksum": self.checksum, "snapshot": self.snapshot,
+                "deltas": list(self.deltas)}
+
+
+def _safe_name(name: Any) -> str:
+    if not isinstance(name, str) or "/" in name or name.startswith(".") or not name:
+        raise FormatError(f"cache: bad file name {name!r}")
+    return name
+
+
+class Cache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def list_dir(self, name: str) -> Path:
+        return self.root / "lists" / check_list_name(name)
+
+    # -- keys
+
+    def trusted_keys(self, pinned: Keyring) -> dict[str, Ed25519PublicKey]:
+        """The pinned keys, replaced by the result of a followed rotation if one was saved."""
+        path = self.root / "keys.json"
+        if not path.exists():
+            return dict(pinned)
+        try:
+            raw = json.loads(path.read_text())
+            keys = {}
+            for encoded in raw["keys"]:
+                key = Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded, validate=True))
+                keys[key_id(key)] = key
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("cache: keys.json unreadable (%s); using the pinned key", exc)
+            return dict(pinned)
+        return keys or dict(pinned)
+
+    def save_keys(self, keys: Keyring) -> None:
+        raws = [base64.b64encode(k.public_bytes(serialization.Encoding.Raw,
+                                                serialization.PublicFormat.Raw)).decode()
+                for k in keys.values()]
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(self.root / "keys.json", json.dumps({"keys": raws}).encode())
+
+    # -- state
+
+    def state(self, name: str) -> ListState | None:
+        path = self.list_dir(name) / "state.json"
+        if not path.exists():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+            return ListState(version=int(raw["version"]), checksum=str(raw["checksum"]),
+                             snapshot=_safe_name(raw["snapshot"]),
+                             deltas=tuple(_safe_name(d) for d in raw["deltas"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FormatError(f"cache: {path}: unreadable state ({exc})") from None
+
+    def write_list(self, name: str, state: ListState, files: dict[str, bytes]) -> None:
+        """Store verified `files` and make `state` current, crash-safely."""
+        folder = self.list_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for file_name, data in files.items():
+            atomic.write_bytes(folder / _safe_name(file_name), data)
+        atomic.write_bytes(folder / "state.json", json.dumps(state.as_json()).encode())
+        self.bump_generation()
+        keep = {state.snapshot, *state.deltas, "state.json"}
+        for path in folder.iterdir():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    def write_manifest(self, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(self.root / "manifest.json", data)
+
+    def manifest_bytes(self) -> bytes | None:
+        try:
+            return (self.root / "manifest.json").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def bump_generation(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(self.root / "generation", str(time.time_ns()).encode())
+
+    def generation(self) -> int:
+        try:
+            return (self.root / "generation").stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    def load_list(self, name: str, keys: Keyring, max_bytes: int) -> ListFilter | None:
+        """The verified ListFilter of a cached list, None if not cached; raises if damaged."""
+        state = self.state(name)
+        if state is None:
+            return None
+        folder = self.list_dir(name)
+        try:
+            snap = read_snapshot((folder / state.snapshot).read_bytes(), keys, max_bytes)
+            current = ListFilter.from_snapshot(snap)
+            for delta_name in state.deltas:
+                current = current.apply(read_delta((folder / delta_name).read_bytes(), keys, max_bytes))
+        except OSError as exc:
+            raise FormatError(f"cache: {name}: {exc.strerror}: {exc.filename}") from None
+        if current.name != name or current.version != state.version or current.checksum != state.checksum:
+            raise ChecksumError(f"cache: {name}: loaded version {current.version} does not match state.json")
+        return current
+
+    def load_matcher(self, config: PluginConfig, previous: Matcher | None = None) -> tuple[Matcher, list[str]]:
+        """A Matcher of every cached list (in config order) and the names that failed or are missing.
+
+        A list that fails to load keeps its filter from `previous` when there is one.
+        """
+        keys = self.trusted_keys(config.public_keys)
+        old = {f.name: f for f in previous.filters} if previous else {}
+        filters, missing = [], []
+        for name in config.lists:
+            try:
+                loaded = self.load_list(name, keys, config.limits.max_snapshot_bytes)
+            except BlocklistError as exc:
+                log.error("cache: list %s refused, keeping the last good version: %s", name, exc)
+                loaded = old.get(name)
+            if loaded is None:
+                missing.append(name)
+            else:
+                filters.append(loaded)
+        return Matcher(filters), missing
+
+
+class LiveMatcher:
+    """The matcher an enforcement process uses, reloaded from the cache when `sync` changes it.
+
+    `current()` costs a dict lookup, plus one stat() at most every `check_interval`
+    seconds (or none at all with `background=True`, where a daemon thread polls).
+    A reload builds a complete new Matcher and swaps one reference, so a request
+    is answered by the old version or the new one, never a mix.
+    """
+
+    def __init__(self, config: PluginConfig, check_interval: float = 1.0, background: bool = False) -> None:
+        self.config = config
+        self.cache = Cache(config.cache_dir)
+        self.check_interval = check_interval
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._next_check = 0.0
+        self.matcher = Matcher()
+        self.missing: list[str] = list(config.lists)
+        self.loaded_at = 0.0
+        self.reload()
+        if background:
+            threading.Thread(target=self._poll, name="blocklist-reload", daemon=True).start()
+
+    def _poll(self) -> None:
+        while True:
+            time.sleep(self.check_interval)
+            try:
+                self.maybe_reload()
+            except Exception:  # noqa: BLE001 - the reload thread must survive anything
+                log.exception("cache: reload failed; keeping the current lists")
+
+    def reload(self) -> bool:
+        """Load the cache now; returns True if the enforced versions changed."""
+        with self._lock:
+            generation = self.cache.generation()
+            matcher, missing = self.cache.load_matcher(self.config, self.matcher)
+            changed = matcher.versions() != self.matcher.versions()
+            self.matcher, self.missing, self._generation = matcher, missing, generation
+            self.loaded_at = time.time()
+        if changed:
+            log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing")
+        if missing:
+            log.warning("no cached version of %s yet%s", ", ".join(missing),
+                        " (fail-closed: blocking everything)" if self.fail_closed_active else "")
+        return changed
+
+    def maybe_reload(self) -> bool:
+        if self.cache.generation() != self._generation:
+            return self.reload()
+        return False
+
+    def current(self) -> Matcher:
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.check_interval
+            try:
+                self.maybe_reload()
+            except Exception:  # noqa: BLE001 - never let a reload break a request
+                log.exception("cache: reload failed; keeping the current lists")
+        return self.matcher
+
+    @property
+    def fail_closed_active(self) -> bool:
+        return self.config.fail_closed and not self.matcher
+
+    def check(self, url: str) -> Verdict:
+        """Matcher.check, or a block when fail_closed and nothing is loaded; raises InvalidURL."""
+        matcher = self.current()
+        if not matcher and self.config.fail_closed:
+            return Verdict(True, FAIL_CLOSED)
+        return matcher.check(url)
+
+    def check_host(self, host: str) -> HostVerdict:
+        matcher = self.current()
+        if not matcher and self.config.fail_closed:
+            return HostVerdict(HostAction.PROXY, FAIL_CLOSED)
+        return matcher.check_host(host) if matcher else HOST_PASS

@@ -1,0 +1,149 @@
+"""`blocklist-plugin`: the ISP side's command line. A shell: load config, call the module, exit.
+
+Each command imports its module lazily, so `squid-helper` starts without aiohttp.
+Exit codes: `check` 0 blocked / 1 allowed; `status` Nagios 0/1/2/3; others 0 ok,
+2 usage or config error, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from blocklist import __version__
+from blocklist.errors import BlocklistError, ConfigError, InvalidURL
+from resolver_plugin.config import PluginConfig, load_config
+
+
+class PluginGroup(click.Group):
+    """Our errors become one clear line and an exit code; never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(3 if ctx.invoked_subcommand == "status" else 2)
+        except InvalidURL as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except BlocklistError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+def setup_logging(verbose: bool) -> None:
+    """Structured, greppable log lines on stderr: time level logger key=value message."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default="/etc/blocklist/plugin.yaml", show_default=True, help="plugin.yaml")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(__version__)
+@click.pass_context
+def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
+    """Sync and enforce URL blocklists at an ISP (the plugin side).
+
+    \b
+    Example:
+      blocklist-plugin -c plugin.yaml sync --once
+      blocklist-plugin -c plugin.yaml check http://bad.example/page.html
+      blocklist-plugin -c plugin.yaml status
+    """
+    setup_logging(verbose)
+    ctx.obj = config_path
+
+
+def _config(ctx: click.Context) -> PluginConfig:
+    return load_config(ctx.obj)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Sync once and exit (0 in sync, 1 on error).")
+@click.pass_context
+def sync(ctx: click.Context, once: bool) -> None:
+    """Fetch, verify and cache the newest lists; keep doing so (long-poll or poll).
+
+    \b
+    Example:
+      blocklist-plugin -c plugin.yaml sync            # the daemon
+      blocklist-plugin -c plugin.yaml sync --once     # cron or first install
+    """
+    from resolver_plugin.sync import run_sync
+    sys.exit(run_sync(_config(ctx), once=once))
+
+
+@main.command()
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@click.pass_context
+def check(ctx: click.Context, url: str, as_json: bool) -> None:
+    """Would URL be blocked by the cached lists? Exit 0 blocked, 1 allowed.
+
+    \b
+    Example:
+      blocklist-plugin -c plugin.yaml check http://bad.example/page.html
+    """
+    import json
+
+    from resolver_plugin.cache import LiveMatcher
+    live = LiveMatcher(_config(ctx))
+    verdict = live.check(url)
+    if as_json:
+        click.echo(json.dumps({"blocked": verdict.blocked, "list": verdict.list, "version": verdict.version,
+                               "enforced": live.matcher.versions(), "missing": live.missing}))
+    elif verdict.blocked:
+        click.echo(f"blocked by {verdict.list}" + (f" v{verdict.version}" if verdict.version else ""))
+    else:
+        click.echo("allowed" + (f" (no cached version of {', '.join(live.missing)})" if live.missing else ""))
+    sys.exit(0 if verdict.blocked else 1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show what this node enforces and how its sync is doing (Nagios exit codes).
+
+    0 OK, 1 WARNING (lagging), 2 CRITICAL (expired or no list), 3 UNKNOWN.
+
+    \b
+    Example:
+      blocklist-plugin -c plugin.yaml status --json
+    """
+    from resolver_plugin.status import run_status
+    sys.exit(run_status(ctx.obj, as_json=as_json))
+
+
+@main.command()
+@click.pass_context
+def proxy(ctx: click.Context) -> None:
+    """Run the filtering HTTP proxy (Cleanfeed stage 2) on proxy.listen.
+
+    \b
+    Example:
+      blocklist-plugin -c plugin.yaml proxy
+      curl -x http://127.0.0.1:3128 http://bad.example/page.html   # -> 451
+    """
+    from resolver_plugin.proxy import run_proxy
+    sys.exit(run_proxy(_config(ctx)))
+
+
+@main.command("squid-helper")
+@click.pass_context
+def squid_helper(ctx: click.Context) -> None:
+    """Answer Squid's external_acl_type lines on stdin (OK = listed, ERR = not).
+
+    \b
+    Example (squid.conf):
+      external_acl_type blocklist ttl=60 negative_ttl=60 children-max=4 concurrency=100 %URI \\
+          /usr/local/bin/blocklist-plugin -c /etc/blocklist/plugin.yaml squid-helper
+    """
+    from resolver_plugin.squid_helper import run_helper
+    sys.exit(run_helper(_config(ctx), sys.stdin.buffer, sys.stdout.buffer))

@@ -1,0 +1,284 @@
+"""plugin.yaml: loaded once into frozen dataclasses, every key validated, unknown keys refused.
+
+Nothing else in the plugin reads YAML or the environment; shells get a PluginConfig.
+
+    source: http://hotline.example:8080/      # base URL of the publish directory (required)
+    public_key_file: hotline.pub              # or public_key: <base64 of the 32 raw bytes>
+    lists: [iwf]                              # lists to enforce (required, in check order)
+    cache_dir: /var/lib/blocklist-plugin      # required
+    node_id: isp1-proxy-3                     # default: the host name
+    poll_interval: 30                         # seconds between polls
+    long_poll: 25                             # seconds to wait on `blocklist serve`; 0 = plain polling
+    fail_closed: false                        # block everything while no list is loaded
+    limits: {max_snapshot_bytes, max_delta_bytes, max_manifest_bytes}
+    timeouts: {connect: 5, read: 30}
+    status: {warn_lag_seconds: 3600, crit_lag_seconds: 86400, warn_lag_versions: 1}
+    proxy: {listen, allowed_clients, block_status, block_page, appeal_url, ...}
+    squid: {}
+    resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
+    admin: {listen: 127.0.0.1:9150}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from blocklist.errors import ConfigError, SignatureError
+from blocklist.format import check_list_name, FormatError, load_public_key, key_id
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_snapshot_bytes: int = 512 * 1024 * 1024
+    max_delta_bytes: int = 64 * 1024 * 1024
+    max_manifest_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 30.0
+
+
+@dataclass(frozen=True)
+class StatusThresholds:
+    warn_lag_seconds: int = 3600       # WARNING: newest version seen is this much newer, or no sync this long
+    crit_lag_seconds: int = 86400      # CRITICAL past this
+    warn_lag_versions: int = 1         # WARNING when this many versions behind for warn_lag_seconds
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen: str = "127.0.0.1:3128"
+    allowed_clients: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    block_status: int = 451
+    block_page: str | None = None      # path of an HTML template; None: the built-in page
+    appeal_url: str = ""
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 1024 * 1024 * 1024
+    max_connections: int = 1024
+    connect_timeout: float = 10.0
+    upstream_timeout: float = 60.0
+    access_log: str | None = None      # path; None: no access log
+    log_blocked_urls: bool = False     # privacy: blocked requests are logged without their URL
+
+
+@dataclass(frozen=True)
+class SquidConfig:
+    log_blocked_urls: bool = False
+
+
+@dataclass(frozen=True)
+class ResolverConfig:
+    proxy_address: str | None = None    # IPv4 of the filtering proxy (stage 2)
+    proxy_address6: str | None = None   # IPv6 of the filtering proxy
+    block_mode: str = "nxdomain"        # nxdomain | address
+    block_address: str | None = None    # A answer for listed-whole hosts when block_mode is address
+    block_address6: str | None = None   # AAAA answer for the same
+    ttl: int = 60                       # TTL of synthesized answers
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: str | None = "127.0.0.1:9150"   # None disables the admin endpoint
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    path: Path
+    source: str
+    public_keys: dict[str, Ed25519PublicKey]
+    lists: tuple[str, ...]
+    cache_dir: Path
+    node_id: str = field(default_factory=socket.gethostname)
+    poll_interval: float = 30.0
+    long_poll: float = 25.0
+    fail_closed: bool = False
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    status: StatusThresholds = StatusThresholds()
+    proxy: ProxyConfig = ProxyConfig()
+    squid: SquidConfig = SquidConfig()
+    resolver: ResolverConfig = ResolverConfig()
+    admin: AdminConfig = AdminConfig()
+
+    @property
+    def status_path(self) -> Path:
+        return self.cache_dir / "status.json"
+
+
+_SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
+             "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
+             "admin": AdminConfig}
+_TOP = {"source", "public_key", "public_key_file", "lists", "cache_dir", "node_id",
+        "poll_interval", "long_poll", "fail_closed", *_SECTIONS}
+
+
+def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
+    """Check one value against its dataclass type hint."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {key} must be a list of strings")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+            raise ConfigError(f"{where}: {key} must be a{'n integer' if hint is int else ' number'}")
+        if value < 0:
+            raise ConfigError(f"{where}: {key} must not be negative")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string")
+        return value
+    raise ConfigError(f"{where}: {key}: unsupported setting type")  # pragma: no cover
+
+
+def _section(where: str, name: str, cls: type, raw: Any) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {name} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {name}.{key} (known: {', '.join(sorted(known))})")
+        values[key] = _coerce(where, f"{name}.{key}", hints[key], value)
+    return cls(**values)
+
+
+def parse_listen(value: str, where: str = "config") -> tuple[str, int]:
+    """"host:port" or "[v6]:port" -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: {value!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _validate(cfg: PluginConfig, where: str) -> None:
+    parts = urlsplit(cfg.source)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{where}: source must be an http(s) URL, got {cfg.source!r}")
+    if not cfg.lists:
+        raise ConfigError(f"{where}: lists must name at least one list")
+    for name in cfg.lists:
+        try:
+            check_list_name(name)
+        except FormatError as exc:
+            raise ConfigError(f"{where}: lists: {exc}") from None
+    if cfg.poll_interval < 1:
+        raise ConfigError(f"{where}: poll_interval must be at least 1 second")
+    p = cfg.proxy
+    if not (200 <= p.block_status <= 599):
+        raise ConfigError(f"{where}: proxy.block_status must be an HTTP status code")
+    for net in p.allowed_clients:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: proxy.allowed_clients: {net!r} is not a network") from None
+    parse_listen(p.listen, f"{where}: proxy.listen")
+    if cfg.admin.listen is not None:
+        parse_listen(cfg.admin.listen, f"{where}: admin.listen")
+    r = cfg.resolver
+    if r.block_mode not in ("nxdomain", "address"):
+        raise ConfigError(f"{where}: resolver.block_mode must be nxdomain or address")
+    for key, version in (("proxy_address", 4), ("block_address", 4), ("proxy_address6", 6), ("block_address6", 6)):
+        value = getattr(r, key)
+        if value is not None:
+            try:
+                ok = ipaddress.ip_address(value).version == version
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"{where}: resolver.{key} must be an IPv{version} address")
+    if r.block_mode == "address" and not (r.block_address or r.block_address6):
+        raise ConfigError(f"{where}: resolver.block_mode address needs block_address or block_address6")
+    s = cfg.status
+    if s.crit_lag_seconds < s.warn_lag_seconds:
+        raise ConfigError(f"{where}: status.crit_lag_seconds must be >= warn_lag_seconds")
+
+
+def load_config(path: Path | str) -> PluginConfig:
+    """Read and validate plugin.yaml; raise ConfigError naming the file and the key."""
+    path = Path(path)
+    where = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings")
+    unknown = set(raw) - _TOP
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP))})")
+    for key in ("source", "lists", "cache_dir"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+    keys = _public_keys(raw, path)
+    hints = typing.get_type_hints(PluginConfig)
+    values: dict[str, Any] = {}
+    for key in ("source", "node_id", "poll_interval", "long_poll", "fail_closed"):
+        if key in raw:
+            values[key] = _coerce(where, key, hints[key], raw[key])
+    lists = raw["lists"]
+    values["lists"] = _coerce(where, "lists", tuple[str, ...], lists)
+    cache_dir = _coerce(where, "cache_dir", str, raw["cache_dir"])
+    values["cache_dir"] = (path.parent / cache_dir).resolve()
+    for name, cls in _SECTIONS.items():
+        values[name] = _section(where, name, cls, raw.get(name))
+    proxy = values["proxy"]
+    if proxy.block_page is not None:
+        values["proxy"] = dataclasses.replace(proxy, block_page=str((path.parent / proxy.block_page).resolve()))
+    cfg = PluginConfig(path=path, public_keys=keys, **values)
+    _validate(cfg, where)
+    return cfg
+
+
+def _public_keys(raw: dict[str, Any], path: Path) -> dict[str, Ed25519PublicKey]:
+    where = str(path)
+    if ("public_key" in raw) == ("public_key_file" in raw):
+        raise ConfigError(f"{where}: give exactly one of public_key and public_key_file")
+    try:
+        if "public_key" in raw:
+            if not isinstance(raw["public_key"], str):
+                raise ConfigError(f"{where}: public_key must be a string")
+            key = load_public_key(raw["public_key"])
+        else:
+            if not isinstance(raw["public_key_file"], str):
+                raise ConfigError(f"{where}: public_key_file must be a path")
+            key_path = path.parent / raw["public_key_file"]
+            try:
+                key = load_public_key(key_path.read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"{where}: public_key_file {key_path}: {exc.strerror}") from None
+    except SignatureError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return {key_id(key): key}

@@ -1,0 +1,108 @@
+"""The node status file: what this node enforces and how its sync is doing.
+
+`sync` writes it (atomically) after every attempt; `status`, the admin endpoint
+and the metrics read it. It never holds a URL: only list names, versions,
+times, counts and error texts that name files and reasons, not entries.
+
+    {
+      "node_id": "isp1-proxy-3", "source": "http://...", "updated": 1763890000.5,
+      "manifest": {"version": 7, "expires": 1764490000, "signed_by": "ab12...", "fetched_at": ...},
+      "lists": {
+        "iwf": {"version": 3, "entries": 120, "checksum": "...", "expires": 1764490000,
+                "newest_seen": 4, "newest_seen_at": 1763889990.0,
+                "last_success": 1763889000.0, "last_attempt": 1763890000.0,
+                "last_error": "signature: bad signature by key ab12", "last_error_at": 1763890000.0}
+      },
+      "errors_total": {"signature": 1, "network": 3}
+    }
+
+Lag is derived, not stored: lag_versions = newest_seen - version, and
+lag_seconds = now - newest_seen_at while behind (0 when in sync).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blocklist import atomic
+
+# Error kinds, used as the `kind` label of sync error counters.
+ERROR_KINDS = ("signature", "rollback", "expired", "checksum", "size", "format",
+               "network", "timeout", "http", "cache", "disk")
+
+
+@dataclass
+class ListStatus:
+    version: int = 0             # enforced version (0: none)
+    entries: int = 0
+    checksum: str = ""
+    expires: float = 0.0         # expiry of the manifest that announced the enforced version
+    newest_seen: int = 0         # newest version a verified manifest announced
+    newest_seen_at: float = 0.0  # when we first saw newest_seen
+    last_success: float = 0.0    # last sync that ended with this list at newest_seen
+    last_attempt: float = 0.0
+    last_error: str | None = None
+    last_error_at: float = 0.0
+
+    def lag_versions(self) -> int:
+        return max(0, self.newest_seen - self.version)
+
+    def lag_seconds(self, now: float | None = None) -> float:
+        if self.lag_versions() == 0 or not self.newest_seen_at:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self.newest_seen_at)
+
+
+@dataclass
+class ManifestStatus:
+    version: int = 0
+    expires: float = 0.0
+    signed_by: str = ""
+    fetched_at: float = 0.0
+
+
+@dataclass
+class NodeStatus:
+    node_id: str = ""
+    source: str = ""
+    updated: float = 0.0
+    manifest: ManifestStatus = field(default_factory=ManifestStatus)
+    lists: dict[str, ListStatus] = field(default_factory=dict)
+    errors_total: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> NodeStatus:
+        """Parse a status document; raises ValueError/TypeError/KeyError if malformed."""
+        if not isinstance(raw, dict):
+            raise TypeError("status: not an object")
+        return cls(node_id=str(raw.get("node_id", "")), source=str(raw.get("source", "")),
+                   updated=float(raw.get("updated", 0)),
+                   manifest=ManifestStatus(**raw.get("manifest", {})),
+                   lists={str(k): ListStatus(**v) for k, v in raw.get("lists", {}).items()},
+                   errors_total={str(k): int(v) for k, v in raw.get("errors_total", {}).items()})
+
+    def count_error(self, kind: str) -> None:
+        self.errors_total[kind] = self.errors_total.get(kind, 0) + 1
+
+
+def read_status(path: Path) -> NodeStatus | None:
+    """The status at `path`, None if there is none yet; raises OSError/ValueError if unreadable."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return NodeStatus.from_json(json.loads(text))
+
+
+def write_status(path: Path, status: NodeStatus) -> None:
+    status.updated = time.time()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(path, json.dumps(status.as_json(), indent=1, sort_keys=True).encode())

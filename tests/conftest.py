@@ -1,0 +1,113 @@
+"""Shared fixtures: a hotline home in tmp_path and a way to run the CLI as a user would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from blocklist.cli import main as blocklist_main
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_program(name: str) -> str:
+    """The path of a real program a test needs; skip outside CI, fail under CI=true."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None)
+    if path is None:
+        message = f"{name} is not installed (apt-get install it, or run the README test command as root)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class Hotline:
+    home: Path
+    runner: CliRunner
+
+    def run(self, *args: str, ok: bool | None = True) -> Result:
+        result = self.runner.invoke(blocklist_main, ["--home", str(self.home), "--actor", "tester", *args],
+                                    catch_exceptions=False)
+        if ok is True:
+            assert result.exit_code == 0, result.output
+        return result
+
+    @property
+    def publish_dir(self) -> Path:
+        return self.home / "publish"
+
+
+@pytest.fixture
+def hotline(tmp_path: Path) -> Hotline:
+    h = Hotline(tmp_path / "hotline", CliRunner())
+    h.run("init")
+    return h
+
+
+@dataclass
+class Plugin:
+    """A plugin.yaml in tmp_path that trusts `hotline`'s key; `config()` loads it."""
+
+    hotline: Hotline
+    dir: Path
+    extra: dict
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "plugin.yaml"
+
+    def write_config(self, source: str = "http://127.0.0.1:9/", lists: tuple[str, ...] = ("default",),
+                     **extra: object) -> Path:
+        import yaml
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        key = self.hotline.run("key", "export").output
+        (self.dir / "hotline.pub").write_text(key)
+        doc = {"source": source, "public_key_file": "hotline.pub", "lists": list(lists),
+               "cache_dir": "cache", "node_id": "test-node", "poll_interval": 1,
+               "admin": {"listen": None}}
+        doc.update(self.extra)
+        doc.update(extra)
+        self.config_path.write_text(yaml.safe_dump(doc))
+        return self.config_path
+
+    def config(self):  # -> PluginConfig
+        from resolver_plugin.config import load_config
+
+        if not self.config_path.exists():
+            self.write_config()
+        return load_config(self.config_path)
+
+    def install_published(self) -> None:
+        """Put the hotline's current published lists into the cache as `sync` would.
+
+        A stand-in for the network in tests of enforcement shells: the files are
+        verified with the plugin's pinned key exactly like the cache loader does.
+        """
+        from blocklist.format import read_manifest
+        from resolver_plugin.cache import Cache, ListState
+
+        config = self.config()
+        cache = Cache(config.cache_dir)
+        data = (self.hotline.publish_dir / "manifest.json").read_bytes()
+        manifest = read_manifest(data, config.public_keys)
+        for name in config.lists:
+            ref = manifest.lists.get(name)
+            if ref is None:
+                continue
+            snap = (self.hotline.publish_dir / ref.snapshot.path).read_bytes()
+            file_name = ref.snapshot.path.rsplit("/", 1)[1]
+            cache.write_list(name, ListState(ref.version, ref.checksum, file_name, ()), {file_name: snap})
+        cache.write_manifest(data)
+
+
+@pytest.fixture
+def plugin(hotline: Hotline, tmp_path: Path) -> Plugin:
+    return Plugin(hotline, tmp_path / "plugin", {})
