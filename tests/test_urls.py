@@ -624,7 +624,7 @@ def test_fast_path_equals_slow_path(url: str) -> None:
     fast = urls._canonicalize_fast(url)
     if fast is not None:
         assert fast == slow
-        assert str(fast) in (url, url.replace("?", "/?", 1) if "/" not in url[8:] else url)
+        assert str(fast) == url  # the fast path only accepts what is already canonical
 
 
 @PROPERTY_SETTINGS

@@ -1,0 +1,159 @@
+"""The Matcher: scope semantics, Bloom-then-exact confirmation, deltas, stage-1 host answers."""
+
+from __future__ import annotations
+
+import pytest
+from pybloom_live import BloomFilter
+
+from blocklist.digests import Scope, entry_digests, make_entry
+from blocklist.errors import ChecksumError, FormatError, InvalidURL
+from blocklist.format import build_bloom, digest_array, set_checksum
+from blocklist.matcher import HostAction, ListFilter, Matcher
+
+SALT = b"0123456789abcdef"
+
+
+def make_filter(entries: list[tuple[str, Scope]], name: str = "iwf", version: int = 1,
+                rate: float = 1e-6, bloom: bool = True) -> ListFilter:
+    e, h = set(), set()
+    for url, scope in entries:
+        d, hd = entry_digests(SALT, make_entry(url, scope))
+        if d is not None:
+            e.add(d)
+        h.add(hd)
+    ea, ha = digest_array(e), digest_array(h)
+    return ListFilter(name, version, SALT, ea, ha,
+                      build_bloom(ea, rate) if bloom else None,
+                      build_bloom(ha, rate) if bloom else None)
+
+
+LIST = make_filter([
+    ("http://site.example/", Scope.PAGE),
+    ("http://site.example/bad/page.html", Scope.PAGE),
+    ("http://site.example/q.php?id=7", Scope.PAGE),
+    ("http://site.example/dir", Scope.FOLDER),
+    ("http://a.b.c.d.e.f.g.example/1/2/3/4/5/6/", Scope.FOLDER),
+    ("http://evil.example/", Scope.DOMAIN),
+    ("http://h.i.j.k.l.m.n.example/", Scope.DOMAIN),
+    ("http://10.1.2.3/", Scope.DOMAIN),
+])
+MATCHER = Matcher([LIST])
+
+
+@pytest.mark.parametrize("url, scope", [
+    ("http://site.example/", Scope.PAGE),
+    ("http://site.example/?anything=1", Scope.PAGE),          # a page without query: any query
+    ("http://site.example/bad/page.html", Scope.PAGE),
+    ("http://site.example/bad/page.html?x=1#frag", Scope.PAGE),
+    ("http://site.example/q.php?id=7", Scope.PAGE),
+    ("http://site.example/dir", Scope.FOLDER),                # the folder itself
+    ("http://site.example/dir/", Scope.FOLDER),
+    ("http://site.example/dir/a/b/c/d/e/f/g/h.html", Scope.FOLDER),  # any depth
+    ("http://a.b.c.d.e.f.g.example/1/2/3/4/5/6/7/8/9.html", Scope.FOLDER),  # deeper than the spec's limits
+    ("http://evil.example/anything", Scope.DOMAIN),
+    ("http://www.evil.example/x", Scope.DOMAIN),
+    ("http://x.y.z.w.v.u.h.i.j.k.l.m.n.example/", Scope.DOMAIN),  # more than 5 host components
+    ("http://10.1.2.3/x", Scope.DOMAIN),
+    ("http://0x0a.1.2.3/x", Scope.DOMAIN),                    # IP forms
+    ("http://167838211/", Scope.DOMAIN),
+])
+def test_listed(url: str, scope: Scope) -> None:
+    verdict = MATCHER.check(url)
+    assert verdict.blocked and verdict.scope is scope and verdict.list == "iwf"
+
+
+@pytest.mark.parametrize("url", [
+    "http://site.example/other",           # listing the home page never blocks the site
+    "http://site.example/bad/",            # the page's folder
+    "http://site.example/bad/page.html2",
+    "http://site.example/q.php?id=8",      # a page with a query: only that query
+    "http://site.example/q.php",
+    "http://site.example/dirty",           # folder "/dir/" is not a string prefix match
+    "http://www.site.example/bad/page.html",  # page and folder entries are host-exact
+    "http://notevil.example/",             # domain is label-wise
+    "http://evil.example.com/",
+    "http://10.1.2.4/",
+    "http://unlisted.example/",
+])
+def test_not_listed(url: str) -> None:
+    assert not MATCHER.check(url).blocked
+
+
+def test_bloom_false_positive_never_blocks() -> None:
+    """A saturated Bloom filter says yes to everything; the exact digests say no."""
+    f = make_filter([("http://site.example/bad.html", Scope.PAGE)])
+    saturated = BloomFilter(capacity=10, error_rate=0.5)
+    saturated.bitarray.setall(True)
+    f.entry_bloom = f.host_bloom = saturated
+    m = Matcher([f])
+    assert not m.check("http://innocent.example/page").blocked
+    assert not m.check("http://site.example/good.html").blocked
+    assert m.check("http://site.example/bad.html").blocked
+    assert f.bloom_refuted > 0 and f.bloom_confirmed > 0
+
+
+def test_exact_only_filter_agrees_with_bloom_filter() -> None:
+    exact = make_filter([("http://site.example/dir", Scope.FOLDER)], bloom=False)
+    assert Matcher([exact]).check("http://site.example/dir/x").blocked
+    assert not Matcher([exact]).check("http://site.example/x").blocked
+
+
+def test_check_host_stages() -> None:
+    assert MATCHER.check_host("www.EVIL.example.").action is HostAction.BLOCK
+    assert MATCHER.check_host("site.example").action is HostAction.PROXY
+    assert MATCHER.check_host("other.example").action is HostAction.PASS
+    assert MATCHER.check_host("www.site.example").action is HostAction.PASS
+
+
+def test_first_matching_list_is_named() -> None:
+    other = make_filter([("http://site.example/other", Scope.PAGE)], name="second", version=9)
+    m = Matcher([LIST, other])
+    assert m.check("http://site.example/other").list == "second"
+    assert m.check("http://evil.example/").list == "iwf"
+    assert m.versions() == {"iwf": 1, "second": 9}
+    assert m.replace(make_filter([], name="second", version=10)).versions() == {"iwf": 1, "second": 10}
+
+
+def test_invalid_url_raises_our_error() -> None:
+    with pytest.raises(InvalidURL):
+        MATCHER.check("ftp://site.example/")
+
+
+def _delta(old: ListFilter, new: ListFilter):
+    from blocklist.format import Delta
+    return Delta(old.name, old.version, new.version, 0, new.checksum,
+                 digest_array(set(new.entries) - set(old.entries)),
+                 digest_array(set(old.entries) - set(new.entries)),
+                 digest_array(set(new.hosts) - set(old.hosts)),
+                 digest_array(set(old.hosts) - set(new.hosts)))
+
+
+def test_apply_delta_adds_and_removes() -> None:
+    v1 = make_filter([("http://a.example/1", Scope.PAGE), ("http://b.example/", Scope.DOMAIN)])
+    v2 = make_filter([("http://a.example/2", Scope.PAGE), ("http://c.example/", Scope.DOMAIN)], version=2)
+    applied = v1.apply(_delta(v1, v2))
+    m = Matcher([applied])
+    assert applied.version == 2 and applied.checksum == v2.checksum
+    assert m.check("http://a.example/2").blocked and m.check("http://c.example/").blocked
+    assert not m.check("http://a.example/1").blocked and not m.check("http://b.example/").blocked
+    assert Matcher([v1]).check("http://a.example/1").blocked  # the old filter is untouched
+
+
+def test_delta_with_wrong_checksum_or_version_is_refused() -> None:
+    v1 = make_filter([("http://a.example/1", Scope.PAGE)])
+    v2 = make_filter([("http://a.example/2", Scope.PAGE)], version=2)
+    bad = _delta(v1, v2)
+    object.__setattr__(bad, "checksum", set_checksum(digest_array([]), digest_array([])))
+    with pytest.raises(ChecksumError):
+        v1.apply(bad)
+    with pytest.raises(FormatError):
+        v2.apply(_delta(v1, v2))
+
+
+def test_large_delta_rebuilds_sorted_sets() -> None:
+    v1 = make_filter([(f"http://a.example/{i}", Scope.PAGE) for i in range(400)])
+    v2 = make_filter([(f"http://a.example/{i}", Scope.PAGE) for i in range(200, 800)], version=2)
+    applied = v1.apply(_delta(v1, v2))
+    assert list(applied.entries) == list(v2.entries)
+    assert Matcher([applied]).check("http://a.example/799").blocked
+    assert not Matcher([applied]).check("http://a.example/5").blocked

@@ -1,0 +1,130 @@
+"""Publish -> snapshot + deltas -> Matcher gives exactly the store's verdicts; nothing plaintext leaks."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from blocklist.format import read_delta, read_manifest, read_snapshot
+from blocklist.matcher import ListFilter, Matcher
+from blocklist.urls import canonicalize
+from resolver_plugin.config import load_config
+from tests.conftest import Hotline, Plugin
+
+
+def reference_listed(entries: list[dict], url: str) -> bool:
+    """An independent oracle over the plaintext entries: the scope rules of DESIGN.md."""
+    c = canonicalize(url)
+    for e in entries:
+        ec = canonicalize(e["url"])
+        if e["scope"] == "domain":
+            if c.host == ec.host or c.host.endswith("." + ec.host):
+                return True
+        elif c.host != ec.host:
+            continue
+        elif e["scope"] == "folder":
+            if c.path.startswith(ec.path) or c.path + "/" == ec.path:
+                return True
+        elif ec.query is None:
+            if c.path == ec.path:
+                return True
+        elif (c.path, c.query) == (ec.path, ec.query):
+            return True
+    return False
+
+
+def write_import(path: Path, rows: list[tuple[str, str]]) -> None:
+    path.write_text("url,scope\n" + "".join(f"{u},{s}\n" for u, s in rows))
+
+
+def test_snapshot_plus_deltas_match_the_store(hotline: Hotline, plugin: Plugin, tmp_path: Path) -> None:
+    rng = random.Random(7)
+    hosts = [f"h{i}.example" for i in range(400)]
+    rows = []
+    for i in range(10000):
+        host = rng.choice(hosts)
+        kind = rng.random()
+        if kind < 0.8:
+            rows.append((f"http://{host}/p/{i}.html" + (f"?id={i}" if i % 5 == 0 else ""), "page"))
+        elif kind < 0.97:
+            rows.append((f"http://{host}/d{i}/sub/", "folder"))
+        else:
+            rows.append((f"http://s{i}.{host}/", "domain"))
+    write_import(tmp_path / "v1.csv", rows[:7000])
+    hotline.run("import", str(tmp_path / "v1.csv"))
+    hotline.run("publish")
+    write_import(tmp_path / "v2.csv", rows[7000:9000])
+    hotline.run("import", str(tmp_path / "v2.csv"))
+    removed = [u for u, _ in rows[:300]]
+    hotline.run("remove", *removed)
+    hotline.run("publish")
+    write_import(tmp_path / "v3.csv", rows[9000:])
+    hotline.run("import", str(tmp_path / "v3.csv"))
+    hotline.run("publish")
+
+    # read as a plugin would: snapshot 1, then deltas 1->2->3
+    keys = load_config(plugin.write_config()).public_keys
+    pub = hotline.publish_dir
+    manifest = read_manifest((pub / "manifest.json").read_bytes(), keys)
+    ref = manifest.lists["default"]
+    assert ref.version == 3 and [(d.from_version, d.to_version) for d in ref.deltas] == [(1, 2), (2, 3)]
+    current = ListFilter.from_snapshot(read_snapshot((pub / "lists/default/snapshot-1").read_bytes(), keys))
+    for d in ref.deltas:
+        current = current.apply(read_delta((pub / d.path).read_bytes(), keys))
+    assert current.checksum == ref.checksum
+    from_deltas = Matcher([current])
+    from_snapshot = Matcher([ListFilter.from_snapshot(read_snapshot((pub / ref.snapshot.path).read_bytes(), keys))])
+
+    entries = json.loads(hotline.run("ls", "--json").output)
+    assert len(entries) == 10000 - 300
+    by_host: dict[str, list[dict]] = {}
+    for e in entries:
+        by_host.setdefault(canonicalize(e["url"]).host, []).append(e)
+
+    listed_urls = []
+    for u, scope in rows[300:]:
+        if scope == "page":
+            listed_urls.append(u)
+        elif scope == "folder":
+            listed_urls.append(u + "deeper/x.html")
+        else:
+            listed_urls.append(u.replace("http://", "http://www.") + "any/path")
+    unlisted_urls = [f"http://{rng.choice(hosts)}/p/{rng.randrange(10**6, 10**7)}.html" for _ in range(50000)]
+    unlisted_urls += [f"http://other{rng.randrange(10**6)}.example/x/{i}" for i in range(40000)]
+    unlisted_urls += [u for u, _ in rows[:300] if _ != "domain"]  # removed ones
+    unlisted_urls += [f"http://{h}/d{i}sub/" for i, h in enumerate(hosts)]
+    unlisted_urls += [f"http://{h}/p/{i}.html?id=other" for i, h in zip(range(0, 10000, 5), hosts * 25)]
+    assert len(listed_urls) == 9700 and len(unlisted_urls) >= 90000
+
+    mismatches = []
+    for url in listed_urls + unlisted_urls:
+        labels = canonicalize(url).host.split(".")
+        candidates = [e for i in range(len(labels)) for e in by_host.get(".".join(labels[i:]), [])]
+        expected = reference_listed(candidates, url)
+        got = from_deltas.check(url).blocked
+        if got != expected or from_snapshot.check(url).blocked != expected:
+            mismatches.append(url)
+    assert mismatches == []
+    assert sum(from_deltas.check(u).blocked for u in listed_urls) == 9700
+
+
+def test_published_files_hold_no_plaintext(hotline: Hotline, tmp_path: Path) -> None:
+    urls = [f"http://secret{i}.example/hidden/path{i}.html?q={i}" for i in range(200)]
+    (tmp_path / "l.txt").write_text("\n".join(urls))
+    hotline.run("import", str(tmp_path / "l.txt"))
+    hotline.run("add", "http://wholesite-secret.example/", "--scope", "domain")
+    hotline.run("publish")
+    hotline.run("remove", *urls[:50])
+    hotline.run("publish")
+    needles = set()
+    for u in urls + ["http://wholesite-secret.example/"]:
+        c = canonicalize(u)
+        needles |= {u, c.host, c.path, c.host + c.path, c.host.split(".")[0]}
+    files = [p for p in hotline.publish_dir.rglob("*") if p.is_file()]
+    assert len(files) >= 4
+    for path in files:
+        data = path.read_bytes().lower()
+        for needle in needles:
+            if len(needle) > 4:
+                assert needle.lower().encode() not in data, f"{needle!r} in {path}"

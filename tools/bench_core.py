@@ -1,0 +1,116 @@
+"""Benchmark of the hotline core: publish time, snapshot size, delta size, Matcher checks/s.
+
+    python tools/bench_core.py --entries 1000000
+
+Builds a hotline home in a temp dir (entries inserted through the Store API, as
+`import` does after parsing), then measures what issue 2 asks, and prints one JSON
+document. Figures depend on the machine: record it with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from blocklist.digests import Scope, make_entry  # noqa: E402
+from blocklist.format import key_id, read_snapshot  # noqa: E402
+from blocklist.home import Home, HotlineConfig  # noqa: E402
+from blocklist.matcher import ListFilter, Matcher  # noqa: E402
+from blocklist.publish import publish  # noqa: E402
+from blocklist.store import Store  # noqa: E402
+from tools.datagen import listed_rows, request_stream  # noqa: E402
+
+
+def build_home(root: Path, n: int, rate: float) -> tuple[Home, Store, list[tuple[str, str]]]:
+    home = Home(root)
+    home.init(HotlineConfig())
+    store = Store(home.store_path)
+    rows = list(listed_rows(n))
+    with store.transaction():
+        info = store.create_list("bench", rate, "bench")
+        store.add_entries(info, ((make_entry(u, Scope(s)), "", "") for u, s in rows), "bench", source="bench")
+    return home, store, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--error-rate", type=float, default=1e-6)
+    parser.add_argument("--checks", type=int, default=200_000)
+    parser.add_argument("--delta-changes", type=int, default=100)
+    args = parser.parse_args()
+    out: dict[str, object] = {"machine": {"cpu": platform.processor() or platform.machine(),
+                                          "cores": os.cpu_count(), "python": platform.python_version()},
+                              "entries": args.entries, "error_rate": args.error_rate}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        home, store, rows = build_home(Path(tmp) / "home", args.entries, args.error_rate)
+        out["store_build_s"] = round(time.perf_counter() - t0, 2)
+
+        t0 = time.perf_counter()
+        publish(home, store, "bench")
+        out["full_publish_s"] = round(time.perf_counter() - t0, 2)
+
+        rng = random.Random(5)
+        info = store.require_list("bench")
+        with store.transaction():
+            victims = rng.sample(rows, args.delta_changes // 2)
+            for u, s in victims:
+                store.remove_entry(info, make_entry(u, Scope(s)), "bench")
+            store.add_entries(info, ((make_entry(f"http://new{i}.listed.test/x{i}.html", Scope.PAGE), "", "")
+                                     for i in range(args.delta_changes - len(victims))), "bench")
+        t0 = time.perf_counter()
+        publish(home, store, "bench")
+        out["delta_publish_s"] = round(time.perf_counter() - t0, 2)
+
+        lists = home.publish_dir / "lists" / "bench"
+        snap_bytes = (lists / "snapshot-2").stat().st_size
+        delta_bytes = (lists / "delta-1-2").stat().st_size
+        key = home.signing_key().public_key()
+        t0 = time.perf_counter()
+        snap = read_snapshot((lists / "snapshot-2").read_bytes(), {key_id(key): key})
+        out["snapshot_load_s"] = round(time.perf_counter() - t0, 3)
+        n_digests = len(snap.entries) + len(snap.hosts)
+        bloom_bits = snap.entry_bloom.num_bits + snap.host_bloom.num_bits
+        limit_bits = math.log2(1 / args.error_rate)
+        out["snapshot"] = {
+            "bytes": snap_bytes, "bytes_per_entry": round(snap_bytes / args.entries, 2),
+            "digests": n_digests, "bloom_bits_per_digest": round(bloom_bits / n_digests, 2),
+            "information_limit_bits": round(limit_bits, 2),
+            "bloom_ratio_to_limit": round(bloom_bits / n_digests / limit_bits, 3),
+            "size_ratio_to_limit_plus_digests": round(snap_bytes / (n_digests * (limit_bits / 8 + 8)), 3),
+        }
+        out["delta"] = {"bytes": delta_bytes, "changes": args.delta_changes,
+                        "bytes_per_change": round(delta_bytes / args.delta_changes, 1)}
+
+        matcher = Matcher([ListFilter.from_snapshot(snap)])
+        stream = list(request_stream(args.checks, rows))
+        for url in stream[:2000]:  # warm the host cache the way live traffic does
+            matcher.check(url)
+        t0 = time.perf_counter()
+        blocked = sum(matcher.check(url).blocked for url in stream)
+        elapsed = time.perf_counter() - t0
+        out["matcher"] = {"checks": len(stream), "checks_per_s": round(len(stream) / elapsed),
+                          "blocked": blocked, "bloom_refuted": matcher.filters[0].bloom_refuted}
+        cold = Matcher([ListFilter.from_snapshot(snap)])
+        t0 = time.perf_counter()
+        for url in stream[:50000]:
+            cold.check(url)
+        out["matcher"]["cold_cache_checks_per_s"] = round(50000 / (time.perf_counter() - t0))
+        out["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
