@@ -33,6 +33,7 @@ import operator
 import struct
 import sys
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -124,9 +125,21 @@ def canonical_json(value: Any) -> bytes:
                       allow_nan=False).encode("ascii")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
 def _loads(data: bytes, what: str) -> Any:
+    """Strict JSON: no NaN/Infinity, so whatever parses also re-serializes canonically."""
     try:
-        return json.loads(data)
+        return json.loads(data, parse_float=_finite, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FormatError(f"{what}: not valid JSON ({exc})") from None
 
@@ -160,6 +173,30 @@ def check_list_name(name: object) -> str:
 def digest_array(values: Any) -> array:
     """A sorted, duplicate-free array('Q') of digests."""
     return array("Q", sorted(set(values)))
+
+
+def contains(values: array, value: int) -> bool:
+    """Membership in a sorted digest array (binary search)."""
+    i = bisect_left(values, value)
+    return i < len(values) and values[i] == value
+
+
+def merge_sorted(base: array, added: Any, removed: Any) -> array:
+    """`base` minus `removed` plus `added`, sorted and unique; `base` is not changed."""
+    if not added and not removed:
+        return base
+    if len(added) + len(removed) > 256:  # in-place edits are O(n) each: rebuild instead
+        return array("Q", sorted(set(base).difference(removed).union(added)))
+    out = array("Q", base)
+    for value in removed:
+        i = bisect_left(out, value)
+        if i < len(out) and out[i] == value:
+            del out[i]
+    for value in added:
+        i = bisect_left(out, value)
+        if i == len(out) or out[i] != value:
+            out.insert(i, value)
+    return out
 
 
 def _array_bytes(values: array) -> bytes:
@@ -218,6 +255,15 @@ def add_to_bloom(bloom: BloomFilter, values: Any) -> None:
             bits[offset + k] = True
             offset += per_slice
     bloom.count += len(values)
+
+
+def grow_bloom(bloom: BloomFilter, values: Any) -> BloomFilter:
+    """A copy of `bloom` with `values` added; `bloom` itself is not changed."""
+    grown = BloomFilter.__new__(BloomFilter)
+    grown._setup(bloom.error_rate, bloom.num_slices, bloom.bits_per_slice, bloom.capacity, bloom.count)
+    grown.bitarray = bloom.bitarray.copy()
+    add_to_bloom(grown, values)
+    return grown
 
 
 def _bloom_params(bloom: BloomFilter) -> dict[str, Any]:

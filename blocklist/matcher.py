@@ -20,7 +20,6 @@ from __future__ import annotations
 import enum
 import hashlib
 from array import array
-from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -28,7 +27,9 @@ from pybloom_live import BloomFilter
 
 from blocklist.digests import HOST_KIND, Scope, domain_keys, entry_keys, kind_of
 from blocklist.errors import ChecksumError, FormatError
-from blocklist.format import Delta, Snapshot, add_to_bloom, bloom_key, set_checksum
+from blocklist.format import (
+    Delta, Snapshot, bloom_key, contains, grow_bloom, merge_sorted, set_checksum,
+)
 from blocklist.urls import CanonicalURL, canonicalize, canonicalize_host
 
 HOST_CACHE_SIZE = 65536
@@ -62,29 +63,6 @@ ALLOWED = Verdict(False)
 HOST_PASS = HostVerdict(HostAction.PASS)
 
 
-def _contains(values: array, value: int) -> bool:
-    i = bisect_left(values, value)
-    return i < len(values) and values[i] == value
-
-
-def _merge(base: array, added: array, removed: array) -> array:
-    """`base` minus `removed` plus `added`, all sorted."""
-    if not added and not removed:
-        return base
-    if len(added) + len(removed) > 256:  # in-place edits are O(n) each: rebuild instead
-        return array("Q", sorted(set(base).difference(removed).union(added)))
-    out = array("Q", base)
-    for value in removed:
-        i = bisect_left(out, value)
-        if i < len(out) and out[i] == value:
-            del out[i]
-    for value in added:
-        i = bisect_left(out, value)
-        if i == len(out) or out[i] != value:
-            out.insert(i, value)
-    return out
-
-
 class ListFilter:
     """One list at one version: salt, two Bloom filters and two exact digest sets."""
 
@@ -111,8 +89,8 @@ class ListFilter:
         if delta.list != self.name or delta.from_version != self.version:
             raise FormatError(f"delta {delta.list} {delta.from_version}->{delta.to_version} "
                               f"does not apply to {self.name} version {self.version}")
-        entries = _merge(self.entries, delta.entries_added, delta.entries_removed)
-        hosts = _merge(self.hosts, delta.hosts_added, delta.hosts_removed)
+        entries = merge_sorted(self.entries, delta.entries_added, delta.entries_removed)
+        hosts = merge_sorted(self.hosts, delta.hosts_added, delta.hosts_removed)
         checksum = set_checksum(entries, hosts)
         if checksum != delta.checksum:
             raise ChecksumError(f"delta {delta.from_version}->{delta.to_version} of {self.name}: "
@@ -120,11 +98,9 @@ class ListFilter:
         # Removed digests stay set in the Bloom filters: they become refuted hits.
         entry_bloom, host_bloom = self.entry_bloom, self.host_bloom
         if entry_bloom is not None and delta.entries_added:
-            entry_bloom = entry_bloom.copy()
-            add_to_bloom(entry_bloom, delta.entries_added)
+            entry_bloom = grow_bloom(entry_bloom, delta.entries_added)
         if host_bloom is not None and delta.hosts_added:
-            host_bloom = host_bloom.copy()
-            add_to_bloom(host_bloom, delta.hosts_added)
+            host_bloom = grow_bloom(host_bloom, delta.hosts_added)
         return ListFilter(self.name, delta.to_version, self.salt, entries, hosts, entry_bloom,
                           host_bloom, delta.created, self.expires, checksum)
 
@@ -139,7 +115,7 @@ class ListFilter:
     def _member(self, bloom: BloomFilter | None, exact: array, value: int) -> bool:
         if bloom is not None and bloom_key(value) not in bloom:
             return False
-        if _contains(exact, value):
+        if contains(exact, value):
             self.bloom_confirmed += 1
             return True
         if bloom is not None:

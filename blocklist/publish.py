@@ -6,7 +6,8 @@ records the publication after that, and only then are files that the new
 manifest no longer names removed. A kill at any point leaves publish/ at the
 old manifest or the new one, never between; re-running completes the work.
 The next version number comes from the published manifest, so a crash between
-the manifest and the store record never reuses a version.
+the manifest and the store record never reuses a version; the store then sees
+that its record lags the manifest and compiles the next version in full.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ from typing import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from pybloom_live import BloomFilter
+
 from blocklist import atomic
+
 from blocklist.format import (
-    DeltaRef, ListRef, Manifest, Snapshot, build_bloom, diff, file_ref, key_id,
-    read_manifest, read_snapshot, set_checksum, write_delta, write_manifest, write_snapshot,
+    Delta, DeltaRef, ListRef, Manifest, Snapshot, build_bloom, contains, diff,
+    digest_array, file_ref, grow_bloom, key_id, merge_sorted, read_manifest, read_snapshot, set_checksum,
+    write_delta, write_manifest, write_snapshot,
 )
 from blocklist.home import Home
 from blocklist.store import ListInfo, Store
 
 MANIFEST_NAME = "manifest.json"
+BLOOM_GROWTH = 1.05
 Progress = Callable[[str], None]
 
 
@@ -59,9 +65,67 @@ def current_manifest(home: Home, key: Ed25519PrivateKey) -> Manifest | None:
     return read_manifest(path.read_bytes(), {key_id(key.public_key()): key.public_key()})
 
 
+def _grown_bloom(bloom: BloomFilter, added: array, values: array, rate: float) -> BloomFilter:
+    """The previous filter plus `added`, or a fresh one once it would be too full.
+
+    Removed digests stay set in a grown filter (refuted hits, never blocks); a
+    rebuild drops them. Growing up to BLOOM_GROWTH of capacity keeps the
+    false-positive rate near the configured one.
+    """
+    if bloom.error_rate != rate or bloom.count + len(added) > bloom.capacity * BLOOM_GROWTH:
+        return build_bloom(values, rate)
+    return grow_bloom(bloom, added)
+
+
+def _changes(store: Store, info: ListInfo, old: Snapshot) -> tuple[array, array, array, array]:
+    """(entries added, removed, hosts added, removed) since `old`, from the store's journal."""
+    entry_state, host_state = store.touched_changes(info)
+    return (digest_array(v for v, present in entry_state.items() if present and not contains(old.entries, v)),
+            digest_array(v for v, present in entry_state.items() if not present and contains(old.entries, v)),
+            digest_array(v for v, present in host_state.items() if present and not contains(old.hosts, v)),
+            digest_array(v for v, present in host_state.items() if not present and contains(old.hosts, v)))
+
+
+def _compile(home: Home, store: Store, info: ListInfo, before: ListRef | None, keys: dict,
+             version: int, now: int, expires: int, progress: Progress) -> tuple[Snapshot, Delta | None] | None:
+    """The new snapshot (and delta from `before`) of a list, or None if it did not change.
+
+    When the previous snapshot is at hand and the store recorded its publication,
+    only the digests the store journalled since are looked at (a fast delta
+    publish); otherwise the whole list is compiled.
+    """
+    old = None
+    if before is not None and (home.publish_dir / before.snapshot.path).exists():
+        old = read_snapshot((home.publish_dir / before.snapshot.path).read_bytes(), keys)
+    counts = store.count(info)
+    if old is not None and store.last_published(info) == before.version:
+        e_add, e_rem, h_add, h_rem = _changes(store, info, old)
+        if not (e_add or e_rem or h_add or h_rem):
+            return None
+        progress(f"applying {len(e_add) + len(e_rem) + len(h_add) + len(h_rem)} changes to {info.name}")
+        entries = merge_sorted(old.entries, e_add, e_rem)
+        hosts = merge_sorted(old.hosts, h_add, h_rem)
+        snap = Snapshot(list=info.name, version=version, created=now, expires=expires, salt=info.salt,
+                        checksum=set_checksum(entries, hosts),
+                        entry_bloom=_grown_bloom(old.entry_bloom, e_add, entries, info.error_rate),
+                        host_bloom=_grown_bloom(old.host_bloom, h_add, hosts, info.error_rate),
+                        entries=entries, hosts=hosts, counts=counts)
+        return snap, Delta(info.name, old.version, version, now, snap.checksum, e_add, e_rem, h_add, h_rem)
+    progress(f"compiling {info.name} ({sum(counts.values())} entries)")
+    entries, hosts = store.digest_sets(info)
+    if before is not None and before.checksum == set_checksum(entries, hosts):
+        return None
+    snap = compile_snapshot(info, entries, hosts, counts, version, now, expires)
+    return snap, diff(info.name, old, snap, now) if old is not None else None
+
+
 def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
             now: int | None = None, progress: Progress = lambda msg: None) -> PublishResult:
-    """Publish every list (or `only` these) that changed since its last version."""
+    """Publish every list (or `only` these) that changed since its last version.
+
+    The whole run holds the store's write lock, so what is published is exactly
+    what the store holds, and the publication is recorded with it.
+    """
     config = home.config()
     key = home.signing_key()
     keys = {key_id(key.public_key()): key.public_key()}
@@ -69,80 +133,67 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
     expires = now + int(config.expires_days * 86400)
     previous = current_manifest(home, key)
     lists = dict(previous.lists) if previous else {}
-    infos = [store.require_list(name) for name in only] if only else store.lists()
     result = PublishResult()
-
-    for info in infos:
-        progress(f"compiling {info.name}")
-        entries, hosts = store.digest_sets(info)
-        checksum = set_checksum(entries, hosts)
-        before = lists.get(info.name)
-        if before is not None and before.checksum == checksum:
-            result.unchanged[info.name] = before.version
-            continue
-        version = max(before.version if before else 0, store.last_published(info)) + 1
-        counts = store.count(info)
-        snap = compile_snapshot(info, entries, hosts, counts, version, now, expires)
-        folder = home.publish_dir / "lists" / info.name
-        folder.mkdir(parents=True, exist_ok=True)
-        data = write_snapshot(snap, key)
-        snap_path = f"lists/{info.name}/snapshot-{version}"
-        atomic.write_bytes(home.publish_dir / snap_path, data)
-        deltas: list[DeltaRef] = []
-        if before is not None:
-            deltas = [d for d in before.deltas if d.to_version > version - config.keep_versions]
-            old_path = home.publish_dir / before.snapshot.path
-            if old_path.exists():
-                progress(f"computing delta {before.version} -> {version} of {info.name}")
-                old = read_snapshot(old_path.read_bytes(), keys)
-                delta_data = write_delta(diff(info.name, old, snap, now), key)
-                delta_path = f"lists/{info.name}/delta-{before.version}-{version}"
-                atomic.write_bytes(home.publish_dir / delta_path, delta_data)
-                ref = file_ref(delta_path, delta_data)
-                deltas.append(DeltaRef(ref.path, ref.size, ref.sha256, before.version, version))
-        lists[info.name] = ListRef(version=version, checksum=checksum, entries=sum(counts.values()),
-                                   snapshot=file_ref(snap_path, data), deltas=tuple(deltas))
-        result.published[info.name] = version
-
-    lifetime = expires - now
-    if not result.published and previous is not None and previous.expires - now > lifetime / 2:
-        result.manifest_version = previous.version
-        _reconcile(store, infos, lists)
-        return result
-    result.renewed = not result.published
-    manifest = Manifest(version=(previous.version if previous else 0) + 1, created=now,
-                        expires=expires, lists=lists,
-                        key_chain=previous.key_chain if previous else ())
-    atomic.write_bytes(home.publish_dir / MANIFEST_NAME, write_manifest(manifest, [key]))
-    result.manifest_version = manifest.version
     with store.transaction():
+        infos = [store.require_list(name) for name in only] if only else store.lists()
         for info in infos:
-            if info.name in result.published:
-                ref = lists[info.name]
-                store.record_publication(info, ref.version, ref.checksum, ref.entries)
-        store.audit(actor, "publish", "", {"manifest": manifest.version,
-                                           "published": result.published,
-                                           "renewed": result.renewed})
-    _reconcile(store, infos, lists)
-    _prune(home.publish_dir, manifest, config.keep_versions)
+            before = lists.get(info.name)
+            version = max(before.version if before else 0, store.last_published(info)) + 1
+            compiled = _compile(home, store, info, before, keys, version, now, expires, progress)
+            if compiled is None:
+                result.unchanged[info.name] = before.version if before else 0
+                continue
+            snap, delta = compiled
+            lists[info.name] = _write_list(home, key, snap, delta, before, config.keep_versions)
+            result.published[info.name] = version
+
+        lifetime = expires - now
+        if not result.published and previous is not None and previous.expires - now > lifetime / 2:
+            result.manifest_version = previous.version
+        else:
+            result.renewed = not result.published
+            manifest = Manifest(version=(previous.version if previous else 0) + 1, created=now,
+                                expires=expires, lists=lists,
+                                key_chain=previous.key_chain if previous else ())
+            atomic.write_bytes(home.publish_dir / MANIFEST_NAME, write_manifest(manifest, [key]))
+            result.manifest_version = manifest.version
+            store.audit(actor, "publish", "", {"manifest": manifest.version, "published": result.published,
+                                               "renewed": result.renewed})
+        for info in infos:
+            ref = lists.get(info.name)
+            if ref is not None:
+                if store.last_published(info) < ref.version:
+                    store.record_publication(info, ref.version, ref.checksum, ref.entries)
+                store.clear_touched(info)
+    if result.wrote_manifest:
+        _prune(home.publish_dir, lists, config.keep_versions)
     return result
 
 
-def _reconcile(store: Store, infos: list[ListInfo], lists: dict[str, ListRef]) -> None:
-    """Record versions a crash left published but unrecorded (manifest written, store not)."""
-    missing = [(info, lists[info.name]) for info in infos
-               if info.name in lists and store.last_published(info) < lists[info.name].version]
-    if missing:
-        with store.transaction():
-            for info, ref in missing:
-                store.record_publication(info, ref.version, ref.checksum, ref.entries)
+def _write_list(home: Home, key: Ed25519PrivateKey, snap: Snapshot, delta: Delta | None,
+                before: ListRef | None, keep: int) -> ListRef:
+    """Write a list's new snapshot and delta files; returns its manifest entry."""
+    folder = home.publish_dir / "lists" / snap.list
+    folder.mkdir(parents=True, exist_ok=True)
+    data = write_snapshot(snap, key)
+    snap_path = f"lists/{snap.list}/snapshot-{snap.version}"
+    atomic.write_bytes(home.publish_dir / snap_path, data)
+    deltas = [d for d in before.deltas if d.to_version > snap.version - keep] if before else []
+    if delta is not None:
+        delta_data = write_delta(delta, key)
+        delta_path = f"lists/{snap.list}/delta-{delta.from_version}-{delta.to_version}"
+        atomic.write_bytes(home.publish_dir / delta_path, delta_data)
+        ref = file_ref(delta_path, delta_data)
+        deltas.append(DeltaRef(ref.path, ref.size, ref.sha256, delta.from_version, delta.to_version))
+    return ListRef(version=snap.version, checksum=snap.checksum, entries=sum(snap.counts.values()),
+                   snapshot=file_ref(snap_path, data), deltas=tuple(deltas))
 
 
-def _prune(publish_dir: Path, manifest: Manifest, keep: int) -> None:
+def _prune(publish_dir: Path, lists: dict[str, ListRef], keep: int) -> None:
     """Remove snapshots and deltas older than the last `keep` versions and not named."""
-    named = {ref.snapshot.path for ref in manifest.lists.values()}
-    named |= {d.path for ref in manifest.lists.values() for d in ref.deltas}
-    for name, ref in manifest.lists.items():
+    named = {ref.snapshot.path for ref in lists.values()}
+    named |= {d.path for ref in lists.values() for d in ref.deltas}
+    for name, ref in lists.items():
         folder = publish_dir / "lists" / name
         if not folder.is_dir():
             continue

@@ -61,6 +61,14 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+-- Digests whose membership may have changed since the list was last published:
+-- publish recomputes just these against its previous snapshot (a fast delta publish).
+CREATE TABLE IF NOT EXISTS touched (
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    kind TEXT NOT NULL CHECK (kind IN ('entry', 'host')),
+    value BLOB NOT NULL,
+    PRIMARY KEY (list_id, kind, value)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS publications (
     list_id INTEGER NOT NULL REFERENCES lists(id),
     version INTEGER NOT NULL,
@@ -115,7 +123,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=300)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -197,6 +205,7 @@ class Store:
                     source: str = "") -> tuple[int, int]:
         """Add (entry, reason, ref) items; returns (added, already listed). Inside a transaction."""
         now, added, already = int(time.time()), 0, 0
+        journal = self.last_published(info) > 0
         for entry, reason, ref in items:
             digest, host_digest = entry_digests(info.salt, entry)
             cur = self.db.execute(
@@ -207,6 +216,8 @@ class Store:
                  actor, now, reason, ref))
             if cur.rowcount:
                 added += 1
+                if journal:
+                    self._touch(info, digest, host_digest)
                 if not source:
                     self.audit(actor, "add", info.name, {"scope": entry.scope.value, "url": entry.url,
                                                         "reason": reason, "ref": ref})
@@ -217,10 +228,17 @@ class Store:
                                                     "already_listed": already})
         return added, already
 
+    def _touch(self, info: ListInfo, digest: int | None, host_digest: int) -> None:
+        if digest is not None:
+            self.db.execute("INSERT OR IGNORE INTO touched VALUES (?, 'entry', ?)", (info.id, _blob(digest)))
+        self.db.execute("INSERT OR IGNORE INTO touched VALUES (?, 'host', ?)", (info.id, _blob(host_digest)))
+
     def remove_entry(self, info: ListInfo, entry: Entry, actor: str) -> bool:
         cur = self.db.execute("DELETE FROM entries WHERE list_id = ? AND scope = ? AND key = ?",
                               (info.id, entry.scope.value, entry.key))
         if cur.rowcount:
+            if self.last_published(info) > 0:
+                self._touch(info, *entry_digests(info.salt, entry))
             self.audit(actor, "remove", info.name, {"scope": entry.scope.value, "url": entry.url})
         return bool(cur.rowcount)
 
@@ -247,6 +265,27 @@ class Store:
                 entries.add(int.from_bytes(digest, "big"))
             hosts.add(int.from_bytes(host_digest, "big"))
         return array("Q", sorted(entries)), array("Q", sorted(hosts))
+
+    def touched_changes(self, info: ListInfo) -> tuple[dict[int, bool], dict[int, bool]]:
+        """For every digest touched since the last publish: is it in the list now?
+
+        Returns ({entry digest: present}, {host-level digest: present}).
+        """
+        entries: dict[int, bool] = {}
+        hosts: dict[int, bool] = {}
+        for kind, value in self.db.execute("SELECT kind, value FROM touched WHERE list_id = ?", (info.id,)):
+            if kind == "entry":
+                present = self.db.execute("SELECT 1 FROM entries WHERE list_id = ? AND digest = ? LIMIT 1",
+                                          (info.id, value)).fetchone()
+                entries[int.from_bytes(value, "big")] = present is not None
+            else:
+                present = self.db.execute("SELECT 1 FROM entries WHERE list_id = ? AND host_digest = ? LIMIT 1",
+                                          (info.id, value)).fetchone()
+                hosts[int.from_bytes(value, "big")] = present is not None
+        return entries, hosts
+
+    def clear_touched(self, info: ListInfo) -> None:
+        self.db.execute("DELETE FROM touched WHERE list_id = ?", (info.id,))
 
     def entries_with_digest(self, info: ListInfo, value: int) -> list[EntryRow]:
         """The entries behind a digest: how the hotline explains a match to its staff."""

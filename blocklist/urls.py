@@ -254,7 +254,9 @@ def _unescape_fully(data: bytes) -> bytes:
     out = bytearray()
     for byte in data:
         out.append(byte)
-        while len(out) >= 3 and out[-3] == 0x25 and out[-2] in _HEX_DIGITS and out[-1] in _HEX_DIGITS:
+        while (
+            len(out) >= 3 and out[-3] == 0x25 and out[-2] in _HEX_DIGITS and out[-1] in _HEX_DIGITS
+        ):
             value = int(out[-2:], 16)
             del out[-3:]
             out.append(value)
@@ -396,8 +398,7 @@ def _is_canonical_ipv4(host: str) -> bool:
     """Tell whether a canonical host is a dotted-quad IPv4 address."""
     parts = host.split(".")
     return len(parts) == 4 and all(
-        part.isdigit() and part.isascii() and len(part) <= 3 and str(int(part)) == part
-        and int(part) <= 255
+        part.isascii() and part.isdigit() and str(int(part)) == part and int(part) <= 255
         for part in parts
     )
 

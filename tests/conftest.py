@@ -111,3 +111,13 @@ class Plugin:
 @pytest.fixture
 def plugin(hotline: Hotline, tmp_path: Path) -> Plugin:
     return Plugin(hotline, tmp_path / "plugin", {})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true",
+                     help="run fault and soak tests at full length (e.g. 50 kill -9 runs instead of 10)")
+
+
+@pytest.fixture
+def soak(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--soak"))

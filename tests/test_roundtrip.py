@@ -128,3 +128,45 @@ def test_published_files_hold_no_plaintext(hotline: Hotline, tmp_path: Path) -> 
         for needle in needles:
             if len(needle) > 4:
                 assert needle.lower().encode() not in data, f"{needle!r} in {path}"
+
+
+def store_checksum(hotline: Hotline) -> str:
+    from blocklist.format import set_checksum
+    from blocklist.store import Store
+    store = Store(hotline.home / "store.sqlite")
+    try:
+        return set_checksum(*store.digest_sets(store.require_list("default")))
+    finally:
+        store.close()
+
+
+def published(hotline: Hotline, plugin: Plugin) -> tuple[str, Matcher]:
+    keys = load_config(plugin.write_config()).public_keys
+    manifest = read_manifest((hotline.publish_dir / "manifest.json").read_bytes(), keys)
+    ref = manifest.lists["default"]
+    snap = read_snapshot((hotline.publish_dir / ref.snapshot.path).read_bytes(), keys)
+    return ref.checksum, Matcher([ListFilter.from_snapshot(snap)])
+
+
+def test_incremental_publish_equals_a_full_compile(hotline: Hotline, plugin: Plugin) -> None:
+    hotline.run("add", "http://a.example/1", "http://a.example/2", "http://b.example/1")
+    hotline.run("publish")
+    steps = [
+        ("remove", "http://a.example/1"),           # host a keeps an entry
+        ("remove", "http://b.example/1"),           # host b loses its last entry
+        ("add", "http://c.example/new"),
+        ("add", "http://b.example/1"),              # back again
+        ("remove", "http://c.example/new"),         # added and removed between publishes
+    ]
+    for i, (command, url) in enumerate(steps):
+        hotline.run(command, url)
+        if i % 2 == 0:
+            hotline.run("publish")
+            checksum, matcher = published(hotline, plugin)
+            assert checksum == store_checksum(hotline)
+    hotline.run("publish")
+    checksum, matcher = published(hotline, plugin)
+    assert checksum == store_checksum(hotline)
+    assert matcher.check("http://a.example/2").blocked and matcher.check("http://b.example/1").blocked
+    assert not matcher.check("http://a.example/1").blocked and not matcher.check("http://c.example/new").blocked
+    assert matcher.check_host("c.example").action.value == "pass"

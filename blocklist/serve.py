@@ -1,0 +1,241 @@
+"""`blocklist serve`: the publish directory over HTTP, with a manifest long-poll and fleet records.
+
+Routes of the application `make_app` builds (issue 6 adds the fleet pages to it):
+
+    GET|HEAD /manifest.json   from memory, strong ETag (SHA-256 of the bytes),
+                              If-None-Match -> 304. With X-Blocklist-Wait: N
+                              (capped at MAX_WAIT) and If-None-Match equal to
+                              the current ETag, the answer waits up to N s for
+                              a new manifest: 200 with it, else 304. The answer
+                              echoes X-Blocklist-Wait, which tells a plugin that
+                              this source long-polls (nginx never echoes it).
+                              A request naming X-Blocklist-Node is recorded in
+                              <home>/fleet.sqlite for `blocklist fleet`.
+    GET|HEAD /<path>          a regular file below publish/: strong ETag,
+                              If-None-Match -> 304, Content-Length, no Range, no
+                              directory listing, no dot files (publish's temp
+                              files), nothing outside publish/ (.., symlinks).
+
+The semantics are those of a plain static server, so the same directory copied
+to nginx, an object store or a CDN works unchanged (plugins then poll).
+One shared task stats manifest.json every WATCH_INTERVAL seconds and wakes the
+waiting long-polls when it changes; publish replaces it atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from blocklist.errors import StoreError
+from blocklist.fleet import FleetStore, clean_node_id, parse_have
+from blocklist.home import Home
+
+log = logging.getLogger("blocklist.serve")
+
+MANIFEST = "manifest.json"
+MAX_WAIT = 60.0
+WATCH_INTERVAL = 0.05
+CHUNK = 256 * 1024
+
+
+
+class ManifestWatcher:
+    """The current manifest bytes and ETag; `changed` is set (and replaced) whenever they change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: bytes | None = None
+        self.etag: str | None = None
+        self.changed = asyncio.Event()
+        self._key: tuple[int, int, int] | None = None
+        self.closing = False
+
+    def refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if key == self._key:
+                return
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            key, data = None, None
+        except OSError as exc:
+            log.error("manifest unreadable file=%s reason=%r", self.path, exc.strerror)
+            return
+        self._key, self.data = key, data
+        self.etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"' if data is not None else None
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.refresh()
+
+    def close(self) -> None:
+        """Wake every waiting long-poll (they answer 304) so the server can stop at once."""
+        self.closing = True
+        self.changed.set()
+
+
+class FleetRecorder:
+    """Writes poll records off the event loop; a failure is logged, never fails the poll."""
+
+    def __init__(self, path: Path) -> None:
+        self.store = FleetStore(path)
+        self.lock = threading.Lock()
+
+    def _record(self, node: str, have: dict[str, int], remote: str) -> None:
+        with self.lock:
+            self.store.record_poll(node, have, remote)
+
+    async def record(self, request: web.Request) -> None:
+        node = clean_node_id(request.headers.get("X-Blocklist-Node", ""))
+        if node is None:
+            return
+        have = parse_have(request.headers.get("X-Blocklist-Have", ""))
+        try:
+            await asyncio.to_thread(self._record, node, have, request.remote or "")
+        except (sqlite3.Error, StoreError) as exc:
+            log.warning("fleet record failed node=%r reason=%r", node, str(exc))
+
+    def close(self) -> None:
+        with self.lock:
+            self.store.close()
+
+
+HOME = web.AppKey("home", Home)
+WATCHER = web.AppKey("manifest_watcher", ManifestWatcher)
+FLEET = web.AppKey("fleet", FleetRecorder)
+WATCH_EVERY = web.AppKey("watch_interval", float)
+
+
+def _matches(if_none_match: str | None, etag: str | None) -> bool:
+    """RFC 9110 If-None-Match (weak comparison)."""
+    if not if_none_match or etag is None:
+        return False
+    tags = [t.strip() for t in if_none_match.split(",")]
+    return "*" in tags or etag in (t[2:] if t.startswith("W/") else t for t in tags)
+
+
+def _wait_seconds(request: web.Request) -> float:
+    try:
+        wait = float(request.headers.get("X-Blocklist-Wait", "0"))
+    except ValueError:
+        return 0.0
+    return min(max(wait, 0.0), MAX_WAIT) if wait == wait else 0.0  # NaN -> 0
+
+
+async def manifest(request: web.Request) -> web.StreamResponse:
+    watcher = request.app[WATCHER]
+    watcher.refresh()
+    await request.app[FLEET].record(request)
+    wait = _wait_seconds(request)
+    inm = request.headers.get("If-None-Match")
+    if wait > 0 and _matches(inm, watcher.etag) and not watcher.closing:
+        try:
+            await asyncio.wait_for(watcher.changed.wait(), wait)
+        except TimeoutError:
+            pass
+        watcher.refresh()
+    headers = {"Cache-Control": "no-cache", "Accept-Ranges": "none"}
+    if "X-Blocklist-Wait" in request.headers:
+        headers["X-Blocklist-Wait"] = f"{wait:g}"
+    if watcher.data is None:
+        raise web.HTTPNotFound(text="nothing published yet\n", headers=headers)
+    headers["ETag"] = watcher.etag  # type: ignore[assignment]
+    if _matches(inm, watcher.etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=watcher.data, content_type="application/json", headers=headers)
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    root: Path = request.app[HOME].publish_dir
+    rel = request.match_info["path"]
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
+        raise web.HTTPNotFound()
+    path = root.joinpath(*parts)
+    try:
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise web.HTTPNotFound()
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after streaming
+    except OSError:
+        raise web.HTTPNotFound() from None
+    with f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise web.HTTPNotFound()
+        etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
+        headers = {"ETag": etag, "Accept-Ranges": "none", "Cache-Control": "public, max-age=300"}
+        if _matches(request.headers.get("If-None-Match"), etag):
+            return web.Response(status=304, headers=headers)
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = "application/octet-stream"
+        resp.content_length = st.st_size
+        await resp.prepare(request)
+        if request.method != "HEAD":
+            remaining = st.st_size
+            while remaining > 0:
+                chunk = await asyncio.to_thread(f.read, min(CHUNK, remaining))
+                if not chunk:
+                    break  # the file shrank: the client sees a short body and retries
+                await resp.write(chunk)
+                remaining -= len(chunk)
+        await resp.write_eof()
+        return resp
+
+
+async def _watch(app: web.Application) -> AsyncIterator[None]:
+    home = app[HOME]
+    watcher = ManifestWatcher(home.publish_dir / MANIFEST)
+    watcher.refresh()
+    app[WATCHER] = watcher
+    app[FLEET] = FleetRecorder(home.fleet_path)
+    task = asyncio.create_task(watcher.run(app[WATCH_EVERY]))
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    app[FLEET].close()
+
+
+async def _wake_waiters(app: web.Application) -> None:
+    app[WATCHER].close()
+
+
+def make_app(home: Home, *, watch_interval: float = WATCH_INTERVAL) -> web.Application:
+    """The distribution server of `home`; add routes to it before it starts."""
+    app = web.Application()
+    app[HOME] = home
+    app[WATCH_EVERY] = watch_interval
+    app.cleanup_ctx.append(_watch)
+    app.on_shutdown.append(_wake_waiters)
+    app.router.add_get("/" + MANIFEST, manifest)
+    app.router.add_get("/{path:.+}", static_file)
+    return app
+
+
+def run_serve(home_path: Path, bind: str, port: int) -> int:
+    """`blocklist serve`: serve until SIGTERM/SIGINT; 0 on a clean stop, 1 if it cannot listen."""
+    home = Home(home_path).require()
+    home.publish_dir.mkdir(exist_ok=True)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("serving dir=%s on=http://%s:%d/", home.publish_dir, bind, port)
+    try:
+        web.run_app(make_app(home), host=bind, port=port, print=None, shutdown_timeout=2.0,
+                    access_log=None)
+    except OSError as exc:
+        log.error("cannot listen on=%s:%d reason=%r", bind, port, exc.strerror or str(exc))
+        return 1
+    return 0
