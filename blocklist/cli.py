@@ -69,6 +69,8 @@ class BlocklistGroup(click.Group):
             _fail(str(exc), 2)
         except BlocklistError as exc:
             _fail(str(exc))
+        except OSError as exc:  # a full disk, a permission: say which file, change nothing more
+            _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")
 
 
 pass_ctx = click.make_pass_decorator(Context)

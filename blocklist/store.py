@@ -145,14 +145,23 @@ class Store:
             raise StoreError(f"{self.path}: cannot start a transaction: {exc}") from None
         try:
             yield self.db
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"{self.path}: {exc}; nothing changed") from None
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise StoreError(f"{self.path}: commit failed, nothing changed: {exc}") from None
+
+    def _rollback(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite already rolled back (e.g. after a full disk)
 
     # -- lists
 
