@@ -1,0 +1,269 @@
+"""One command that measures blocklist against its goals and its peers.
+
+    python tools/bench.py --quick        # under 2 minutes: 10k and 100k lists, short streams
+    python tools/bench.py                # full: 10k, 100k and 1M lists
+
+Builds its own data (tools/datagen.py: synthetic lists in all three scopes, a
+Zipf-distributed request stream with 0.1% listed), runs every measurement side by
+side, prints a table, writes tools/out/bench.json, and draws docs/bench-*.png when
+matplotlib is installed. The Squid/squidGuard, proxy, Unbound and propagation
+measurements run the scripts beside this one (tools/bench_*.py) as subprocesses and
+take their JSON; one that cannot run (a missing program) is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from blocklist.format import build_bloom, digest_array, key_id, read_snapshot  # noqa: E402
+from blocklist.matcher import ListFilter, Matcher  # noqa: E402
+from blocklist.publish import publish  # noqa: E402
+from tools.bench_core import build_home  # noqa: E402
+from tools.datagen import request_stream  # noqa: E402
+
+OUT = ROOT / "tools" / "out"
+GOALS = {
+    "matcher_checks_per_s_1m": 100_000,
+    "bloom_bits_ratio": 1.45,
+    "fp_rate_ratio": 2.0,
+    "plugin_rss_formula": "3 x snapshot + 40 MB",
+    "squid_vs_squidguard": 1.0,
+    "propagation_p99_s_50_longpoll": 2.0,
+    "unbound_cost": 0.20,
+}
+
+RSS_PROBE = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from resolver_plugin.config import load_config
+from resolver_plugin.cache import LiveMatcher
+t0 = time.perf_counter()
+live = LiveMatcher(load_config(sys.argv[2]))
+load_s = time.perf_counter() - t0
+rss = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+print(json.dumps({"rss_bytes": rss, "load_s": load_s, "versions": live.matcher.versions()}))
+"""
+
+def measure_list(n: int, checks: int, tmp: Path) -> dict[str, Any]:
+    """Publish time, snapshot size, matcher speed and plugin memory for an n-entry list."""
+    out: dict[str, Any] = {"entries": n}
+    t0 = time.perf_counter()
+    home, store, rows = build_home(tmp / f"home-{n}", n, 1e-6)
+    out["store_build_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    publish(home, store, "bench")
+    out["full_publish_s"] = round(time.perf_counter() - t0, 2)
+    snap_path = home.publish_dir / "lists" / "bench" / "snapshot-1"
+    key = home.signing_key().public_key()
+    snap = read_snapshot(snap_path.read_bytes(), {key_id(key): key})
+    digests = len(snap.entries) + len(snap.hosts)
+    bloom_bits = snap.entry_bloom.num_bits + snap.host_bloom.num_bits
+    out["snapshot_bytes"] = snap_path.stat().st_size
+    out["snapshot_bytes_per_entry"] = round(out["snapshot_bytes"] / n, 2)
+    out["bloom_bits_per_digest"] = round(bloom_bits / digests, 2)
+    out["bloom_bits_ratio"] = round(bloom_bits / digests / math.log2(1e6), 3)
+
+    stream = list(request_stream(checks, rows))
+    best = 0.0
+    for _ in range(3):  # best of three, each from a cold host cache
+        matcher = Matcher([ListFilter.from_snapshot(snap)])
+        t0 = time.perf_counter()
+        blocked = sum(matcher.check(url).blocked for url in stream)
+        best = max(best, len(stream) / (time.perf_counter() - t0))
+    out["matcher_checks_per_s"] = round(best)
+    out["matcher_blocked"] = blocked
+
+    # plugin memory: a fresh process loads the list from a plugin cache
+    cache_cfg = _plugin_cache(home, tmp / f"plugin-{n}")
+    probe = subprocess.run([sys.executable, "-c", RSS_PROBE, str(ROOT), str(cache_cfg)],
+                           capture_output=True, text=True, check=True)
+    loaded = json.loads(probe.stdout)
+    out["plugin_rss_mb"] = round(loaded["rss_bytes"] / 2**20, 1)
+    out["plugin_load_s"] = round(loaded["load_s"], 3)
+    out["plugin_rss_limit_mb"] = round((3 * out["snapshot_bytes"]) / 2**20 + 40, 1)
+    store.close()
+    return out
+
+
+def _plugin_cache(home: Any, folder: Path) -> Path:
+    from blocklist.format import public_key_text, read_manifest
+    from resolver_plugin.cache import Cache, ListState
+    folder.mkdir(parents=True)
+    key = home.signing_key().public_key()
+    (folder / "hotline.pub").write_text(public_key_text(key))
+    cfg = folder / "plugin.yaml"
+    cfg.write_text(f"source: http://127.0.0.1:9/\npublic_key_file: hotline.pub\nlists: [bench]\n"
+                   f"cache_dir: cache\nadmin: {{listen: null}}\n")
+    data = (home.publish_dir / "manifest.json").read_bytes()
+    ref = read_manifest(data, {key_id(key): key}).lists["bench"]
+    name = ref.snapshot.path.rsplit("/", 1)[1]
+    cache = Cache(folder / "cache")
+    cache.write_list("bench", ListState(ref.version, ref.checksum, name, ()),
+                     {name: (home.publish_dir / ref.snapshot.path).read_bytes()})
+    cache.write_manifest(data)
+    return cfg
+
+
+def measure_fp_rate(n: int, error_rate: float, probes: int) -> dict[str, Any]:
+    """Measured Bloom false-positive rate against random non-members."""
+    rng = random.Random(3)
+    members = digest_array(rng.getrandbits(64) for _ in range(n))
+    bloom = build_bloom(members, error_rate)
+    member_set = set(members)
+    hits = 0
+    tried = 0
+    while tried < probes:
+        value = rng.getrandbits(64)
+        if value in member_set:
+            continue
+        tried += 1
+        hits += format(value, "016x") in bloom
+    measured = hits / probes
+    return {"entries": n, "configured": error_rate, "probes": probes, "hits": hits,
+            "measured": measured, "ratio": round(measured / error_rate, 3),
+            "bits_per_entry": round(bloom.num_bits / n, 2),
+            "bits_ratio": round(bloom.num_bits / n / math.log2(1 / error_rate), 3)}
+
+
+def run_peer_bench(script: str, args: list[str], timeout: float) -> dict[str, Any]:
+    """Run tools/<script> --json and take its result; report failures instead of hiding them."""
+    path = ROOT / "tools" / script
+    if not path.exists():
+        return {"skipped": f"{script} is not in this checkout"}
+    try:
+        proc = subprocess.run([sys.executable, str(path), "--json", *args], capture_output=True,
+                              text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"{script} took longer than {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"error": f"{script} exited {proc.returncode}: {proc.stderr.strip()[-400:]}"}
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"{script} printed no JSON"}
+
+
+def table(rows: list[list[Any]]) -> str:
+    from blocklist.table import render
+    return render(["MEASUREMENT", "FIGURE", "GOAL", "MET"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes")
+    parser.add_argument("--sizes", default=None, help="comma-separated list sizes (overrides the mode)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
+        [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+    checks = 50_000 if args.quick else 200_000
+    OUT.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+                    "date": time.strftime("%Y-%m-%d")},
+        "lists": [], "goals": GOALS,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            print(f"bench: list of {n} entries", file=sys.stderr)
+            result["lists"].append(measure_list(n, checks, Path(tmp)))
+    result["fp_rate"] = [measure_fp_rate(20_000, 1e-3, 200_000 if args.quick else 2_000_000),
+                         measure_fp_rate(20_000, 1e-2, 200_000)]
+    quick = ["--quick"] if args.quick else []
+    peers = {
+        "squid": ("bench_squid.py", 900), "proxy": ("bench_proxy.py", 600),
+        "unbound": ("bench_unbound.py", 600), "propagation": ("bench_propagation.py", 900),
+    }
+    for name, (script, timeout) in peers.items():
+        print(f"bench: {name}", file=sys.stderr)
+        result[name] = run_peer_bench(script, quick, timeout)
+    (OUT / "bench.json").write_text(json.dumps(result, indent=1))
+    print(table(summary_rows(result)))
+    _plots(result)
+    print(f"\nwrote {OUT / 'bench.json'}", file=sys.stderr)
+
+
+def summary_rows(r: dict[str, Any]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for item in r["lists"]:
+        n = item["entries"]
+        goal = GOALS["matcher_checks_per_s_1m"] if n >= 1_000_000 else None
+        rows.append([f"matcher checks/s, {n:,} entries", f"{item['matcher_checks_per_s']:,}",
+                     f">= {goal:,}" if goal else "", _met(goal and item["matcher_checks_per_s"] >= goal)])
+        rows.append([f"plugin RSS, {n:,} entries", f"{item['plugin_rss_mb']} MB",
+                     f"< {item['plugin_rss_limit_mb']} MB", _met(item["plugin_rss_mb"] < item["plugin_rss_limit_mb"])])
+        rows.append([f"snapshot bytes/entry, {n:,}", item["snapshot_bytes_per_entry"], "", ""])
+        rows.append([f"Bloom bits / log2(1/eps), {n:,}", item["bloom_bits_ratio"], "<= 1.45",
+                     _met(item["bloom_bits_ratio"] <= 1.45)])
+        rows.append([f"full publish, {n:,}", f"{item['full_publish_s']} s", "", ""])
+    for fp in r["fp_rate"]:
+        rows.append([f"FP rate at eps {fp['configured']:g}", f"{fp['measured']:.2e} ({fp['ratio']}x)",
+                     "<= 2x", _met(fp["ratio"] <= 2.0)])
+    for name in ("squid", "proxy", "unbound", "propagation"):
+        peer = r.get(name, {})
+        for label, value in peer.get("summary", {}).items():
+            rows.append([label, value.get("figure"), value.get("goal", ""), _met(value.get("met"))])
+        if "error" in peer or "skipped" in peer:
+            rows.append([name, peer.get("error") or peer.get("skipped"), "", "not run"])
+    return rows
+
+
+def _met(flag: bool | None) -> str:
+    return "" if flag is None else ("yes" if flag else "NO")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _plots(r: dict[str, Any]) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib not installed; no plots (pip install matplotlib)", file=sys.stderr)
+        return
+    sizes = [item["entries"] for item in r["lists"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(sizes, [item["matcher_checks_per_s"] for item in r["lists"]], marker="o")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("list entries")
+    ax1.set_ylabel("Matcher checks / s (one core)")
+    ax1.axhline(GOALS["matcher_checks_per_s_1m"], color="grey", linestyle="--", label="goal at 1M")
+    ax1.legend()
+    ax2.plot(sizes, [item["plugin_rss_mb"] for item in r["lists"]], marker="o", label="plugin RSS")
+    ax2.plot(sizes, [item["plugin_rss_limit_mb"] for item in r["lists"]], linestyle="--", label="goal")
+    ax2.plot(sizes, [item["snapshot_bytes"] / 2**20 for item in r["lists"]], marker="s", label="snapshot")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("list entries")
+    ax2.set_ylabel("MB")
+    ax2.legend()
+    fig.tight_layout()
+    path = ROOT / "docs" / "bench-matcher-memory.png"
+    fig.savefig(path, dpi=90)
+    print(f"bench: wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
