@@ -394,3 +394,39 @@ def lists_cmd(c: Context, as_json: bool, create: str | None, error_rate: float |
     click.echo(render(["LIST", "ENTRIES", "PAGE", "FOLDER", "DOMAIN", "PUBLISHED", "ERROR RATE"],
                       [[r["list"], r["entries"], r["page"], r["folder"], r["domain"],
                         r["published_version"], f"{r['error_rate']:g}"] for r in rows]))
+
+
+@main.command("fleet")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@click.option("--forget", metavar="NODE", multiple=True,
+              help="First drop this decommissioned node's record (repeatable; all or none).")
+@pass_ctx
+def fleet_cmd(c: Context, as_json: bool, forget: tuple[str, ...]) -> None:
+    """Show which version of each list every node enforces (Nagios exit codes).
+
+    Every node that polled `blocklist serve`: the versions it reported, how far
+    behind the published ones it is (LAGGING), when it last polled (SILENT past
+    fleet_silent_seconds in blocklist.yaml). Exit 0 OK; 1 WARNING: a node is
+    lagging or silent; 2 CRITICAL: nothing published, the published manifest
+    expired, or every node is silent; 3: the records cannot be read.
+
+    \b
+    Example:
+      blocklist fleet
+      blocklist fleet --json | jq -r '.nodes[] | select(.lagging) | .node_id'
+      blocklist fleet --forget old-proxy-7
+    """
+    from blocklist.fleet import FleetStore, fleet_report, render_fleet
+
+    if forget:
+        c.home.require()
+        records = FleetStore(c.home.fleet_path)
+        try:
+            records.forget(forget)
+        finally:
+            records.close()
+        with c.store.transaction():
+            c.store.audit(c.actor, "fleet-forget", "", {"nodes": list(forget)})
+    report = fleet_report(c.home)
+    click.echo(json.dumps(report.as_json(), indent=1) if as_json else render_fleet(report))
+    sys.exit(int(report.state))

@@ -38,6 +38,7 @@ from blocklist.table import render
 
 MAX_NODE_ID = 128
 MAX_LISTS_REPORTED = 64
+MAX_NAMED = 5  # nodes named in the summary line
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -153,9 +154,17 @@ class FleetStore:
         except (sqlite3.Error, ValueError) as exc:
             raise StoreError(f"cannot read the fleet records: {exc}") from None
 
-    def forget(self, node_id: str) -> bool:
-        """Drop a decommissioned node's record; False if there was none."""
-        return self.db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
+    def forget(self, node_ids: Iterable[str]) -> None:
+        """Drop decommissioned nodes' records, all or none; StoreError names one that never polled."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for node_id in node_ids:
+                if self.db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount == 0:
+                    raise StoreError(f"no node named {node_id!r} has polled; nothing forgotten")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -212,12 +221,17 @@ class FleetReport:
             found.append((Severity.CRITICAL, f"published manifest expired {relative(self.manifest_expires, self.now)}"))
         if self.nodes and all(n.silent for n in self.nodes):
             found.append((Severity.CRITICAL, f"all {len(self.nodes)} nodes silent"))
+        node_problems = []
         for n in self.nodes:
-            if n.silent:
-                found.append((Severity.WARNING, f"{n.node_id} SILENT {human_duration(self.now - n.last_seen)}"))
+            parts = [f"SILENT {human_duration(self.now - n.last_seen)}"] if n.silent else []
             if n.lagging:
-                behind = ", ".join(f"{name} {lag} behind" for name, lag in sorted(n.lag.items()) if lag)
-                found.append((Severity.WARNING, f"{n.node_id} LAGGING ({behind})"))
+                parts.append("LAGGING (" + ", ".join(f"{name} {lag} behind"
+                                                     for name, lag in sorted(n.lag.items()) if lag) + ")")
+            if parts:
+                node_problems.append(f"{n.node_id} {', '.join(parts)}")
+        if len(node_problems) > MAX_NAMED:  # a Nagios line, not a report: the table has them all
+            node_problems[MAX_NAMED:] = [f"and {len(node_problems) - MAX_NAMED} more nodes"]
+        found += [(Severity.WARNING, text) for text in node_problems]
         return found
 
     def as_json(self) -> dict[str, Any]:

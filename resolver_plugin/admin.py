@@ -1,0 +1,232 @@
+"""The plugin's admin HTTP endpoint: /healthz, /status (JSON or an HTML page) and /metrics.
+
+One per node: `admin.listen` (loopback by default) names one port, and the
+first long-running process to bind it serves it. Everything it shows is read
+at request time from the files `sync` writes (status.json, the cache) and the
+counter files of every enforcement process (resolver_plugin.metrics), so it
+does not matter which process that is. Intended use:
+
+    # in the sync daemon and in the proxy, inside their event loop:
+    metrics.share_counters(config.cache_dir, live)    # enforcement processes only
+    runner = await start_admin(config, live)          # None: disabled or port taken
+    try:
+        ...serve...
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+
+The Squid helper and the Unbound module call only `metrics.share_counters`.
+Pass `live` where there is one: /healthz then answers for what this process
+enforces in memory, and its Bloom counters are harvested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+from collections import Counter
+from importlib import resources
+from string import Template
+from typing import Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from blocklist.errors import BlocklistError
+from blocklist.fleet import relative, utc
+from resolver_plugin import metrics
+from resolver_plugin.cache import Cache, LiveMatcher
+from resolver_plugin.config import PluginConfig, parse_listen
+from resolver_plugin.node_status import ERROR_KINDS
+from resolver_plugin.status import HEADERS, Report, gather, scrub, table_rows
+
+log = logging.getLogger("blocklist.plugin.admin")
+
+CONFIG = web.AppKey("config", PluginConfig)
+LIVE = web.AppKey("live", LiveMatcher)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+REFRESH_SECONDS = 10
+SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
+_PAGE = Template(resources.files("resolver_plugin").joinpath("templates/status.html").read_text("utf-8"))
+
+
+def _gauge(name: str, doc: str, labels: list[str], samples: list[tuple[list[str], float]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family
+
+
+def _counter(name: str, doc: str, labels: list[str], samples: Counter[tuple[str, ...]]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, value in sorted(samples.items()):
+        family.add_metric(list(values), value)
+    return family
+
+
+class PluginCollector(Collector):
+    """Reads status.json, the cache and the counter files at scrape time, so any process can serve it."""
+
+    def __init__(self, config: PluginConfig) -> None:
+        self.config = config
+
+    def collect(self) -> Iterator[Metric]:
+        report = gather(self.config)
+        lists = report.lists
+        yield _gauge("blocklist_node_info", "This node's id", ["node_id"], [([report.node_id], 1)])
+        yield _gauge("blocklist_status", "Overall state, as `status` exits: 0 OK, 1 WARNING, 2 CRITICAL, "
+                     "3 UNKNOWN", [], [([], int(report.state))])
+        yield _gauge("blocklist_list_state", "State of a list: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+                     ["list"], [([r.name], int(r.state)) for r in lists])
+        yield _gauge("blocklist_list_enforced_version", "Version in the cache, that enforcement loads (0: none)",
+                     ["list"], [([r.name], r.enforced) for r in lists])
+        yield _gauge("blocklist_list_newest_seen_version", "Newest version a verified manifest announced",
+                     ["list"], [([r.name], r.newest_seen) for r in lists])
+        yield _gauge("blocklist_list_lag_versions", "Versions behind the newest seen",
+                     ["list"], [([r.name], r.lag_versions) for r in lists])
+        yield _gauge("blocklist_list_lag_seconds", "Seconds since a newer version was seen, while behind",
+                     ["list"], [([r.name], r.lag_seconds) for r in lists])
+        yield _gauge("blocklist_list_entries", "Entries in the enforced version",
+                     ["list"], [([r.name], r.entries) for r in lists if r.entries is not None])
+        yield _gauge("blocklist_list_last_success_timestamp_seconds", "Last sync that left the list current",
+                     ["list"], [([r.name], r.last_success) for r in lists if r.last_success])
+        yield _gauge("blocklist_list_expiry_timestamp_seconds", "Expiry of the manifest behind the enforced version",
+                     ["list"], [([r.name], r.expires) for r in lists if r.expires])
+        yield _gauge("blocklist_manifest_version", "Version of the last verified manifest", [],
+                     [([], report.manifest_version)])
+        if report.status_updated:
+            yield _gauge("blocklist_status_updated_timestamp_seconds", "When sync last wrote its status", [],
+                         [([], report.status_updated)])
+        errors = Counter({(kind,): 0 for kind in ERROR_KINDS})
+        errors.update({(kind,): count for kind, count in report.errors_total.items()})
+        yield _counter("blocklist_sync_errors", "Sync attempts that failed, by kind", ["kind"], errors)
+
+        tally = metrics.total(self.config.cache_dir)
+        yield _counter("blocklist_checks", "URL and host checks answered", ["component", "kind"], tally.checks)
+        yield _counter("blocklist_blocks", "Checks answered 'blocked' (or sent to the proxy), by list",
+                       ["component", "list", "action"], tally.blocks)
+        yield _counter("blocklist_invalid_requests", "Requests that could not be checked",
+                       ["component"], tally.invalid)
+        yield _counter("blocklist_bloom_hits", "Bloom filter hits the exact digests confirmed or refuted",
+                       ["list", "outcome"], tally.bloom)
+        histogram = HistogramMetricFamily("blocklist_check_seconds", "Time to answer one check",
+                                          labels=["component"])
+        for component, values in sorted(tally.latency.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip([*(repr(b) for b in metrics.BUCKETS), "+Inf"], values):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            histogram.add_metric([component], buckets, values[-1])
+        yield histogram
+
+
+def status_page(report: Report) -> str:
+    """The HTML page: the state banner, one table row per list, the node's totals."""
+    e = html.escape
+    rows = []
+    for report_row, row in zip(report.lists, table_rows(report)):
+        reasons = f'<div class="reasons">{e(", ".join(report_row.reasons))}</div>' if report_row.reasons else ""
+        cells = [f"<td>{e(row[0])}</td>",
+                 f'<td><span class="state {row[1]}">{row[1]}</span>{reasons}</td>',
+                 *(f'<td class="num">{e(cell)}</td>' for cell in row[2:6]),
+                 *(f"<td>{e(cell)}</td>" for cell in row[6:])]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    footer = []
+    if report.status_updated:
+        footer.append(f"status written {relative(report.status_updated, report.now)}")
+    if report.manifest_version:
+        footer.append(f"manifest v{report.manifest_version}")
+    if report.errors_total:
+        footer.append("sync errors: " + ", ".join(f"{k} {v}" for k, v in sorted(report.errors_total.items())))
+    return scrub(_PAGE.substitute(
+        refresh=REFRESH_SECONDS, node_id=e(report.node_id), state=report.state.name,
+        summary=e(report.summary), checked_at=utc(report.now),
+        headers="".join(f"<th>{e(h)}</th>" for h in HEADERS), rows="\n".join(rows),
+        footer=e(" · ".join(footer))))
+
+
+def _wants_html(request: web.Request) -> bool:
+    fmt = request.query.get("format")
+    if fmt in ("json", "html"):
+        return fmt == "html"
+    return "text/html" in request.headers.get("Accept", "")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 "ok" while a list is enforced (this process's, or the cache's without one), else 503."""
+    live = request.app.get(LIVE)
+    if live is not None:
+        enforced = bool(live.matcher)
+    else:
+        cache = Cache(request.app[CONFIG].cache_dir)
+        try:
+            enforced = any(cache.state(name) for name in request.app[CONFIG].lists)
+        except BlocklistError:
+            enforced = False
+    if enforced:
+        return web.Response(text="ok\n", headers=SECURITY_HEADERS)
+    return web.Response(status=503, text="no list enforced\n", headers=SECURITY_HEADERS)
+
+
+async def status(request: web.Request) -> web.Response:
+    report = await asyncio.to_thread(gather, request.app[CONFIG])
+    if _wants_html(request):
+        return web.Response(text=status_page(report), content_type="text/html", headers=SECURITY_HEADERS)
+    return web.Response(text=json.dumps(report.as_json(), indent=1), content_type="application/json",
+                        headers=SECURITY_HEADERS)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    data = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
+    return web.Response(body=data, headers={**SECURITY_HEADERS, "Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/status")
+
+
+def make_admin_app(config: PluginConfig, live: LiveMatcher | None = None) -> web.Application:
+    """The admin application; `live` is this process's matcher, if it enforces."""
+    app = web.Application()
+    app[CONFIG] = config
+    if live is not None:
+        app[LIVE] = live
+        metrics.watch(live)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PluginCollector(config))
+    ProcessCollector(registry=registry)
+    app[REGISTRY] = registry
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+async def start_admin(config: PluginConfig, live: LiveMatcher | None = None) -> web.AppRunner | None:
+    """Serve the admin app on admin.listen; None when disabled or when the port is taken.
+
+    A taken port is normal when another process of this node (the sync daemon
+    or the proxy) already serves it: it shows the same files. The caller
+    awaits `runner.cleanup()` on shutdown.
+    """
+    if config.admin.listen is None:
+        return None
+    host, port = parse_listen(config.admin.listen, "admin.listen")
+    runner = web.AppRunner(make_admin_app(config, live), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        log.warning("admin: cannot listen on %s (%s); another process of this node may serve it",
+                    config.admin.listen, exc.strerror or exc)
+        await runner.cleanup()
+        return None
+    log.info("admin: /healthz, /status and /metrics on %s", config.admin.listen)
+    return runner

@@ -1,0 +1,282 @@
+"""`blocklist-plugin status`: judge this node's sync state, in the Nagios plugin style.
+
+The enforced version of each list is what the cache holds (what every
+enforcement process loads); the rest comes from the status file `sync` writes.
+`evaluate` is pure; `gather` reads the files; `render` and `Report.as_json`
+are the two outputs, shared by the CLI, the admin endpoint and /metrics.
+
+Per configured list, the worst of:
+
+    CRITICAL  no cached version ("no list"), or its state.json is unreadable;
+              the manifest that announced it has expired;
+              lag_versions >= warn_lag_versions for crit_lag_seconds or more;
+              no successful sync for crit_lag_seconds or more
+    WARNING   the same lag or silence past warn_lag_seconds;
+              the last attempt was refused by verification (bad signature,
+              rollback, expired, checksum, size, format): someone may be tampering or
+              the hotline rotated its key without a chain this node can follow;
+              a cached list with no sync record at all
+    UNKNOWN   the status file is unreadable (a cached list cannot be judged)
+
+and overall the worst list (UNKNOWN outranks WARNING, CRITICAL outranks all).
+Network errors alone are no problem until they make the node lag or go silent.
+No output names the source or any other URL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import click
+
+from blocklist.errors import BlocklistError, ConfigError
+from blocklist.fleet import Severity, human_duration, relative, utc, worst
+from blocklist.table import render as render_table
+from resolver_plugin.cache import Cache
+from resolver_plugin.config import PluginConfig, load_config
+from resolver_plugin.node_status import ListStatus, NodeStatus, read_status
+
+# Error kinds that mean "the source sent something we refused", as opposed to "we could not reach it".
+VERIFY_KINDS = frozenset({"signature", "rollback", "expired", "checksum", "size", "format"})
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+
+
+def scrub(text: str) -> str:
+    """`text` with every URL replaced by "<url>": status output never names one."""
+    return _URL.sub("<url>", text)
+
+
+@dataclass(frozen=True)
+class ListReport:
+    name: str
+    state: Severity
+    reasons: tuple[str, ...]
+    enforced: int              # from the cache; 0: none
+    newest_seen: int
+    lag_versions: int
+    lag_seconds: float
+    entries: int | None        # None when the status file describes another version
+    last_success: float        # 0: never
+    last_error: str | None
+    last_error_at: float
+    expires: float             # 0: unknown
+
+    def as_json(self, now: float) -> dict[str, Any]:
+        return {"list": self.name, "state": self.state.name, "reasons": list(self.reasons),
+                "enforced": self.enforced, "newest_seen": self.newest_seen,
+                "lag_versions": self.lag_versions, "lag_seconds": round(self.lag_seconds, 3),
+                "entries": self.entries, "last_success": self.last_success or None,
+                "last_success_age": round(now - self.last_success, 3) if self.last_success else None,
+                "last_error": self.last_error, "last_error_at": self.last_error_at or None,
+                "expires": self.expires or None,
+                "expires_in": round(self.expires - now, 3) if self.expires else None}
+
+
+@dataclass(frozen=True)
+class Report:
+    now: float
+    node_id: str
+    lists: tuple[ListReport, ...]
+    problem: str | None = None            # why the node's state cannot be read
+    status_updated: float = 0.0
+    manifest_version: int = 0
+    manifest_expires: float = 0.0
+    errors_total: dict[str, int] = field(default_factory=dict)
+    thresholds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def state(self) -> Severity:
+        return worst([r.state for r in self.lists] + ([Severity.UNKNOWN] if self.problem else []))
+
+    @property
+    def summary(self) -> str:
+        problems = [f"{r.name}: {', '.join(r.reasons)}" for r in self.lists if r.state is not Severity.OK]
+        if self.problem:
+            problems.insert(0, self.problem)
+        if problems:
+            return "; ".join(problems)
+        return ", ".join(f"{r.name} v{r.enforced}" for r in self.lists) + " in sync"
+
+    def perfdata(self) -> str:
+        t = self.thresholds
+        return " ".join(f"{r.name}_version={r.enforced} {r.name}_lag_versions={r.lag_versions} "
+                        f"{r.name}_lag_seconds={int(r.lag_seconds)}s;{t.get('warn_lag_seconds', '')};"
+                        f"{t.get('crit_lag_seconds', '')}" for r in self.lists)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": self.state.name, "exit_code": int(self.state), "summary": self.summary,
+                "checked_at": self.now, "node_id": self.node_id, "problem": self.problem,
+                "status_updated": self.status_updated or None,
+                "manifest": {"version": self.manifest_version, "expires": self.manifest_expires or None},
+                "errors_total": dict(sorted(self.errors_total.items())),
+                "thresholds": self.thresholds,
+                "lists": [r.as_json(self.now) for r in self.lists]}
+
+
+def _error_kind(message: str | None) -> str:
+    """"signature: bad signature by key ab12" -> "signature" (sync's "kind: text" convention)."""
+    return (message or "").partition(":")[0].strip()
+
+
+def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
+                enforced: int, cache_error: str | None, manifest_expires: float,
+                now: float) -> ListReport:
+    """One list; `status` is "read", "missing" or "unreadable" (the status file)."""
+    t = config.status
+    newest = max(ls.newest_seen, enforced)
+    lag_versions = newest - enforced
+    lag_seconds = max(0.0, now - ls.newest_seen_at) if lag_versions and ls.newest_seen_at else 0.0
+    expires = ls.expires or (manifest_expires if enforced else 0.0)
+    found: list[tuple[Severity, str]] = []
+
+    def over(seconds: float, what: str) -> None:
+        if seconds >= t.crit_lag_seconds:
+            found.append((Severity.CRITICAL, what))
+        elif seconds >= t.warn_lag_seconds:
+            found.append((Severity.WARNING, what))
+
+    if cache_error:
+        found.append((Severity.CRITICAL, "cached list unreadable"))
+    elif not enforced:
+        cause = _error_kind(ls.last_error)
+        found.append((Severity.CRITICAL, f"no list (last sync failed: {cause})" if cause else "no list"))
+    if expires and expires <= now:
+        found.append((Severity.CRITICAL, f"expired {relative(expires, now)}"))
+    if status == "read":
+        if lag_versions and lag_versions >= t.warn_lag_versions:
+            plural = "" if lag_versions == 1 else "s"
+            over(lag_seconds, f"{lag_versions} version{plural} behind for {human_duration(lag_seconds)}")
+        if ls.last_success:
+            over(now - ls.last_success, f"no successful sync for {human_duration(now - ls.last_success)}")
+        elif enforced:
+            found.append((Severity.WARNING, "no successful sync recorded"))
+        if _error_kind(ls.last_error) in VERIFY_KINDS and ls.last_error_at >= ls.last_success:
+            found.append((Severity.WARNING, f"last sync refused ({_error_kind(ls.last_error)})"))
+    elif enforced and status == "unreadable":
+        found.append((Severity.UNKNOWN, "status unreadable"))
+    elif enforced:
+        found.append((Severity.WARNING, "no sync status yet (has `sync` run?)"))
+    return ListReport(
+        name=name, state=worst(s for s, _ in found), reasons=tuple(r for _, r in found),
+        enforced=enforced, newest_seen=newest, lag_versions=lag_versions, lag_seconds=lag_seconds,
+        entries=ls.entries if status == "read" and ls.version == enforced and enforced else None,
+        last_success=ls.last_success, last_error=scrub(ls.last_error) if ls.last_error else None,
+        last_error_at=ls.last_error_at, expires=expires)
+
+
+def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: Mapping[str, int | None],
+             now: float, *, status_error: str | None = None,
+             cache_errors: Mapping[str, str] | None = None) -> Report:
+    """Judge every configured list; pure: the caller reads the files (see `gather`).
+
+    `cached_versions` maps a list to its cached version (None: not cached);
+    `status_error` says why the status file could not be read, `cache_errors`
+    which lists' cache state could not be.
+    """
+    cache_errors = cache_errors or {}
+    how = "read" if status is not None else "unreadable" if status_error else "missing"
+    reports = []
+    for name in config.lists:
+        ls = status.lists.get(name, ListStatus()) if status else ListStatus()
+        enforced = 0 if name in cache_errors else (cached_versions.get(name) or 0)
+        reports.append(_judge_list(config, name, ls, how, enforced, cache_errors.get(name),
+                                   status.manifest.expires if status else 0.0, now))
+    t = config.status
+    return Report(now=now, node_id=config.node_id, lists=tuple(reports),
+                  problem=scrub(f"status unreadable: {status_error}") if status_error else None,
+                  status_updated=status.updated if status else 0.0,
+                  manifest_version=status.manifest.version if status else 0,
+                  manifest_expires=status.manifest.expires if status else 0.0,
+                  errors_total=dict(status.errors_total) if status else {},
+                  thresholds={"warn_lag_seconds": t.warn_lag_seconds, "crit_lag_seconds": t.crit_lag_seconds,
+                              "warn_lag_versions": t.warn_lag_versions})
+
+
+def gather(config: PluginConfig, now: float | None = None) -> Report:
+    """Read the cache states and the status file, and `evaluate` them."""
+    now = time.time() if now is None else now
+    cache = Cache(config.cache_dir)
+    cached: dict[str, int | None] = {}
+    cache_errors: dict[str, str] = {}
+    for name in config.lists:
+        try:
+            state = cache.state(name)
+        except BlocklistError as exc:
+            cache_errors[name] = str(exc)
+            continue
+        cached[name] = state.version if state else None
+    status, status_error = None, None
+    try:
+        status = read_status(config.status_path)
+    except OSError as exc:
+        status_error = f"{config.status_path}: {exc.strerror}"
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        status_error = f"{config.status_path}: corrupt ({type(exc).__name__})"
+    return evaluate(config, status, cached, now, status_error=status_error, cache_errors=cache_errors)
+
+
+def _lag_text(r: ListReport) -> str:
+    if not r.lag_versions:
+        return "-"
+    text = f"{r.lag_versions} version{'' if r.lag_versions == 1 else 's'}"
+    return text + (f", {human_duration(r.lag_seconds)}" if r.lag_seconds else "")
+
+
+def _short(text: str, width: int) -> str:
+    return text if not width or len(text) <= width else text[:width - 3] + "..."
+
+
+def table_rows(report: Report, error_width: int = 0) -> list[list[str]]:
+    """One row of display texts per list, for the terminal table and the HTML page.
+
+    `error_width` shortens the last error's text to that many characters (0: never).
+    """
+    now = report.now
+    return [[r.name, r.state.name, str(r.enforced) if r.enforced else "none",
+             str(r.newest_seen) if r.newest_seen else "-", _lag_text(r),
+             "-" if r.entries is None else str(r.entries),
+             relative(r.last_success, now) if r.last_success else "never",
+             f"{_short(r.last_error, error_width)} ({relative(r.last_error_at, now)})" if r.last_error else "-",
+             f"{utc(r.expires)} ({relative(r.expires, now)})" if r.expires else "-"]
+            for r in report.lists]
+
+
+HEADERS = ("LIST", "STATE", "ENFORCED", "NEWEST SEEN", "LAG", "ENTRIES", "LAST SYNC", "LAST ERROR", "EXPIRES")
+
+
+def render(report: Report) -> str:
+    """The terminal form: the Nagios line (with perfdata), the table, the node's totals."""
+    lines = [f"BLOCKLIST {report.state.name} - {report.summary} | {report.perfdata()}".rstrip(" |")]
+    if report.lists:
+        lines += ["", render_table(HEADERS, table_rows(report, error_width=48))]
+    footer = f"node {report.node_id}"
+    if report.status_updated:
+        footer += f", status written {relative(report.status_updated, report.now)}"
+    if report.manifest_version:
+        footer += f", manifest v{report.manifest_version}"
+    if report.errors_total:
+        footer += ", sync errors: " + ", ".join(f"{k} {v}" for k, v in sorted(report.errors_total.items()))
+    lines += ["", footer]
+    return scrub("\n".join(lines))
+
+
+def run_status(config_path: Path, as_json: bool = False) -> int:
+    """The `status` command: print the report, return its Nagios exit code."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        summary = scrub(f"config: {exc}")
+        if as_json:
+            click.echo(json.dumps({"state": "UNKNOWN", "exit_code": 3, "summary": summary, "lists": []}))
+        else:
+            click.echo(f"BLOCKLIST UNKNOWN - {summary}")
+        return int(Severity.UNKNOWN)
+    report = gather(config)
+    click.echo(json.dumps(report.as_json(), indent=1) if as_json else render(report))
+    return int(report.state)

@@ -1,0 +1,229 @@
+"""`blocklist-plugin status`: every sync state gives the right Nagios line, table and exit code."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from resolver_plugin.cli import main as plugin_main
+from resolver_plugin.config import PluginConfig
+from resolver_plugin.node_status import ListStatus, ManifestStatus, NodeStatus, write_status
+from resolver_plugin.status import evaluate, render
+from tests.conftest import Plugin
+
+HOUR, DAY = 3600, 86400
+SOURCE = "http://127.0.0.1:9/"
+
+
+def node_status(now: float, errors: dict[str, int] | None = None, **fields: Any) -> NodeStatus:
+    """A status as sync writes it for list "default", in sync at version 1 unless `fields` say otherwise."""
+    values: dict[str, Any] = dict(version=1, entries=2, checksum="c", expires=now + 7 * DAY, newest_seen=1,
+                                  newest_seen_at=now - 600, last_success=now - 30, last_attempt=now - 30)
+    values.update(fields)
+    return NodeStatus(node_id="test-node", source=SOURCE,
+                      manifest=ManifestStatus(version=4, expires=values["expires"], signed_by="ab12", fetched_at=now - 30),
+                      lists={"default": ListStatus(**values)}, errors_total=errors or {})
+
+
+def publish(plugin: Plugin, *urls: str) -> None:
+    plugin.hotline.run("add", *urls)
+    plugin.hotline.run("publish")
+
+
+def status_cli(plugin: Plugin, *args: str) -> Result:
+    return CliRunner().invoke(plugin_main, ["-c", str(plugin.config_path), "status", *args],
+                              catch_exceptions=False)
+
+
+@pytest.fixture
+def installed(plugin: Plugin) -> Plugin:
+    """Version 1 of "default" (2 entries) published and in the cache."""
+    plugin.write_config(source=SOURCE)
+    publish(plugin, "http://bad.example/a.html", "http://bad.example/b.html")
+    plugin.install_published()
+    return plugin
+
+
+# Each acceptance state: what sync would have written, the state, a phrase of the first line.
+STATES = [
+    ("in sync", dict(), "OK", 0, "default v1 in sync"),
+    ("lagging", dict(newest_seen=3, newest_seen_at=-2 * HOUR, last_success=-2 * HOUR),
+     "WARNING", 1, "2 versions behind for 2h"),
+    ("lagging long", dict(newest_seen=2, newest_seen_at=-2 * DAY, last_success=-2 * DAY),
+     "CRITICAL", 2, "1 version behind for 2d"),
+    ("lagging briefly", dict(newest_seen=2, newest_seen_at=-60), "OK", 0, "in sync"),
+    ("expired", dict(expires=-90), "CRITICAL", 2, "expired 1m 30s ago"),
+    ("source down", dict(last_success=-2 * HOUR, last_error="network: cannot connect to " + SOURCE,
+                         last_error_at=-5, errors={"network": 240}),
+     "WARNING", 1, "no successful sync for 2h"),
+    ("source down for days", dict(last_success=-3 * DAY, last_error="timeout: no answer in 30s",
+                                  last_error_at=-5, errors={"timeout": 9000}),
+     "CRITICAL", 2, "no successful sync for 3d"),
+    ("source down briefly", dict(last_error="network: refused", last_error_at=-5, errors={"network": 1}),
+     "OK", 0, "in sync"),
+    ("bad signature seen", dict(last_error="signature: manifest: no valid signature by a trusted key",
+                                last_error_at=-5, errors={"signature": 1}),
+     "WARNING", 1, "last sync refused (signature)"),
+]
+
+
+@pytest.mark.parametrize("fields,state,code,phrase", [s[1:] for s in STATES], ids=[s[0] for s in STATES])
+def test_status_command_in_each_state(installed: Plugin, fields: dict[str, Any], state: str, code: int,
+                                      phrase: str) -> None:
+    now = time.time()
+    errors = fields.pop("errors", None)
+    relative = {k: now + v if k in ("expires", "newest_seen_at", "last_success", "last_error_at") else v
+                for k, v in fields.items()}
+    write_status(installed.config().status_path, node_status(now, errors, **relative))
+    result = status_cli(installed)
+    first, *rest = result.output.splitlines()
+    assert result.exit_code == code, result.output
+    assert first.startswith(f"BLOCKLIST {state} - ") and phrase in first, first
+    assert "://" not in result.output  # never a URL, not even the source's in an error text
+    table = "\n".join(rest)
+    for header in ("LIST", "ENFORCED", "NEWEST SEEN", "LAG", "ENTRIES", "LAST SYNC", "LAST ERROR", "EXPIRES"):
+        assert header in table
+    row = next(line for line in rest if line.startswith("default "))
+    assert f" {state} " in row and " 1 " in row
+
+    doc = json.loads(status_cli(installed, "--json").output)
+    assert (doc["state"], doc["exit_code"], doc["lists"][0]["enforced"]) == (state, code, 1)
+    assert phrase in doc["summary"] and "://" not in json.dumps(doc)
+
+
+def test_fresh_node_is_critical_no_list(plugin: Plugin) -> None:
+    plugin.write_config(source=SOURCE)
+    result = status_cli(plugin)
+    assert result.exit_code == 2
+    assert result.output.startswith("BLOCKLIST CRITICAL - default: no list")
+    row = next(line for line in result.output.splitlines() if line.startswith("default "))
+    assert "none" in row and "never" in row
+
+
+def test_failed_first_sync_is_critical_with_its_error(plugin: Plugin) -> None:
+    plugin.write_config(source=SOURCE)
+    now = time.time()
+    status = node_status(now, {"network": 3}, version=0, entries=0, newest_seen=0, newest_seen_at=0,
+                         last_success=0, expires=0, last_error="network: refused", last_error_at=now - 1)
+    write_status(plugin.config().status_path, status)
+    result = status_cli(plugin)
+    assert result.exit_code == 2 and "default: no list (last sync failed: network)" in result.output.splitlines()[0]
+    assert "network: refused" in result.output and "sync errors: network 3" in result.output
+
+
+def test_cache_without_status_is_a_warning(installed: Plugin) -> None:
+    result = status_cli(installed)
+    assert result.exit_code == 1 and "no sync status yet" in result.output.splitlines()[0]
+
+
+def test_cache_ahead_of_status_counts_the_cache(installed: Plugin) -> None:
+    """Enforcement loads the cache; sync may write status.json a moment later."""
+    publish(installed, "http://bad.example/c.html")
+    installed.install_published()  # the cache now holds version 2
+    now = time.time()
+    write_status(installed.config().status_path, node_status(now, newest_seen=2, newest_seen_at=now - 2 * HOUR))
+    doc = json.loads(status_cli(installed, "--json").output)
+    assert doc["state"] == "OK" and doc["lists"][0]["enforced"] == 2 and doc["lists"][0]["lag_versions"] == 0
+
+
+def test_corrupt_status_is_unknown(installed: Plugin) -> None:
+    installed.config().status_path.write_text("{not json")
+    result = status_cli(installed)
+    assert result.exit_code == 3
+    assert result.output.startswith("BLOCKLIST UNKNOWN - status unreadable")
+
+
+def test_corrupt_status_without_a_list_is_still_critical(plugin: Plugin) -> None:
+    plugin.write_config(source=SOURCE)
+    plugin.config().status_path.parent.mkdir(parents=True)
+    plugin.config().status_path.write_text('{"lists": {"default": {"bogus": 1}}}')
+    assert status_cli(plugin).exit_code == 2
+
+
+def test_unreadable_config_is_unknown(plugin: Plugin, tmp_path: Any) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: ftp://hotline.example/\nlists: [default]\ncache_dir: c\npublic_key: x\n")
+    for args in ([], ["--json"]):
+        result = CliRunner().invoke(plugin_main, ["-c", str(bad), "status", *args], catch_exceptions=False)
+        assert result.exit_code == 3 and "UNKNOWN" in result.output and "://" not in result.output
+    missing = CliRunner().invoke(plugin_main, ["-c", str(tmp_path / "none.yaml"), "status"])
+    assert missing.exit_code == 3 and missing.output.startswith("BLOCKLIST UNKNOWN - config:")
+
+
+def test_status_help_has_an_example() -> None:
+    result = CliRunner().invoke(plugin_main, ["status", "--help"])
+    assert result.exit_code == 0 and "Example" in result.output
+
+
+# ----------------------------------------------------------------------------- the pure judgement
+
+def test_thresholds_come_from_config(plugin: Plugin) -> None:
+    plugin.write_config(source=SOURCE, status={"warn_lag_seconds": 60, "crit_lag_seconds": 120,
+                                               "warn_lag_versions": 2})
+    config: PluginConfig = plugin.config()
+    now = 1_000_000.0
+
+    def judge(**fields: Any) -> tuple[str, tuple[str, ...]]:
+        report = evaluate(config, node_status(now, **fields), {"default": 1}, now)
+        return report.state.name, report.lists[0].reasons
+
+    assert judge(newest_seen=2, newest_seen_at=now - 100)[0] == "OK"  # 1 behind: under warn_lag_versions
+    assert judge(newest_seen=3, newest_seen_at=now - 90)[0] == "WARNING"
+    assert judge(newest_seen=3, newest_seen_at=now - 120)[0] == "CRITICAL"
+    assert judge(last_success=now - 59)[0] == "OK"
+    assert judge(last_success=now - 61) == ("WARNING", ("no successful sync for 1m 1s",))
+    # an old refusal, followed by a success, is history
+    assert judge(last_error="signature: bad", last_error_at=now - 50, last_success=now - 10)[0] == "OK"
+
+
+def test_worst_list_wins_and_render_never_shows_a_url(plugin: Plugin) -> None:
+    plugin.write_config(source=SOURCE, lists=["default", "other"])
+    now = 1_000_000.0
+    status = node_status(now, last_error=f"http: 404 for {SOURCE}manifest.json", last_error_at=now - 5)
+    report = evaluate(plugin.config(), status, {"default": 1, "other": None}, now)
+    assert report.state.name == "CRITICAL" and report.summary == "other: no list"
+    text = render(report)
+    assert "://" not in text and "http: 404 for <url>" in text
+    assert "default_lag_seconds=0s;3600;86400" in text.splitlines()[0]
+
+
+# ----------------------------------------------------------------------------- with the real sync and serve
+
+async def test_after_a_real_sync_status_and_fleet_agree(plugin: Plugin, aiohttp_server: Any) -> None:
+    """serve + `sync` write what `status` and `blocklist fleet` read: in sync, then a bad signature."""
+    import asyncio
+    import base64
+
+    from blocklist.fleet import fleet_report
+    from blocklist.home import Home
+    from blocklist.serve import make_app
+    from resolver_plugin.sync import sync_once
+
+    home = Home(plugin.hotline.home)
+    plugin.hotline.run("add", "http://bad.example/a.html")
+    plugin.hotline.run("publish")
+    server = await aiohttp_server(make_app(home))
+    plugin.write_config(source=f"http://127.0.0.1:{server.port}/", long_poll=0)
+    assert await sync_once(plugin.config())
+    assert await sync_once(plugin.config())  # the second poll reports what the first fetched
+
+    result = status_cli(plugin)
+    assert result.exit_code == 0 and result.output.startswith("BLOCKLIST OK - default v1 in sync")
+    assert "://" not in result.output
+    node = fleet_report(home).nodes[0]
+    assert (node.node_id, node.versions, node.flags) == ("test-node", {"default": 1}, [])
+
+    manifest = home.publish_dir / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["signatures"][0]["sig"] = base64.b64encode(bytes(64)).decode()
+    manifest.write_text(json.dumps(doc))
+    await asyncio.sleep(0.2)  # serve notices the new manifest
+    assert not await sync_once(plugin.config())
+    result = status_cli(plugin)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("BLOCKLIST WARNING - default: last sync refused (signature)")
+    assert "sync errors: signature 1" in result.output
