@@ -361,6 +361,52 @@ def key_export(c: Context) -> None:
     click.echo(public_key_text(c.home.signing_key().public_key()), nl=False)
 
 
+@main.command()
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 or :: for every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="TCP port.")
+@pass_ctx
+def serve(c: Context, bind: str, port: int) -> None:
+    """Serve the publish directory to plugins (ETag, long-poll) and record their polls.
+
+    Plugins long-poll /manifest.json and learn of a publish in well under a
+    second. /fleet, /fleet.json and /metrics (loopback clients only) show which
+    node enforces which version. nginx or a CDN can serve a copy of publish/
+    instead; plugins then poll every poll_interval. Stops on SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+      blocklist serve --bind 0.0.0.0 --port 8080
+      curl -s http://127.0.0.1:8080/manifest.json | head
+    """
+    from blocklist.serve import run_serve
+
+    c.home.require()
+    sys.exit(run_serve(c.home.root, bind, port))
+
+
+@key.command("rotate")
+@pass_ctx
+def key_rotate(c: Context) -> None:
+    """Replace the signing key; plugins follow it through the manifest's key chain.
+
+    The old key is kept as keys/signing-<id>.key. The new manifest carries a
+    link "new key replaces old key" signed by the old key and is signed by the
+    new one; every list is re-issued unchanged as a new version (an empty
+    delta). Plugins that pin the old key follow; give new installs the output
+    of `blocklist key export`. Re-run it if it was interrupted.
+
+    \b
+    Example:
+      blocklist key rotate && blocklist key export > hotline.pub
+    """
+    from blocklist.keys import rotate_key
+
+    c.home.require()
+    new_id = rotate_key(c.home, c.actor)
+    click.echo(f"signing key is now {new_id}; manifest re-signed, lists re-issued")
+
+
 @main.command("lists")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
 @click.option("--create", "create", default=None, metavar="NAME", help="Create a list.")

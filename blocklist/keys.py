@@ -3,22 +3,31 @@
 Plugins pin one public key. A rotation adds a link "new key replaces old key",
 signed by the old key, to the manifest's key_chain and signs the manifest with
 the new key: a plugin follows the chain from its pinned key (format.read_manifest)
-and from then on trusts only the new key for manifests. Snapshots and deltas
-already published keep their old signatures; they stay valid because the
-manifest binds them by SHA-256 (see resolver_plugin.trust).
+and from then on trusts only the new key for manifests.
 
-Steps, each crash-safe and resumable:
+The rotation also re-issues every list, unchanged, as a new version signed by
+the new key (a snapshot and an empty delta), so that
+  - a plugin installed after the rotation, pinning only the new key, can verify
+    the newest snapshot (it cannot know the old public key), and
+  - `blocklist publish` finds a previous snapshot signed by the current key.
+Plugins that pinned the old key apply the empty delta (a few hundred bytes) and
+keep their cached files, which stay valid: resolver_plugin.trust accepts files
+signed by any key of the chain because the manifest binds them by SHA-256.
+
+Steps, all under the store's write lock (no publish runs meanwhile), each
+crash-safe, and the whole resumable:
   1. keep the current key as keys/signing-<old id>.key (0600);
   2. replace keys/signing.key with a new key (0600);
-  3. write a new manifest version: same lists, the chain plus the new link,
-     signed by the new key.
+  3. write the re-issued list files, then a new manifest version: the chain plus
+     the new link, signed by the new key; record the versions in the store.
 A crash after 2 leaves a manifest signed by an archived key: `blocklist
-publish` then refuses it (the manifest is not signed by the current key) and
-re-running `blocklist key rotate` completes step 3 with the key already made.
+publish` refuses it (not signed by the current key) and re-running `blocklist
+key rotate` completes step 3 with the key already made.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -27,11 +36,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from blocklist import atomic
 from blocklist.errors import SignatureError, StoreError
 from blocklist.format import (
-    Manifest, key_id, load_private_key, private_key_bytes, read_manifest, sign_rotation,
-    write_manifest,
+    Delta, ListRef, Manifest, digest_array, key_id, load_private_key, private_key_bytes,
+    read_manifest, read_snapshot, sign_rotation, write_manifest,
 )
 from blocklist.home import Home
-from blocklist.publish import MANIFEST_NAME
+from blocklist.publish import MANIFEST_NAME, prune, write_list_files
 from blocklist.store import Store
 
 
@@ -52,11 +61,7 @@ def archived_keys(home: Home) -> dict[str, Ed25519PrivateKey]:
 
 
 def verification_keys(home: Home) -> dict[str, Ed25519PublicKey]:
-    """Every public key that signed something still published: the current one and archived ones.
-
-    publish.py should verify the previous snapshot with these (not only the current
-    key) so the first publish after a rotation can compute its delta.
-    """
+    """Every public key that may have signed something still published: current and archived."""
     keys = {kid: k.public_key() for kid, k in archived_keys(home).items()}
     current = home.signing_key().public_key()
     keys[key_id(current)] = current
@@ -70,34 +75,55 @@ def rotate_key(home: Home, actor: str, now: int | None = None) -> str:
     if not manifest_path.exists():
         raise StoreError("nothing published yet: plugins learn of a new key from the manifest, "
                          "so run `blocklist publish` first")
-    current = home.signing_key()
-    archive = archived_keys(home)
-    candidates = {kid: k.public_key() for kid, k in archive.items()}
-    candidates[key_id(current.public_key())] = current.public_key()
-    data = manifest_path.read_bytes()
-    previous = read_manifest(data, candidates)
-
-    if previous.signed_by == key_id(current.public_key()):
-        old, new = current, Ed25519PrivateKey.generate()
-        atomic.write_bytes(archived_key_path(home, key_id(old.public_key())), private_key_bytes(old),
-                           mode=0o600)
-        atomic.write_bytes(home.key_path, private_key_bytes(new), mode=0o600)
-    elif previous.signed_by in archive:  # resume: step 2 happened, step 3 did not
-        old, new = archive[previous.signed_by], current
-    else:  # pragma: no cover - read_manifest only accepts candidate signers
-        raise SignatureError(f"{manifest_path}: signed by unknown key {previous.signed_by}")
-
+    config = home.config()
     now = int(time.time()) if now is None else now
-    manifest = Manifest(version=previous.version + 1, created=now,
-                        expires=now + int(home.config().expires_days * 86400), lists=previous.lists,
-                        key_chain=previous.key_chain + (sign_rotation(old, new.public_key()),))
-    atomic.write_bytes(manifest_path, write_manifest(manifest, [new]))
-    old_id, new_id = key_id(old.public_key()), key_id(new.public_key())
+    expires = now + int(config.expires_days * 86400)
     store = Store(home.store_path)
     try:
         with store.transaction():
+            current = home.signing_key()
+            archive = archived_keys(home)
+            candidates = verification_keys(home)
+            previous = read_manifest(manifest_path.read_bytes(), candidates)
+            if previous.signed_by == key_id(current.public_key()):
+                old, new = current, Ed25519PrivateKey.generate()
+                atomic.write_bytes(archived_key_path(home, key_id(old.public_key())),
+                                   private_key_bytes(old), mode=0o600)
+                atomic.write_bytes(home.key_path, private_key_bytes(new), mode=0o600)
+            elif previous.signed_by in archive:  # resume: step 2 happened, step 3 did not
+                old, new = archive[previous.signed_by], current
+            else:  # pragma: no cover - read_manifest only accepts candidate signers
+                raise SignatureError(f"{manifest_path}: signed by unknown key {previous.signed_by}")
+
+            lists = {name: _reissue(home, store, new, ref, candidates, now, expires, config.keep_versions)
+                     for name, ref in previous.lists.items()}
+            manifest = Manifest(version=previous.version + 1, created=now, expires=expires, lists=lists,
+                                key_chain=previous.key_chain + (sign_rotation(old, new.public_key()),))
+            atomic.write_bytes(manifest_path, write_manifest(manifest, [new]))
+            for name, ref in lists.items():
+                info = store.get_list(name)
+                if info is not None and store.last_published(info) < ref.version:
+                    store.record_publication(info, ref.version, ref.checksum, ref.entries)
+            old_id, new_id = key_id(old.public_key()), key_id(new.public_key())
             store.audit(actor, "key-rotate", "", {"old_key": old_id, "new_key": new_id,
-                                                  "manifest": manifest.version})
+                                                  "manifest": manifest.version,
+                                                  "reissued": {n: r.version for n, r in lists.items()}})
     finally:
         store.close()
+    prune(home.publish_dir, lists, config.keep_versions)
     return new_id
+
+
+def _reissue(home: Home, store: Store, key: Ed25519PrivateKey, ref: ListRef, keys: dict,
+             now: int, expires: int, keep: int) -> ListRef:
+    """List `ref`'s published set again, as the next version signed by `key`."""
+    path = home.publish_dir / ref.snapshot.path
+    if not path.exists():
+        return ref  # nothing to re-sign; plugins that pinned the old key still follow
+    old = read_snapshot(path.read_bytes(), keys)
+    info = store.get_list(old.list)
+    version = max(ref.version, store.last_published(info) if info else 0) + 1
+    snap = dataclasses.replace(old, version=version, created=now, expires=expires)
+    empty = digest_array(())
+    delta = Delta(old.list, old.version, version, now, old.checksum, empty, empty, empty, empty)
+    return write_list_files(home, key, snap, delta, ref, keep)

@@ -144,7 +144,7 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
                 result.unchanged[info.name] = before.version if before else 0
                 continue
             snap, delta = compiled
-            lists[info.name] = _write_list(home, key, snap, delta, before, config.keep_versions)
+            lists[info.name] = write_list_files(home, key, snap, delta, before, config.keep_versions)
             result.published[info.name] = version
 
         lifetime = expires - now
@@ -166,11 +166,11 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
                     store.record_publication(info, ref.version, ref.checksum, ref.entries)
                 store.clear_touched(info)
     if result.wrote_manifest:
-        _prune(home.publish_dir, lists, config.keep_versions)
+        prune(home.publish_dir, lists, config.keep_versions)
     return result
 
 
-def _write_list(home: Home, key: Ed25519PrivateKey, snap: Snapshot, delta: Delta | None,
+def write_list_files(home: Home, key: Ed25519PrivateKey, snap: Snapshot, delta: Delta | None,
                 before: ListRef | None, keep: int) -> ListRef:
     """Write a list's new snapshot and delta files; returns its manifest entry."""
     folder = home.publish_dir / "lists" / snap.list
@@ -189,7 +189,7 @@ def _write_list(home: Home, key: Ed25519PrivateKey, snap: Snapshot, delta: Delta
                    snapshot=file_ref(snap_path, data), deltas=tuple(deltas))
 
 
-def _prune(publish_dir: Path, lists: dict[str, ListRef], keep: int) -> None:
+def prune(publish_dir: Path, lists: dict[str, ListRef], keep: int) -> None:
     """Remove snapshots and deltas older than the last `keep` versions and not named."""
     named = {ref.snapshot.path for ref in lists.values()}
     named |= {d.path for ref in lists.values() for d in ref.deltas}

@@ -1,20 +1,25 @@
 """`blocklist serve`: the publish directory over HTTP, with a manifest long-poll and fleet records.
 
-Routes of the application `make_app` builds (issue 6 adds the fleet pages to it):
+What the application `make_app` builds answers:
 
     GET|HEAD /manifest.json   from memory, strong ETag (SHA-256 of the bytes),
                               If-None-Match -> 304. With X-Blocklist-Wait: N
                               (capped at MAX_WAIT) and If-None-Match equal to
                               the current ETag, the answer waits up to N s for
-                              a new manifest: 200 with it, else 304. The answer
-                              echoes X-Blocklist-Wait, which tells a plugin that
-                              this source long-polls (nginx never echoes it).
+                              a new manifest: 200 with it, else 304. Every
+                              answer carries X-Blocklist-Wait (the wait applied,
+                              0 if none): it tells a plugin that this source
+                              long-polls (nginx never sends it).
                               A request naming X-Blocklist-Node is recorded in
                               <home>/fleet.sqlite for `blocklist fleet`.
-    GET|HEAD /<path>          a regular file below publish/: strong ETag,
-                              If-None-Match -> 304, Content-Length, no Range, no
-                              directory listing, no dot files (publish's temp
-                              files), nothing outside publish/ (.., symlinks).
+    /fleet, /fleet.json, /metrics   blocklist.fleet_web (loopback clients only)
+    GET|HEAD /<path>          any other path: a regular file below publish/,
+                              strong ETag, If-None-Match -> 304, Content-Length,
+                              no Range, no directory listing, no dot files
+                              (publish's temp files), nothing outside publish/
+                              (.., symlinks). A middleware serves them only when
+                              no route matched, so routes added to the app
+                              after make_app still win.
 
 The semantics are those of a plain static server, so the same directory copied
 to nginx, an object store or a CDN works unchanged (plugins then poll).
@@ -32,12 +37,13 @@ import sqlite3
 import stat
 import threading
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 
 from blocklist.errors import StoreError
 from blocklist.fleet import FleetStore, clean_node_id, parse_have
+from blocklist.fleet_web import add_fleet_routes
 from blocklist.home import Home
 
 log = logging.getLogger("blocklist.serve")
@@ -46,6 +52,7 @@ MANIFEST = "manifest.json"
 MAX_WAIT = 60.0
 WATCH_INTERVAL = 0.05
 CHUNK = 256 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 
@@ -148,9 +155,8 @@ async def manifest(request: web.Request) -> web.StreamResponse:
         except TimeoutError:
             pass
         watcher.refresh()
-    headers = {"Cache-Control": "no-cache", "Accept-Ranges": "none"}
-    if "X-Blocklist-Wait" in request.headers:
-        headers["X-Blocklist-Wait"] = f"{wait:g}"
+    # Always present (the wait applied, 0 if none asked): tells a plugin this source long-polls.
+    headers = {"Cache-Control": "no-cache", "Accept-Ranges": "none", "X-Blocklist-Wait": f"{wait:g}"}
     if watcher.data is None:
         raise web.HTTPNotFound(text="nothing published yet\n", headers=headers)
     headers["ETag"] = watcher.etag  # type: ignore[assignment]
@@ -159,9 +165,19 @@ async def manifest(request: web.Request) -> web.StreamResponse:
     return web.Response(body=watcher.data, content_type="application/json", headers=headers)
 
 
+@web.middleware
+async def publish_tree(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Paths no route claims are files of the publish tree."""
+    if not isinstance(request.match_info.http_exception, web.HTTPNotFound):
+        return await handler(request)
+    if request.method not in ("GET", "HEAD"):
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+    return await static_file(request)
+
+
 async def static_file(request: web.Request) -> web.StreamResponse:
     root: Path = request.app[HOME].publish_dir
-    rel = request.match_info["path"]
+    rel = request.path.lstrip("/")
     parts = rel.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
         raise web.HTTPNotFound()
@@ -213,15 +229,16 @@ async def _wake_waiters(app: web.Application) -> None:
     app[WATCHER].close()
 
 
-def make_app(home: Home, *, watch_interval: float = WATCH_INTERVAL) -> web.Application:
-    """The distribution server of `home`; add routes to it before it starts."""
-    app = web.Application()
+def make_app(home: Home, *, watch_interval: float = WATCH_INTERVAL,
+             fleet_allowed: Sequence[str] = ("127.0.0.0/8", "::1/128")) -> web.Application:
+    """The distribution server of `home`; more routes may be added before it starts."""
+    app = web.Application(middlewares=[publish_tree])
     app[HOME] = home
     app[WATCH_EVERY] = watch_interval
     app.cleanup_ctx.append(_watch)
     app.on_shutdown.append(_wake_waiters)
     app.router.add_get("/" + MANIFEST, manifest)
-    app.router.add_get("/{path:.+}", static_file)
+    add_fleet_routes(app, home, fleet_allowed)
     return app
 
 

@@ -3,7 +3,8 @@
 Layout under `cache_dir` (written only by `sync`, read by every enforcement process):
 
     manifest.json               the last verified manifest, bytes as fetched
-    keys.json                   keys trusted after following a key rotation
+    keys.json                   every key of the followed key chain, old and new
+    sync.lock                   flock held by the one `sync` that writes this cache
     lists/<name>/snapshot-N     a verified snapshot, bytes as fetched (signed)
     lists/<name>/delta-M-N      verified deltas applied on top of it, in order
     lists/<name>/state.json     {"version", "checksum", "snapshot", "deltas"}: what to load
@@ -21,8 +22,10 @@ An expired list is still loaded: a plugin never starts open when it has a cache.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives import serialization
 
 from blocklist import atomic
-from blocklist.errors import BlocklistError, ChecksumError, FormatError
+from blocklist.errors import BlocklistError, ChecksumError, ConfigError, FormatError
 from blocklist.format import Keyring, check_list_name, key_id, read_delta, read_snapshot
 from blocklist.matcher import HOST_PASS, HostAction, HostVerdict, ListFilter, Matcher, Verdict
 from resolver_plugin.config import PluginConfig
@@ -64,6 +67,23 @@ def _safe_name(name: Any) -> str:
 class Cache:
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def lock_writer(self) -> int:
+        """Take the cache's writer lock (one sync per cache_dir); returns the fd to keep open."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "sync.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(f"{self.root}: another sync already writes this cache_dir") from None
+        self.remove_stale_temp_files()
+        return fd
+
+    def remove_stale_temp_files(self) -> None:
+        """Temp files a killed writer left behind (only the lock holder may call this)."""
+        for path in [*self.root.glob(".*.tmp-*"), *self.root.glob("lists/*/.*.tmp-*")]:
+            path.unlink(missing_ok=True)
 
     def list_dir(self, name: str) -> Path:
         return self.root / "lists" / check_list_name(name)

@@ -192,6 +192,8 @@ def _validate(cfg: PluginConfig, where: str) -> None:
             check_list_name(name)
         except FormatError as exc:
             raise ConfigError(f"{where}: lists: {exc}") from None
+    if not 0 < len(cfg.node_id) <= 128 or not cfg.node_id.isprintable() or cfg.node_id != cfg.node_id.strip():
+        raise ConfigError(f"{where}: node_id must be 1-128 printable characters without surrounding spaces")
     if cfg.poll_interval < 1:
         raise ConfigError(f"{where}: poll_interval must be at least 1 second")
     p = cfg.proxy

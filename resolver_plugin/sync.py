@@ -1,0 +1,440 @@
+"""`blocklist-plugin sync`: fetch what the trusted state needs, cache what it accepts, report how it went.
+
+A shell around resolver_plugin.trust.TrustedState, which judges every byte.
+One sync (`Syncer.sync_once`):
+  1. GET <source>/manifest.json naming this node (X-Blocklist-Node), the versions
+     it enforces (X-Blocklist-Have), If-None-Match and, once the source has shown
+     it long-polls (its answers carry X-Blocklist-Wait), X-Blocklist-Wait: long_poll.
+  2. A new manifest is judged (update_manifest), then cached: keys.json first
+     after a key rotation, then manifest.json (the rollback floor on restart).
+  3. Each configured list behind the trusted manifest: the delta chain when it
+     is listed and smaller than a snapshot, each delta verified and applied;
+     on any failure of the chain, the snapshot. The result is judged
+     (check_list), written with Cache.write_list, which bumps `generation` so
+     enforcement processes (LiveMatcher) reload, and only then trusted as the
+     enforced version (accept_list): a failed write is retried next time.
+  4. status.json (resolver_plugin.node_status) records versions, lag and errors.
+
+Every body is streamed with a cap (the size the manifest announces, or
+limits.max_manifest_bytes) and aborted past it; every request has connect and
+read timeouts. Any failure keeps the last good state, logs one line naming
+list, version, file, kind and reason (never an entry: artifacts hold none),
+and the daemon retries with capped exponential back-off and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import quote
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from blocklist import __version__
+from blocklist.errors import BlocklistError, SizeError
+from blocklist.fleet import clean_node_id, format_have
+from blocklist.format import DeltaRef, FileRef
+from blocklist.matcher import ListFilter
+from resolver_plugin.admin import start_admin
+from resolver_plugin.cache import Cache, ListState
+from resolver_plugin.config import PluginConfig
+from resolver_plugin.node_status import ListStatus, NodeStatus, read_status, write_status
+from resolver_plugin.trust import TrustedState, UpdatePlan, error_kind
+
+log = logging.getLogger("blocklist.plugin.sync")
+
+MANIFEST = "manifest.json"
+CHUNK = 64 * 1024
+MIN_CYCLE = 0.1  # seconds between long-poll cycles, so a misbehaving source cannot spin us
+MIN_RATE = 64 * 1024  # bytes/s below which a download is abandoned (a slow-drip server)
+
+
+class SyncError(BlocklistError):
+    """A failure that is not the artifact's fault: network, timeout, HTTP status or cache."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The node_status.ERROR_KINDS label of any failure of a sync."""
+    if isinstance(exc, SyncError):
+        return exc.kind
+    if isinstance(exc, OSError):
+        return "disk"
+    return error_kind(exc)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    status: int
+    body: bytes
+    etag: str | None
+    headers: CIMultiDictProxy[str]
+
+
+class Fetcher:
+    """GETs below the source URL with timeouts and a cap on every body."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: PluginConfig) -> None:
+        self.session = session
+        self.base = config.source if config.source.endswith("/") else config.source + "/"
+        self.timeouts = config.timeouts
+
+    async def get(self, path: str, limit: int, headers: Mapping[str, str] | None = None,
+                  wait: float = 0.0) -> Fetched:
+        url = URL(self.base + quote(path, safe="/"), encoded=True)
+        # sock_read bounds every silence; total bounds a server that drips bytes slowly.
+        total = self.timeouts.connect + self.timeouts.read + wait + limit / MIN_RATE
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.timeouts.connect,
+                                        sock_read=self.timeouts.read + wait)
+        try:
+            async with self.session.get(url, headers=headers, timeout=timeout) as resp:
+                if resp.status == 304:
+                    return Fetched(304, b"", resp.headers.get("ETag"), resp.headers)
+                if resp.status != 200:
+                    raise SyncError("http", f"{path}: HTTP {resp.status}")
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise SizeError(f"{path}: the server announces {resp.content_length} bytes, "
+                                    f"more than the {limit} expected")
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    body += chunk
+                    if len(body) > limit:
+                        resp.close()  # drop the connection: never read an endless body
+                        raise SizeError(f"{path}: the server sent more than the {limit} bytes "
+                                        "expected; download aborted")
+                return Fetched(200, bytes(body), resp.headers.get("ETag"), resp.headers)
+        except TimeoutError:
+            raise SyncError("timeout", f"{path}: timed out (connect {self.timeouts.connect:g}s, "
+                                       f"read {self.timeouts.read + wait:g}s, total {total:g}s)") from None
+        except aiohttp.ClientError as exc:
+            raise SyncError("network", f"{path}: {exc.__class__.__name__}: {exc}") from None
+
+
+class Syncer:
+    """One node's sync: the trusted state, the filters it enforces, the cache and the status."""
+
+    def __init__(self, config: PluginConfig, fetcher: Fetcher) -> None:
+        self.config = config
+        self.fetcher = fetcher
+        self.cache = Cache(config.cache_dir)
+        self.trust = TrustedState(config.public_keys, config.limits)
+        self.filters: dict[str, ListFilter] = {}
+        self.etag: str | None = None
+        self.long_poll_ok = False  # the source sends X-Blocklist-Wait: it long-polls
+        self._file = ""  # the file being fetched, for log lines
+        self._manifest_saved = True  # the trusted manifest is in the cache
+        self._saved_keys = set(self.cache.trusted_keys(config.public_keys))
+        self.node_id = clean_node_id(config.node_id)  # a header value: printable, bounded
+        if self.node_id is None:
+            log.warning("node_id %r is not a printable name of at most 128 characters; polls stay "
+                        "anonymous", config.node_id[:40])
+        self.status = self._load_status()
+        self._load_cache()
+
+    # -- start-up: what the cache already holds
+
+    def _load_status(self) -> NodeStatus:
+        try:
+            status = read_status(self.config.status_path) or NodeStatus()
+        except (OSError, ValueError, TypeError, KeyError):
+            status = NodeStatus()
+        status.node_id, status.source = self.config.node_id, self.config.source
+        status.lists = {name: status.lists.get(name, ListStatus()) for name in self.config.lists}
+        return status
+
+    def _load_cache(self) -> None:
+        try:
+            data = self.cache.manifest_bytes()
+            if data is not None:
+                self.trust.load_trusted_manifest(data)
+        except (BlocklistError, OSError) as exc:
+            log.error("cache refused file=manifest.json kind=%s reason=%r", failure_kind(exc), str(exc))
+        keys = {**self.cache.trusted_keys(self.config.public_keys), **self.trust.artifact_keys}
+        for name in self.config.lists:
+            try:
+                loaded = self.cache.load_list(name, keys, self.config.limits.max_snapshot_bytes)
+            except BlocklistError as exc:
+                log.error("cache refused list=%s kind=%s reason=%r; fetching it again",
+                          name, error_kind(exc), str(exc))
+                continue
+            if loaded is not None:
+                self.filters[name] = loaded
+                self.trust.set_enforced(name, loaded.version, loaded.checksum)
+                st = self.status.lists[name]
+                st.version, st.checksum = loaded.version, loaded.checksum
+        if self.trust.manifest is not None:
+            self._record_manifest(self.status.manifest.fetched_at)
+
+    # -- one sync
+
+    async def sync_once(self, wait: float = 0.0) -> bool:
+        """Bring every list to the newest version; True if all are there."""
+        now = time.time()
+        polled = await self._poll(wait, now)
+        if polled and self.trust.manifest is not None:
+            for name in self.config.lists:
+                self.status.lists[name].last_attempt = now
+                self._file = ""
+                try:
+                    await self._sync_list(name)
+                except (BlocklistError, OSError) as exc:
+                    self._record_error(name, exc)
+        in_sync = polled and all(self.trust.in_sync(n) for n in self.config.lists)
+        for name in self.config.lists:
+            if self.trust.in_sync(name) and polled:
+                self.status.lists[name].last_success = time.time()
+        self._write_status()
+        return in_sync
+
+    async def _poll(self, wait: float, now: float) -> bool:
+        """Fetch and judge the manifest; False (and the error recorded) if it failed."""
+        headers = {"Accept-Encoding": "identity",
+                   "X-Blocklist-Have": format_have({n: f.version for n, f in self.filters.items()})}
+        if self.node_id:
+            headers["X-Blocklist-Node"] = self.node_id
+        wait = wait if (self.etag and self.long_poll_ok) else 0.0
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if wait > 0:
+            headers["X-Blocklist-Wait"] = f"{wait:g}"
+        try:
+            resp = await self.fetcher.get(MANIFEST, self.config.limits.max_manifest_bytes, headers, wait)
+            self.long_poll_ok = "X-Blocklist-Wait" in resp.headers
+            if resp.status == 304:
+                self.trust.check_fresh(time.time())
+                return True
+            before = self.trust.manifest
+            manifest = self.trust.update_manifest(resp.body, time.time())
+            if manifest is not before:
+                self._manifest_saved = False
+                self._record_manifest(now)
+            if not self._manifest_saved:  # keys first: they verify what the new manifest names
+                if set(self.trust.artifact_keys) != self._saved_keys:
+                    self.cache.save_keys(self.trust.artifact_keys)
+                    self._saved_keys = set(self.trust.artifact_keys)
+                    log.info("key rotation followed manifest=%d signed_by=%s", manifest.version,
+                             manifest.signed_by)
+                self.cache.write_manifest(self.trust.manifest_bytes or resp.body)
+                self._manifest_saved = True
+            self.etag = resp.etag
+            return True
+        except (BlocklistError, OSError) as exc:
+            self._record_error(None, exc, MANIFEST)
+            return False
+
+    async def _sync_list(self, name: str) -> None:
+        current = self.filters.get(name)
+        cached_deltas = self._cached_delta_bytes(name) if current is not None else None
+        plan = self.trust.plan(name, cached_deltas or 0)
+        if plan is None:
+            return
+        if cached_deltas is None:  # no usable cached state: deltas need a base
+            plan = UpdatePlan(plan.list, plan.version, (), plan.snapshot)
+        if plan.deltas and current is not None:
+            try:
+                await self._apply_deltas(name, current, plan.deltas)
+                return
+            except (BlocklistError, OSError) as exc:
+                self._record_error(name, exc, fallback=True)
+        await self._fetch_snapshot(name, plan.snapshot)
+
+    async def _apply_deltas(self, name: str, current: ListFilter, chain: tuple[DeltaRef, ...]) -> None:
+        started, files, result = time.monotonic(), {}, current
+        for ref in chain:
+            data = await self._fetch_file(ref)
+            result = result.apply(self.trust.verify_delta(name, data, ref))
+            files[f"delta-{ref.from_version}-{ref.to_version}"] = data
+        self.trust.check_list(name, result)
+        state = self.cache.state(name)
+        if state is None:
+            raise SyncError("cache", f"list {name}: state.json vanished under the delta chain")
+        self.cache.write_list(name, ListState(result.version, result.checksum, state.snapshot,
+                                              state.deltas + tuple(files)), files)
+        self.trust.accept_list(name, result)  # only once the cache holds it
+        self._enforce(name, result, "delta", sum(len(d) for d in files.values()), started)
+
+    async def _fetch_snapshot(self, name: str, ref: FileRef) -> None:
+        started = time.monotonic()
+        data = await self._fetch_file(ref)
+        snap = self.trust.verify_snapshot(name, data)
+        result = ListFilter.from_snapshot(snap)
+        self.trust.check_list(name, result)
+        file_name = f"snapshot-{snap.version}"
+        self.cache.write_list(name, ListState(snap.version, snap.checksum, file_name, ()), {file_name: data})
+        self.trust.accept_list(name, result)
+        self._enforce(name, result, "snapshot", len(data), started)
+
+    async def _fetch_file(self, ref: FileRef) -> bytes:
+        self._file = ref.path
+        resp = await self.fetcher.get(ref.path, ref.size, {"Accept-Encoding": "identity"})
+        return resp.body
+
+    def _cached_delta_bytes(self, name: str) -> int | None:
+        """Bytes of the deltas cached on top of the snapshot; None if the state is unreadable."""
+        try:
+            state = self.cache.state(name)
+            if state is None:
+                return None
+            folder = self.cache.list_dir(name)
+            return sum((folder / d).stat().st_size for d in state.deltas)
+        except (BlocklistError, OSError):
+            return None
+
+    # -- status and logs
+
+    def _enforce(self, name: str, result: ListFilter, via: str, size: int, started: float) -> None:
+        previous = self.filters.get(name)
+        self.filters[name] = result
+        manifest = self.trust.manifest
+        ref = manifest.lists[name]  # type: ignore[union-attr]
+        st = self.status.lists[name]
+        st.version, st.checksum, st.entries = result.version, result.checksum, ref.entries
+        st.expires = float(manifest.expires)  # type: ignore[union-attr]
+        log.info("updated list=%s version=%d from=%s via=%s bytes=%d took_ms=%d", name, result.version,
+                 previous.version if previous else 0, via, size, (time.monotonic() - started) * 1000)
+
+    def _record_manifest(self, now: float) -> None:
+        manifest = self.trust.manifest
+        assert manifest is not None
+        ms = self.status.manifest
+        ms.version, ms.expires, ms.signed_by, ms.fetched_at = (manifest.version, float(manifest.expires),
+                                                               manifest.signed_by, now)
+        for name in self.config.lists:
+            ref = manifest.lists.get(name)
+            st = self.status.lists[name]
+            if ref is not None and ref.version != st.newest_seen:
+                st.newest_seen, st.newest_seen_at = ref.version, now
+            if ref is not None and self.trust.in_sync(name):
+                st.expires = float(manifest.expires)
+
+    def _record_error(self, name: str | None, exc: BaseException, file: str = "",
+                      fallback: bool = False) -> None:
+        kind = failure_kind(exc)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        now = time.time()
+        self.status.count_error(kind)
+        names = [name] if name else list(self.config.lists)
+        for n in names:
+            st = self.status.lists[n]
+            st.last_error, st.last_error_at = f"{kind}: {reason}", now
+        manifest = self.trust.manifest
+        target = manifest.lists[name].version if name and manifest and name in manifest.lists else "-"
+        have = self.trust.enforced_version(name) if name else "-"
+        action = "falling back to the snapshot" if fallback else "keeping the last good version"
+        log.warning("sync failed list=%s version=%s have=%s file=%s kind=%s reason=%r; %s",
+                    name or "*", target, have, file or self._file or "-", kind, reason, action)
+
+    def _write_status(self) -> None:
+        try:
+            write_status(self.config.status_path, self.status)
+        except OSError as exc:
+            log.error("status not written file=%s kind=disk reason=%r", self.config.status_path, exc.strerror)
+
+
+class Backoff:
+    """Capped exponential back-off with "equal jitter": delay n lies in [d/2, d], d = min(cap, base*2^n)."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+        self.rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        d = min(self.cap, self.base * 2 ** min(self.failures, 32))
+        self.failures += 1
+        return d / 2 + self.rng.random() * d / 2
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def _session() -> aiohttp.ClientSession:
+    # auto_decompress off: the bytes hashed are the bytes received, and no decompression bomb.
+    return aiohttp.ClientSession(headers={"User-Agent": f"blocklist-plugin/{__version__}"},
+                                 auto_decompress=False, connector=aiohttp.TCPConnector(limit=4))
+
+
+async def sync_once(config: PluginConfig) -> bool:
+    """One sync from scratch (what `sync --once` does): True if every list is at the newest version."""
+    async with _session() as session:
+        return await Syncer(config, Fetcher(session, config)).sync_once()
+
+
+async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: float = 1.0,
+                    backoff_cap: float = 300.0) -> None:
+    """The daemon: sync, then long-poll (or sleep poll_interval), until `stop` is set."""
+    backoff = Backoff(backoff_base, backoff_cap)
+    async with _session() as session:
+        syncer = Syncer(config, Fetcher(session, config))
+        while not stop.is_set():
+            started = time.monotonic()
+            task = asyncio.ensure_future(syncer.sync_once(config.long_poll))
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if task not in done:  # stopping: cancel at an await (cache writes have none)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                break
+            try:
+                ok = task.result()
+            except Exception as exc:  # noqa: BLE001 - a bug must not end the daemon; retry later
+                log.error("sync crashed kind=internal reason=%r; retrying", exc)
+                log.debug("sync crash", exc_info=True)
+                ok = False
+            if ok:
+                backoff.reset()
+                long_poll = config.long_poll > 0 and syncer.long_poll_ok
+                delay = (max(0.0, MIN_CYCLE - (time.monotonic() - started)) if long_poll
+                         else config.poll_interval)
+            else:
+                delay = backoff.next_delay()
+                log.info("sync retry in=%.2fs attempt=%d", delay, backoff.failures)
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass
+
+
+async def _main(config: PluginConfig, once: bool, backoff_base: float, backoff_cap: float) -> int:
+    lock = Cache(config.cache_dir).lock_writer()
+    try:
+        if once:
+            return 0 if await sync_once(config) else 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("sync started node=%s lists=%s long_poll=%g poll_interval=%g", config.node_id,
+                 ",".join(config.lists), config.long_poll, config.poll_interval)
+        admin = await start_admin(config)
+        try:
+            await sync_loop(config, stop, backoff_base=backoff_base, backoff_cap=backoff_cap)
+        finally:
+            if admin is not None:
+                await admin.cleanup()
+        log.info("sync stopped node=%s", config.node_id)
+        return 0
+    finally:
+        os.close(lock)
+
+
+def run_sync(config: PluginConfig, once: bool, *, backoff_base: float = 1.0,
+             backoff_cap: float = 300.0) -> int:
+    """`blocklist-plugin sync [--once]`: exit 0 when every list is at the newest version (or on
+    SIGTERM/SIGINT for the daemon), 1 otherwise."""
+    try:
+        return asyncio.run(_main(config, once, backoff_base, backoff_cap))
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,269 @@
+"""Judges every fetched byte before the plugin uses it: the manifest, then snapshots and deltas.
+
+Modelled on python-tuf's TrustedMetadataSet: `TrustedState` takes bytes and
+either accepts them into the trusted state or raises one of blocklist.errors;
+it never opens a socket or a file. The sync shell (resolver_plugin.sync) does
+the I/O and asks it to judge each download, in this order:
+
+Manifest, `update_manifest(data, now)`:
+  1. at most limits.max_manifest_bytes                              SizeError
+  2. signed by a key reached by following its key chain from the
+     pinned keys (format.read_manifest)                              SignatureError
+  3. its key chain extends the trusted manifest's chain, so an old
+     chain cannot undo a rotation                                    SignatureError
+  4. version >= the trusted manifest's; an equal version only with
+     identical bytes (a re-served manifest means "no change")       RollbackError
+  5. no list older than the trusted manifest's or the enforced
+     version; an equal version with another checksum is refused     RollbackError
+  6. not expired at `now` (a frozen source): the last good state
+     stays in force, the error goes to the status                    ExpiredError
+Snapshot, `verify_snapshot(name, data)`, of a list the trusted manifest names:
+  exactly the size and SHA-256 the manifest gives (mix-and-match, endless
+  data), a valid signature, the list's name, the manifest's version and
+  checksum, and a version strictly newer than the enforced one.
+Delta, `verify_delta(name, data, ref)`: `ref` is one the manifest lists for
+  that list; the same size, hash, signature and name checks; from/to as `ref`
+  says and not past the manifest's version; the last one of a chain carries
+  the manifest's checksum (ListFilter.apply then checks the resulting set).
+Result, `check_list` / `accept_list(name, filter)`: the filter built from
+  those is at the manifest's version and checksum; accept_list makes it the
+  enforced version (the shell calls it once the cache holds the result).
+
+Keys. Manifests are judged by the keys the chain reaches from the pinned keys
+(a rotation revokes the old key for manifests). Snapshots and deltas are
+judged by `artifact_keys`, every key the chain has passed through: they are
+bound by SHA-256 to a manifest signed by a current key, so a file signed
+before a rotation stays valid and no plugin refetches everything. The cache
+persists `artifact_keys` (Cache.save_keys) so enforcement processes can load
+such files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+from blocklist.errors import (
+    ChecksumError, ExpiredError, FormatError, RollbackError, SignatureError, SizeError,
+)
+from blocklist.format import (
+    Delta, DeltaRef, FileRef, Keyring, ListRef, Manifest, Snapshot, check_file, follow_key_chain,
+    read_delta, read_manifest, read_snapshot,
+)
+from blocklist.matcher import ListFilter
+from resolver_plugin.config import Limits
+
+MAX_CHAIN = 1000  # deltas applied in one sync; a longer gap takes the snapshot
+
+
+def error_kind(exc: BaseException) -> str:
+    """The node_status.ERROR_KINDS label of a verification error."""
+    for cls, kind in ((SignatureError, "signature"), (ChecksumError, "checksum"),
+                      (SizeError, "size"), (RollbackError, "rollback"),
+                      (ExpiredError, "expired"), (FormatError, "format")):
+        if isinstance(exc, cls):
+            return kind
+    return "format"
+
+
+def when(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """How to bring one list to the manifest's version: `deltas` if any, else (or on failure) `snapshot`."""
+
+    list: str
+    version: int
+    deltas: tuple[DeltaRef, ...]
+    snapshot: FileRef
+
+
+def delta_chain(ref: ListRef, have: int) -> tuple[DeltaRef, ...] | None:
+    """The listed deltas leading from version `have` to `ref.version`, or None if one is missing."""
+    by_from = {d.from_version: d for d in ref.deltas if d.to_version <= ref.version}
+    chain, version = [], have
+    while version < ref.version and len(chain) < MAX_CHAIN:
+        step = by_from.get(version)
+        if step is None or step.to_version <= version:
+            return None
+        chain.append(step)
+        version = step.to_version
+    return tuple(chain) if version == ref.version else None
+
+
+def plan_update(name: str, ref: ListRef, have: int | None, cached_delta_bytes: int = 0) -> UpdatePlan:
+    """Deltas when the whole chain is listed and, with the deltas already cached on top of
+    the cached snapshot, smaller than a fresh snapshot (so the cache stays bounded); else the snapshot."""
+    chain = delta_chain(ref, have) if have else None
+    if chain and cached_delta_bytes + sum(d.size for d in chain) >= ref.snapshot.size:
+        chain = None
+    return UpdatePlan(name, ref.version, chain or (), ref.snapshot)
+
+
+class TrustedState:
+    """The manifest and list versions this plugin trusts; one method per artifact to judge."""
+
+    def __init__(self, pinned: Keyring, limits: Limits | None = None) -> None:
+        self.pinned = dict(pinned)
+        self.limits = limits or Limits()
+        self.manifest: Manifest | None = None
+        self.manifest_bytes: bytes | None = None
+        self.artifact_keys: dict = dict(pinned)
+        self.enforced: dict[str, tuple[int, str]] = {}  # list -> (version, checksum)
+
+    # -- loading what the cache holds (trusted already; expiry is not checked here)
+
+    def load_trusted_manifest(self, data: bytes) -> Manifest:
+        """Adopt the cached last good manifest: its signature must verify, it may have expired since."""
+        manifest = read_manifest(data, self.pinned, self.limits.max_manifest_bytes)
+        self._adopt(manifest, data)
+        return manifest
+
+    def set_enforced(self, name: str, version: int, checksum: str) -> None:
+        """Record a list version loaded (and verified) from the cache."""
+        self.enforced[name] = (version, checksum)
+
+    def enforced_version(self, name: str) -> int:
+        return self.enforced.get(name, (0, ""))[0]
+
+    # -- judging downloads
+
+    def update_manifest(self, data: bytes, now: float) -> Manifest:
+        """Verify `data` as the newest manifest and trust it; returns the trusted manifest."""
+        new = read_manifest(data, self.pinned, self.limits.max_manifest_bytes)
+        old = self.manifest
+        if old is not None:
+            if new.key_chain[:len(old.key_chain)] != old.key_chain:
+                raise SignatureError(f"manifest version {new.version}: its key chain does not extend "
+                                     "the trusted one (a replayed chain cannot undo a key rotation)")
+            if new.version < old.version:
+                raise RollbackError(f"manifest version {new.version} is older than the trusted "
+                                    f"version {old.version} (replayed manifest)")
+            if new.version == old.version and data != self.manifest_bytes:
+                raise RollbackError(f"manifest version {new.version} differs from the trusted "
+                                    "manifest of the same version")
+        for name, ref in new.lists.items():
+            floor, checksum = self._floor(name)
+            if ref.version < floor:
+                raise RollbackError(f"manifest version {new.version}: list {name} version "
+                                    f"{ref.version} is older than the trusted version {floor}")
+            if ref.version == floor and checksum and ref.checksum != checksum:
+                raise RollbackError(f"manifest version {new.version}: list {name} version "
+                                    f"{ref.version} announced with another checksum")
+        if new.expires <= now:
+            raise ExpiredError(f"manifest version {new.version} expired at {when(new.expires)}: "
+                               "the source may be frozen or stale")
+        if old is None or new.version != old.version:
+            self._adopt(new, data)
+        return self.manifest  # type: ignore[return-value]
+
+    def check_fresh(self, now: float) -> None:
+        """Raise ExpiredError if the trusted manifest has expired (a source that stopped changing)."""
+        if self.manifest is not None and self.manifest.expires <= now:
+            raise ExpiredError(f"manifest version {self.manifest.version} expired at "
+                               f"{when(self.manifest.expires)}: the source may be frozen or stale")
+
+    def plan(self, name: str, cached_delta_bytes: int = 0) -> UpdatePlan | None:
+        """What to fetch for list `name`; None when it is already at the manifest's version."""
+        ref = self.list_ref(name)
+        version, checksum = self.enforced.get(name, (0, ""))
+        if version == ref.version and checksum == ref.checksum:
+            return None
+        plan = plan_update(name, ref, version or None, cached_delta_bytes)
+        self._check_size(plan.snapshot, self.limits.max_snapshot_bytes, f"list {name} snapshot")
+        if any(d.size > self.limits.max_delta_bytes for d in plan.deltas):
+            plan = dataclasses.replace(plan, deltas=())  # never download past a limit: take the snapshot
+        return plan
+
+    def verify_snapshot(self, name: str, data: bytes) -> Snapshot:
+        ref = self.list_ref(name)
+        what = f"list {name} snapshot version {ref.version} ({ref.snapshot.path})"
+        self._check_size(ref.snapshot, self.limits.max_snapshot_bytes, what)
+        check_file(ref.snapshot, data, what)
+        snap = read_snapshot(data, self.artifact_keys, self.limits.max_snapshot_bytes)
+        if snap.list != name or snap.version != ref.version:
+            raise FormatError(f"{what}: the file is {snap.list} version {snap.version}")
+        if snap.checksum != ref.checksum:
+            raise ChecksumError(f"{what}: its digest set is not the one the manifest announces")
+        self._check_newer(name, snap.version, what)
+        return snap
+
+    def verify_delta(self, name: str, data: bytes, ref: DeltaRef) -> Delta:
+        list_ref = self.list_ref(name)
+        what = f"list {name} delta {ref.from_version}->{ref.to_version} ({ref.path})"
+        if ref not in list_ref.deltas:
+            raise FormatError(f"{what}: not listed in manifest version {self.manifest.version}")  # type: ignore[union-attr]
+        self._check_size(ref, self.limits.max_delta_bytes, what)
+        check_file(ref, data, what)
+        delta = read_delta(data, self.artifact_keys, self.limits.max_delta_bytes)
+        if (delta.list, delta.from_version, delta.to_version) != (name, ref.from_version, ref.to_version):
+            raise FormatError(f"{what}: the file is {delta.list} {delta.from_version}->{delta.to_version}")
+        if delta.to_version > list_ref.version:
+            raise FormatError(f"{what}: goes past the manifest's version {list_ref.version}")
+        if delta.from_version < self.enforced_version(name):
+            raise RollbackError(f"{what}: starts before the enforced version {self.enforced_version(name)}")
+        if delta.to_version == list_ref.version and delta.checksum != list_ref.checksum:
+            raise ChecksumError(f"{what}: its resulting checksum is not the one the manifest announces")
+        return delta
+
+    def accept_list(self, name: str, result: ListFilter) -> None:
+        """Trust `result` as list `name` at the manifest's version: the end of a snapshot or delta update."""
+        self.check_list(name, result)
+        self.enforced[name] = (result.version, result.checksum)
+
+    def check_list(self, name: str, result: ListFilter) -> None:
+        """What accept_list checks, without recording it (the shell caches the result in between)."""
+        ref = self.list_ref(name)
+        what = f"list {name} version {result.version}"
+        if result.name != name or result.version != ref.version:
+            raise FormatError(f"{what}: the manifest announces version {ref.version}")
+        if result.checksum != ref.checksum:
+            raise ChecksumError(f"{what}: the resulting set does not match the manifest's checksum")
+        self._check_newer(name, result.version, what)
+
+    def list_ref(self, name: str) -> ListRef:
+        if self.manifest is None:
+            raise FormatError("no trusted manifest yet")
+        ref = self.manifest.lists.get(name)
+        if ref is None:
+            raise FormatError(f"list {name} is not in manifest version {self.manifest.version}")
+        return ref
+
+    def in_sync(self, name: str) -> bool:
+        """Whether list `name` is enforced at the trusted manifest's version."""
+        if self.manifest is None or name not in self.manifest.lists:
+            return False
+        ref = self.manifest.lists[name]
+        return self.enforced.get(name) == (ref.version, ref.checksum)
+
+    # -- internals
+
+    def _adopt(self, manifest: Manifest, data: bytes) -> None:
+        self.manifest, self.manifest_bytes = manifest, data
+        keys = dict(self.pinned)
+        for i in range(1, len(manifest.key_chain) + 1):
+            keys.update(follow_key_chain(self.pinned, manifest.key_chain[:i]))
+        self.artifact_keys = keys
+
+    def _floor(self, name: str) -> tuple[int, str]:
+        """The lowest (version, checksum) list `name` may have in a new manifest."""
+        floor = self.enforced.get(name, (0, ""))
+        if self.manifest is not None and name in self.manifest.lists:
+            ref = self.manifest.lists[name]
+            if ref.version > floor[0]:
+                floor = (ref.version, ref.checksum)
+        return floor
+
+    def _check_newer(self, name: str, version: int, what: str) -> None:
+        enforced = self.enforced_version(name)
+        if version <= enforced:
+            raise RollbackError(f"{what}: not newer than the enforced version {enforced}")
+
+    @staticmethod
+    def _check_size(ref: FileRef, limit: int, what: str) -> None:
+        if ref.size > limit:
+            raise SizeError(f"{what}: the manifest announces {ref.size} bytes, over the limit of {limit}")
+
