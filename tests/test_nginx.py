@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,64 +11,19 @@ import pytest
 from resolver_plugin.sync import sync_loop
 from tests.conftest import Hotline, Plugin, require_program
 from tests.test_sync import URL_A, URL_B, blocked, free_port, state_version, sync_once, wait_for_port
-
-CONFIG = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    types {{ application/json json; }}
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port};
-        root {tmp}/www;
-        autoindex off;
-        location / {{ try_files $uri =404; }}
-    }}
-}}
-"""
-
-
-def mirror(publish_dir: Path, www: Path) -> None:
-    """Copy the publish tree as `rsync` would for a mirror: list files first, the manifest last."""
-    for path in sorted(publish_dir.rglob("*")):
-        rel = path.relative_to(publish_dir)
-        if path.is_file() and rel.name != "manifest.json" and not rel.name.startswith("."):
-            (www / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, www / rel)
-    shutil.copy2(publish_dir / "manifest.json", www / ".manifest.json.tmp")
-    os.replace(www / ".manifest.json.tmp", www / "manifest.json")
+from tools.nginx_mirror import mirror, start_nginx, stop_nginx
 
 
 @pytest.fixture
 def nginx(tmp_path: Path):
-    program = require_program("nginx")
     root = tmp_path / "nginx"
-    (root / "www").mkdir(parents=True)
     port = free_port()
-    conf = root / "nginx.conf"
-    conf.write_text(CONFIG.format(tmp=root, port=port))
-    proc = subprocess.Popen([program, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_nginx(require_program("nginx"), root, port)
     try:
         wait_for_port(port, 10)
         yield root, f"http://127.0.0.1:{port}/"
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_nginx(proc)
 
 
 def test_sync_from_nginx(nginx, hotline: Hotline, plugin: Plugin) -> None:
