@@ -407,6 +407,28 @@ def key_rotate(c: Context) -> None:
     click.echo(f"signing key is now {new_id}; manifest re-signed, lists re-issued")
 
 
+@main.command()
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Work directory to keep (default: a new temporary one).")
+def demo(workdir: Path | None) -> None:
+    """Run the whole chain on this machine with sample data (a few seconds).
+
+    A hotline home, `blocklist serve`, a plugin syncing from it, checks, the
+    filtering proxy, a live change reaching the plugin, status and fleet: real
+    processes on 127.0.0.1. Exit 0 when every step gave the expected answer.
+
+    \b
+    Example:
+      blocklist demo
+      blocklist demo --dir /tmp/demo && ls /tmp/demo
+    """
+    import tempfile
+
+    from blocklist.demo import run_demo
+
+    sys.exit(run_demo(workdir or Path(tempfile.mkdtemp(prefix="blocklist-demo-"))))
+
+
 @main.command("lists")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
 @click.option("--create", "create", default=None, metavar="NAME", help="Create a list.")

@@ -1,0 +1,407 @@
+"""`blocklist-plugin proxy`: the filtering forward proxy (Cleanfeed stage 2) and its block page.
+
+A shell (STYLE.md 1): every decision is `LiveMatcher.check(url)` or, for
+CONNECT, `LiveMatcher.check_host(host)`; this module only speaks HTTP.
+
+Stack: `asyncio.start_server` with our strict HTTP/1.1 request parser
+(resolver_plugin.proxy_http) on the client side, aiohttp's client towards
+origins (resolver_plugin.proxy_forward). Not aiohttp's web server, because a
+forward proxy needs what it does not give: CONNECT with a raw bidirectional
+tunnel on the client's socket, a 403 before any byte is parsed for clients
+outside `allowed_clients`, our own answers (400/413/414/431) to every
+ambiguous request framing, and per-phase timeouts (head, body, idle).
+
+Per connection: refuse when over `max_connections` (503) or not in
+`allowed_clients` (403), then serve requests (keep-alive) until an error, a
+block or the client closes:
+
+- absolute-form `http://` or `https://` target: checked; listed -> the block page
+  (`block_status`, default 451) and close; else forwarded, bodies streamed;
+- origin-form `/path` with one Host: the request of a client that stage 1's
+  DNS answer (resolver.proxy_address) or an interception rule sent here as
+  if we were the origin; checked and forwarded as `http://Host/path`. One that
+  already carries our Via came from us (our own resolver points at us): 508;
+- CONNECT host:port: `check_host`; a host listed whole (domain scope) -> the
+  block page; else a TCP tunnel (`200 Connection established`);
+- anything else (`*`, bad framing) -> 400 and close.
+
+Privacy: the access log shows blocked requests as `- blocked list=NAME`
+without their URL unless `proxy.log_blocked_urls`; the error log never names
+URLs or hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import re
+import signal
+import time
+from typing import Any
+
+import aiohttp
+
+from blocklist.errors import InvalidURL
+from blocklist.matcher import HostAction
+from resolver_plugin import metrics
+from resolver_plugin.blockpage import BlockPage, error_response
+from resolver_plugin.cache import FAIL_CLOSED, LiveMatcher
+from resolver_plugin.config import PluginConfig, parse_listen
+from resolver_plugin.proxy_forward import (VIA, BodyStream, PublicResolver, UpstreamError, forward,
+                                           internal_address, open_tunnel, tunnel, upstream_url)
+from resolver_plugin.proxy_http import RequestError, RequestHead, iter_body, read_head
+
+log = logging.getLogger("blocklist.plugin.proxy")
+access_log = logging.getLogger("blocklist.plugin.proxy.access")
+
+COMPONENT = "proxy"
+HEADER_TIMEOUT = 15.0    # seconds for a whole request head to arrive (slowloris bound)
+IDLE_TIMEOUT = 30.0      # seconds a keep-alive connection may wait for its next request
+RELOAD_INTERVAL = 1.0    # seconds between checks for a new cached list version
+LINGER_SECONDS = 2.0     # lingering close: how long to drain a client after our last answer
+LINGER_BYTES = 1 << 20
+_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ProxyServer:
+    """One listening proxy: its client networks, limits, block page and upstream session."""
+
+    def __init__(self, config: PluginConfig, live: LiveMatcher, *, header_timeout: float = HEADER_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.config = config
+        self.proxy = config.proxy
+        self.live = live
+        self.page = BlockPage(config.proxy)
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in self.proxy.allowed_clients]
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.proxy.connect_timeout,
+                                             sock_read=self.proxy.upstream_timeout)
+        self.open_connections = 0
+        self.server: asyncio.Server | None = None
+        self.session: aiohttp.ClientSession | None = None         # for clients on this host
+        self.public_session: aiohttp.ClientSession | None = None  # for all others: no internal addresses
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle
+
+    async def start(self, host: str | None = None, port: int | None = None) -> asyncio.Server:
+        if host is None or port is None:
+            host, port = parse_listen(self.proxy.listen, "proxy.listen")
+        self.session = self._session(None)
+        self.public_session = self._session(PublicResolver())
+        self.server = await asyncio.start_server(
+            self._connection, host, port, limit=max(self.proxy.max_header_bytes, 65536),
+            backlog=1024, reuse_address=True)
+        return self.server
+
+    def _session(self, resolver: PublicResolver | None) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self.proxy.max_connections, limit_per_host=0, ttl_dns_cache=60,
+                                         resolver=resolver)
+        return aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            max_line_size=32768, max_field_size=32768, trust_env=False)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=5)
+        if self.server is not None:
+            await self.server.wait_closed()
+        for session in (self.session, self.public_session):
+            if session is not None:
+                await session.close()
+
+    # -- one connection
+
+    def _allowed(self, ip: str) -> bool:
+        addr = _client_address(ip)
+        return addr is not None and any(addr in net for net in self.networks)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        peer = writer.get_extra_info("peername")
+        client_ip = str(peer[0]) if peer else "-"
+        self.open_connections += 1
+        try:
+            if self.open_connections > self.proxy.max_connections:
+                await self._refuse(writer, 503, client_ip)
+            elif not self._allowed(client_ip):
+                await self._refuse(writer, 403, client_ip)
+            else:
+                first = True
+                while await self._request(reader, writer, client_ip, first):
+                    first = False
+            await _linger(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            pass
+        except asyncio.CancelledError:
+            pass  # shutting down
+        except Exception as exc:  # noqa: BLE001 - the edge: no traceback to a client, the server goes on
+            # Close without a word: we cannot know how much of a response was already sent.
+            log.error("proxy: internal error %s on a connection from %s", type(exc).__name__, client_ip)
+            log.debug("proxy: internal error", exc_info=True)
+        finally:
+            self.open_connections -= 1
+            self._handlers.discard(task)
+            writer.close()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, status: int, client_ip: str) -> None:
+        writer.write(error_response(status))
+        self._access(client_ip, "-", "-", status, 0, 0.0, "refused")
+        await asyncio.wait_for(writer.drain(), 5)
+
+    async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       client_ip: str, first: bool) -> bool:
+        """Serve one request; True when the connection may carry another."""
+        try:
+            head = await self._read_head(reader, first)
+        except RequestError as exc:
+            return await self._error(writer, exc.status, client_ip, "-", "-")
+        except asyncio.TimeoutError:
+            if first:  # nothing or a partial head within header_timeout: tell the client
+                return await self._error(writer, 408, client_ip, "-", "-")
+            return False  # an idle keep-alive connection: close quietly
+        if head is None:
+            return False
+        started = time.monotonic()
+        if head.method == "CONNECT":
+            await self._connect(head, reader, writer, client_ip, started)
+            return False
+        target = head.target
+        if target.startswith("/"):
+            # Origin-form: a client sent here by stage 1's DNS answer, or by interception.
+            target = _intercepted_url(head)
+            if target is None:
+                return await self._error(writer, 400, client_ip, head.method, "-")
+            if any(VIA in value for value in head.values("Via")):
+                return await self._error(writer, 508, client_ip, head.method, "-")  # it came from us: a loop
+        elif not target[:8].lower().startswith(("http://", "https://")):
+            return await self._error(writer, 400, client_ip, head.method, "-")
+        try:
+            t0 = time.perf_counter()
+            verdict = self.live.check(target)
+            metrics.observe_check(COMPONENT, verdict, time.perf_counter() - t0)
+            url = upstream_url(target)
+        except InvalidURL:
+            metrics.observe_invalid(COMPONENT)
+            return await self._error(writer, 400, client_ip, head.method, "-")
+        except RequestError as exc:
+            return await self._error(writer, exc.status, client_ip, head.method, "-")
+        if verdict.blocked:
+            await self._block(writer, head, client_ip, verdict.list or "unknown", started)
+            return False
+        if head.content_length is not None and head.content_length > self.proxy.max_body_bytes:
+            return await self._error(writer, 413, client_ip, head.method, target)
+        local = _is_local(client_ip)
+        if not local and internal_address(url.raw_host or ""):
+            return await self._error(writer, 403, client_ip, head.method, target)
+        body = None
+        if head.has_body:
+            if head.expect_continue:
+                writer.write(_CONTINUE)
+            body = BodyStream(iter_body(reader, head, self.proxy.max_body_bytes, self.proxy.upstream_timeout))
+        session = self.session if local else self.public_session
+        assert session is not None
+        try:
+            result = await forward(session, head, url, body, writer, client_ip, self.timeout)
+        except UpstreamError as exc:
+            log.warning("proxy: upstream %s (%s) for a request from %s", exc.status, exc, client_ip)
+            return await self._error(writer, exc.status, client_ip, head.method, target)
+        except RequestError as exc:
+            return await self._error(writer, exc.status, client_ip, head.method, target)
+        self._access(client_ip, head.method, target, result.status, result.body_bytes,
+                     time.monotonic() - started, "allowed")
+        return result.keep_alive and not (body is not None and body.error is not None)
+
+    async def _read_head(self, reader: asyncio.StreamReader, first: bool) -> RequestHead | None:
+        # A keep-alive connection may sit idle between requests: its next head gets idle_timeout.
+        async with asyncio.timeout(self.header_timeout if first else self.idle_timeout):
+            return await read_head(reader, self.proxy.max_header_bytes)
+
+    async def _error(self, writer: asyncio.StreamWriter, status: int, client_ip: str, method: str,
+                     target: str) -> bool:
+        writer.write(error_response(status, head_only=method == "HEAD"))
+        self._access(client_ip, method, target, status, 0, 0.0, "error")
+        await asyncio.wait_for(writer.drain(), 5)
+        return False
+
+    async def _block(self, writer: asyncio.StreamWriter, head: RequestHead, client_ip: str, list_name: str,
+                     started: float) -> None:
+        response = self.page.response(list_name, head_only=head.method == "HEAD")
+        writer.write(response)
+        target = "-"
+        if self.proxy.log_blocked_urls:
+            target = (_intercepted_url(head) or "-") if head.target.startswith("/") else head.target
+        self._access(client_ip, head.method, target, self.page.status, len(response),
+                     time.monotonic() - started, f"blocked list={list_name}")
+        await asyncio.wait_for(writer.drain(), 5)
+
+    async def _connect(self, head: RequestHead, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       client_ip: str, started: float) -> None:
+        host, _, port_text = head.target.rpartition(":")  # an IPv6 literal keeps its brackets here
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536 or len(port_text) > 5:
+            await self._error(writer, 400, client_ip, "CONNECT", "-")
+            return
+        try:
+            t0 = time.perf_counter()
+            verdict = self.live.check_host(host)
+            metrics.observe_host_check(COMPONENT, verdict, time.perf_counter() - t0)
+        except InvalidURL:
+            metrics.observe_invalid(COMPONENT)
+            await self._error(writer, 400, client_ip, "CONNECT", "-")
+            return
+        if verdict.action is HostAction.BLOCK or verdict.list == FAIL_CLOSED:
+            await self._block(writer, head, client_ip, verdict.list or "unknown", started)
+            return
+        try:
+            up_reader, up_writer = await open_tunnel(host.removeprefix("[").removesuffix("]"), int(port_text),
+                                                     self.proxy.connect_timeout, not _is_local(client_ip))
+        except UpstreamError as exc:
+            await self._error(writer, exc.status, client_ip, "CONNECT", head.target)
+            return
+        writer.write(_ESTABLISHED)
+        _, received = await tunnel(reader, writer, up_reader, up_writer, self.proxy.upstream_timeout)
+        self._access(client_ip, "CONNECT", head.target, 200, received, time.monotonic() - started, "tunnel")
+
+    def _access(self, client_ip: str, method: str, target: str, status: int, size: int, seconds: float,
+                outcome: str) -> None:
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("%s %s %s %s %d %d %.3f %s", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            client_ip, method, target, status, size, seconds, outcome)
+
+
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]{1,5})?")
+
+
+def _intercepted_url(head: RequestHead) -> str | None:
+    """The absolute URL of an origin-form request: http:// + its one valid Host + its target."""
+    hosts = head.values("Host")
+    if len(hosts) != 1 or not _HOST.fullmatch(hosts[0]):
+        return None
+    return f"http://{hosts[0]}{head.target}"
+
+
+def _client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _is_local(ip: str) -> bool:
+    """A client on the proxy's own host: the only one it connects to internal addresses for."""
+    addr = _client_address(ip)
+    return addr is not None and addr.is_loopback
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close politely: after our last answer, read (and drop) what the client still sends for a
+    moment, so the kernel does not reset the connection before the client reads the answer."""
+    if writer.is_closing():
+        return
+    await asyncio.wait_for(writer.drain(), LINGER_SECONDS)
+    if writer.can_write_eof():
+        writer.write_eof()
+    deadline = asyncio.get_running_loop().time() + LINGER_SECONDS
+    drained = 0
+    while drained < LINGER_BYTES:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        piece = await asyncio.wait_for(reader.read(65536), remaining)
+        if not piece:
+            break
+        drained += len(piece)
+
+
+def setup_access_log(path: str | None) -> None:
+    """Send access lines to `path` (one line per request), or nowhere."""
+    access_log.propagate = False
+    for handler in list(access_log.handlers):
+        access_log.removeHandler(handler)
+        handler.close()
+    if path is None:
+        access_log.setLevel(logging.CRITICAL + 1)
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+
+
+async def _reload_loop(live: LiveMatcher) -> None:
+    """Pick up new cached versions off the event loop: a big list loads in a thread."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(RELOAD_INTERVAL)
+        try:
+            await loop.run_in_executor(None, live.maybe_reload)
+        except Exception:  # noqa: BLE001 - keep enforcing the current lists whatever happens
+            log.exception("proxy: reload failed; keeping the current lists")
+
+
+async def _start_admin(config: PluginConfig, live: LiveMatcher) -> Any:
+    if config.admin.listen is None:
+        return None
+    try:
+        from resolver_plugin.admin import start_admin
+    except ImportError:  # a build without the admin endpoint: the proxy works without it
+        log.info("proxy: no admin endpoint in this build")
+        return None
+    return await start_admin(config, live)  # None when the port is taken (another process serves it)
+
+
+async def serve(config: PluginConfig) -> int:
+    """Run the proxy until SIGTERM/SIGINT; the exit code."""
+    # check_interval=inf: requests never reload inline; _reload_loop does it in a thread.
+    live = LiveMatcher(config, check_interval=math.inf)
+    server = ProxyServer(config, live)
+    host, port = parse_listen(config.proxy.listen, "proxy.listen")
+    try:
+        await server.start(host, port)
+    except OSError as exc:
+        log.error("proxy: cannot listen on %s: %s", config.proxy.listen, exc.strerror)
+        await server.close()
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reloader = asyncio.create_task(_reload_loop(live))
+    metrics.share_counters(config.cache_dir, live)  # for whichever process serves the admin endpoint
+    admin = await _start_admin(config, live)
+    log.info("proxy: listening on %s:%d, enforcing %s", host, server.port,
+             ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet")
+    await stop.wait()
+    log.info("proxy: stopping")
+    reloader.cancel()
+    cleanup = getattr(admin, "cleanup", None)
+    if cleanup is not None:
+        await cleanup()
+    await server.close()
+    return 0
+
+
+def run_proxy(config: PluginConfig) -> int:
+    """`blocklist-plugin proxy`: serve until stopped; ConfigError if the block page is unusable."""
+    BlockPage(config.proxy)  # fail at start, with the CLI's error message, not at the first block
+    setup_access_log(config.proxy.access_log)
+    return asyncio.run(serve(config))

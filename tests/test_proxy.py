@@ -1,0 +1,461 @@
+"""The filtering proxy as a user runs it: `blocklist-plugin proxy` in a subprocess, curl and aiohttp.
+
+Acceptance for issue 4: listed -> block page (451, list name, appeal link,
+never the URL); unlisted -> origin content; bodies stream both ways without
+being held in memory; CONNECT tunnels to allowed hosts and refuses hosts listed
+whole; clients outside allowed_clients get 403; a new publish is enforced
+without a restart; upstream failures give 502/504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from conftest import require_program
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGIN_MAIN = "from resolver_plugin.cli import main; main()"
+MB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- a local "internet"
+
+
+def make_origin() -> web.Application:
+    """The origin server: fixed pages, a streamed download, an upload sink, a header echo, a stall."""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=f"origin content at {request.path_qs}")
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        size = int(request.query["n"])
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        if request.query.get("length") == "1":
+            resp.content_length = size
+        await resp.prepare(request)
+        block = bytes(range(256)) * 256
+        while size > 0:
+            piece = block[:min(size, len(block))]
+            await resp.write(piece)
+            size -= len(piece)
+        await resp.write_eof()
+        return resp
+
+    async def upload(request: web.Request) -> web.Response:
+        digest, total = hashlib.sha256(), 0
+        async for piece in request.content.iter_chunked(65536):
+            digest.update(piece)
+            total += len(piece)
+        return web.json_response({"bytes": total, "sha256": digest.hexdigest(),
+                                  "chunked": request.headers.get("Transfer-Encoding") == "chunked"})
+
+    async def headers(request: web.Request) -> web.Response:
+        return web.json_response({"headers": [[k, v] for k, v in request.headers.items()],
+                                  "method": request.method})
+
+    async def stall(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "5")))
+        return web.Response(text="late")
+
+    async def status(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["code"]), text="status page")
+
+    app = web.Application(client_max_size=1024 * MB)
+    app.router.add_get("/status/{code}", status)
+    app.router.add_get("/big", big)
+    app.router.add_post("/upload", upload)
+    app.router.add_route("*", "/headers", headers)
+    app.router.add_get("/stall", stall)
+    app.router.add_route("*", "/{tail:.*}", page)
+    return app
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[str]:
+    runner = web.AppRunner(make_origin(), access_log=None)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    yield f"127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def start_echo() -> tuple[asyncio.Server, int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+# -- the proxy as a subprocess
+
+
+@dataclass
+class RunningProxy:
+    proc: subprocess.Popen
+    port: int
+    stderr: Path
+    access_log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_peak_kib(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def start_proxy(plugin, tmp_path: Path, **proxy: object) -> RunningProxy:
+    port = free_port()
+    access = tmp_path / "access.log"
+    settings = {"listen": f"127.0.0.1:{port}", "access_log": str(access),
+                "appeal_url": "https://appeal.example/form?a=1&b=2", **proxy}
+    plugin.write_config(proxy=settings)
+    stderr = tmp_path / "proxy.stderr"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", PLUGIN_MAIN, "-c", str(plugin.config_path), "proxy"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=stderr.open("wb"), env=env, cwd=tmp_path)
+    running = RunningProxy(proc, port, stderr, access)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"proxy exited with {proc.returncode}: {stderr.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return running
+        except OSError:
+            time.sleep(0.05)
+    running.stop()
+    pytest.fail("proxy did not start listening within 20 s")
+
+
+@pytest.fixture
+def listed(hotline, plugin, origin):
+    """A hotline with a page and a domain entry published and installed in the plugin cache."""
+    hotline.run("add", f"http://{origin}/blocked.html", "http://127.0.0.1/other-blocked.html")
+    hotline.run("add", "--scope", "domain", "http://evil.test/")
+    hotline.run("publish")
+    plugin.write_config()
+    plugin.install_published()
+    return origin
+
+
+@pytest.fixture
+def proxy(listed, plugin, tmp_path) -> RunningProxy:
+    running = start_proxy(plugin, tmp_path, upstream_timeout=2, connect_timeout=2)
+    yield running
+    running.stop()
+    assert "Traceback" not in running.stderr.read_text()
+
+
+async def curl(*args: str) -> tuple[int, bytes]:
+    exe = require_program("curl")
+    proc = await asyncio.create_subprocess_exec(exe, "-sS", "--max-time", "30", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return proc.returncode, out
+
+
+async def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send `data` to the proxy and read until it closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(-1), timeout)
+    finally:
+        writer.close()
+
+
+# -- the tests
+
+
+async def test_curl_blocked_gets_block_page_and_allowed_gets_origin(proxy: RunningProxy, listed: str) -> None:
+    _, out = await curl("-x", proxy.url, "-w", "\n%{http_code}", f"http://{listed}/blocked.html")
+    body, _, code = out.rpartition(b"\n")
+    assert code == b"451"
+    text = body.decode()
+    assert "blocked" in text.lower() and "<code>default</code>" in text
+    assert 'href="https://appeal.example/form?a=1&amp;b=2"' in text
+    assert "blocked.html" not in text and listed not in text
+
+    _, out = await curl("-x", proxy.url, "-w", "\n%{http_code}", f"http://{listed}/fine.html?x=1")
+    assert out == b"origin content at /fine.html?x=1\n200"
+
+    log_text = proxy.access_log.read_text()
+    assert "blocked list=default" in log_text
+    assert "blocked.html" not in log_text  # privacy: no URL of a blocked request
+    assert f"http://{listed}/fine.html?x=1" in log_text
+
+
+async def test_block_response_is_identical_for_every_listed_url(proxy: RunningProxy, listed: str) -> None:
+    targets = [f"http://{listed}/blocked.html", f"http://{listed}/blocked.html?q=anything",
+               "http://127.0.0.1:1/other-blocked.html", "http://evil.test/", "http://www.evil.test/a/b?c"]
+    answers = set()
+    for target in targets:
+        for _ in range(2):
+            answer = await raw_exchange(proxy.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            answers.add(answer)
+    # The page carries the time to the minute: a minute boundary may split the set in two.
+    assert len(answers) <= 2, answers
+    answer = answers.pop()
+    assert answer.startswith(b"HTTP/1.1 451 Unavailable For Legal Reasons\r\n")
+    head = await raw_exchange(proxy.port, f"HEAD {targets[0]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert head == answer[:answer.index(b"\r\n\r\n") + 4]
+
+
+async def test_headers_hop_by_hop_removed_via_and_forwarded_for_added(proxy: RunningProxy, listed: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://{listed}/headers", proxy=proxy.url, headers={
+                "Connection": "keep-alive, X-Private", "X-Private": "secret", "Keep-Alive": "timeout=5",
+                "TE": "trailers", "X-Forwarded-For": "192.0.2.7", "X-Custom": "kept",
+                "Proxy-Authorization": "Basic Zm9vOmJhcg=="}) as resp:
+            assert resp.status == 200
+            assert "blocklist" in resp.headers["Via"]
+            seen = {k.lower(): v for k, v in (await resp.json())["headers"]}
+    assert seen["x-custom"] == "kept"
+    assert seen["x-forwarded-for"] == "192.0.2.7, 127.0.0.1"
+    assert seen["via"] == "1.1 blocklist"
+    assert seen["host"] == listed
+    for hop in ("x-private", "keep-alive", "te", "proxy-authorization", "proxy-connection"):
+        assert hop not in seen, hop
+
+
+async def test_methods_and_status_codes_are_kept(proxy: RunningProxy, listed: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.request("DELETE", f"http://{listed}/headers", proxy=proxy.url) as resp:
+            assert (await resp.json())["method"] == "DELETE"
+        for code in (404, 418, 500, 503):
+            async with session.get(f"http://{listed}/status/{code}", proxy=proxy.url) as resp:
+                assert resp.status == code  # the origin's status, not ours
+                assert await resp.text() == "status page"
+        async with session.head(f"http://{listed}/page", proxy=proxy.url) as resp:
+            assert resp.status == 200 and await resp.read() == b""
+
+
+async def test_large_bodies_stream_both_ways(proxy: RunningProxy, listed: str, tmp_path: Path) -> None:
+    size = 50 * MB
+    before = proxy.rss_peak_kib()
+    _, out = await curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                        f"http://{listed}/big?n={size}")
+    assert out == f"200 {size}".encode()
+    _, out = await curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                        f"http://{listed}/big?n={size}&length=1")
+    assert out == f"200 {size}".encode()
+
+    payload = tmp_path / "payload.bin"
+    digest = hashlib.sha256()
+    with payload.open("wb") as f:
+        block = os.urandom(MB)
+        for _ in range(size // MB):
+            f.write(block)
+            digest.update(block)
+    _, out = await curl("-x", proxy.url, "--data-binary", f"@{payload}", "-H", "Content-Type: application/x-test",
+                        f"http://{listed}/upload")
+    assert json.loads(out) == {"bytes": size, "sha256": digest.hexdigest(), "chunked": False}
+    _, out = await curl("-x", proxy.url, "-T", str(payload), "-H", "Transfer-Encoding: chunked",
+                        "-X", "POST", f"http://{listed}/upload")
+    assert json.loads(out)["bytes"] == size and json.loads(out)["sha256"] == digest.hexdigest()
+
+    grown_mib = (proxy.rss_peak_kib() - before) / 1024
+    assert grown_mib < 30, f"proxy peak RSS grew by {grown_mib:.0f} MiB while moving 4 x 50 MiB"
+
+
+async def test_connect_tunnels_to_an_allowed_host(proxy: RunningProxy, listed: str) -> None:
+    server, port = await start_echo()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == \
+            b"HTTP/1.1 200 Connection established\r\n\r\n"
+        for message in (b"ping\n", os.urandom(200_000)):
+            writer.write(message)
+            assert await asyncio.wait_for(reader.readexactly(len(message)), 5) == message
+        writer.close()
+    finally:
+        server.close()
+    # curl --proxytunnel: a real client speaking HTTP through a CONNECT tunnel.
+    _, out = await curl("-p", "-x", proxy.url, f"http://{listed}/tunnelled")
+    assert out == b"origin content at /tunnelled"
+
+
+async def test_connect_to_a_host_listed_whole_is_refused(proxy: RunningProxy) -> None:
+    answer = await raw_exchange(proxy.port, b"CONNECT www.evil.test:443 HTTP/1.1\r\nHost: www.evil.test:443\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 451 ")
+    assert b"evil" not in answer
+
+
+async def test_client_outside_allowed_clients_is_refused(listed: str, plugin, tmp_path: Path) -> None:
+    running = start_proxy(plugin, tmp_path, allowed_clients=["10.9.9.0/24"])
+    try:
+        exe = require_program("curl")
+        proc = await asyncio.create_subprocess_exec(
+            exe, "-s", "-x", running.url, "-o", "/dev/null", "-w", "%{http_code}", f"http://{listed}/fine.html",
+            stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        assert out == b"403"
+        answer = await raw_exchange(running.port, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 403 ")
+    finally:
+        running.stop()
+    assert "refused" in running.access_log.read_text()
+
+
+async def test_new_publish_is_enforced_without_restart(proxy: RunningProxy, listed: str, hotline, plugin) -> None:
+    _, out = await curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code}", f"http://{listed}/later.html")
+    assert out == b"200"
+    hotline.run("add", f"http://{listed}/later.html")
+    hotline.run("publish")
+    plugin.install_published()
+    deadline = time.monotonic() + 10
+    code = b""
+    while time.monotonic() < deadline:
+        _, code = await curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code}", f"http://{listed}/later.html")
+        if code == b"451":
+            break
+        await asyncio.sleep(0.2)
+    assert code == b"451"
+    assert proxy.proc.poll() is None
+
+
+async def test_upstream_failures_give_502_and_504(proxy: RunningProxy, listed: str) -> None:
+    closed = free_port()
+    _, out = await curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{closed}/x")
+    assert out == b"502"
+    started = time.monotonic()
+    _, out = await curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code}", f"http://{listed}/stall?s=3")
+    assert out == b"504"
+    assert time.monotonic() - started < 5
+    answer = await raw_exchange(proxy.port, f"CONNECT 127.0.0.1:{closed} HTTP/1.1\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 502 ")
+
+
+async def test_keep_alive_serves_several_requests(proxy: RunningProxy, listed: str) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        for i in range(3):
+            writer.write(f"GET http://{listed}/k{i} HTTP/1.1\r\nHost: {listed}\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:"))
+                         .split(b":")[1])
+            assert await reader.readexactly(length) == f"origin content at /k{i}".encode()
+    finally:
+        writer.close()
+
+
+def test_bad_block_page_template_is_a_config_error(plugin, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.html"
+    bad.write_text("<p>$list costs 5$</p>")
+    plugin.write_config(proxy={"block_page": str(bad)})
+    proc = subprocess.run([sys.executable, "-c", PLUGIN_MAIN, "-c", str(plugin.config_path), "proxy"],
+                          capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=30)
+    assert proc.returncode == 2
+    assert b"block_page" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_custom_template_values_are_html_escaped(tmp_path: Path) -> None:
+    from resolver_plugin.blockpage import BlockPage
+    from resolver_plugin.config import ProxyConfig
+
+    template = tmp_path / "page.html"
+    template.write_text("<h1>$list</h1><a href=\"$appeal_url\">appeal</a> $time $unknown")
+    page = BlockPage(ProxyConfig(block_page=str(template), block_status=404,
+                                 appeal_url='https://a.example/?x="><script>'))
+    body = page.render("<list>", "2024-01-01 00:00 UTC")
+    assert body == (b'<h1>&lt;list&gt;</h1><a href="https://a.example/?x=&quot;&gt;&lt;script&gt;">appeal</a> '
+                    b"2024-01-01 00:00 UTC $unknown")
+    assert page.response("x").startswith(b"HTTP/1.1 404 Not Found\r\n")
+
+
+async def test_connections_over_the_limit_get_503(listed: str, plugin, tmp_path: Path) -> None:
+    running = start_proxy(plugin, tmp_path, max_connections=2)
+    held = []
+    try:
+        for _ in range(2):
+            held.append(await asyncio.open_connection("127.0.0.1", running.port))
+        await asyncio.sleep(0.2)
+        answer = await raw_exchange(running.port, f"GET http://{listed}/x HTTP/1.1\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0.3)
+        answer = await raw_exchange(running.port, f"GET http://{listed}/x HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    finally:
+        running.stop()
+
+
+async def test_internal_destinations_only_for_clients_on_the_proxy_host() -> None:
+    """A subscriber must not reach the proxy host's own services (admin port, metadata, ...)."""
+    from resolver_plugin.proxy import _is_local
+    from resolver_plugin.proxy_forward import PublicResolver, UpstreamError, internal_address, open_tunnel
+
+    assert _is_local("127.0.0.1") and _is_local("::1") and _is_local("::ffff:127.0.0.2")
+    assert not _is_local("192.0.2.7") and not _is_local("garbage")
+    for host in ("127.0.0.1", "[::1]", "::ffff:127.0.0.1", "169.254.169.254", "0.0.0.0", "fe80::1%eth0", "224.0.0.1"):
+        assert internal_address(host), host
+    for host in ("192.0.2.1", "10.1.2.3", "2001:db8::1", "example.test", "2130706433"):
+        assert not internal_address(host), host
+    with pytest.raises(OSError):
+        await PublicResolver().resolve("localhost", 80)
+    with pytest.raises(OSError):
+        await PublicResolver().resolve("2130706433", 80)  # 127.0.0.1 in inet_aton's decimal form
+    for host in ("127.0.0.1", "localhost"):
+        with pytest.raises(UpstreamError) as caught:
+            await open_tunnel(host, 9, 2, public_only=True)
+        assert caught.value.status == 403
+
+
+async def test_origin_form_requests_sent_by_stage_one_are_checked(proxy: RunningProxy, listed: str) -> None:
+    """Stage 1 (DNS) answers the proxy's address for hosts with listed pages: browsers then send origin-form."""
+    blocked = await raw_exchange(proxy.port, f"GET /blocked.html?x HTTP/1.1\r\nHost: {listed}\r\n\r\n".encode())
+    assert blocked.startswith(b"HTTP/1.1 451 ") and b"<code>default</code>" in blocked
+    allowed = await raw_exchange(proxy.port, f"GET /fine.html HTTP/1.1\r\nHost: {listed}\r\nConnection: close\r\n\r\n"
+                                 .encode())
+    assert allowed.startswith(b"HTTP/1.1 200 ") and allowed.endswith(b"origin content at /fine.html")
+    for bad_host in ("", "Host: a b\r\n", f"Host: {listed}\r\nHost: {listed}\r\n", "Host: x/y\r\n"):
+        answer = await raw_exchange(proxy.port, f"GET /x HTTP/1.1\r\n{bad_host}\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 400 "), bad_host
+    # A resolver that points the proxy at itself: the second hop sees our Via and stops the loop.
+    loop = await raw_exchange(proxy.port, f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\nConnection: close\r\n\r\n"
+                              .encode())
+    assert loop.startswith(b"HTTP/1.1 508 ")

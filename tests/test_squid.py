@@ -1,0 +1,272 @@
+"""Real Squid (Debian `squid`) with our helper as external_acl_type and our deny_info page.
+
+Squid is started in the foreground (`squid -N -f conf`) with a config in a temp
+dir, in front of a local aiohttp origin on 127.0.0.1. As root, Squid drops to
+its `cache_effective_user` (Debian: proxy) and so do its helpers: the temp dir
+is world-readable and owned by that user, and the helper runs an interpreter
+that user can execute (see `helper_command`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import pytest
+from aiohttp import web
+
+from conftest import require_program
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = REPO / "resolver_plugin" / "templates"
+SQUID_TEMPLATES = Path("/usr/share/squid/errors/templates")
+SQUID_USER = "proxy"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _others_can_run(path: Path) -> bool:
+    """Whether a user other than the owner can execute `path` (every parent searchable)."""
+    path = path.resolve()
+    if not path.stat().st_mode & stat.S_IXOTH:
+        return False
+    return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
+
+
+def helper_command(shared: Path, config: Path) -> Path:
+    """A wrapper script Squid runs as its helper: our CLI, runnable by Squid's user."""
+    python = Path(sys.executable)
+    if os.geteuid() == 0 and not _others_can_run(python):
+        # e.g. a pyenv interpreter under /root (mode 0700): use the system Python of the same version,
+        # with this environment's site-packages on PYTHONPATH.
+        python = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+        if not python.exists():
+            pytest.skip(f"no Python {sys.version_info[:2]} that Squid's user {SQUID_USER} can execute")
+    paths = [str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    script = shared / "blocklist-squid-helper"
+    script.write_text("#!/bin/sh\n"
+                      f"PYTHONPATH='{':'.join(dict.fromkeys(paths))}' exec '{python}' -c "
+                      f"'from resolver_plugin.cli import main; main()' -c '{config}' squid-helper\n")
+    script.chmod(0o755)
+    return script
+
+
+SQUID_CONF = """\
+http_port 127.0.0.1:{port}
+pid_filename {dir}/squid.pid
+cache_log {dir}/cache.log
+cache_store_log none
+coredump_dir {dir}
+cache deny all
+cache_mem 4 MB
+error_directory {dir}/errors
+visible_hostname blocklist-test
+shutdown_lifetime 0 seconds
+
+# blocklist: ask our helper about every request; OK means listed.
+# ttl=0/negative_ttl=0 so the test sees a new publish at once (Squid still
+# reuses an answer within the same second).
+external_acl_type blocklist ttl=0 negative_ttl=0 children-max=2 children-startup=1 concurrency=20 %URI {helper}
+acl blocklisted external blocklist
+deny_info 451:ERR_BLOCKLIST blocklisted
+# Privacy: requests the helper answered OK carry its log= note; log them without their URL.
+acl blocklist_answered note log
+logformat blocklist_private %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm - %ea
+access_log stdio:{dir}/access.log squid !blocklist_answered
+access_log stdio:{dir}/blocked.log blocklist_private blocklist_answered
+
+acl test_clients src 127.0.0.1/32
+http_access deny blocklisted
+http_access allow test_clients
+http_access deny all
+"""
+
+
+class Squid:
+    def __init__(self, directory: Path, port: int) -> None:
+        self.dir, self.port = directory, port
+        self.service = f"blocklisttest{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, exe: str) -> None:
+        # -n: our own service name, so shared-memory segments never collide with another Squid.
+        self.proc = subprocess.Popen([exe, "-N", "-n", self.service, "-f", str(self.dir / "squid.conf")],
+                                     stdin=subprocess.DEVNULL, stdout=(self.dir / "squid.out").open("wb"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"squid exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"squid did not listen within 30 s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def log(self) -> str:
+        parts = []
+        for name in ("squid.out", "cache.log"):
+            path = self.dir / name
+            if path.exists():
+                parts.append(path.read_text(errors="replace")[-4000:])
+        return "\n".join(parts)
+
+
+def share_with_squid(path: Path) -> None:
+    """Let Squid's user write its logs in `path` (when we run as root)."""
+    if os.geteuid() != 0:
+        return
+    user = pwd.getpwnam(SQUID_USER)
+    os.chown(path, user.pw_uid, user.pw_gid)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    # Not tmp_path: pytest's base temp dir is mode 0700, which Squid's user cannot enter.
+    path = Path(tempfile.mkdtemp(prefix="blocklist-squid-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[str]:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=f"origin content at {request.path_qs}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+def squid(hotline, plugin, origin, shared_dir) -> Iterator[Squid]:
+    exe = require_program("squid")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SQUID_USER)
+        except KeyError:
+            pytest.skip(f"running as root but Squid's user {SQUID_USER} does not exist")
+    hotline.run("add", f"http://{origin}/blocked.html", f"http://{origin}/a%20b.html")
+    hotline.run("add", "--scope", "domain", "http://evil.test/")
+    hotline.run("publish")
+    plugin.write_config(cache_dir=str(shared_dir / "cache"))
+    plugin.install_published()
+    config = shared_dir / "plugin.yaml"
+    shutil.copy(plugin.config_path, config)
+    shutil.copy(plugin.dir / "hotline.pub", shared_dir / "hotline.pub")
+    errors = shared_dir / "errors"
+    shutil.copytree(SQUID_TEMPLATES, errors)
+    shutil.copy(TEMPLATES / "ERR_BLOCKLIST", errors / "ERR_BLOCKLIST")
+    port = free_port()
+    (shared_dir / "squid.conf").write_text(SQUID_CONF.format(
+        port=port, dir=shared_dir, helper=helper_command(shared_dir, config)))
+    share_with_squid(shared_dir)
+    running = Squid(shared_dir, port)
+    running.start(exe)
+    yield running
+    running.stop()
+    assert "Traceback" not in running.log()
+
+
+async def curl(proxy_port: int, url: str) -> tuple[int, str]:
+    exe = require_program("curl")
+    proc = await asyncio.create_subprocess_exec(
+        exe, "-sS", "--max-time", "20", "-x", f"http://127.0.0.1:{proxy_port}", "-w", "\n%{http_code}", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    body, _, code = out.decode(errors="replace").rpartition("\n")
+    return int(code), body
+
+
+async def test_squid_blocks_listed_and_serves_unlisted(squid: Squid, origin: str) -> None:
+    code, body = await curl(squid.port, f"http://{origin}/blocked.html")
+    assert code == 451, body
+    assert "Access to this page is blocked" in body and "blocked by list default" in body
+    assert "blocked.html" not in body and origin not in body, body
+
+    code, body = await curl(squid.port, f"http://{origin}/blocked.html?any=query")
+    assert code == 451
+    code, body = await curl(squid.port, f"http://{origin}/a%20b.html")  # Squid escapes the %: we unescape
+    assert code == 451
+    code, body = await curl(squid.port, "http://www.evil.test/x")  # domain scope: no DNS needed to block
+    assert code == 451
+
+    code, body = await curl(squid.port, f"http://{origin}/fine.html")
+    assert (code, body) == (200, "origin content at /fine.html")
+
+    deadline, access, blocked = time.monotonic() + 10, "", ""
+    while time.monotonic() < deadline and not ("TCP_MISS/200" in access and blocked.count("\n") >= 4):
+        await asyncio.sleep(0.2)  # Squid writes its logs lazily
+        access = (squid.dir / "access.log").read_text()
+        blocked = (squid.dir / "blocked.log").read_text()
+    assert f"GET http://{origin}/fine.html" in access and "TCP_MISS/200" in access
+    assert "TCP_DENIED/451" not in access
+    assert blocked.count("TCP_DENIED/451") == 4 and blocked.count("GET - blocklist:default:v1") == 4, blocked
+    assert "blocked.html" not in blocked and "evil" not in blocked
+
+
+async def test_squid_enforces_a_new_publish_without_restart(squid: Squid, origin: str, hotline, plugin) -> None:
+    code, _ = await curl(squid.port, f"http://{origin}/later.html")
+    assert code == 200
+    pid = squid.proc.pid
+    hotline.run("add", f"http://{origin}/later.html")
+    hotline.run("publish")
+    plugin.install_published()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        code, body = await curl(squid.port, f"http://{origin}/later.html")
+        if code == 451:
+            break
+        await asyncio.sleep(0.3)
+    assert code == 451 and "blocked by list default" in body
+    assert squid.proc.pid == pid and squid.proc.poll() is None
+
+
+async def connect_status(proxy_port: int, authority: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    try:
+        writer.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        return (await asyncio.wait_for(reader.readline(), 20)).strip()
+    finally:
+        writer.close()
+
+
+async def test_squid_connect_checks_the_host(squid: Squid, origin: str) -> None:
+    # %URI of a CONNECT is "host:port": the helper answers with check_host.
+    assert (await connect_status(squid.port, "www.evil.test:443")).startswith(b"HTTP/1.1 451 ")
+    assert (await connect_status(squid.port, origin)).startswith(b"HTTP/1.1 200 ")

@@ -1,0 +1,191 @@
+"""The Squid helper protocol over a real `blocklist-plugin squid-helper` subprocess.
+
+What Squid sends (squid.conf.documented, external_acl_type): `[channel-ID ]` then
+the URL-escaped FORMAT values, here `%URI` followed by `%DATA` ("-"). What we
+answer: `[channel-ID ]OK|ERR|BH [message="..." log="..."]`, one line per line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGIN_MAIN = "from resolver_plugin.cli import main; main()"
+OK_DEFAULT = b'OK message="blocked by list default" log="blocklist:default:v1"'
+ANSWER = re.compile(rb'(\d+ )?(OK|ERR|BH)( [a-z_]+="(?:[^"\\]|\\.)*")*')
+
+
+class Helper:
+    """A running helper: write lines, read answer lines (bounded waits)."""
+
+    def __init__(self, config_path: Path, cwd: Path) -> None:
+        self.stderr_path = cwd / "helper.stderr"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PLUGIN_MAIN, "-c", str(config_path), "squid-helper"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_path.open("wb"),
+            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=cwd, bufsize=0)
+        self._buffer = b""
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+
+    def read_lines(self, count: int, timeout: float = 10) -> list[bytes]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while self._buffer.count(b"\n") < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                got = self._buffer.count(b"\n")
+                raise AssertionError(f"helper answered {got} of {count} lines in time")
+            ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
+            if ready:
+                data = os.read(self.proc.stdout.fileno(), 1 << 20)
+                if not data:
+                    raise AssertionError(f"helper exited: {self.stderr_path.read_text()}")
+                self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n", count)
+        return lines
+
+    def ask(self, line: bytes) -> bytes:
+        self.send(line + b"\n")
+        return self.read_lines(1)[0]
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            return self.proc.wait(10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+
+@pytest.fixture
+def published(hotline, plugin):
+    hotline.run("add", "http://bad.example/page.html", "http://bad.example/a%20b.html",
+                "http://bad.example/caf%C3%A9/")
+    hotline.run("add", "--scope", "domain", "http://evil.test/")
+    hotline.run("publish")
+    plugin.write_config()
+    plugin.install_published()
+    return plugin
+
+
+@pytest.fixture
+def helper(published, tmp_path):
+    running = Helper(published.config_path, tmp_path)
+    yield running
+    assert running.close() == 0
+    assert "Traceback" not in running.stderr
+
+
+def test_listed_ok_unlisted_err_without_channel_ids(helper: Helper) -> None:
+    assert helper.ask(b"http://bad.example/page.html -") == OK_DEFAULT
+    assert helper.ask(b"http://bad.example/page.html") == OK_DEFAULT
+    assert helper.ask(b"http://BAD.example:80/./page.html?any=query -") == OK_DEFAULT
+    assert helper.ask(b"http://www.evil.test/anything -") == OK_DEFAULT
+    assert helper.ask(b"http://bad.example/other.html -") == b"ERR"
+    assert helper.ask(b"https://good.example/ -") == b"ERR"
+
+
+def test_channel_ids_are_echoed_and_a_batch_is_answered_in_order(helper: Helper) -> None:
+    urls = [b"http://bad.example/page.html", b"http://good.example/", b"http://evil.test/x"] * 30
+    helper.send(b"".join(b"%d %s -\n" % (i, url) for i, url in enumerate(urls)))
+    answers = helper.read_lines(len(urls))
+    for i, (url, answer) in enumerate(zip(urls, answers)):
+        expected = b"ERR" if b"good" in url else OK_DEFAULT
+        assert answer == b"%d %s" % (i, expected)
+
+
+def test_squid_escaped_values_are_unescaped_once(helper: Helper) -> None:
+    # Squid escapes %URI with rfc1738 rules, '%' included: the URL a%20b.html arrives as a%2520b.html.
+    assert helper.ask(b"7 http://bad.example/a%2520b.html -") == b"7 " + OK_DEFAULT
+    assert helper.ask(b"8 http://bad.example/caf%25C3%25A9/ -") == b"8 " + OK_DEFAULT
+    assert helper.ask(b"9 http://bad.example/page%252Ehtml -") == b"9 " + OK_DEFAULT
+    assert helper.ask(b"10 http://bad.example/a%2520c.html -") == b"10 ERR"
+
+
+def test_connect_authority_is_checked_by_host(helper: Helper) -> None:
+    assert helper.ask(b"1 evil.test:443 -") == b"1 " + OK_DEFAULT
+    assert helper.ask(b"2 www.evil.test:8443 -") == b"2 " + OK_DEFAULT
+    assert helper.ask(b"3 bad.example:443 -") == b"3 ERR"  # only pages listed: a tunnel cannot be judged
+    assert helper.ask(b"4 [2001:db8::1]:443 -") == b"4 ERR"
+    assert helper.ask(b"5 ftp://evil.test/file -") == b"5 ERR"  # lists hold http(s) only
+
+
+def test_malformed_lines_get_bh_and_the_helper_goes_on(helper: Helper) -> None:
+    assert helper.ask(b"") == b'BH message="empty request"'
+    assert helper.ask(b"3   ") == b'3 BH message="empty request"'
+    assert helper.ask(b"4 " + b"x" * 200_000 + b" -") == b'4 BH message="request line too long"'
+    assert helper.ask(b"5 http://[::1/ -") == b'5 BH message="invalid URL"'
+    assert helper.ask(b"6 http://" + b"a" * 9000 + b".example/ -") == b'6 BH message="invalid URL"'
+    for junk in (b"\x00\x01\x02", b"6 \xff\xfe%zz%%%", b"\r", b"7 %", b"\x1b[31m"):
+        assert ANSWER.fullmatch(helper.ask(junk)), junk
+    assert helper.ask(b"8 http://bad.example/page.html -") == b"8 " + OK_DEFAULT
+
+
+def test_every_url_of_a_list_gets_the_same_answer(helper: Helper) -> None:
+    answers = {helper.ask(url) for url in (b"http://bad.example/page.html", b"http://evil.test/",
+                                           b"http://a.b.evil.test/x?y", b"http://bad.example/a%2520b.html")}
+    assert answers == {OK_DEFAULT}
+
+
+def test_new_publish_is_enforced_without_restart(helper: Helper, hotline, published) -> None:
+    assert helper.ask(b"1 http://later.example/new.html -") == b"1 ERR"
+    hotline.run("add", "http://later.example/new.html")
+    hotline.run("publish")
+    published.install_published()
+    deadline = time.monotonic() + 10
+    answer = b""
+    while time.monotonic() < deadline:
+        answer = helper.ask(b"2 http://later.example/new.html -")
+        if answer.startswith(b"2 OK"):
+            break
+        time.sleep(0.2)
+    assert answer == b'2 OK message="blocked by list default" log="blocklist:default:v2"'
+    assert helper.proc.poll() is None
+
+
+def test_fail_closed_without_a_cached_list_blocks(plugin, tmp_path: Path) -> None:
+    plugin.write_config(fail_closed=True)
+    helper = Helper(plugin.config_path, tmp_path)
+    try:
+        assert helper.ask(b"1 http://anything.example/ -").startswith(b'1 OK message="blocked by list (no list')
+        assert helper.ask(b"2 anything.example:443 -").startswith(b"2 OK ")
+    finally:
+        assert helper.close() == 0
+
+
+def test_helper_does_not_import_the_event_loop_stack() -> None:
+    code = ("import sys, resolver_plugin.squid_helper; "
+            "print(sorted(m for m in ('aiohttp', 'asyncio', 'yarl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         timeout=30, check=True).stdout
+    assert out.strip() == b"[]"
+
+
+def test_in_process_answers(published) -> None:
+    """The same protocol without a subprocess: SquidHelper.answer and serve() on byte streams."""
+    import io
+
+    from resolver_plugin.cache import LiveMatcher
+    from resolver_plugin.squid_helper import SquidHelper, serve
+
+    helper = SquidHelper(LiveMatcher(published.config()))
+    assert helper.answer(b"12 http://bad.example/page.html -") == b"12 " + OK_DEFAULT
+    out = io.BytesIO()
+    serve(helper, io.BytesIO(b"1 http://good.example/ -\r\n2 http://evil.test/\n3 http://bad.example/page.html"), out)
+    assert out.getvalue().split(b"\n") == [b"1 ERR", b"2 " + OK_DEFAULT, b"3 " + OK_DEFAULT, b""]

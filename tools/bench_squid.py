@@ -1,0 +1,264 @@
+"""Benchmark of the Squid helper against Debian's squidGuard on the same list and request stream.
+
+    python tools/bench_squid.py                       # 100k entries, 200,000 lines
+    python tools/bench_squid.py --quick --json        # 10k entries, 50,000 lines; JSON for tools/bench.py
+
+Builds a hotline list (tools/datagen.py rows: page, folder and domain entries),
+publishes it into a plugin cache, and writes the same rows as a squidGuard
+database (domain entries -> `domainlist`, page and folder entries -> `urllist`,
+compiled with `squidGuard -C all`). The request stream is tools/datagen.py's
+(Zipf-distributed hosts, `--listed` of them listed URLs). Two measurements:
+
+- stream: the whole stream piped to the program's stdin, answers read to EOF;
+  lines/s over the wall time, start-up (loading the list) included. This is
+  what Squid gets with `concurrency=N` (many lines in flight).
+- lockstep: one line written, its answer read, then the next (`--lockstep`
+  lines): what Squid gets from one helper with no concurrency.
+
+Agreement: the fraction of lines both programs answer the same way (block or
+not). The semantics differ on purpose where squidGuard's `urllist` is a prefix
+match (it also blocks `/item-1.html5` for `/item-1.html`) and strips `www.`;
+disagreements are counted and a few are printed to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import select
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from blocklist.format import key_id, public_key_text, read_manifest  # noqa: E402
+from blocklist.publish import publish  # noqa: E402
+from resolver_plugin.cache import Cache, ListState  # noqa: E402
+from tools.bench_core import build_home  # noqa: E402
+from tools.datagen import request_stream  # noqa: E402
+
+HELPER = "from resolver_plugin.cli import main; main()"
+SQUIDGUARD_CONF = """\
+dbhome {dir}/db
+logdir {dir}/log
+
+dest bench {{
+        domainlist bench/domains
+        urllist bench/urls
+}}
+
+acl {{
+        default {{
+                pass !bench all
+                redirect http://blocked.invalid/
+        }}
+}}
+"""
+
+
+def build_plugin(folder: Path, entries: int) -> tuple[Path, list[tuple[str, str]]]:
+    """A published `entries`-row list in a plugin cache, and its plugin.yaml; (config, rows)."""
+    home, store, rows = build_home(folder / "home", entries, 1e-6)
+    publish(home, store, "bench")
+    store.close()
+    key = home.signing_key().public_key()
+    plugin = folder / "plugin"
+    plugin.mkdir()
+    (plugin / "hotline.pub").write_text(public_key_text(key))
+    config = plugin / "plugin.yaml"
+    config.write_text("source: http://127.0.0.1:9/\npublic_key_file: hotline.pub\nlists: [bench]\n"
+                      "cache_dir: cache\nadmin: {listen: null}\n")
+    data = (home.publish_dir / "manifest.json").read_bytes()
+    ref = read_manifest(data, {key_id(key): key}).lists["bench"]
+    name = ref.snapshot.path.rsplit("/", 1)[1]
+    cache = Cache(plugin / "cache")
+    cache.write_list("bench", ListState(ref.version, ref.checksum, name, ()),
+                     {name: (home.publish_dir / ref.snapshot.path).read_bytes()})
+    cache.write_manifest(data)
+    return config, rows
+
+
+def build_squidguard(folder: Path, rows: list[tuple[str, str]], exe: str) -> tuple[Path, float]:
+    """A squidGuard config and compiled database of `rows`; (config, seconds to compile)."""
+    db = folder / "db" / "bench"
+    db.mkdir(parents=True)
+    (folder / "log").mkdir()
+    domains, urls = [], []
+    for url, scope in rows:
+        rest = url.split("://", 1)[1].lower()
+        if scope == "domain":
+            domains.append(rest.split("/", 1)[0])
+        else:
+            urls.append(rest.removeprefix("www."))
+    (db / "domains").write_text("\n".join(domains) + "\n")
+    (db / "urls").write_text("\n".join(urls) + "\n")
+    conf = folder / "squidGuard.conf"
+    conf.write_text(SQUIDGUARD_CONF.format(dir=folder))
+    t0 = time.perf_counter()
+    subprocess.run([exe, "-c", str(conf), "-C", "all"], check=True, capture_output=True, timeout=600)
+    return conf, time.perf_counter() - t0
+
+
+def run_stream(cmd: list[str], stdin_path: Path, env: dict[str, str], repeat: int) -> tuple[float, float, list[bytes]]:
+    """Pipe a whole file through `cmd`, best of `repeat`; (wall seconds, CPU seconds, answer lines).
+
+    CPU seconds (user + system of the child) are reported beside wall time: on a
+    busy machine they vary much less.
+    """
+    best_wall = best_cpu = math.inf
+    lines: list[bytes] = []
+    for _ in range(repeat):
+        with stdin_path.open("rb") as stdin:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, stdin=stdin, capture_output=True, env=env, timeout=1800)
+            wall = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-500:]}")
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        best_wall, best_cpu = min(best_wall, wall), min(best_cpu, cpu)
+        lines = proc.stdout.splitlines()
+    return best_wall, best_cpu, lines
+
+
+def run_lockstep(cmd: list[str], lines: list[bytes], env: dict[str, str]) -> float:
+    """Lines/s with one request in flight at a time (start-up excluded)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env=env, bufsize=0)
+    assert proc.stdin is not None and proc.stdout is not None
+    out = proc.stdout.fileno()
+
+    def answer() -> None:
+        data = b""
+        while not data.endswith(b"\n"):
+            ready, _, _ = select.select([out], [], [], 60)
+            if not ready:
+                raise RuntimeError(f"{cmd[0]}: no answer within 60 s")
+            piece = os.read(out, 65536)
+            if not piece:
+                raise RuntimeError(f"{cmd[0]} exited")
+            data += piece
+
+    try:
+        proc.stdin.write(lines[0])  # warm-up: the list is loaded
+        answer()
+        t0 = time.perf_counter()
+        for line in lines:
+            proc.stdin.write(line)
+            answer()
+        return len(lines) / (time.perf_counter() - t0)
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    squidguard = shutil.which("squidGuard") or shutil.which("squidguard")
+    if squidguard is None:
+        raise SystemExit("squidGuard is not installed (apt-get install squidguard)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        dict.fromkeys([str(ROOT), sysconfig.get_paths()["purelib"], os.environ.get("PYTHONPATH", "")]))}
+    result: dict[str, Any] = {"entries": args.entries, "lines": args.lines, "listed_fraction": args.listed,
+                              "cpu": _cpu_model(), "python": sys.version.split()[0]}
+    with tempfile.TemporaryDirectory(prefix="bench-squid-") as tmp:
+        folder = Path(tmp)
+        t0 = time.perf_counter()
+        config, rows = build_plugin(folder, args.entries)
+        result["publish_s"] = round(time.perf_counter() - t0, 2)
+        sg_conf, result["squidguard_db_build_s"] = build_squidguard(folder / "sg", rows, squidguard)
+        urls = list(request_stream(args.lines, rows, listed_fraction=args.listed))
+        ours_in, sg_in = folder / "helper.in", folder / "squidguard.in"
+        ours_in.write_bytes(b"".join(f"{u} -\n".encode() for u in urls))
+        sg_in.write_bytes(b"".join(f"{u} 127.0.0.1/- - GET\n".encode() for u in urls))
+
+        ours_cmd = [sys.executable, "-c", HELPER, "-c", str(config), "squid-helper"]
+        sg_cmd = [squidguard, "-c", str(sg_conf)]
+        ours_s, ours_cpu, ours_out = run_stream(ours_cmd, ours_in, env, args.repeat)
+        sg_s, sg_cpu, sg_out = run_stream(sg_cmd, sg_in, env, args.repeat)
+        if len(ours_out) != len(urls) or len(sg_out) != len(urls):
+            raise RuntimeError(f"answer counts: ours {len(ours_out)}, squidGuard {len(sg_out)}, lines {len(urls)}")
+        result["helper_stream_lines_per_s"] = round(len(urls) / ours_s)
+        result["squidguard_stream_lines_per_s"] = round(len(urls) / sg_s)
+        result["stream_ratio"] = round(sg_s / ours_s, 2)
+        result["helper_stream_lines_per_cpu_s"] = round(len(urls) / ours_cpu)
+        result["squidguard_stream_lines_per_cpu_s"] = round(len(urls) / sg_cpu)
+        result["stream_cpu_ratio"] = round(sg_cpu / ours_cpu, 2)
+
+        n = min(args.lockstep, len(urls))
+        result["lockstep_lines"] = n
+        result["helper_lockstep_lines_per_s"] = round(run_lockstep(ours_cmd, ours_in.read_bytes().splitlines(True)[:n], env))
+        result["squidguard_lockstep_lines_per_s"] = round(
+            run_lockstep(sg_cmd, sg_in.read_bytes().splitlines(True)[:n], env))
+        result["lockstep_ratio"] = round(result["helper_lockstep_lines_per_s"]
+                                         / result["squidguard_lockstep_lines_per_s"], 2)
+
+        ours_block = [a.startswith(b"OK") for a in ours_out]
+        sg_block = [a.startswith(b"OK") for a in sg_out]
+        only_ours = [u for u, a, b in zip(urls, ours_block, sg_block) if a and not b]
+        only_sg = [u for u, a, b in zip(urls, ours_block, sg_block) if b and not a]
+        result["blocked_helper"] = sum(ours_block)
+        result["blocked_squidguard"] = sum(sg_block)
+        result["agreement"] = round(1 - (len(only_ours) + len(only_sg)) / len(urls), 6)
+        result["blocked_only_by_helper"] = len(only_ours)
+        result["blocked_only_by_squidguard"] = len(only_sg)
+        for label, sample in (("only helper blocks", only_ours), ("only squidGuard blocks", only_sg)):
+            for url in sample[:3]:
+                print(f"bench_squid: {label}: {url}", file=sys.stderr)
+    ratio = result["stream_ratio"]
+    result["summary"] = {
+        f"squid-helper lines/s ({args.entries:,} entries, stream)": {
+            "figure": f"{result['helper_stream_lines_per_s']:,}"},
+        "squidGuard lines/s (same list, stream)": {"figure": f"{result['squidguard_stream_lines_per_s']:,}"},
+        "squid-helper / squidGuard (stream)": {"figure": f"{ratio}x", "goal": "> 1x", "met": ratio > 1.0},
+        "squid-helper / squidGuard (stream, CPU time)": {"figure": f"{result['stream_cpu_ratio']}x"},
+        "squid-helper / squidGuard (lockstep)": {"figure": f"{result['lockstep_ratio']}x"},
+        "squid-helper vs squidGuard verdict agreement": {"figure": f"{result['agreement']:.4%}"},
+    }
+    return result
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument("--listed", type=float, default=0.01, help="fraction of listed URLs in the stream")
+    parser.add_argument("--lockstep", type=int, default=20_000, help="lines for the one-at-a-time run")
+    parser.add_argument("--repeat", type=int, default=3, help="stream runs per program; the best counts")
+    parser.add_argument("--quick", action="store_true", help="10k entries, 50,000 lines, 5,000 lockstep")
+    parser.add_argument("--json", action="store_true", help="print one JSON document (for tools/bench.py)")
+    args = parser.parse_args()
+    if args.quick:
+        args.entries, args.lines, args.lockstep = 10_000, 50_000, 5_000
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        if key != "summary":
+            print(f"{key:34} {value}")
+
+
+if __name__ == "__main__":
+    main()
