@@ -12,13 +12,16 @@ Lookup order for a URL (see blocklist.digests for the keys):
 2. entry level, only for hosts that carry entries: page and folder digests, in
    the entry Bloom filter, confirmed against the exact entry digests.
 A Bloom hit that the exact digests refute never blocks; it is counted.
-The host-level answer depends only on the host, so it is cached per filter.
+The host-level answer depends only on the host, so it is cached per filter; and
+a plain URL authority ("www.example.com:8080") whose host no list names is
+remembered per Matcher, so most traffic is answered without canonicalizing.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from array import array
 from dataclasses import dataclass
 from typing import Iterable
@@ -30,9 +33,22 @@ from blocklist.errors import ChecksumError, FormatError
 from blocklist.format import (
     Delta, Snapshot, bloom_key, contains, grow_bloom, merge_sorted, set_checksum,
 )
-from blocklist.urls import CanonicalURL, canonicalize, canonicalize_host
+from blocklist.urls import MAX_URL_LENGTH, CanonicalURL, canonicalize, canonicalize_host
 
 HOST_CACHE_SIZE = 65536
+AUTHORITY_CACHE_SIZE = 131072
+# An http(s) URL whose authority is plain lower-case ASCII: its canonical host is a function
+# of the authority alone (no escapes, userinfo or brackets that canonicalization would read).
+_PLAIN = re.compile(r"https?://([a-z0-9.-]{1,253}(?::[0-9]{1,5})?)(?:[/?#]|$)")
+
+
+def plain_authority(url: str) -> str | None:
+    """The authority of a URL that canonicalization cannot reinterpret, else None."""
+    if len(url) > MAX_URL_LENGTH:
+        return None
+    match = _PLAIN.match(url)
+    return match.group(1) if match else None
+
 _DOMAIN = kind_of(Scope.DOMAIN)
 
 
@@ -147,6 +163,10 @@ class ListFilter:
             return scope
         if action is HostAction.PASS:
             return None
+        return self.check_entries(url)
+
+    def check_entries(self, url: CanonicalURL) -> Scope | None:
+        """Stage 2 for a host that carries entries: the page or folder entry covering `url`."""
         for scope, key in entry_keys(url):
             if self._member(self.entry_bloom, self.entries, self._digest(kind_of(scope), key)):
                 return scope
@@ -158,6 +178,9 @@ class Matcher:
 
     def __init__(self, filters: Iterable[ListFilter] = ()) -> None:
         self.filters: tuple[ListFilter, ...] = tuple(filters)
+        # URL authorities ("www.example.com", "a.example:8080") whose host no list names:
+        # such a URL is allowed whatever its path, without canonicalizing it.
+        self._unlisted_authorities: set[str] = set()
 
     def __bool__(self) -> bool:
         return bool(self.filters)
@@ -174,11 +197,28 @@ class Matcher:
 
     def check(self, url: str | CanonicalURL) -> Verdict:
         """Whether `url` is listed; raises InvalidURL if it cannot be canonicalized."""
-        canonical = url if isinstance(url, CanonicalURL) else canonicalize(url)
+        authority = None
+        if isinstance(url, CanonicalURL):
+            canonical = url
+        else:
+            authority = plain_authority(url)
+            if authority is not None and authority in self._unlisted_authorities:
+                return ALLOWED
+            canonical = canonicalize(url)
+        host_listed = False
         for f in self.filters:
-            scope = f.check_canonical(canonical)
+            action, scope = f.host_stage(canonical.host)
+            if action is HostAction.PASS:
+                continue
+            host_listed = True
+            if action is HostAction.PROXY:
+                scope = f.check_entries(canonical)
             if scope is not None:
                 return Verdict(True, f.name, f.version, scope)
+        if authority is not None and not host_listed:
+            if len(self._unlisted_authorities) >= AUTHORITY_CACHE_SIZE:
+                self._unlisted_authorities.clear()
+            self._unlisted_authorities.add(authority)
         return ALLOWED
 
     def check_host(self, host: str) -> HostVerdict:

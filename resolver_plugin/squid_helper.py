@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
 from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
@@ -75,6 +76,14 @@ class SquidHelper:
         self.live = live
         self.log_blocked_urls = log_blocked_urls
         self._blocked: dict[tuple[str | None, int | None], bytes] = {}
+        self._checks = 0                   # URL checks since the last flush_metrics
+        self._blocks: Counter[str] = Counter()
+
+    def flush_metrics(self, seconds: float) -> None:
+        """Record the URL checks answered since the last call, which took `seconds`."""
+        metrics.observe_checks(COMPONENT, self._checks, self._blocks, seconds)
+        self._checks = 0
+        self._blocks.clear()
 
     def answer(self, line: bytes) -> bytes:
         """The answer (without LF) to one request line (without LF). Never raises for any input."""
@@ -94,20 +103,20 @@ class SquidHelper:
             uri = raw.decode("ascii")  # what Squid sends: it escapes every other byte
         except UnicodeDecodeError:
             uri = raw.decode("utf-8", "surrogateescape")  # canonicalize's form for raw bytes
-        started = time.perf_counter()
         try:
             if uri.startswith(("http://", "https://")):
                 verdict = self.live.check(uri)
             else:
-                return prefix + self._other(uri, started)
+                return prefix + self._other(uri, time.perf_counter())
         except InvalidURL:
             metrics.observe_invalid(COMPONENT)
             return prefix + b'BH message="invalid URL"'
         except Exception as exc:  # noqa: BLE001 - the edge: Squid must get an answer, never a dead helper
             return prefix + self._internal_error(exc)
-        metrics.observe_check(COMPONENT, verdict, time.perf_counter() - started)
+        self._checks += 1
         if not verdict.blocked:
             return prefix + b"ERR"
+        self._blocks[verdict.list or ""] += 1
         if self.log_blocked_urls:
             log.info("blocked list=%s url=%s", verdict.list, uri)
         return prefix + self._ok(verdict.list, verdict.version)
@@ -176,6 +185,7 @@ def serve(helper: SquidHelper, stdin: BinaryIO, stdout: BinaryIO) -> None:
         lines = data.split(b"\n")
         pending = lines.pop()
         out: list[bytes] = []
+        started = time.perf_counter()
         for line in lines:
             if discarding is not None:
                 out.append(helper.overlong(discarding))
@@ -188,6 +198,7 @@ def serve(helper: SquidHelper, stdin: BinaryIO, stdout: BinaryIO) -> None:
             if discarding is None:
                 discarding = pending[:64]
             pending = b""
+        helper.flush_metrics(time.perf_counter() - started)
         if out:
             out.append(b"")
             stdout.write(b"\n".join(out))
@@ -196,6 +207,7 @@ def serve(helper: SquidHelper, stdin: BinaryIO, stdout: BinaryIO) -> None:
         stdout.write(helper.overlong(discarding) + b"\n")
     elif pending:
         stdout.write(helper.answer(pending) + b"\n")
+    helper.flush_metrics(0.0)
     stdout.flush()
 
 
