@@ -157,3 +157,20 @@ def test_large_delta_rebuilds_sorted_sets() -> None:
     assert list(applied.entries) == list(v2.entries)
     assert Matcher([applied]).check("http://a.example/799").blocked
     assert not Matcher([applied]).check("http://a.example/5").blocked
+
+
+def test_remembered_authorities_never_hide_an_entry() -> None:
+    m = Matcher([LIST])
+    # a host that carries entries is never remembered as unlisted
+    assert not m.check("http://site.example/other").blocked
+    assert m.check("http://site.example/bad/page.html").blocked
+    # an unlisted host is remembered; its URLs stay allowed, other hosts are unaffected
+    assert not m.check("http://unlisted.example/a").blocked
+    assert "unlisted.example" in m._unlisted_authorities
+    assert not m.check("http://unlisted.example/b?c#d").blocked
+    assert m.check("http://www.evil.example/x").blocked
+    # the authority is taken as written only when canonicalization cannot reinterpret it
+    for url in ("http://EVIL.example/", "http://x@evil.example/", "http://evil%2eexample/",
+                "http://evil.example./", "http://167838211/"):
+        verdict = m.check(url)
+        assert verdict.blocked, url
