@@ -217,6 +217,7 @@ class LiveMatcher:
         self.matcher = Matcher()
         self.missing: list[str] = list(config.lists)
         self.loaded_at = 0.0
+        self._background = background
         self.reload()
         if background:
             threading.Thread(target=self._poll, name="blocklist-reload", daemon=True).start()
@@ -250,6 +251,8 @@ class LiveMatcher:
         return False
 
     def current(self) -> Matcher:
+        if self._background:  # the reload thread keeps self.matcher current
+            return self.matcher
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self.check_interval
