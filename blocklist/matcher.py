@@ -12,6 +12,8 @@ Lookup order for a URL (see blocklist.digests for the keys):
 2. entry level, only for hosts that carry entries: page and folder digests, in
    the entry Bloom filter, confirmed against the exact entry digests.
 A Bloom hit that the exact digests refute never blocks; it is counted.
+A URL whose escaped "?" the spec reads as the query start is also checked as a
+server reads it (blocklist.urls.server_view), on hosts that carry entries.
 The host-level answer depends only on the host, so it is cached per filter; and
 a plain URL authority ("www.example.com:8080") whose host no list names is
 remembered per Matcher, so most traffic is answered without canonicalizing.
@@ -33,7 +35,7 @@ from blocklist.errors import ChecksumError, FormatError
 from blocklist.format import (
     Delta, Snapshot, bloom_key, contains, grow_bloom, merge_sorted, set_checksum,
 )
-from blocklist.urls import MAX_URL_LENGTH, CanonicalURL, canonicalize, canonicalize_host
+from blocklist.urls import MAX_URL_LENGTH, CanonicalURL, canonicalize, canonicalize_host, server_view
 
 HOST_CACHE_SIZE = 65536
 AUTHORITY_CACHE_SIZE = 131072
@@ -219,6 +221,12 @@ class Matcher:
             if len(self._unlisted_authorities) >= AUTHORITY_CACHE_SIZE:
                 self._unlisted_authorities.clear()
             self._unlisted_authorities.add(authority)
+        if host_listed and not isinstance(url, CanonicalURL) and "%" in url:
+            # An escaped "?" the spec reads as the query: a server may read it as a path
+            # character ("/x%3F/../page.html" is "/page.html" to nginx). Check that reading too.
+            alternative = server_view(url)
+            if alternative is not None:
+                return self.check(alternative)
         return ALLOWED
 
     def check_host(self, host: str) -> HostVerdict:

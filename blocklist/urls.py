@@ -12,7 +12,11 @@ Canonicalization, in order:
    standing for raw bytes (Python's ``surrogateescape``), so the spec's
    ``"http://\\x01\\x80.com/"`` is written ``"http://\\x01\\udc80.com/"``.
 2. Remove every tab, CR and LF; trim leading and trailing bytes <= 0x20.
-3. Cut the fragment at the first ``#``.
+3. Cut the fragment at the first ``#``. [project] In a URL that starts with
+   ``http:`` or ``https:``, drop userinfo at the last ``@`` of the authority
+   *as written*, before anything is unescaped: every HTTP client finds the
+   host that way, so ``http://x%2F@host/`` must name ``host`` (unescaping
+   first would read the host ``x`` while the request goes to ``host``).
 4. Percent-unescape the whole URL repeatedly until no ``%XX`` is left. As the
    spec orders it, this happens *before* the URL is split, so ``%2F`` is a real
    ``/`` and ``%3F`` a real ``?`` afterwards. (Bounded: see ``_unescape_fully``.)
@@ -44,6 +48,11 @@ Choices where the spec is silent:
   what "can be parsed as an IPv4 address".
 - A bare ``?`` is kept (the spec's ``http://www.google.com/q?``), so the first
   expression is always the canonical URL without its scheme, ``"host/q?"``.
+
+``server_view`` is the one other reading a lookup checks [project]: servers
+split the query at the first ``?`` *as written* and decode ``%3F`` as a path
+character, so nginx serves ``/page.html`` for ``/x%3F/../page.html``, which the
+spec reads as path ``/x`` and query ``/../page.html``.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ __all__ = [
     "expressions",
     "host_suffixes",
     "path_prefixes",
+    "server_view",
 ]
 
 MAX_URL_LENGTH = 8192
@@ -191,7 +201,7 @@ def _canonicalize_slow(url: str) -> CanonicalURL:
     if len(url) > MAX_URL_LENGTH:
         raise InvalidURL(f"URL longer than {MAX_URL_LENGTH} characters")
     raw = _to_bytes(url).translate(None, b"\t\r\n").strip(_C0_AND_SPACE)
-    raw = _unescape_fully(raw.partition(b"#")[0])
+    raw = _unescape_fully(_drop_userinfo(raw.partition(b"#")[0]))
 
     scheme, rest = b"http", raw
     match = _SCHEME_RE.match(raw)
@@ -225,6 +235,58 @@ def _canonicalize_slow(url: str) -> CanonicalURL:
         # Escaping can triple the length; refusing here keeps str(result) re-canonicalizable.
         raise InvalidURL(f"canonical URL longer than {MAX_URL_LENGTH} characters")
     return result
+
+
+def server_view(url: str) -> CanonicalURL | None:
+    """``url`` as an HTTP server splits it, if that differs from ``canonicalize(url)``; else None.
+
+    The query starts at the first ``?`` as written; a ``?`` that only unescaping
+    produced stays in the path (as ``%3F``), where ``.`` and ``..`` are resolved
+    over it, as nginx does. Raises InvalidURL when ``canonicalize`` would.
+    """
+    canonical = canonicalize(url)
+    if "%" not in url:
+        return None
+    raw = _drop_userinfo(_to_bytes(url).translate(None, b"\t\r\n").strip(_C0_AND_SPACE).partition(b"#")[0])
+    start, stop = _raw_authority(raw)
+    raw_path, question, raw_query = raw[stop:].partition(b"?")
+    if not raw_path.startswith(b"/"):
+        return None
+    path = _unescape_fully(raw_path)
+    if b"?" not in path:
+        return None  # no escaped "?": both readings split at the same place
+    query = _escape(_unescape_fully(raw_query)) if question else None
+    result = CanonicalURL(canonical.scheme, canonical.host,
+                          _escape(_normalize_path(path)).replace("?", "%3F"), query)
+    return None if result == canonical else result
+
+
+def _raw_authority(raw: bytes) -> tuple[int, int]:
+    """(start, end) of the authority of a URL as written (before unescaping)."""
+    start = 0
+    match = _SCHEME_RE.match(raw)
+    if match is not None and match[1].lower() in (b"http", b"https"):
+        start = match.end()
+        while start < len(raw) and raw[start] == 0x2F:  # any number of slashes, as browsers
+            start += 1
+    end = _AUTHORITY_END_RE.search(raw, start)
+    return start, len(raw) if end is None else end.start()
+
+
+def _drop_userinfo(raw: bytes) -> bytes:
+    """Remove userinfo up to the last "@" of the authority as written (step 3)."""
+    if b"@" not in raw:
+        return raw
+    match = _SCHEME_RE.match(raw)
+    if match is None or match[1].lower() not in (b"http", b"https"):
+        # No scheme as written (it may be escaped, "http%3A%2F%2F..."), another scheme or
+        # "host:port": step 5 decides after unescaping. Requests always carry the scheme.
+        return raw
+    start, stop = _raw_authority(raw)
+    at = raw.rfind(b"@", start, stop)
+    if at == -1 or at + 1 == stop:
+        return raw  # no userinfo, or nothing after it: step 5 refuses the empty host
+    return raw[:start] + raw[at + 1:]
 
 
 def _to_bytes(text: str) -> bytes:

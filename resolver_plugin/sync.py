@@ -257,8 +257,11 @@ class Syncer:
             files[f"delta-{ref.from_version}-{ref.to_version}"] = data
         self.trust.check_list(name, result)
         state = self.cache.state(name)
-        if state is None:
-            raise SyncError("cache", f"list {name}: state.json vanished under the delta chain")
+        if state is None or state.version != current.version:
+            # e.g. a write that failed after replacing state.json (ENOSPC at the generation
+            # bump): appending to that chain would name a delta twice. The snapshot repairs it.
+            raise SyncError("cache", f"list {name}: state.json does not end at version "
+                                     f"{current.version}, the base of the delta chain")
         self.cache.write_list(name, ListState(result.version, result.checksum, state.snapshot,
                                               state.deltas + tuple(files)), files)
         self.trust.accept_list(name, result)  # only once the cache holds it

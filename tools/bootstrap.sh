@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS="squid squidguard unbound python3-unbound dnsutils nginx-light chromium curl"
+DEBS="squid squidguard unbound python3-unbound dnsutils dnsperf nginx-light chromium curl"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=""
     for pkg in $DEBS; do

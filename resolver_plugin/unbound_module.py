@@ -1,0 +1,452 @@
+"""Stage 1 of the filter inside Unbound: answer DNS for listed hosts from the in-memory matcher.
+
+Unbound loads this file by path (``python-script:``) and runs it as ``__main__``;
+its config is plugin.yaml, named by the environment variable
+``BLOCKLIST_PLUGIN_CONFIG``. See docs/OPERATIONS.md for the Unbound config.
+
+Rules, for a query of class IN (everything else goes on to the iterator untouched):
+
+- a host listed at ``domain`` scope, or below one: NXDOMAIN (``block_mode:
+  nxdomain``, the default) or, with ``block_mode: address``, A/AAAA
+  ``block_address(6)`` and NODATA for every other type;
+- a host that carries ``page``/``folder`` entries: A/AAAA ``proxy_address(6)``,
+  the filtering proxy of stage 2; NODATA for HTTPS/SVCB (their address hints
+  would bypass the proxy); other types resolve normally. No address of a
+  family configured: NODATA for that family. Neither configured: stage 2 is not
+  deployed and the host resolves normally;
+- anything else resolves normally.
+
+Synthesized answers carry ``resolver.ttl`` and are never stored in Unbound's
+cache, so a host removed from the list resolves normally at once. A host
+resolved normally *is* cached by the iterator: a newly listed host that is in
+the cache changes its answer when that entry expires (bound it with
+``cache-max-ttl``). A CNAME chain that passes through a domain-listed host is
+blocked too, and its cached copy invalidated. The iterator's own lookups (the
+address of a nameserver that is a listed host) are left alone, so other zones
+that host serves still resolve, but their answers are dropped from the cache.
+
+The query name is read from the wire, lowercased and canonicalized as a URL
+host is. A label with a byte outside ``[A-Za-z0-9_-]`` (a dot, ``%``, ``/``,
+a control byte, ...) cannot be part of a host a URL names: such a name is
+checked by the part right of its last odd label, so that ``x\\000.bad.example``
+is blocked like ``bad.example``, and otherwise resolves normally.
+
+The hot path is the in-memory matcher only: a thread of ours reloads the cache
+out of band (LiveMatcher.maybe_reload), and LiveMatcher is built with an
+infinite check interval so that a lookup never stats a file. (Not
+LiveMatcher(background=True): deinit must stop the thread before Unbound
+finalizes the interpreter, which it does on every reload.) The matcher confirms
+every Bloom hit against the exact digests, so a false positive blocks nothing
+and at worst sends a host to the proxy, which checks URLs exactly; refuted hits
+are counted (ListFilter.bloom_refuted, /metrics) and logged at debug level.
+
+Nothing raises out of ``operate()``: our errors pass the query on, and as the
+last guard any other exception is logged and the query passed on. Log lines
+never name a listed host; a host sent to the proxy appears at debug level only.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+try:  # present only inside Unbound, which imports it into __main__ before running us
+    import unboundmodule as ub
+except ImportError:
+    ub = None
+
+if ub is not None:
+    # Unbound 1.17 finalizes and restarts its interpreter on every reload (SIGHUP,
+    # unbound-control reload). libyaml's Cython module does not survive that (its
+    # classes come back stale: "metaclass conflict"), so inside Unbound PyYAML uses
+    # its pure-Python parser; plugin.yaml is read once per start, speed is moot.
+    sys.modules.setdefault("yaml._yaml", None)
+
+try:
+    from blocklist.errors import BlocklistError, ConfigError, InvalidURL
+    from blocklist.matcher import HOST_PASS, HostAction, HostVerdict
+    from resolver_plugin import metrics
+    from resolver_plugin.cache import LiveMatcher
+    from resolver_plugin.config import PluginConfig, ResolverConfig, load_config
+except ImportError as exc:
+    if ub is not None:  # Unbound would only say "can't parse Python script"
+        ub.log_err(f"blocklist: cannot import the plugin in Unbound's Python: {exc}; "
+                   f"PYTHONPATH={os.environ.get('PYTHONPATH', '')!r} (see docs/OPERATIONS.md)")
+    raise
+
+CONFIG_ENV = "BLOCKLIST_PLUGIN_CONFIG"
+COMPONENT = "unbound"      # the component label of our counters in /metrics
+RELOAD_INTERVAL = 1.0      # seconds between checks of the cache's generation file
+STATS_INTERVAL = 3600.0    # seconds between the counters' log lines
+JOIN_TIMEOUT = 10.0        # seconds deinit waits for a reload in progress
+MAX_CHAIN = 16             # answer RRsets checked for a listed CNAME target
+_CHECKED = "blocklist-checked"  # in Unbound's per-query dict: we saw this query arrive
+
+RR_A, RR_AAAA, RR_SVCB, RR_HTTPS, RR_ANY = 1, 28, 64, 65, 255
+_RR_NAMES = {RR_A: "A", RR_AAAA: "AAAA"}
+_SECURITY_INDETERMINATE = 2  # sec_status above "bogus": the validator leaves it alone
+_VERB_QUERY = 3              # Unbound verbosity at which our debug lines appear
+
+_SAFE_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+_PLAIN_NAME = re.compile(r"(?:[a-z0-9_-]+\.)*[a-z0-9_-]+")
+_SAFE_LABEL = re.compile(r"[a-z0-9_\-\u0080-\ud7ff\ue000-\U0010ffff]+")
+
+log = logging.getLogger("blocklist.plugin.unbound")
+
+
+class Reply(str, enum.Enum):
+    PASS = "pass"          # let the next module (the iterator) resolve it
+    NXDOMAIN = "nxdomain"  # the name does not exist
+    ANSWER = "answer"      # NOERROR with one record, or none (NODATA) when address is None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What stage 1 answers for one query; names the list, never the entry."""
+
+    action: HostAction
+    reply: Reply
+    rrtype: int = 0
+    address: str | None = None
+    ttl: int = 0
+    list: str | None = None
+
+
+PASS = Decision(HostAction.PASS, Reply.PASS)
+
+
+def decide(live: LiveMatcher, qname: str, qtype: int) -> Decision:
+    """The answer for `qname` (presentation format, trailing dot optional) and `qtype`.
+
+    Pure apart from the matcher's caches: no I/O, never raises our errors.
+    """
+    name = qname[:-1] if qname.endswith(".") else qname
+    if name.isascii():
+        name = name.lower()
+    if not _PLAIN_NAME.fullmatch(name):
+        labels = name.split(".")
+        odd = [i for i, label in enumerate(labels) if not _SAFE_LABEL.fullmatch(label)]
+        if odd:
+            return _decide_below(live, labels[odd[-1] + 1:], qtype)
+    try:
+        verdict = live.check_host(name)
+    except InvalidURL:
+        return _decide_below(live, name.split(".")[1:], qtype)
+    return _answer(live.config.resolver, verdict, qtype)
+
+
+def _decide_below(live: LiveMatcher, labels: list[str], qtype: int) -> Decision:
+    """A malformed name: blocked if the nearest well-formed suffix is listed whole, else PASS."""
+    for i in range(len(labels)):
+        try:
+            verdict = live.check_host(".".join(labels[i:]))
+        except InvalidURL:
+            continue
+        if verdict.action is HostAction.BLOCK:
+            return _answer(live.config.resolver, verdict, qtype)
+        break
+    return PASS
+
+
+def _answer(resolver: ResolverConfig, verdict: HostVerdict, qtype: int) -> Decision:
+    action = verdict.action
+    if action is HostAction.PASS:
+        return PASS
+    if action is HostAction.BLOCK:
+        if resolver.block_mode == "nxdomain":
+            return Decision(action, Reply.NXDOMAIN, list=verdict.list)
+        v4, v6 = resolver.block_address, resolver.block_address6
+    else:
+        v4, v6 = resolver.proxy_address, resolver.proxy_address6
+        if v4 is None and v6 is None:
+            return Decision(action, Reply.PASS, list=verdict.list)
+    ttl = max(0, resolver.ttl)
+    if qtype == RR_A or (qtype == RR_ANY and v4):
+        return Decision(action, Reply.ANSWER, RR_A, v4, ttl, verdict.list)
+    if qtype in (RR_AAAA, RR_ANY):
+        return Decision(action, Reply.ANSWER, RR_AAAA, v6, ttl, verdict.list)
+    if action is HostAction.BLOCK or qtype in (RR_SVCB, RR_HTTPS):
+        return Decision(action, Reply.ANSWER, qtype, None, ttl, verdict.list)
+    return Decision(action, Reply.PASS, list=verdict.list)
+
+
+def qname_from_wire(wire: bytes) -> str:
+    """A wire-format name in presentation format: ``\\DDD`` for every byte outside [A-Za-z0-9_-]."""
+    labels, i, end = [], 0, len(wire)
+    while i < end and wire[i] != 0:
+        n = wire[i]
+        if n > 63 or i + 1 + n > end:
+            raise InvalidURL("malformed query name")
+        label = wire[i + 1:i + 1 + n]
+        i += 1 + n
+        if label.translate(None, _SAFE_BYTES):  # what is left is the odd bytes
+            labels.append("".join(chr(b) if b in _SAFE_BYTES else f"\\{b:03d}" for b in label))
+        else:
+            labels.append(label.decode("ascii"))
+    return ".".join(labels) + "."
+
+
+# -- inside Unbound ------------------------------------------------------------------
+
+
+class _UnboundLogHandler(logging.Handler):
+    """Our log records into Unbound's log (its logfile or syslog), debug at verbosity 3."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.ERROR:
+                ub.log_err(text)
+            elif record.levelno >= logging.WARNING:
+                ub.log_warn(text)
+            elif record.levelno >= logging.INFO:
+                ub.log_info(text)
+            else:
+                ub.verbose(_VERB_QUERY, text)
+        except Exception:  # noqa: BLE001 - logging.Handler's contract: report, never raise
+            self.handleError(record)
+
+
+@dataclass
+class _Counts:
+    queries: int = 0
+    blocked: int = 0
+    proxied: int = 0
+    malformed: int = 0
+    cname_blocked: int = 0
+    errors: int = 0
+
+
+class _Stage:
+    """What init builds: config, live matcher, the out-of-band reload thread and counters."""
+
+    def __init__(self, config: PluginConfig, live: LiveMatcher) -> None:
+        self.config, self.live = config, live
+        self.counts = _Counts()
+        self.debug = log.isEnabledFor(logging.DEBUG)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._reload_loop, name="blocklist-unbound-reload",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(JOIN_TIMEOUT)
+        if self._thread.is_alive():
+            log.warning("reload thread still busy after %.0f s; leaving it", JOIN_TIMEOUT)
+        self.log_counts()
+
+    def _reload_loop(self) -> None:
+        next_stats = time.monotonic() + STATS_INTERVAL
+        while not self._stop.wait(RELOAD_INTERVAL):
+            try:
+                self.live.maybe_reload()
+            except Exception:  # noqa: BLE001 - the reload thread must survive anything
+                log.exception("cache reload failed; keeping the current lists")
+            if time.monotonic() >= next_stats:
+                next_stats += STATS_INTERVAL
+                self.log_counts()
+
+    def bloom_refuted(self) -> int:
+        return sum(f.bloom_refuted for f in self.live.matcher.filters)
+
+    def log_counts(self) -> None:
+        c = self.counts
+        log.info("stage 1: %d queries checked, %d blocked (%d via CNAME), %d sent to the proxy, "
+                 "%d malformed names, %d errors; %d Bloom hits refuted", c.queries, c.blocked,
+                 c.cname_blocked, c.proxied, c.malformed, c.errors, self.bloom_refuted())
+
+    def decide(self, qname: str, qtype: int) -> Decision:
+        """decide(), counted (here and in /metrics); refuted Bloom hits logged at debug level."""
+        started = time.perf_counter()
+        if self.debug:
+            refuted = self.bloom_refuted()
+            decision = decide(self.live, qname, qtype)
+            if self.bloom_refuted() > refuted:
+                log.debug("Bloom filter hit refuted by the exact digests (a false positive)")
+        else:
+            decision = decide(self.live, qname, qtype)
+        # Counts are approximate across Unbound's threads (+= under the GIL); fine for a log line.
+        acted = decision.reply is not Reply.PASS
+        if acted and decision.action is HostAction.BLOCK:
+            self.counts.blocked += 1
+        elif acted:
+            self.counts.proxied += 1
+        verdict = HostVerdict(decision.action, decision.list) if acted else HOST_PASS
+        metrics.observe_host_check(COMPONENT, verdict, time.perf_counter() - started)
+        return decision
+
+
+_stage: _Stage | None = None
+
+
+def _install_log_handler(verbosity: int) -> None:
+    root = logging.getLogger("blocklist")
+    for handler in [h for h in root.handlers if type(h).__name__ == "_UnboundLogHandler"]:
+        root.removeHandler(handler)  # ours from an earlier run of this script (Unbound reload)
+    handler = _UnboundLogHandler()
+    handler.setFormatter(logging.Formatter("blocklist: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbosity >= _VERB_QUERY else logging.INFO)
+    root.propagate = False
+
+
+def init_standard(id: int, env: object) -> bool:
+    """Load plugin.yaml and the cached lists; raise (Unbound refuses to start) if we cannot."""
+    global _stage
+    _install_log_handler(int(env.cfg.verbosity))
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        log.error("%s is not set in Unbound's environment: refusing to start unfiltered", CONFIG_ENV)
+        raise ConfigError(f"{CONFIG_ENV} is not set")
+    try:
+        config = load_config(path)
+        live = LiveMatcher(config, check_interval=math.inf)
+    except BlocklistError as exc:
+        log.error("cannot start stage 1, refusing to start unfiltered: %s", exc)
+        raise
+    live.current()  # the one generation check a first lookup would otherwise do
+    metrics.share_counters(config.cache_dir, live)
+    _stage = _Stage(config, live)
+    _stage.start()
+    r = config.resolver
+    if r.proxy_address is None and r.proxy_address6 is None:
+        log.warning("resolver.proxy_address is not set: hosts with listed pages resolve normally")
+    log.info("stage 1 ready: config %s, enforcing %s, block_mode %s", path,
+             ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet",
+             r.block_mode)
+    return True
+
+
+def deinit(id: int) -> bool:
+    """Stop the reload thread before Unbound finalizes the interpreter (reload, exit)."""
+    global _stage
+    if _stage is not None:
+        _stage.close()
+        _stage = None
+    metrics.stop_sharing()
+    return True
+
+
+def inform_super(id: int, qstate: object, superqstate: object, qdata: object) -> bool:
+    return True
+
+
+def operate(id: int, event: int, qstate: object, qdata: object) -> bool:
+    """Unbound's per-query entry point; never raises."""
+    try:
+        if event == ub.MODULE_EVENT_NEW or event == ub.MODULE_EVENT_PASS:
+            _on_query(id, qstate, qdata)
+        elif event == ub.MODULE_EVENT_MODDONE:
+            _on_answer(id, qstate, qdata)
+        else:
+            qstate.ext_state[id] = ub.MODULE_ERROR
+    except Exception as exc:  # noqa: BLE001 - the documented last guard: Unbound must never see one
+        if _stage is not None:
+            _stage.counts.errors += 1
+        log.error("unexpected %s while checking a query; passing it on", type(exc).__name__)
+        log.debug("traceback of the unexpected error", exc_info=True)
+        done = event == ub.MODULE_EVENT_MODDONE
+        qstate.ext_state[id] = ub.MODULE_FINISHED if done else ub.MODULE_WAIT_MODULE
+    return True
+
+
+def _on_query(id: int, qstate: object, qdata: object) -> None:
+    """A client's query (or a prefetch): answer it if listed, else hand it to the iterator."""
+    stage, qinfo = _stage, qstate.qinfo
+    if stage is None or qinfo.qclass != ub.RR_CLASS_IN:
+        qstate.ext_state[id] = ub.MODULE_WAIT_MODULE
+        return
+    stage.counts.queries += 1
+    try:
+        qname = qname_from_wire(qinfo.qname)
+        decision = stage.decide(qname, qinfo.qtype)
+    except BlocklistError:
+        stage.counts.malformed += 1
+        metrics.observe_invalid(COMPONENT)
+        qstate.ext_state[id] = ub.MODULE_WAIT_MODULE
+        return
+    if decision.reply is Reply.PASS:
+        if isinstance(qdata, dict):
+            qdata[_CHECKED] = True
+        qstate.ext_state[id] = ub.MODULE_WAIT_MODULE
+        return
+    if decision.action is HostAction.PROXY and stage.debug:
+        log.debug("%s %s: sent to the proxy (list %s)", qname, _RR_NAMES.get(decision.rrtype, "NODATA"),
+                  decision.list)
+    _reply(id, qstate, qname, decision)
+
+
+def _on_answer(id: int, qstate: object, qdata: object) -> None:
+    """The iterator's answer, to a query we checked or to one of the iterator's own lookups.
+
+    A query we checked is blocked if its CNAME chain runs through a domain-listed
+    host. The iterator's own lookups (the address of a nameserver) start below us
+    and never pass through _on_query: they are left alone, so that a listed host
+    serving DNS for other zones does not break them, but a listed name's answer
+    is taken out of the cache, so that no client is answered from it.
+    """
+    stage = _stage
+    if stage is not None:
+        # an Unbound that passes no per-query dict (older ones pass None): treat every answer as checked
+        checked = qdata.get(_CHECKED) if isinstance(qdata, dict) else True
+        if checked:
+            _check_chain(id, qstate, stage)
+            return
+        if qstate.qinfo.qclass == ub.RR_CLASS_IN:
+            try:
+                acts = decide(stage.live, qname_from_wire(qstate.qinfo.qname), qstate.qinfo.qtype).reply
+            except BlocklistError:
+                acts = Reply.PASS
+            if acts is not Reply.PASS:
+                ub.invalidateQueryInCache(qstate, qstate.qinfo)
+    qstate.ext_state[id] = ub.MODULE_FINISHED
+
+
+def _check_chain(id: int, qstate: object, stage: _Stage) -> None:
+    msg = qstate.return_msg
+    rep = msg.rep if msg is not None else None
+    # one RRset is the answer itself; a chain (CNAME, DNAME) has at least two
+    if rep is not None and rep.an_numrrsets > 1:
+        started = time.perf_counter()
+        qinfo = qstate.qinfo
+        qwire = qinfo.qname.lower()
+        for i in range(min(rep.an_numrrsets, MAX_CHAIN)):
+            owner = rep.rrsets[i].rk.dname
+            if owner.lower() == qwire:
+                continue
+            try:
+                decision = decide(stage.live, qname_from_wire(owner), qinfo.qtype)
+            except BlocklistError:
+                continue
+            if decision.action is HostAction.BLOCK:
+                stage.counts.blocked += 1
+                stage.counts.cname_blocked += 1
+                metrics.observe_host_check(COMPONENT, HostVerdict(decision.action, decision.list),
+                                           time.perf_counter() - started)
+                ub.invalidateQueryInCache(qstate, qinfo)  # the iterator cached the chain
+                _reply(id, qstate, qname_from_wire(qinfo.qname), decision)
+                return
+    qstate.ext_state[id] = ub.MODULE_FINISHED
+
+
+def _reply(id: int, qstate: object, owner: str, decision: Decision) -> None:
+    msg = ub.DNSMessage(owner, qstate.qinfo.qtype, ub.RR_CLASS_IN, ub.PKT_QR | ub.PKT_RA | ub.PKT_AA)
+    if decision.reply is Reply.ANSWER and decision.address is not None:
+        msg.answer.append(f"{owner} {decision.ttl} IN {_RR_NAMES[decision.rrtype]} {decision.address}")
+    if not msg.set_return_msg(qstate):
+        log.error("could not build the answer to a query; answering SERVFAIL")
+        qstate.ext_state[id] = ub.MODULE_ERROR
+        return
+    qstate.return_rcode = ub.RCODE_NXDOMAIN if decision.reply is Reply.NXDOMAIN else ub.RCODE_NOERROR
+    qstate.return_msg.rep.security = _SECURITY_INDETERMINATE
+    qstate.ext_state[id] = ub.MODULE_FINISHED

@@ -1,0 +1,750 @@
+"""Stage 1 in Unbound: `decide()` on its own, then a real Unbound answering `dig` as a user sees it.
+
+The real tests start two Unbounds on 127.0.0.1: the "internet" (local-data for
+*.example, NXDOMAIN for everything else, so nothing leaves the machine) and the
+resolver under test, which loads resolver_plugin/unbound_module.py and forwards
+"." to the internet. The end-to-end test adds the proxy of stage 2 and an origin
+on 127.0.0.2, and plays the browser: resolve with dig, then send the HTTP
+request to the resolved address.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from blocklist.matcher import HostAction
+from resolver_plugin.cache import LiveMatcher
+from resolver_plugin.unbound_module import (RR_A, RR_AAAA, RR_ANY, RR_HTTPS, Decision, Reply, decide,
+                                            qname_from_wire)
+
+from conftest import IN_CI, Hotline, Plugin, require_program
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "resolver_plugin" / "unbound_module.py"
+DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+RR_MX, RR_TXT = 15, 16
+ORIGIN = "127.0.0.2"
+PROXY = "127.0.0.1"
+
+# The "internet": every name here resolves to the origin address (and ::2).
+INTERNET_HOSTS = ("good.example", "blocked.example", "www.blocked.example", "pages.example",
+                  "www.pages.example", "late.example", "cached.example")
+INTERNET_EXTRA = ('"alias.example. 3600 IN CNAME www.blocked.example."',
+                  '"chain.example. 3600 IN CNAME good.example."',
+                  # a zone whose nameserver is a listed host: the internet itself (127.0.0.1)
+                  '"ns1.blocked.example. 3600 IN A 127.0.0.1"',
+                  f'"innocent.example. 3600 IN A {ORIGIN}"',
+                  f'"www.innocent.example. 3600 IN A {ORIGIN}"')
+RESOLVER = {"proxy_address": PROXY, "ttl": 30}
+
+
+# -- decide() without Unbound -----------------------------------------------------------
+
+
+def _listed(hotline: Hotline) -> None:
+    hotline.run("add", "http://blocked.example/", "--scope", "domain")
+    hotline.run("add", "http://pages.example/bad.html", "--scope", "page")
+    hotline.run("add", "http://bücher.example/", "--scope", "domain")
+    hotline.run("publish")
+
+
+def _live(hotline: Hotline, plugin: Plugin, **resolver: object) -> LiveMatcher:
+    _listed(hotline)
+    plugin.write_config(resolver={**RESOLVER, **resolver})
+    plugin.install_published()
+    return LiveMatcher(plugin.config())
+
+
+@pytest.fixture
+def live(hotline: Hotline, plugin: Plugin) -> LiveMatcher:
+    return _live(hotline, plugin, proxy_address6="fd00::3128")
+
+
+@pytest.mark.parametrize("qname, qtype, expected", [
+    ("blocked.example.", RR_A, Decision(HostAction.BLOCK, Reply.NXDOMAIN, list="default")),
+    ("blocked.example", RR_AAAA, Decision(HostAction.BLOCK, Reply.NXDOMAIN, list="default")),
+    ("deep.www.BLOCKED.Example.", RR_MX, Decision(HostAction.BLOCK, Reply.NXDOMAIN, list="default")),
+    ("xn--bcher-kva.example.", RR_A, Decision(HostAction.BLOCK, Reply.NXDOMAIN, list="default")),
+    ("bücher.example.", RR_A, Decision(HostAction.BLOCK, Reply.NXDOMAIN, list="default")),
+    ("pages.example.", RR_A, Decision(HostAction.PROXY, Reply.ANSWER, RR_A, PROXY, 30, "default")),
+    ("PAGES.example.", RR_AAAA, Decision(HostAction.PROXY, Reply.ANSWER, RR_AAAA, "fd00::3128", 30, "default")),
+    ("pages.example.", RR_ANY, Decision(HostAction.PROXY, Reply.ANSWER, RR_A, PROXY, 30, "default")),
+    ("pages.example.", RR_HTTPS, Decision(HostAction.PROXY, Reply.ANSWER, RR_HTTPS, None, 30, "default")),
+    ("pages.example.", RR_MX, Decision(HostAction.PROXY, Reply.PASS, list="default")),
+    ("www.pages.example.", RR_A, Decision(HostAction.PASS, Reply.PASS)),  # pages are per host
+    ("good.example.", RR_A, Decision(HostAction.PASS, Reply.PASS)),
+    ("example.", RR_A, Decision(HostAction.PASS, Reply.PASS)),
+    (".", RR_A, Decision(HostAction.PASS, Reply.PASS)),
+])
+def test_decide_rules(live: LiveMatcher, qname: str, qtype: int, expected: Decision) -> None:
+    assert decide(live, qname, qtype) == expected
+
+
+@pytest.mark.parametrize("qname, action", [
+    ("a\\000b.blocked.example.", HostAction.BLOCK),     # odd byte below a listed domain: still blocked
+    ("x\\.y.www.blocked.example.", HostAction.BLOCK),   # a dot inside a label
+    ("evil%2f.blocked.example.", HostAction.BLOCK),     # would unescape to a path
+    ("a/b.blocked.example.", HostAction.BLOCK),
+    ("*.blocked.example.", HostAction.BLOCK),
+    ("blocked.example\\000.", HostAction.PASS),         # not the listed name
+    ("a\\000b.good.example.", HostAction.PASS),
+    ("a\\000b.pages.example.", HostAction.PASS),        # not the host that carries pages
+    ("\\255\\254.\\000.", HostAction.PASS),
+    ("..blocked.example", HostAction.BLOCK),
+])
+def test_decide_malformed_names(live: LiveMatcher, qname: str, action: HostAction) -> None:
+    assert decide(live, qname, RR_A).action is action
+
+
+def test_decide_enormous_names(live: LiveMatcher) -> None:
+    long_label = "a" * 63
+    name = ".".join([long_label] * 3 + ["a" * 61])
+    assert len(name) == 253
+    assert decide(live, name + ".", RR_A) == Decision(HostAction.PASS, Reply.PASS)
+    assert decide(live, "x" * 20000 + ".blocked.example", RR_A).action is HostAction.BLOCK
+    assert decide(live, "a." * 5000 + "blocked.example", RR_A).action is HostAction.BLOCK
+    assert decide(live, "x" * 20000, RR_A).reply is Reply.PASS
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(qname=st.text(max_size=300), qtype=st.integers(0, 65535))
+def test_decide_never_raises(live: LiveMatcher, qname: str, qtype: int) -> None:
+    # the lists are built once and shared by every example, which is what we want here
+    assert isinstance(decide(live, qname, qtype), Decision)
+
+
+def test_decide_block_mode_address(hotline: Hotline, plugin: Plugin) -> None:
+    live = _live(hotline, plugin, block_mode="address", block_address="192.0.2.1")
+    assert decide(live, "blocked.example.", RR_A) == Decision(
+        HostAction.BLOCK, Reply.ANSWER, RR_A, "192.0.2.1", 30, "default")
+    # no block_address6: NODATA for AAAA; other types of a blocked host: NODATA too
+    assert decide(live, "www.blocked.example.", RR_AAAA) == Decision(
+        HostAction.BLOCK, Reply.ANSWER, RR_AAAA, None, 30, "default")
+    assert decide(live, "blocked.example.", RR_TXT) == Decision(
+        HostAction.BLOCK, Reply.ANSWER, RR_TXT, None, 30, "default")
+
+
+def test_decide_without_proxy_address_passes_page_hosts(hotline: Hotline, plugin: Plugin) -> None:
+    live = _live(hotline, plugin, proxy_address=None)
+    assert decide(live, "pages.example.", RR_A).reply is Reply.PASS
+    assert decide(live, "blocked.example.", RR_A).reply is Reply.NXDOMAIN
+
+
+def test_decide_no_aaaa_proxy_gives_nodata(hotline: Hotline, plugin: Plugin) -> None:
+    live = _live(hotline, plugin)
+    assert decide(live, "pages.example.", RR_AAAA) == Decision(
+        HostAction.PROXY, Reply.ANSWER, RR_AAAA, None, 30, "default")
+
+
+def test_decide_fail_closed_without_lists_sends_all_to_proxy(hotline: Hotline, plugin: Plugin) -> None:
+    plugin.write_config(resolver=RESOLVER, fail_closed=True)
+    live = LiveMatcher(plugin.config())
+    assert decide(live, "good.example.", RR_A).address == PROXY
+
+
+def test_decide_without_lists_passes(hotline: Hotline, plugin: Plugin) -> None:
+    plugin.write_config(resolver=RESOLVER)
+    live = LiveMatcher(plugin.config())
+    assert decide(live, "blocked.example.", RR_A) == Decision(HostAction.PASS, Reply.PASS)
+
+
+@pytest.mark.parametrize("wire, name", [
+    (b"\x03www\x07Example\x00", "www.Example."),
+    (b"\x00", "."),
+    (b"\x03a\x00b\x03x.y\x07example\x00", "a\\000b.x\\046y.example."),
+    (b"\x02\xc3\xbc\x07example\x00", "\\195\\188.example."),
+    (b"\x05a%2fb\x00", "a\\0372fb."),  # \\DDD is always three digits
+])
+def test_qname_from_wire(wire: bytes, name: str) -> None:
+    assert qname_from_wire(wire) == name
+
+
+@pytest.mark.parametrize("wire", [b"\x05abc", b"\x40" + b"a" * 64 + b"\x00"])
+def test_qname_from_wire_refuses_malformed(wire: bytes) -> None:
+    from blocklist.errors import InvalidURL
+
+    with pytest.raises(InvalidURL):
+        qname_from_wire(wire)
+
+
+# -- operate() with a stand-in for Unbound ----------------------------------------------
+
+
+class _FakeMessage:
+    """unboundmodule.DNSMessage as far as the glue uses it."""
+
+    built: list[_FakeMessage] = []
+
+    def __init__(self, name: str, rtype: int, rclass: int, flags: int) -> None:
+        self.name, self.answer = name, []
+        _FakeMessage.built.append(self)
+
+    def set_return_msg(self, qstate: object) -> bool:
+        qstate.return_msg = SimpleNamespace(rep=SimpleNamespace(security=0), message=self)
+        return True
+
+
+_FAKE_UB = SimpleNamespace(
+    MODULE_EVENT_NEW=0, MODULE_EVENT_PASS=1, MODULE_EVENT_MODDONE=5, MODULE_EVENT_ERROR=6,
+    MODULE_WAIT_MODULE=3, MODULE_FINISHED=5, MODULE_ERROR=4, RR_CLASS_IN=1,
+    PKT_QR=1, PKT_RA=2, PKT_AA=4, RCODE_NOERROR=0, RCODE_NXDOMAIN=3, DNSMessage=_FakeMessage,
+    invalidateQueryInCache=lambda qstate, qinfo: None)
+
+
+def _wire(name: str) -> bytes:
+    return b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+
+
+class _BrokenQinfo:
+    @property
+    def qname(self) -> bytes:
+        raise RuntimeError("a bug somewhere")
+
+
+@pytest.fixture
+def glue(live: LiveMatcher, monkeypatch: pytest.MonkeyPatch):
+    from resolver_plugin import unbound_module
+
+    monkeypatch.setattr(unbound_module, "ub", _FAKE_UB)
+    monkeypatch.setattr(unbound_module, "_stage", unbound_module._Stage(live.config, live))
+    _FakeMessage.built.clear()
+    return unbound_module
+
+
+def _qstate(name: str, qtype: int = RR_A, qinfo: object | None = None) -> SimpleNamespace:
+    qinfo = qinfo or SimpleNamespace(qname=_wire(name), qtype=qtype, qclass=1)
+    return SimpleNamespace(qinfo=qinfo, ext_state={}, return_msg=None, return_rcode=None)
+
+
+def test_operate_answers_listed_hosts(glue) -> None:
+    blocked = _qstate("www.blocked.example")
+    assert glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, blocked, {}) is True
+    assert (blocked.ext_state[0], blocked.return_rcode) == (_FAKE_UB.MODULE_FINISHED, _FAKE_UB.RCODE_NXDOMAIN)
+    assert blocked.return_msg.rep.security == 2
+    proxied = _qstate("pages.example")
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_PASS, proxied, {})
+    assert proxied.return_msg.message.answer == [f"pages.example. 30 IN A {PROXY}"]
+    qdata: dict = {}
+    passed = _qstate("good.example")
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, passed, qdata)
+    assert passed.ext_state[0] == _FAKE_UB.MODULE_WAIT_MODULE and passed.return_msg is None
+    assert qdata  # marked as a query we checked, for its answer
+
+
+def test_operate_never_raises(glue) -> None:
+    """The last guard: an unexpected error passes the query on and is counted."""
+    broken = _qstate("", qinfo=_BrokenQinfo())
+    broken.qinfo.qclass = 1
+    assert glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, broken, {}) is True
+    assert broken.ext_state[0] == _FAKE_UB.MODULE_WAIT_MODULE
+    answer = _qstate("", qinfo=_BrokenQinfo())
+    answer.return_msg = SimpleNamespace(rep=None)
+    assert glue.operate(0, _FAKE_UB.MODULE_EVENT_MODDONE, answer, {}) is True
+    assert answer.ext_state[0] == _FAKE_UB.MODULE_FINISHED
+    assert glue._stage.counts.errors == 2
+    malformed = _qstate("", qinfo=SimpleNamespace(qname=b"\x05ab", qtype=RR_A, qclass=1))
+    assert glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, malformed, {}) is True
+    assert malformed.ext_state[0] == _FAKE_UB.MODULE_WAIT_MODULE
+    assert glue._stage.counts.malformed == 1
+    error = _qstate("good.example")
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_ERROR, error, {})
+    assert error.ext_state[0] == _FAKE_UB.MODULE_ERROR  # the iterator failed: SERVFAIL, as without us
+
+
+# -- a real Unbound ---------------------------------------------------------------------
+
+
+def _free_port(*hosts: str) -> int:
+    """A TCP and UDP port free on every one of `hosts` (bounded tries)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        try:
+            for host in hosts:
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    with socket.socket(socket.AF_INET, kind) as s:
+                        s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port found")
+
+
+def _python_path() -> str:
+    """What Unbound's embedded python needs: our source, this venv's packages, Debian's unboundmodule."""
+    paths = [str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+             DEBIAN_DIST_PACKAGES]
+    return os.pathsep.join(dict.fromkeys(paths))
+
+
+def _check_embedded_python(unbound: str) -> None:
+    """Our compiled dependencies only load in the CPython version Unbound embeds."""
+    libs = subprocess.run(["ldd", unbound], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"libpython(\d+)\.(\d+)", libs)
+    if not Path(DEBIAN_DIST_PACKAGES, "unboundmodule.py").exists():
+        message = "python3-unbound is not installed (it ships unboundmodule.py)"
+    elif match is None:
+        message = f"{unbound} is not linked with libpython (built without --with-pythonmodule?)"
+    elif (int(match[1]), int(match[2])) != sys.version_info[:2]:
+        message = (f"Unbound embeds Python {match[1]}.{match[2]} but the tests run on "
+                   f"{sys.version_info[0]}.{sys.version_info[1]}: the venv's packages would not load")
+    else:
+        return
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@dataclass
+class Answer:
+    status: str
+    records: list[tuple[str, int, str, str]] = field(default_factory=list)  # name, ttl, type, data
+
+    @property
+    def data(self) -> list[str]:
+        return [r[3] for r in self.records]
+
+
+def dig(port: int, name: str, qtype: str = "A") -> Answer:
+    """What `dig` shows: the status and the answer section (name, ttl, type, data)."""
+    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(port), "+time=3", "+tries=1", "-q", name, "-t", qtype],
+                         capture_output=True, text=True, timeout=15).stdout
+    status = re.search(r"status: (\w+)", out)
+    assert status is not None, f"no answer from Unbound for {name!r}:\n{out}"
+    records, in_answer = [], False
+    for line in out.splitlines():
+        if line.startswith(";; ANSWER SECTION"):
+            in_answer = True
+        elif in_answer and not line.strip():
+            in_answer = False
+        elif in_answer:
+            owner, ttl, _cls, rtype, data = line.split(None, 4)
+            records.append((owner, int(ttl), rtype, data))
+    return Answer(status[1], records)
+
+
+class Unbound:
+    """One Unbound process in the foreground (-d), stopped by its PID."""
+
+    def __init__(self, directory: Path, name: str, config: str, env: dict[str, str] | None = None,
+                 **values: object) -> None:
+        self.dir, self.name = directory, name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = directory / f"{name}.conf"
+        self.log = directory / f"{name}.log"
+        self.port = _free_port("127.0.0.1")
+        self.conf.write_text(config.format(port=self.port, dir=directory, name=name, **values))
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> Unbound:
+        self.proc = subprocess.Popen([require_program("unbound"), "-d", "-c", str(self.conf)],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"unbound {self.name} exited {self.proc.returncode}:\n{self.output()}")
+            if "start of service" in self.log_text():
+                return self
+            time.sleep(0.05)
+        raise AssertionError(f"unbound {self.name} did not start within {timeout}s:\n{self.output()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def output(self) -> str:
+        err = ""
+        if self.proc is not None and self.proc.poll() is not None and self.proc.stderr:
+            err = self.proc.stderr.read().decode(errors="replace")
+        return self.log_text() + err
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+COMMON = """\
+server:
+  interface: 127.0.0.1
+  port: {port}
+  do-ip6: no
+  chroot: ""
+  username: ""
+  directory: "{dir}"
+  pidfile: "{dir}/{name}.pid"
+  use-syslog: no
+  logfile: "{dir}/{name}.log"
+  num-threads: 1
+"""
+
+INTERNET_CONF = COMMON + """\
+  module-config: "iterator"
+  local-zone: "." static
+  local-zone: "example." static
+""" + "".join(f'  local-data: "{h}. 3600 IN A {ORIGIN}"\n  local-data: "{h}. 3600 IN AAAA ::2"\n'
+              for h in INTERNET_HOSTS) + "".join(f"  local-data: {rr}\n" for rr in INTERNET_EXTRA) + """\
+remote-control:
+  control-enable: no
+"""
+
+RESOLVER_CONF = COMMON + """\
+  verbosity: {verbosity}
+  do-not-query-localhost: no
+  module-config: "{modules}"
+{extra}
+python:
+  python-script: "{script}"
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@{internet}
+remote-control:
+  control-enable: no
+"""
+
+
+@pytest.fixture(scope="module")
+def internet(tmp_path_factory: pytest.TempPathFactory):
+    require_program("dig")
+    server = Unbound(tmp_path_factory.mktemp("internet"), "internet", INTERNET_CONF).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_resolver(internet: Unbound, plugin: Plugin, tmp_path: Path):
+    """start_resolver(modules=..., extra=..., env=...) -> a running Unbound with our module."""
+    unbound = require_program("unbound")
+    require_program("dig")
+    _check_embedded_python(unbound)
+    started: list[Unbound] = []
+
+    def start(modules: str = "python iterator", extra: str = "", verbosity: int = 1,
+              env: dict[str, str] | None = None, wait: bool = True) -> Unbound:
+        environment = {"PYTHONPATH": _python_path(), "BLOCKLIST_PLUGIN_CONFIG": str(plugin.config_path)}
+        server = Unbound(tmp_path / f"resolver{len(started)}", "resolver", RESOLVER_CONF,
+                         {**environment, **(env or {})}, modules=modules, extra=extra, script=MODULE,
+                         internet=internet.port, verbosity=verbosity)
+        started.append(server)
+        return server.start() if wait else server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _wait_for(check, timeout: float = 10.0, interval: float = 0.2):
+    """Poll `check()` until it returns something truthy; bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() >= deadline:
+            return result
+        time.sleep(interval)
+
+
+@pytest.fixture
+def listed(hotline: Hotline, plugin: Plugin) -> Plugin:
+    _listed(hotline)
+    plugin.write_config(resolver=RESOLVER)
+    plugin.install_published()
+    return plugin
+
+
+@pytest.mark.parametrize("modules", ["python iterator", "validator python iterator"])
+def test_unbound_answers(listed: Plugin, start_resolver, modules: str) -> None:
+    resolver = start_resolver(modules=modules)
+    port = resolver.port
+
+    blocked = dig(port, "blocked.example")
+    assert (blocked.status, blocked.records) == ("NXDOMAIN", [])
+    assert dig(port, "x.www.blocked.example", "AAAA").status == "NXDOMAIN"
+
+    proxied = dig(port, "pages.example")
+    assert proxied.status == "NOERROR"
+    assert proxied.records == [("pages.example.", 30, "A", PROXY)]
+    nodata = dig(port, "pages.example", "AAAA")  # no proxy_address6 configured
+    assert (nodata.status, nodata.records) == ("NOERROR", [])
+
+    assert dig(port, "good.example").data == [ORIGIN]
+    assert dig(port, "good.example", "AAAA").data == ["::2"]
+    assert dig(port, "www.pages.example").data == [ORIGIN]
+    assert dig(port, "nowhere.example").status == "NXDOMAIN"  # the internet's own answer
+    assert resolver.alive
+    assert "blocked.example" not in resolver.log_text()
+
+
+def test_unbound_block_mode_address(hotline: Hotline, plugin: Plugin, start_resolver) -> None:
+    _listed(hotline)
+    plugin.write_config(resolver={**RESOLVER, "block_mode": "address", "block_address": "192.0.2.1",
+                                  "block_address6": "2001:db8::1", "proxy_address6": "fd00::3128"})
+    plugin.install_published()
+    port = start_resolver().port
+    assert dig(port, "www.blocked.example").records == [("www.blocked.example.", 30, "A", "192.0.2.1")]
+    assert dig(port, "blocked.example", "AAAA").data == ["2001:db8::1"]
+    assert dig(port, "pages.example", "AAAA").data == ["fd00::3128"]
+    mx = dig(port, "blocked.example", "MX")
+    assert (mx.status, mx.records) == ("NOERROR", [])
+
+
+def test_unbound_blocks_cname_to_listed_host(listed: Plugin, start_resolver) -> None:
+    port = start_resolver().port
+    assert dig(port, "chain.example").data == ["good.example.", ORIGIN]
+    for _ in range(2):  # the second answer must not come from the iterator's cache
+        answer = dig(port, "alias.example")
+        assert (answer.status, answer.records) == ("NXDOMAIN", [])
+
+
+def test_unbound_leaves_its_own_lookups_alone(listed: Plugin, start_resolver, internet: Unbound) -> None:
+    """A zone served by a listed host still resolves; clients still get NXDOMAIN for that host."""
+    stub = f'stub-zone:\n  name: "innocent.example"\n  stub-host: "ns1.blocked.example@{internet.port}"'
+    resolver = start_resolver(extra=stub)
+    assert dig(resolver.port, "www.innocent.example").data == [ORIGIN]
+    # the iterator looked ns1.blocked.example up for itself; no client gets that from the cache
+    assert dig(resolver.port, "ns1.blocked.example").status == "NXDOMAIN"
+    assert dig(resolver.port, "www.innocent.example").data == [ORIGIN]
+
+
+def test_unbound_hot_reload(hotline: Hotline, listed: Plugin, start_resolver) -> None:
+    """A newly listed host changes its answer without a restart; a removed one resolves again."""
+    resolver = start_resolver()
+    port, pid = resolver.port, resolver.proc.pid
+    assert dig(port, "blocked.example").status == "NXDOMAIN"
+
+    hotline.run("add", "http://late.example/", "--scope", "domain")
+    hotline.run("remove", "http://blocked.example/")
+    hotline.run("publish")
+    listed.install_published()
+
+    # asking before the reload would put late.example in the iterator's cache: wait for it
+    assert _wait_for(lambda: "enforcing default v2" in resolver.log_text(), timeout=10)
+    assert dig(port, "late.example").status == "NXDOMAIN"
+    assert dig(port, "blocked.example").data == [ORIGIN]  # synthesized answers are never cached
+    assert resolver.alive and resolver.proc.pid == pid
+
+
+def test_unbound_cached_answer_changes_within_cache_max_ttl(hotline: Hotline, listed: Plugin,
+                                                            start_resolver) -> None:
+    """A name the iterator has cached changes once the cache entry expires (cache-max-ttl)."""
+    port = start_resolver(extra="  cache-max-ttl: 2").port
+    assert dig(port, "cached.example").data == [ORIGIN]
+    hotline.run("add", "http://cached.example/", "--scope", "domain")
+    hotline.run("publish")
+    listed.install_published()
+    assert _wait_for(lambda: dig(port, "cached.example").status == "NXDOMAIN", timeout=10)
+
+
+def test_unbound_survives_malformed_names(listed: Plugin, start_resolver) -> None:
+    resolver = start_resolver()
+    port = resolver.port
+    huge = ".".join(["a" * 63] * 3 + ["b" * 61])
+    many = ".".join(["a"] * 120) + ".example"
+    for name in (huge, many, "a\\000b.good.example", "x\\.y.example", "\\255\\254\\000.example",
+                 "a\\047b.example", "-.example", "%2f.example", "\\000"):
+        for qtype in ("A", "AAAA", "TXT", "TYPE65"):
+            answer = dig(port, name, qtype)
+            assert answer.status in ("NOERROR", "NXDOMAIN", "SERVFAIL"), (name, answer)
+    assert dig(port, "a\\000b.blocked.example").status == "NXDOMAIN"
+    assert dig(port, "x\\.y.www.blocked.example").status == "NXDOMAIN"
+    assert dig(port, "good.example").data == [ORIGIN]
+    assert resolver.alive
+    assert "Traceback" not in resolver.log_text() and "unexpected" not in resolver.log_text()
+
+
+def test_unbound_survives_reload_signal(hotline: Hotline, listed: Plugin, start_resolver) -> None:
+    """SIGHUP re-initializes the module (and the embedded interpreter on Unbound 1.17)."""
+    resolver = start_resolver()
+    assert dig(resolver.port, "blocked.example").status == "NXDOMAIN"
+    for _ in range(2):
+        resolver.signal(signal.SIGHUP)
+        assert _wait_for(lambda: resolver.log_text().count("stage 1 ready") >= 2, timeout=10)
+        assert _wait_for(lambda: dig(resolver.port, "blocked.example").status == "NXDOMAIN", timeout=10)
+    assert dig(resolver.port, "pages.example").data == [PROXY]
+    # the restarted interpreter still verifies and loads a new version
+    hotline.run("add", "http://late.example/", "--scope", "domain")
+    hotline.run("publish")
+    listed.install_published()
+    assert _wait_for(lambda: "enforcing default v2" in resolver.log_text(), timeout=10)
+    assert dig(resolver.port, "late.example").status == "NXDOMAIN"
+    assert resolver.alive
+
+
+def test_unbound_debug_log_names_only_proxied_hosts(listed: Plugin, start_resolver) -> None:
+    resolver = start_resolver(verbosity=3)
+    port = resolver.port
+    assert dig(port, "blocked.example").status == "NXDOMAIN"
+    assert dig(port, "pages.example").data == [PROXY]
+    log = _wait_for(lambda: (t := resolver.log_text()) and "sent to the proxy" in t and t)
+    ours = [line for line in log.splitlines() if "blocklist:" in line]
+    assert any("pages.example" in line for line in ours)
+    assert not any("blocked.example" in line for line in ours)
+
+
+def test_unbound_counts_reach_metrics(listed: Plugin, start_resolver) -> None:
+    """Our counters land in cache_dir/metrics/ for the admin endpoint's /metrics (no URL, no host)."""
+    import json
+
+    from resolver_plugin.metrics import Tally
+
+    resolver = start_resolver()
+    assert dig(resolver.port, "blocked.example").status == "NXDOMAIN"
+    assert dig(resolver.port, "pages.example").data == [PROXY]
+    assert dig(resolver.port, "good.example").data == [ORIGIN]
+    resolver.stop()  # deinit writes the counters a last time
+    files = list((listed.dir / "cache" / "metrics").glob("*.json"))
+    assert len(files) == 1
+    text = files[0].read_text()
+    assert "example" not in text
+    tally = Tally.from_json(json.loads(text)["tally"])
+    assert tally.checks[("unbound", "host")] == 3
+    assert tally.blocks[("unbound", "default", "block")] == 1
+    assert tally.blocks[("unbound", "default", "proxy")] == 1
+
+
+def test_unbound_refuses_to_start_without_config(listed: Plugin, start_resolver, tmp_path: Path) -> None:
+    resolver = start_resolver(env={"BLOCKLIST_PLUGIN_CONFIG": str(tmp_path / "missing.yaml")}, wait=False)
+    with pytest.raises(AssertionError, match="exited"):
+        resolver.start()
+    assert "missing.yaml" in resolver.log_text()
+    assert "refusing to start unfiltered" in resolver.log_text()
+
+
+# -- end to end: Unbound, the proxy of stage 2 and an origin ---------------------------
+
+
+class _Origin(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []  # host header, path, via header
+        super().__init__(address, _OriginHandler)
+
+
+class _OriginHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.server.seen.append((self.headers.get("Host", ""), self.path, self.headers.get("Via")))
+        body = f"origin {self.headers.get('Host')}{self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+# The proxy needs a resolver of its own that is not stage 1 (else it would be sent
+# to itself): in this test, a static map of the "internet" in front of getaddrinfo.
+PROXY_LAUNCHER = """\
+import socket
+_hosts = {hosts!r}
+_getaddrinfo = socket.getaddrinfo
+def getaddrinfo(host, *args, **kwargs):
+    if isinstance(host, str):
+        host = _hosts.get(host.lower().rstrip("."), host)
+    return _getaddrinfo(host, *args, **kwargs)
+socket.getaddrinfo = getaddrinfo
+from resolver_plugin.cli import main
+main()
+"""
+
+
+def _http_get(address: str, port: int, host: str, path: str) -> tuple[int, str]:
+    """What a browser does after DNS: connect to the resolved address, origin-form, Host header."""
+    conn = http.client.HTTPConnection(address, port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": f"{host}:{port}", "User-Agent": "test-browser"})
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def _resolve(dns_port: int, host: str) -> str:
+    answer = dig(dns_port, host)
+    assert answer.status == "NOERROR" and answer.data, (host, answer)
+    return answer.data[-1]
+
+
+def test_end_to_end_with_proxy(hotline: Hotline, plugin: Plugin, start_resolver, tmp_path: Path) -> None:
+    _listed(hotline)
+    port = _free_port(PROXY, ORIGIN)  # the same port on the proxy and the origin, as port 80 would be
+    plugin.write_config(resolver=RESOLVER, proxy={"listen": f"{PROXY}:{port}"})
+    plugin.install_published()
+    dns_port = start_resolver().port
+
+    origin = _Origin((ORIGIN, port))
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    launcher = PROXY_LAUNCHER.format(hosts={h: ORIGIN for h in INTERNET_HOSTS})
+    proxy = subprocess.Popen([sys.executable, "-c", launcher, "-c", str(plugin.config_path), "proxy"],
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def proxy_up() -> bool:
+            assert proxy.poll() is None, proxy.stdout.read().decode(errors="replace")
+            with socket.socket() as s:
+                return s.connect_ex((PROXY, port)) == 0
+        assert _wait_for(proxy_up, timeout=15, interval=0.1), "the proxy did not start listening"
+
+        # a listed page: DNS sends the browser to the proxy, which blocks it
+        address = _resolve(dns_port, "pages.example")
+        assert address == PROXY
+        status, _body = _http_get(address, port, "pages.example", "/bad.html")
+        assert status == 451, f"{status}: the proxy must take origin-form requests with a Host header"
+        # another page on the same host: through the proxy to the origin
+        status, body = _http_get(address, port, "pages.example", "/fine.html")
+        assert (status, body) == (200, f"origin pages.example:{port}/fine.html")
+        # an unlisted host: straight to the origin, never through the proxy
+        address = _resolve(dns_port, "good.example")
+        assert address == ORIGIN
+        assert _http_get(address, port, "good.example", "/")[0] == 200
+        # a domain-listed host does not resolve at all
+        assert dig(dns_port, "blocked.example").status == "NXDOMAIN"
+
+        seen = {(h.split(":")[0], p): via for h, p, via in origin.seen}
+        assert ("pages.example", "/bad.html") not in seen
+        assert seen[("pages.example", "/fine.html")] is not None, "the proxy adds Via"
+        assert seen[("good.example", "/")] is None, "the unlisted host went through the proxy"
+    finally:
+        proxy.terminate()
+        try:
+            proxy.wait(10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait(5)
+        origin.shutdown()
+        origin.server_close()

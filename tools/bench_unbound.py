@@ -1,0 +1,364 @@
+"""Benchmark of stage 1: queries/s through Unbound with our module against Unbound without it.
+
+    python tools/bench_unbound.py                 # 100k-entry list, 15 s per run, best of 2
+    python tools/bench_unbound.py --quick --json  # 10k entries, 5 s, one run; JSON for tools/bench.py
+
+Everything runs on 127.0.0.1: an "internet" Unbound answers every name from
+local data (redirect zones), and the resolver under test forwards to it. The
+same resolver config runs three ways on the same query files: `iterator` alone
+(the baseline), `python iterator` with a no-op script (what Unbound's python
+bridge costs by itself) and `python iterator` with resolver_plugin/unbound_module.py.
+dnsperf (Debian package dnsperf) sends the queries.
+
+Three query mixes, each with `--listed` of the queries for listed hosts (page
+hosts get the proxy address, domain-listed ones NXDOMAIN), 30% AAAA:
+- `cached`: 1000 names over and over: Unbound answers from its cache, where no
+  module runs; only the listed queries (never cached) reach the module;
+- `zipf`: host names of tools/datagen.py's request stream (Zipf over popular
+  sites), after one unmeasured pass over the file has warmed the cache, as in a
+  running resolver: mostly cache hits, where no module runs, and a tail of misses;
+- `uncached`: a fresh name every query, so every query runs the module stack
+  twice (query and answer) and goes upstream: the module's worst case.
+The goal (issue 5) is a cost under 20% of the baseline's throughput. Reported
+per mode: raw queries/s (best run), and queries answered per CPU-second of the
+resolver process (best run), which is its throughput when it has a core to
+itself and barely moves when other work shares the machine; the cost is judged
+on the latter. The resolver runs one thread, pinned to the last CPU; dnsperf and
+the internet get the others. The resolver's caches are sized as an ISP's would be
+(msg 128 MB, rrset 256 MB): with Unbound's 4 MB default most of the zipf mix would
+be cache misses. Figures depend on the machine: record it with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from blocklist.format import key_id, public_key_text, read_manifest  # noqa: E402
+from blocklist.publish import publish  # noqa: E402
+from resolver_plugin.cache import Cache, ListState  # noqa: E402
+from tools.bench_core import build_home  # noqa: E402
+from tools.datagen import request_stream  # noqa: E402
+
+GOAL = 0.20
+ORIGIN = "127.0.0.2"
+PROXY = "127.0.0.1"
+DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+MODULE = ROOT / "resolver_plugin" / "unbound_module.py"
+NOOP_SCRIPT = """\
+def init_standard(id, env): return True
+def deinit(id): return True
+def inform_super(id, qstate, superqstate, qdata): return True
+def operate(id, event, qstate, qdata):
+    done = event not in (MODULE_EVENT_NEW, MODULE_EVENT_PASS)
+    qstate.ext_state[id] = MODULE_FINISHED if done else MODULE_WAIT_MODULE
+    return True
+"""
+
+COMMON = """\
+server:
+  interface: 127.0.0.1
+  port: {port}
+  do-ip6: no
+  chroot: ""
+  username: ""
+  directory: "{dir}"
+  pidfile: "{dir}/{name}.pid"
+  use-syslog: no
+  logfile: "{dir}/{name}.log"
+  verbosity: 1
+  num-threads: 1
+  local-zone: "test." nodefault
+"""
+INTERNET = COMMON + """\
+  module-config: "iterator"
+  local-zone: "." static
+  local-zone: "example." redirect
+  local-data: "example. 3600 IN A {origin}"
+  local-data: "example. 3600 IN AAAA ::2"
+  local-zone: "listed.test." redirect
+  local-data: "listed.test. 3600 IN A {origin}"
+  local-data: "listed.test. 3600 IN AAAA ::2"
+remote-control:
+  control-enable: no
+"""
+RESOLVER = COMMON + """\
+  do-not-query-localhost: no
+  msg-cache-size: 128m
+  rrset-cache-size: 256m
+  module-config: "{modules}"
+{python}forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@{upstream}
+remote-control:
+  control-enable: no
+"""
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (bounded tries)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def python_path() -> str:
+    """Unbound's embedded Python: our source, this venv's packages, then Debian's (unboundmodule)."""
+    venv = sysconfig.get_paths()
+    return os.pathsep.join(dict.fromkeys([str(ROOT), venv["purelib"], venv["platlib"], DEBIAN_DIST_PACKAGES]))
+
+
+class Server:
+    """One Unbound in the foreground, stopped by its PID."""
+
+    def __init__(self, folder: Path, name: str, template: str, env: dict[str, str], cpus: str | None,
+                 **values: Any) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log = folder / f"{name}.log"
+        for _ in range(10):  # a port taken between free_port() and Unbound's bind: try another
+            self.port = free_port()
+            conf = folder / f"{name}.conf"
+            conf.write_text(template.format(port=self.port, dir=folder, name=name, origin=ORIGIN, **values))
+            self.log.unlink(missing_ok=True)
+            pin = ["taskset", "-c", cpus] if cpus else []
+            self.proc = subprocess.Popen([*pin, shutil.which("unbound") or "/usr/sbin/unbound", "-d", "-c",
+                                          str(conf)], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE)
+            if self._started():
+                return
+            if "could not open ports" not in self._log():
+                break
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        raise RuntimeError(f"unbound {name} did not start:\n{(self._log() + err)[-2000:]}")
+
+    def _started(self) -> bool:
+        deadline = time.monotonic() + 60
+        while "start of service" not in self._log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _log(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the Unbound process so far, all threads (taskset execs it)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def build_plugin(folder: Path, entries: int) -> tuple[Path, list[tuple[str, str]]]:
+    """A published list of `entries` rows in a plugin cache, and plugin.yaml; returns (config, rows)."""
+    home, store, rows = build_home(folder / "home", entries, 1e-6)
+    publish(home, store, "bench")
+    store.close()
+    key = home.signing_key().public_key()
+    plugin = folder / "plugin"
+    plugin.mkdir()
+    (plugin / "hotline.pub").write_text(public_key_text(key))
+    config = plugin / "plugin.yaml"
+    config.write_text("source: http://127.0.0.1:9/\npublic_key_file: hotline.pub\nlists: [bench]\n"
+                      f"cache_dir: cache\nadmin: {{listen: null}}\nresolver: {{proxy_address: {PROXY}}}\n")
+    data = (home.publish_dir / "manifest.json").read_bytes()
+    ref = read_manifest(data, {key_id(key): key}).lists["bench"]
+    name = ref.snapshot.path.rsplit("/", 1)[1]
+    cache = Cache(plugin / "cache")
+    cache.write_list("bench", ListState(ref.version, ref.checksum, name, ()),
+                     {name: (home.publish_dir / ref.snapshot.path).read_bytes()})
+    cache.write_manifest(data)
+    return config, rows
+
+
+def listed_hosts(rows: list[tuple[str, str]]) -> list[str]:
+    """Hosts stage 1 acts on: hosts of page/folder entries and below domain entries."""
+    hosts = set()
+    for url, scope in rows:
+        host = url.split("/")[2]
+        hosts.add(f"www.{host}" if scope == "domain" else host)
+    return sorted(hosts)
+
+
+def write_queries(path: Path, mix: str, count: int, rows: list[tuple[str, str]], listed: float) -> None:
+    rng = random.Random(7)
+    targets = listed_hosts(rows)
+    names = (url.split("/")[2] for url in request_stream(count, [], listed_fraction=0.0))
+    with path.open("w") as out:
+        for i, host in enumerate(names):
+            if rng.random() < listed:
+                host = rng.choice(targets)
+            elif mix == "uncached":
+                host = f"q{i}.{host}"
+            elif mix == "cached":
+                host = f"n{i % 1000}.site1.example"
+            out.write(f"{host} {'AAAA' if rng.random() < 0.3 else 'A'}\n")
+
+
+def cpu_split() -> tuple[str | None, str | None]:
+    """The resolver under test gets the last CPU to itself; dnsperf and the internet the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or not shutil.which("taskset"):
+        return None, None
+    return str(cpus[-1]), ",".join(map(str, cpus[:-1]))
+
+
+def dnsperf(port: int, queries: Path, seconds: float, passes: int | None, cpus: str | None) -> dict[str, float]:
+    cmd = ["taskset", "-c", cpus] if cpus else []
+    cmd += ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", str(seconds),
+           "-c", "4", "-q", "200", "-t", "2"]
+    if passes:
+        cmd += ["-n", str(passes)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    qps = re.search(r"Queries per second:\s+([\d.]+)", out)
+    completed = re.search(r"Queries completed:\s+(\d+)", out)
+    lost = re.search(r"Queries lost:\s+(\d+)", out)
+    latency = re.search(r"Average Latency \(s\):\s+([\d.]+)", out)
+    if qps is None or completed is None:
+        raise RuntimeError(f"dnsperf printed no result:\n{out[-2000:]}")
+    return {"qps": float(qps[1]), "completed": int(completed[1]), "lost": int(lost[1]) if lost else -1,
+            "latency_ms": round(float(latency[1]) * 1000, 3) if latency else -1}
+
+
+def measure_mix(mix: str, queries: Path, args: argparse.Namespace, modes: dict[str, tuple[str, str]],
+                env: dict[str, str], upstream: int, folder: Path) -> dict[str, Any]:
+    """Every mode on one query file, `args.repeats` times interleaved; the best run of each kept."""
+    resolver_cpu, other_cpus = cpu_split()
+    figures: dict[str, Any] = {}
+    for repeat in range(args.repeats):
+        for mode, (modules, python) in modes.items():
+            server = Server(folder / f"{mix}-{mode}-{repeat}", "resolver", RESOLVER, env, resolver_cpu,
+                            modules=modules, python=python, upstream=upstream)
+            try:
+                if mix != "uncached":  # steady state of a running resolver: its cache is warm
+                    dnsperf(server.port, queries, args.seconds * 4, 1, other_cpus)
+                cpu = server.cpu_seconds()
+                got = dnsperf(server.port, queries, args.seconds, 1 if mix == "uncached" else None, other_cpus)
+                cpu = server.cpu_seconds() - cpu
+            finally:
+                server.stop()
+            got["per_cpu_s"] = round(got["completed"] / cpu) if cpu > 0 else 0
+            print(f"bench_unbound: {mix} {mode} run {repeat + 1}: {got['qps']:,.0f} q/s, "
+                  f"{got['per_cpu_s']:,} q per resolver CPU-second", file=sys.stderr)
+            best = figures.setdefault(mode, {"qps": 0.0, "per_cpu_s": 0, "runs": []})
+            best["runs"].append(got)
+            best["qps"] = max(best["qps"], got["qps"])
+            best["per_cpu_s"] = max(best["per_cpu_s"], got["per_cpu_s"])
+    base = figures["baseline"]
+    for mode in ("module", "noop_python"):
+        figures[f"{mode}_cost"] = round(1 - figures[mode]["per_cpu_s"] / base["per_cpu_s"], 4)
+        figures[f"{mode}_qps_cost"] = round(1 - figures[mode]["qps"] / base["qps"], 4)
+    return figures
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    missing = [p for p in ("unbound", "dnsperf") if not shutil.which(p) and not Path(f"/usr/sbin/{p}").exists()]
+    if not Path(DEBIAN_DIST_PACKAGES, "unboundmodule.py").exists():
+        missing.append("python3-unbound")
+    if missing:
+        return {"skipped": f"needs unbound, python3-unbound and dnsperf (missing: {', '.join(missing)})"}
+    resolver_cpu, other_cpus = cpu_split()
+    result: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")},
+        "entries": args.entries, "seconds": args.seconds, "repeats": args.repeats, "listed": args.listed,
+        "cpus": {"resolver": resolver_cpu, "dnsperf_and_internet": other_cpus}, "mixes": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        config, rows = build_plugin(tmp, args.entries)
+        (tmp / "noop.py").write_text(NOOP_SCRIPT)
+        env = {"PYTHONPATH": python_path(), "BLOCKLIST_PLUGIN_CONFIG": str(config)}
+        modes = {
+            "baseline": ("iterator", ""),
+            "noop_python": ("python iterator", f'python:\n  python-script: "{tmp / "noop.py"}"\n'),
+            "module": ("python iterator", f'python:\n  python-script: "{MODULE}"\n'),
+        }
+        internet = Server(tmp / "internet", "internet", INTERNET, {}, other_cpus)
+        try:
+            for mix in ("cached", "zipf", "uncached"):
+                queries = tmp / f"{mix}.txt"
+                count = int(args.seconds * args.max_qps) if mix == "uncached" else args.queries
+                write_queries(queries, mix, count, rows, args.listed)
+                result["mixes"][mix] = measure_mix(mix, queries, args, modes, env, internet.port, tmp)
+        finally:
+            internet.stop()
+    result["summary"] = {
+        f"Unbound capacity cost of stage 1, {mix} mix": {
+            "figure": f"{f['module_cost']:.1%} ({f['module']['per_cpu_s']:,} vs {f['baseline']['per_cpu_s']:,} "
+                      "q/CPU-s)",
+            "goal": f"< {GOAL:.0%}", "met": f["module_cost"] < GOAL}
+        for mix, f in result["mixes"].items()}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10k entries, 5 s runs, no repeat")
+    parser.add_argument("--json", action="store_true", help="print one JSON document (for tools/bench.py)")
+    parser.add_argument("--entries", type=int, default=None, help="list size (default 100000)")
+    parser.add_argument("--seconds", type=float, default=None, help="per run (default 15)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per mode, best kept (default 2)")
+    parser.add_argument("--listed", type=float, default=0.01, help="fraction of queries for listed hosts")
+    parser.add_argument("--queries", type=int, default=None, help="names in the zipf mix's file (200000)")
+    parser.add_argument("--max-qps", type=int, default=60_000, help="sizes the uncached file: seconds x this")
+    args = parser.parse_args()
+    args.entries = args.entries or (10_000 if args.quick else 100_000)
+    args.queries = args.queries or (100_000 if args.quick else 200_000)
+    args.seconds = args.seconds or (5.0 if args.quick else 15.0)
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+        return
+    if "skipped" in result:
+        print(f"skipped: {result['skipped']}")
+        return
+    print(f"{result['entries']:,}-entry list, {result['seconds']:g} s runs, best of {result['repeats']}, "
+          f"{result['listed']:.1%} listed queries")
+    print("queries answered per CPU-second of the resolver (its capacity), and raw queries/s:")
+    for mix, f in result["mixes"].items():
+        b, n, m = f["baseline"], f["noop_python"], f["module"]
+        print(f"  {mix:9} baseline {b['per_cpu_s']:>8,} q/CPU-s {b['qps']:>8,.0f} q/s | "
+              f"no-op python {n['per_cpu_s']:>8,} ({f['noop_python_cost']:.1%}) | "
+              f"stage 1 {m['per_cpu_s']:>8,} ({f['module_cost']:.1%}, goal < {GOAL:.0%}) {m['qps']:>8,.0f} q/s "
+              f"({f['module_qps_cost']:.1%})")
+
+
+if __name__ == "__main__":
+    main()
