@@ -25,7 +25,7 @@ of the rules shows up here):
 - IPv4-compatible (::a.b.c.d) and 6to4 IPv6 forms: other addresses on the wire.
 
 Parser differentials (the proxy must fetch what it checked) found here and
-fixed in the core; see docs/RELIABILITY-enforcement.md:
+fixed in the core; see docs/RELIABILITY.md:
 
 - userinfo hiding the host behind an escaped delimiter ("http://x%2F@host/p"):
   the spec's unescape-first split read "x" as the host while every HTTP client

@@ -26,7 +26,7 @@ Size: the full 1,000,000 entries and 1,000,000 unlisted URLs by default (about
 30 s of checks), since that is under the one-minute budget; `--soak` checks
 2,000,000 URLs against the same 1,000,000 entries. If the suite needs the time
 back, DEFAULT_SIZES = (100_000, 200_000) runs in 5 s. Measured figures are in
-docs/RELIABILITY-enforcement.md.
+docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
