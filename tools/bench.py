@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from blocklist.format import build_bloom, digest_array, key_id, read_snapshot  # noqa: E402
 from blocklist.matcher import ListFilter, Matcher  # noqa: E402
 from blocklist.publish import publish  # noqa: E402
-from tools.bench_core import build_home  # noqa: E402
+from tools.bench_core import build_home, install_plugin_cache  # noqa: E402
 from tools.datagen import request_stream  # noqa: E402
 
 OUT = ROOT / "tools" / "out"
@@ -88,7 +88,7 @@ def measure_list(n: int, checks: int, tmp: Path) -> dict[str, Any]:
     out["matcher_blocked"] = blocked
 
     # plugin memory: a fresh process loads the list from a plugin cache
-    cache_cfg = _plugin_cache(home, tmp / f"plugin-{n}")
+    cache_cfg = install_plugin_cache(home, tmp / f"plugin-{n}")
     probe = subprocess.run([sys.executable, "-c", RSS_PROBE, str(ROOT), str(cache_cfg)],
                            capture_output=True, text=True, check=True)
     loaded = json.loads(probe.stdout)
@@ -97,25 +97,6 @@ def measure_list(n: int, checks: int, tmp: Path) -> dict[str, Any]:
     out["plugin_rss_limit_mb"] = round((3 * out["snapshot_bytes"]) / 2**20 + 40, 1)
     store.close()
     return out
-
-
-def _plugin_cache(home: Any, folder: Path) -> Path:
-    from blocklist.format import public_key_text, read_manifest
-    from resolver_plugin.cache import Cache, ListState
-    folder.mkdir(parents=True)
-    key = home.signing_key().public_key()
-    (folder / "hotline.pub").write_text(public_key_text(key))
-    cfg = folder / "plugin.yaml"
-    cfg.write_text(f"source: http://127.0.0.1:9/\npublic_key_file: hotline.pub\nlists: [bench]\n"
-                   f"cache_dir: cache\nadmin: {{listen: null}}\n")
-    data = (home.publish_dir / "manifest.json").read_bytes()
-    ref = read_manifest(data, {key_id(key): key}).lists["bench"]
-    name = ref.snapshot.path.rsplit("/", 1)[1]
-    cache = Cache(folder / "cache")
-    cache.write_list("bench", ListState(ref.version, ref.checksum, name, ()),
-                     {name: (home.publish_dir / ref.snapshot.path).read_bytes()})
-    cache.write_manifest(data)
-    return cfg
 
 
 def measure_fp_rate(n: int, error_rate: float, probes: int) -> dict[str, Any]:

@@ -43,6 +43,26 @@ def build_home(root: Path, n: int, rate: float) -> tuple[Home, Store, list[tuple
     return home, store, rows
 
 
+def install_plugin_cache(home: Home, folder: Path, extra_yaml: str = "") -> Path:
+    """A plugin.yaml in `folder` trusting `home`'s key, with its published list "bench" in the cache."""
+    from blocklist.format import public_key_text, read_manifest
+    from resolver_plugin.cache import Cache, ListState
+    folder.mkdir(parents=True)
+    key = home.signing_key().public_key()
+    (folder / "hotline.pub").write_text(public_key_text(key))
+    config = folder / "plugin.yaml"
+    config.write_text("source: http://127.0.0.1:9/\npublic_key_file: hotline.pub\nlists: [bench]\n"
+                      "cache_dir: cache\nadmin: {listen: null}\n" + extra_yaml)
+    data = (home.publish_dir / "manifest.json").read_bytes()
+    ref = read_manifest(data, {key_id(key): key}).lists["bench"]
+    name = ref.snapshot.path.rsplit("/", 1)[1]
+    cache = Cache(folder / "cache")
+    cache.write_list("bench", ListState(ref.version, ref.checksum, name, ()),
+                     {name: (home.publish_dir / ref.snapshot.path).read_bytes()})
+    cache.write_manifest(data)
+    return config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=1_000_000)

@@ -44,10 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from blocklist.format import key_id, public_key_text, read_manifest  # noqa: E402
 from blocklist.publish import publish  # noqa: E402
-from resolver_plugin.cache import Cache, ListState  # noqa: E402
-from tools.bench_core import build_home  # noqa: E402
+from tools.bench_core import build_home, install_plugin_cache  # noqa: E402
 from tools.datagen import request_stream  # noqa: E402
 
 HELPER = "from resolver_plugin.cli import main; main()"
@@ -74,21 +72,7 @@ def build_plugin(folder: Path, entries: int) -> tuple[Path, list[tuple[str, str]
     home, store, rows = build_home(folder / "home", entries, 1e-6)
     publish(home, store, "bench")
     store.close()
-    key = home.signing_key().public_key()
-    plugin = folder / "plugin"
-    plugin.mkdir()
-    (plugin / "hotline.pub").write_text(public_key_text(key))
-    config = plugin / "plugin.yaml"
-    config.write_text("source: http://127.0.0.1:9/\npublic_key_file: hotline.pub\nlists: [bench]\n"
-                      "cache_dir: cache\nadmin: {listen: null}\n")
-    data = (home.publish_dir / "manifest.json").read_bytes()
-    ref = read_manifest(data, {key_id(key): key}).lists["bench"]
-    name = ref.snapshot.path.rsplit("/", 1)[1]
-    cache = Cache(plugin / "cache")
-    cache.write_list("bench", ListState(ref.version, ref.checksum, name, ()),
-                     {name: (home.publish_dir / ref.snapshot.path).read_bytes()})
-    cache.write_manifest(data)
-    return config, rows
+    return install_plugin_cache(home, folder / "plugin", ""), rows
 
 
 def build_squidguard(folder: Path, rows: list[tuple[str, str]], exe: str) -> tuple[Path, float]:
