@@ -268,7 +268,8 @@ def check(c: Context, url: str, list_name: str | None, as_json: bool) -> None:
     filters = []
     for info in infos:
         entries, hosts = c.store.digest_sets(info)
-        filters.append(ListFilter(info.name, c.store.last_published(info), info.salt, entries, hosts))
+        filters.append(ListFilter(info.name, c.store.last_published(info), info.salt, entries, hosts,
+                                  subtree_markers=True))
     verdict = Matcher(filters).check(url)
     matched: list[dict[str, Any]] = []
     if verdict.blocked:

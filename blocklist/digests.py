@@ -7,15 +7,20 @@ An entry is a canonical URL plus a scope. Its *key* is the text that is hashed:
     domain  host                          the host and all its subdomains
 
 Digests are SHA-256(salt || kind || 0x00 || key), truncated to DIGEST_SIZE bytes and
-read as a big-endian unsigned integer. `kind` is the scope's name in ASCII, or
-"host" for the stage-1 record "this host carries page or folder entries". The
-salt is per list, so digests of one list say nothing about another.
+read as a big-endian unsigned integer. `kind` is the scope's name in ASCII, "host"
+for the stage-1 record "this host carries page or folder entries", or "tree" for
+the subtree marker "this name, or a name below it, carries an entry". The salt is
+per list, so digests of one list say nothing about another.
 
 Two digest sets make a list (docs/FORMAT.md):
-    hosts    host digests of every host with page/folder entries, and domain digests
+    hosts    host digests of every host with page/folder entries, domain digests, and
+             a subtree marker for every suffix (down to two labels) of every listed host
     entries  page and folder digests
-A URL is looked up in `hosts` first (host suffixes and the exact host) and only
-goes on to `entries` when its host carries entries: most traffic stops there.
+A URL is looked up in `hosts` first and only goes on to `entries` when its host
+carries entries: most traffic stops there. The host lookup walks the host's
+suffixes shortest first and stops at the first one without a subtree marker, so an
+unlisted host costs one digest for its registered domain, and a fresh name under a
+known parent ("x1.cdn.example") none at all.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Scope(str, enum.Enum):
 
 
 HOST_KIND = b"host"
+TREE_KIND = b"tree"
 _KINDS = {Scope.PAGE: b"page", Scope.FOLDER: b"folder", Scope.DOMAIN: b"domain"}
 
 
@@ -114,3 +120,8 @@ def entry_keys(c: CanonicalURL) -> list[tuple[Scope, str]]:
 
 def kind_of(scope: Scope) -> bytes:
     return _KINDS[scope]
+
+
+def subtree_markers(salt: bytes, host: str) -> list[int]:
+    """The subtree markers a listed `host` (of any entry) puts in the host set: one per suffix."""
+    return [digest(salt, TREE_KIND, suffix) for suffix in host_suffixes(host)]

@@ -368,15 +368,16 @@ class Snapshot:
     entry_bloom: BloomFilter
     host_bloom: BloomFilter
     entries: array  # sorted page/folder digests
-    hosts: array    # sorted host and domain digests
+    hosts: array    # sorted host, domain and parent-marker digests
     counts: dict[str, int] = field(default_factory=dict)  # entries by scope, informational
+    subtree_markers: bool = False  # `hosts` holds subtree markers (blocklist.digests); publish sets it
 
 
 def write_snapshot(snap: Snapshot, private_key: Ed25519PrivateKey) -> bytes:
     header = {"type": "snapshot", "list": check_list_name(snap.list), "version": snap.version,
               "created": snap.created, "expires": snap.expires, "salt": snap.salt.hex(),
               "checksum": snap.checksum, "entries": len(snap.entries), "hosts": len(snap.hosts),
-              "counts": snap.counts, "digest_size": 8,
+              "counts": snap.counts, "digest_size": 8, "subtree_markers": snap.subtree_markers,
               "entry_bloom": _bloom_params(snap.entry_bloom),
               "host_bloom": _bloom_params(snap.host_bloom)}
     return _pack(KIND_SNAPSHOT, header, [
@@ -401,7 +402,8 @@ def read_snapshot(data: bytes, keys: Keyring, max_size: int = 2**31) -> Snapshot
         salt=salt, checksum=_field(header, "checksum", str, what),
         entry_bloom=_bloom_from(header.get("entry_bloom"), _section(sections, "entry_bloom", what), what),
         host_bloom=_bloom_from(header.get("host_bloom"), _section(sections, "host_bloom", what), what),
-        entries=entries, hosts=hosts, counts=_counts(header.get("counts", {}), what))
+        entries=entries, hosts=hosts, counts=_counts(header.get("counts", {}), what),
+        subtree_markers=_flag(header, "subtree_markers", what))
     if set_checksum(entries, hosts) != snap.checksum:
         raise ChecksumError(f"{what}: digest set does not match its checksum")
     return snap
@@ -412,6 +414,14 @@ def _hex(text: str, what: str) -> bytes:
         return bytes.fromhex(text)
     except ValueError:
         raise FormatError(f"{what}: bad hex value") from None
+
+
+def _flag(header: Mapping[str, Any], name: str, what: str) -> bool:
+    """An optional boolean header field; absent in files written before it existed."""
+    value = header.get(name, False)
+    if not isinstance(value, bool):
+        raise FormatError(f"{what}: {name} must be true or false")
+    return value
 
 
 def _counts(value: Any, what: str) -> dict[str, int]:
@@ -434,6 +444,7 @@ class Delta:
     entries_removed: array
     hosts_added: array
     hosts_removed: array
+    subtree_markers: bool = False  # the resulting host set holds subtree markers
 
     @property
     def changes(self) -> int:
@@ -447,7 +458,8 @@ _DELTA_SECTIONS = ("entries_added", "entries_removed", "hosts_added", "hosts_rem
 def write_delta(delta: Delta, private_key: Ed25519PrivateKey) -> bytes:
     header = {"type": "delta", "list": check_list_name(delta.list),
               "from_version": delta.from_version, "to_version": delta.to_version,
-              "created": delta.created, "checksum": delta.checksum}
+              "created": delta.created, "checksum": delta.checksum,
+              "subtree_markers": delta.subtree_markers}
     header.update({name: len(getattr(delta, name)) for name in _DELTA_SECTIONS})
     return _pack(KIND_DELTA, header,
                  [(name, _array_bytes(getattr(delta, name))) for name in _DELTA_SECTIONS],
@@ -465,7 +477,8 @@ def read_delta(data: bytes, keys: Keyring, max_size: int = 2**31) -> Delta:
                   from_version=_count(header, "from_version", what),
                   to_version=_count(header, "to_version", what),
                   created=_count(header, "created", what),
-                  checksum=_field(header, "checksum", str, what), **arrays)
+                  checksum=_field(header, "checksum", str, what),
+                  subtree_markers=_flag(header, "subtree_markers", what), **arrays)
     if delta.to_version <= delta.from_version:
         raise FormatError(f"{what}: to_version must be greater than from_version")
     return delta
@@ -480,7 +493,7 @@ def diff(list_name: str, old: Snapshot, new: Snapshot, created: int) -> Delta:
                  entries_added=digest_array(new_e - old_e),
                  entries_removed=digest_array(old_e - new_e),
                  hosts_added=digest_array(new_h - old_h),
-                 hosts_removed=digest_array(old_h - new_h))
+                 hosts_removed=digest_array(old_h - new_h), subtree_markers=new.subtree_markers)
 
 
 # ----------------------------------------------------------------------------- manifest

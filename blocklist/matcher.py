@@ -5,16 +5,18 @@ new one (`apply`), and shells swap a whole `Matcher` by reference, so a request
 is always answered by exactly one version of every list.
 
 Lookup order for a URL (see blocklist.digests for the keys):
-1. host level: the domain digests of every host suffix and the host digest of the
-   exact host, in the host Bloom filter; a hit is confirmed against the exact
-   sorted host digests. A confirmed domain digest blocks; no confirmed host
-   digest means the host carries nothing and the URL is allowed.
+1. host level, in the host Bloom filter, every hit confirmed against the exact
+   sorted host digests: the host's suffixes, the shortest first, each by its
+   subtree marker (absent: nothing is listed at or below it, the URL is allowed)
+   and its domain digest (present: blocked); then the exact host's host digest
+   (absent: the host carries nothing, the URL is allowed).
 2. entry level, only for hosts that carry entries: page and folder digests, in
    the entry Bloom filter, confirmed against the exact entry digests.
 A Bloom hit that the exact digests refute never blocks; it is counted.
 A URL whose escaped "?" the spec reads as the query start is also checked as a
 server reads it (blocklist.urls.server_view), on hosts that carry entries.
-The host-level answer depends only on the host, so it is cached per filter; and
+The host-level answer depends only on the host, so it is cached per filter, and so
+are its suffixes' answers (a fresh name under a known parent costs dict lookups); and
 a plain URL authority ("www.example.com:8080") whose host no list names is
 remembered per Matcher, so most traffic is answered without canonicalizing.
 """
@@ -30,7 +32,7 @@ from typing import Iterable
 
 from pybloom_live import BloomFilter
 
-from blocklist.digests import HOST_KIND, Scope, domain_keys, entry_keys, kind_of
+from blocklist.digests import TREE_KIND, HOST_KIND, Scope, domain_keys, entry_keys, kind_of
 from blocklist.errors import ChecksumError, FormatError
 from blocklist.format import (
     Delta, Snapshot, bloom_key, contains, grow_bloom, merge_sorted, set_checksum,
@@ -79,6 +81,11 @@ class HostVerdict:
 
 ALLOWED = Verdict(False)
 HOST_PASS = HostVerdict(HostAction.PASS)
+_PASS: tuple[HostAction, Scope | None] = (HostAction.PASS, None)
+_PROXY: tuple[HostAction, Scope | None] = (HostAction.PROXY, None)
+_BLOCK_DOMAIN: tuple[HostAction, Scope | None] = (HostAction.BLOCK, Scope.DOMAIN)
+# What a host suffix says (ListFilter._suffix): nothing at or below it, listed whole, or neither.
+_CLEAR, _LISTED, _MARKED = "clear", "listed", "marked"
 
 
 class ListFilter:
@@ -86,21 +93,26 @@ class ListFilter:
 
     def __init__(self, name: str, version: int, salt: bytes, entries: array, hosts: array,
                  entry_bloom: BloomFilter | None = None, host_bloom: BloomFilter | None = None,
-                 created: int = 0, expires: int = 0, checksum: str | None = None) -> None:
+                 created: int = 0, expires: int = 0, checksum: str | None = None,
+                 subtree_markers: bool = False) -> None:
         self.name, self.version, self.salt = name, version, salt
+        # hosts holds subtree markers: a name without one has nothing listed at or below it
+        self.subtree_markers = subtree_markers
         self.entries, self.hosts = entries, hosts
         self.entry_bloom, self.host_bloom = entry_bloom, host_bloom
         self.created, self.expires = created, expires
         self.checksum = checksum if checksum is not None else set_checksum(entries, hosts)
         self._base = hashlib.sha256(salt)
         self._host_cache: dict[str, tuple[HostAction, Scope | None]] = {}
+        self._suffix_cache: dict[str, str] = {}
         self.bloom_confirmed = 0
         self.bloom_refuted = 0
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> ListFilter:
         return cls(snap.list, snap.version, snap.salt, snap.entries, snap.hosts,
-                   snap.entry_bloom, snap.host_bloom, snap.created, snap.expires, snap.checksum)
+                   snap.entry_bloom, snap.host_bloom, snap.created, snap.expires, snap.checksum,
+                   snap.subtree_markers)
 
     def apply(self, delta: Delta) -> ListFilter:
         """A new filter at `delta.to_version`; raises if the delta does not fit this one."""
@@ -120,7 +132,7 @@ class ListFilter:
         if host_bloom is not None and delta.hosts_added:
             host_bloom = grow_bloom(host_bloom, delta.hosts_added)
         return ListFilter(self.name, delta.to_version, self.salt, entries, hosts, entry_bloom,
-                          host_bloom, delta.created, self.expires, checksum)
+                          host_bloom, delta.created, self.expires, checksum, delta.subtree_markers)
 
     def __len__(self) -> int:
         return len(self.entries) + len(self.hosts)
@@ -141,22 +153,61 @@ class ListFilter:
         return False
 
     def host_stage(self, host: str) -> tuple[HostAction, Scope | None]:
-        """The host-level answer for a canonical host (cached)."""
+        """The host-level answer for a canonical host (cached, and so are its parents' answers)."""
         cached = self._host_cache.get(host)
-        if cached is not None:
-            return cached
-        result: tuple[HostAction, Scope | None] = (HostAction.PASS, None)
-        for suffix in domain_keys(host):
-            if self._member(self.host_bloom, self.hosts, self._digest(_DOMAIN, suffix)):
-                result = (HostAction.BLOCK, Scope.DOMAIN)
-                break
-        else:
-            if self._member(self.host_bloom, self.hosts, self._digest(HOST_KIND, host)):
-                result = (HostAction.PROXY, None)
-        if len(self._host_cache) >= HOST_CACHE_SIZE:
-            self._host_cache.clear()
-        self._host_cache[host] = result
-        return result
+        if cached is None:
+            cached = self._host_answer(host)
+            if len(self._host_cache) >= HOST_CACHE_SIZE:
+                self._host_cache.clear()
+            self._host_cache[host] = cached
+        return cached
+
+    def _host_answer(self, host: str) -> tuple[HostAction, Scope | None]:
+        # The suffixes, the shortest first: one listed whole blocks; one without a subtree
+        # marker has nothing at or below it, so the host passes. The walk's steps are
+        # cached, so a fresh name under a known parent costs no digest.
+        suffixes = domain_keys(host)
+        for parent in suffixes[:0:-1]:
+            state = self._suffix(parent)
+            if state is not _MARKED:
+                return _PASS if state is _CLEAR else _BLOCK_DOMAIN
+        if self.subtree_markers and not self._member(self.host_bloom, self.hosts, self._digest(TREE_KIND, host)):
+            return _PASS
+        if self._member(self.host_bloom, self.hosts, self._digest(_DOMAIN, host)):
+            return _BLOCK_DOMAIN
+        if self._member(self.host_bloom, self.hosts, self._digest(HOST_KIND, host)):
+            return _PROXY
+        return _PASS
+
+    def clear_suffix(self, host: str) -> str | None:
+        """The shortest suffix of the canonical `host` with nothing listed at or below it, if any.
+
+        Every name below that suffix passes the host stage. None when the subtree
+        markers do not show one (or a suffix is listed whole).
+        """
+        for name in domain_keys(host)[::-1]:
+            if "." not in name and not name.startswith("["):
+                return None  # markers stop at two labels: one label's has no word on names below it
+            state = self._suffix(name)
+            if state is not _MARKED:
+                return name if state is _CLEAR else None
+        return None
+
+    def _suffix(self, name: str) -> str:
+        """_CLEAR (nothing at or below `name`), _LISTED (listed whole) or _MARKED (cached)."""
+        state = self._suffix_cache.get(name)
+        if state is None:
+            if self.subtree_markers and not self._member(self.host_bloom, self.hosts,
+                                                         self._digest(TREE_KIND, name)):
+                state = _CLEAR
+            elif self._member(self.host_bloom, self.hosts, self._digest(_DOMAIN, name)):
+                state = _LISTED
+            else:
+                state = _MARKED
+            if len(self._suffix_cache) >= HOST_CACHE_SIZE:
+                self._suffix_cache.clear()
+            self._suffix_cache[name] = state
+        return state
 
     def check_canonical(self, url: CanonicalURL) -> Scope | None:
         """The scope of the entry that covers `url`, or None."""
@@ -228,6 +279,13 @@ class Matcher:
             if alternative is not None:
                 return self.check(alternative)
         return ALLOWED
+
+    def clear_suffix(self, host: str) -> str | None:
+        """A suffix of the canonical `host` below which every name passes stage 1 in every list."""
+        found = [f.clear_suffix(host) for f in self.filters]
+        if not found or None in found:
+            return None
+        return max(found, key=len)  # suffixes of one host: the longest is below all the others
 
     def check_host(self, host: str) -> HostVerdict:
         """Stage 1: BLOCK a host listed whole, PROXY one that carries entries, else PASS."""

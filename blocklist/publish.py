@@ -55,7 +55,7 @@ def compile_snapshot(info: ListInfo, entries: array, hosts: array, counts: dict[
                     checksum=set_checksum(entries, hosts),
                     entry_bloom=build_bloom(entries, info.error_rate),
                     host_bloom=build_bloom(hosts, info.error_rate),
-                    entries=entries, hosts=hosts, counts=counts)
+                    entries=entries, hosts=hosts, counts=counts, subtree_markers=True)
 
 
 def current_manifest(home: Home, key: Ed25519PrivateKey) -> Manifest | None:
@@ -98,7 +98,9 @@ def _compile(home: Home, store: Store, info: ListInfo, before: ListRef | None, k
     if before is not None and (home.publish_dir / before.snapshot.path).exists():
         old = read_snapshot((home.publish_dir / before.snapshot.path).read_bytes(), keys)
     counts = store.count(info)
-    if old is not None and store.last_published(info) == before.version:
+    # The journal path needs a previous snapshot of the current layout; one written
+    # before subtree markers existed is recompiled in full (its delta adds them).
+    if old is not None and old.subtree_markers and store.last_published(info) == before.version:
         e_add, e_rem, h_add, h_rem = _changes(store, info, old)
         if not (e_add or e_rem or h_add or h_rem):
             return None
@@ -109,8 +111,9 @@ def _compile(home: Home, store: Store, info: ListInfo, before: ListRef | None, k
                         checksum=set_checksum(entries, hosts),
                         entry_bloom=_grown_bloom(old.entry_bloom, e_add, entries, info.error_rate),
                         host_bloom=_grown_bloom(old.host_bloom, h_add, hosts, info.error_rate),
-                        entries=entries, hosts=hosts, counts=counts)
-        return snap, Delta(info.name, old.version, version, now, snap.checksum, e_add, e_rem, h_add, h_rem)
+                        entries=entries, hosts=hosts, counts=counts, subtree_markers=True)
+        return snap, Delta(info.name, old.version, version, now, snap.checksum, e_add, e_rem, h_add, h_rem,
+                           subtree_markers=True)
     progress(f"compiling {info.name} ({sum(counts.values())} entries)")
     entries, hosts = store.digest_sets(info)
     if before is not None and before.checksum == set_checksum(entries, hosts):

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from blocklist.digests import Entry, Scope, entry_digests
+from blocklist.digests import Entry, Scope, entry_digests, subtree_markers
 from blocklist.errors import StoreError
 from blocklist.format import check_list_name, FormatError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the subtrees table
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS lists (
@@ -68,6 +68,14 @@ CREATE TABLE IF NOT EXISTS touched (
     kind TEXT NOT NULL CHECK (kind IN ('entry', 'host')),
     value BLOB NOT NULL,
     PRIMARY KEY (list_id, kind, value)
+) WITHOUT ROWID;
+-- Subtree markers (blocklist.digests.subtree_markers): how many entries put each one in
+-- the host set; a marker is published while its count is above zero.
+CREATE TABLE IF NOT EXISTS subtrees (
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    digest BLOB NOT NULL,
+    entries INTEGER NOT NULL CHECK (entries >= 0),
+    PRIMARY KEY (list_id, digest)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS publications (
     list_id INTEGER NOT NULL REFERENCES lists(id),
@@ -130,8 +138,25 @@ class Store:
             self.db.executescript(SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                             (str(SCHEMA_VERSION),))
+            version = int(self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the store: {exc}") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path}: store schema {version} is newer than this blocklist "
+                             f"understands ({SCHEMA_VERSION}); upgrade blocklist")
+        if version < SCHEMA_VERSION:
+            self._upgrade(version)
+
+    def _upgrade(self, version: int) -> None:
+        """Bring a store of an older schema up to date, in one transaction (audited)."""
+        with self.transaction():
+            if version < 2:  # subtree markers: count them from the entries already listed
+                salts = dict(self.db.execute("SELECT id, salt FROM lists"))
+                for list_id, scope, key in self.db.execute("SELECT list_id, scope, key FROM entries").fetchall():
+                    host = key if scope == Scope.DOMAIN.value else key[:key.index("/")]
+                    self._count_markers(list_id, subtree_markers(salts[list_id], host), 1)
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            self.audit("blocklist", "upgrade-store", "", {"from": version, "to": SCHEMA_VERSION})
 
     def close(self) -> None:
         self.db.close()
@@ -225,8 +250,10 @@ class Store:
                  actor, now, reason, ref))
             if cur.rowcount:
                 added += 1
+                markers = subtree_markers(info.salt, entry.host)
+                self._count_markers(info.id, markers, 1)
                 if journal:
-                    self._touch(info, digest, host_digest)
+                    self._touch(info, digest, host_digest, markers)
                 if not source:
                     self.audit(actor, "add", info.name, {"scope": entry.scope.value, "url": entry.url,
                                                         "reason": reason, "ref": ref})
@@ -237,17 +264,28 @@ class Store:
                                                     "already_listed": already})
         return added, already
 
-    def _touch(self, info: ListInfo, digest: int | None, host_digest: int) -> None:
+    def _touch(self, info: ListInfo, digest: int | None, host_digest: int, markers: list[int]) -> None:
         if digest is not None:
             self.db.execute("INSERT OR IGNORE INTO touched VALUES (?, 'entry', ?)", (info.id, _blob(digest)))
-        self.db.execute("INSERT OR IGNORE INTO touched VALUES (?, 'host', ?)", (info.id, _blob(host_digest)))
+        self.db.executemany("INSERT OR IGNORE INTO touched VALUES (?, 'host', ?)",
+                            [(info.id, _blob(v)) for v in (host_digest, *markers)])
+
+    def _count_markers(self, list_id: int, markers: list[int], step: int) -> None:
+        rows = [(list_id, _blob(v)) for v in markers]
+        if step > 0:
+            self.db.executemany("INSERT INTO subtrees VALUES (?, ?, 1) "
+                                "ON CONFLICT DO UPDATE SET entries = entries + 1", rows)
+        else:
+            self.db.executemany("UPDATE subtrees SET entries = entries - 1 WHERE list_id = ? AND digest = ?", rows)
 
     def remove_entry(self, info: ListInfo, entry: Entry, actor: str) -> bool:
         cur = self.db.execute("DELETE FROM entries WHERE list_id = ? AND scope = ? AND key = ?",
                               (info.id, entry.scope.value, entry.key))
         if cur.rowcount:
+            markers = subtree_markers(info.salt, entry.host)
+            self._count_markers(info.id, markers, -1)
             if self.last_published(info) > 0:
-                self._touch(info, *entry_digests(info.salt, entry))
+                self._touch(info, *entry_digests(info.salt, entry), markers)
             self.audit(actor, "remove", info.name, {"scope": entry.scope.value, "url": entry.url})
         return bool(cur.rowcount)
 
@@ -273,6 +311,8 @@ class Store:
             if digest is not None:
                 entries.add(int.from_bytes(digest, "big"))
             hosts.add(int.from_bytes(host_digest, "big"))
+        for (marker,) in self.db.execute("SELECT digest FROM subtrees WHERE list_id = ? AND entries > 0", (info.id,)):
+            hosts.add(int.from_bytes(marker, "big"))
         return array("Q", sorted(entries)), array("Q", sorted(hosts))
 
     def touched_changes(self, info: ListInfo) -> tuple[dict[int, bool], dict[int, bool]]:
@@ -288,8 +328,10 @@ class Store:
                                           (info.id, value)).fetchone()
                 entries[int.from_bytes(value, "big")] = present is not None
             else:
-                present = self.db.execute("SELECT 1 FROM entries WHERE list_id = ? AND host_digest = ? LIMIT 1",
-                                          (info.id, value)).fetchone()
+                present = self.db.execute(
+                    "SELECT 1 FROM entries WHERE list_id = ? AND host_digest = ? UNION ALL "
+                    "SELECT 1 FROM subtrees WHERE list_id = ? AND digest = ? AND entries > 0 LIMIT 1",
+                    (info.id, value, info.id, value)).fetchone()
                 hosts[int.from_bytes(value, "big")] = present is not None
         return entries, hosts
 

@@ -132,6 +132,11 @@ def canonicalize(url: str) -> CanonicalURL:
     return fast if fast is not None else _canonicalize_slow(url)
 
 
+def is_canonical_name(host: str) -> bool:
+    """Whether `host` is a DNS name that canonicalize_host returns unchanged (not an IP form)."""
+    return _FAST_HOST_RE.fullmatch(host) is not None
+
+
 def canonicalize_host(host: str) -> str:
     """Return the canonical form of a bare host (DNS name, "host:port", "[v6]:port")."""
     if len(host) > MAX_URL_LENGTH:

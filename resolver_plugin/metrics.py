@@ -110,51 +110,47 @@ _bloom_seen: dict[int, tuple[weakref.ref, int, int]] = {}  # id(filter) -> (filt
 _watched: list[weakref.ref] = []
 
 
-def _latency(component: str, seconds: float) -> None:
+def _count(component: str, kind: str, count: int, seconds: float) -> None:
+    """`count` checks of `kind` that took `seconds` together, each recorded with their mean
+    latency (a batch costs one lock and one bisect); call with _lock held."""
+    global _changes
+    _changes += count
+    _tally.checks[(component, kind)] += count
     values = _tally.latency.get(component)
     if values is None:
         values = _tally.latency[component] = [0.0] * (len(BUCKETS) + 2)
-    values[bisect_left(BUCKETS, seconds)] += 1
+    values[bisect_left(BUCKETS, seconds / count)] += count
     values[-1] += seconds
 
 
 def observe_check(component: str, verdict: Verdict, seconds: float) -> None:
-    global _changes
     with _lock:
-        _changes += 1
-        _tally.checks[(component, "url")] += 1
-        _latency(component, seconds)
+        _count(component, "url", 1, seconds)
         if verdict.blocked:
             _tally.blocks[(component, verdict.list or "", "block")] += 1
 
 
 def observe_checks(component: str, count: int, blocks: Mapping[str, int], seconds: float) -> None:
-    """A batch of `count` URL checks that took `seconds` together (the Squid helper's hot loop).
-
-    Each check is recorded with the batch's mean latency: one lock and one bisect per
-    batch instead of per line.
-    """
-    global _changes
+    """A batch of `count` URL checks that took `seconds` together (the Squid helper's hot loop)."""
     if count <= 0:
         return
     with _lock:
-        _changes += count
-        _tally.checks[(component, "url")] += count
-        values = _tally.latency.get(component)
-        if values is None:
-            values = _tally.latency[component] = [0.0] * (len(BUCKETS) + 2)
-        values[bisect_left(BUCKETS, seconds / count)] += count
-        values[-1] += seconds
+        _count(component, "url", count, seconds)
         for name, n in blocks.items():
             _tally.blocks[(component, name, "block")] += n
 
 
-def observe_host_check(component: str, verdict: HostVerdict, seconds: float) -> None:
-    global _changes
+def observe_host_passes(component: str, count: int, seconds: float) -> None:
+    """A batch of `count` host checks that passed, taking `seconds` together (Unbound's quick path)."""
+    if count <= 0:
+        return
     with _lock:
-        _changes += 1
-        _tally.checks[(component, "host")] += 1
-        _latency(component, seconds)
+        _count(component, "host", count, seconds)
+
+
+def observe_host_check(component: str, verdict: HostVerdict, seconds: float) -> None:
+    with _lock:
+        _count(component, "host", 1, seconds)
         if verdict.list is not None:
             _tally.blocks[(component, verdict.list, verdict.action.value)] += 1
 

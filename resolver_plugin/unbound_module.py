@@ -31,6 +31,12 @@ a control byte, ...) cannot be part of a host a URL names: such a name is
 checked by the part right of its last odd label, so that ``x\\000.bad.example``
 is blocked like ``bad.example``, and otherwise resolves normally.
 
+Most queries take a quick path: the name's ancestors (as wire-format bytes) are
+looked up among the names the lists' subtree markers showed to have nothing listed at
+or below them (docs/FORMAT.md); a hit passes the query without decoding the name or
+computing a digest. The set is learnt as queries pass and belongs to one version of
+the lists: a reload starts a new one.
+
 The hot path is the in-memory matcher only: a thread of ours reloads the cache
 out of band (LiveMatcher.maybe_reload), and LiveMatcher is built with an
 infinite check interval so that a lookup never stats a file. (Not
@@ -72,6 +78,7 @@ if ub is not None:
 try:
     from blocklist.errors import BlocklistError, ConfigError, InvalidURL
     from blocklist.matcher import HOST_PASS, HostAction, HostVerdict
+    from blocklist.urls import is_canonical_name
     from resolver_plugin import metrics
     from resolver_plugin.cache import LiveMatcher
     from resolver_plugin.config import PluginConfig, ResolverConfig, load_config
@@ -87,6 +94,7 @@ RELOAD_INTERVAL = 1.0      # seconds between checks of the cache's generation fi
 STATS_INTERVAL = 3600.0    # seconds between the counters' log lines
 JOIN_TIMEOUT = 10.0        # seconds deinit waits for a reload in progress
 MAX_CHAIN = 16             # answer RRsets checked for a listed CNAME target
+CLEAR_CACHE_SIZE = 65536   # clear names remembered for the quick path (cleared when full)
 _CHECKED = "blocklist-checked"  # in Unbound's per-query dict: we saw this query arrive
 
 RR_A, RR_AAAA, RR_SVCB, RR_HTTPS, RR_ANY = 1, 28, 64, 65, 255
@@ -231,6 +239,12 @@ class _Stage:
         self.config, self.live = config, live
         self.counts = _Counts()
         self.debug = log.isEnabledFor(logging.DEBUG)
+        # Names (lowercased wire format) with nothing listed at or below them, and the
+        # matcher they were found with; replaced as one tuple when the matcher changes.
+        self._clear: tuple[object, set[bytes]] = (None, set())
+        self.quick = 0            # queries passed by quick_pass()
+        self.quick_seconds = 0.0  # and the time they took, flushed to /metrics out of band
+        self._quick_flushed = (0, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._reload_loop, name="blocklist-unbound-reload",
                                         daemon=True)
@@ -243,6 +257,7 @@ class _Stage:
         self._thread.join(JOIN_TIMEOUT)
         if self._thread.is_alive():
             log.warning("reload thread still busy after %.0f s; leaving it", JOIN_TIMEOUT)
+        self.flush_quick()
         self.log_counts()
 
     def _reload_loop(self) -> None:
@@ -252,9 +267,51 @@ class _Stage:
                 self.live.maybe_reload()
             except Exception:  # noqa: BLE001 - the reload thread must survive anything
                 log.exception("cache reload failed; keeping the current lists")
+            self.flush_quick()
             if time.monotonic() >= next_stats:
                 next_stats += STATS_INTERVAL
                 self.log_counts()
+
+    def flush_quick(self) -> None:
+        """Record the quick passes since the last flush in /metrics (one batch)."""
+        count, seconds = self.quick, self.quick_seconds
+        done, done_seconds = self._quick_flushed
+        self._quick_flushed = (count, seconds)
+        metrics.observe_host_passes(COMPONENT, count - done, seconds - done_seconds)
+
+    def quick_pass(self, wire: bytes) -> bool:
+        """Whether a query name (lowercased wire format) passes, known without decide().
+
+        Yes when one of its ancestors was found clear (nothing listed at or below it)
+        with the matcher in force now, or when the matcher's subtree markers show
+        that now: then the shortest such suffix is remembered for its other names.
+        Either way the answer decide() would give; no means "ask decide()".
+        """
+        owner, clear = self._clear
+        matcher = self.live.matcher
+        if owner is matcher:
+            tail, n = wire, wire[0]
+            while 0 < n < 64:
+                tail = tail[n + 1:]
+                if tail in clear:
+                    return True
+                n = tail[0] if tail else 0
+        elif matcher:
+            self._clear = (matcher, clear := set())
+        else:
+            return False
+        try:
+            name = qname_from_wire(wire)[:-1]
+        except InvalidURL:
+            return False  # decide() counts it as malformed
+        # Only a name the slow path reads unchanged (canonical, not an IP address).
+        suffix = matcher.clear_suffix(name) if is_canonical_name(name) else None
+        if suffix is None:
+            return False
+        if len(clear) >= CLEAR_CACHE_SIZE:
+            clear.clear()
+        clear.add(wire[len(wire) - len(suffix) - 2:])  # the suffix's own wire form
+        return True
 
     def bloom_refuted(self) -> int:
         return sum(f.bloom_refuted for f in self.live.matcher.filters)
@@ -366,9 +423,18 @@ def _on_query(id: int, qstate: object, qdata: object) -> None:
     if stage is None or qinfo.qclass != ub.RR_CLASS_IN:
         qstate.ext_state[id] = ub.MODULE_WAIT_MODULE
         return
+    started = time.perf_counter()
     stage.counts.queries += 1
+    wire = qinfo.qname
+    if stage.quick_pass(wire.lower()):  # ASCII letters only; length bytes (<= 63) are never letters
+        if isinstance(qdata, dict):
+            qdata[_CHECKED] = True
+        qstate.ext_state[id] = ub.MODULE_WAIT_MODULE
+        stage.quick += 1
+        stage.quick_seconds += time.perf_counter() - started
+        return
     try:
-        qname = qname_from_wire(qinfo.qname)
+        qname = qname_from_wire(wire)
         decision = stage.decide(qname, qinfo.qtype)
     except BlocklistError:
         stage.counts.malformed += 1

@@ -39,6 +39,32 @@ def test_empty_snapshot_round_trip() -> None:
     assert len(back.entries) == 0 and len(back.hosts) == 0
 
 
+def _repacked(data: bytes, kind: bytes, **changes: object) -> bytes:
+    """`data` re-signed with header fields changed (None: removed), as another writer could."""
+    from blocklist.format import _pack, _unpack
+    header, sections = _unpack(data, kind, KEYS, 2**31, "test")
+    header = {k: v for k, v in dict(header, **changes).items() if v is not None}
+    del header["key_id"], header["sections"]
+    return _pack(kind, header, list(sections.items()), KEY)
+
+
+def test_subtree_markers_flag_round_trips_and_defaults_to_absent() -> None:
+    from dataclasses import replace
+    from blocklist.format import KIND_DELTA, KIND_SNAPSHOT
+    old, new = make_snapshot(1, [1], [10]), replace(make_snapshot(2, [1], [10, 11]), subtree_markers=True)
+    assert read_snapshot(write_snapshot(new, KEY), KEYS).subtree_markers is True
+    assert read_snapshot(write_snapshot(old, KEY), KEYS).subtree_markers is False
+    delta = diff("iwf", old, new, 5)
+    assert delta.subtree_markers is True and read_delta(write_delta(delta, KEY), KEYS).subtree_markers is True
+    # written before the flag existed: no markers, the matcher walks every suffix
+    data = write_snapshot(new, KEY)
+    assert read_snapshot(_repacked(data, KIND_SNAPSHOT, subtree_markers=None), KEYS).subtree_markers is False
+    with pytest.raises(FormatError, match="subtree_markers"):
+        read_snapshot(_repacked(data, KIND_SNAPSHOT, subtree_markers="yes"), KEYS)
+    with pytest.raises(FormatError, match="subtree_markers"):
+        read_delta(_repacked(write_delta(delta, KEY), KIND_DELTA, subtree_markers=1), KEYS)
+
+
 def test_delta_round_trip_and_diff() -> None:
     old, new = make_snapshot(1, [1, 2, 3], [10]), make_snapshot(2, [2, 3, 4], [10, 11])
     delta = diff("iwf", old, new, 5)

@@ -3,31 +3,38 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pybloom_live import BloomFilter
 
-from blocklist.digests import Scope, entry_digests, make_entry
+from blocklist.digests import Scope, entry_digests, make_entry, subtree_markers
 from blocklist.errors import ChecksumError, FormatError, InvalidURL
 from blocklist.format import build_bloom, digest_array, set_checksum
 from blocklist.matcher import HostAction, ListFilter, Matcher
+from blocklist.urls import host_suffixes
 
 SALT = b"0123456789abcdef"
 
 
 def make_filter(entries: list[tuple[str, Scope]], name: str = "iwf", version: int = 1,
-                rate: float = 1e-6, bloom: bool = True) -> ListFilter:
+                rate: float = 1e-6, bloom: bool = True, markers: bool = True) -> ListFilter:
+    """A filter as publish compiles it; markers=False: as published before subtree markers."""
     e, h = set(), set()
     for url, scope in entries:
-        d, hd = entry_digests(SALT, make_entry(url, scope))
+        entry = make_entry(url, scope)
+        d, hd = entry_digests(SALT, entry)
         if d is not None:
             e.add(d)
         h.add(hd)
+        if markers:
+            h.update(subtree_markers(SALT, entry.host))
     ea, ha = digest_array(e), digest_array(h)
     return ListFilter(name, version, SALT, ea, ha,
                       build_bloom(ea, rate) if bloom else None,
-                      build_bloom(ha, rate) if bloom else None)
+                      build_bloom(ha, rate) if bloom else None, subtree_markers=markers)
 
 
-LIST = make_filter([
+ENTRIES = [
     ("http://site.example/", Scope.PAGE),
     ("http://site.example/bad/page.html", Scope.PAGE),
     ("http://site.example/q.php?id=7", Scope.PAGE),
@@ -36,8 +43,11 @@ LIST = make_filter([
     ("http://evil.example/", Scope.DOMAIN),
     ("http://h.i.j.k.l.m.n.example/", Scope.DOMAIN),
     ("http://10.1.2.3/", Scope.DOMAIN),
-])
+]
+LIST = make_filter(ENTRIES)
 MATCHER = Matcher([LIST])
+# the same list as published before subtree markers existed: the walk must not need them
+MATCHERS = [MATCHER, Matcher([make_filter(ENTRIES, markers=False)])]
 
 
 @pytest.mark.parametrize("url, scope", [
@@ -58,8 +68,9 @@ MATCHER = Matcher([LIST])
     ("http://167838211/", Scope.DOMAIN),
 ])
 def test_listed(url: str, scope: Scope) -> None:
-    verdict = MATCHER.check(url)
-    assert verdict.blocked and verdict.scope is scope and verdict.list == "iwf"
+    for matcher in MATCHERS:
+        verdict = matcher.check(url)
+        assert verdict.blocked and verdict.scope is scope and verdict.list == "iwf"
 
 
 @pytest.mark.parametrize("url", [
@@ -76,7 +87,7 @@ def test_listed(url: str, scope: Scope) -> None:
     "http://unlisted.example/",
 ])
 def test_not_listed(url: str) -> None:
-    assert not MATCHER.check(url).blocked
+    assert not any(matcher.check(url).blocked for matcher in MATCHERS)
 
 
 def test_bloom_false_positive_never_blocks() -> None:
@@ -98,11 +109,77 @@ def test_exact_only_filter_agrees_with_bloom_filter() -> None:
     assert not Matcher([exact]).check("http://site.example/x").blocked
 
 
-def test_check_host_stages() -> None:
-    assert MATCHER.check_host("www.EVIL.example.").action is HostAction.BLOCK
-    assert MATCHER.check_host("site.example").action is HostAction.PROXY
-    assert MATCHER.check_host("other.example").action is HostAction.PASS
-    assert MATCHER.check_host("www.site.example").action is HostAction.PASS
+@pytest.mark.parametrize("matcher", MATCHERS, ids=["markers", "no-markers"])
+def test_check_host_stages(matcher: Matcher) -> None:
+    assert matcher.check_host("www.EVIL.example.").action is HostAction.BLOCK
+    assert matcher.check_host("site.example").action is HostAction.PROXY
+    assert matcher.check_host("other.example").action is HostAction.PASS
+    assert matcher.check_host("www.site.example").action is HostAction.PASS
+    assert matcher.check_host("x.a.b.c.d.e.f.g.example").action is HostAction.PASS
+    assert matcher.check_host("a.b.c.d.e.f.g.example").action is HostAction.PROXY
+    assert matcher.check_host("x.h.i.j.k.l.m.n.example").action is HostAction.BLOCK
+    assert matcher.check_host("10.1.2.3").action is HostAction.BLOCK
+
+
+def _expected_host_action(host: str, domains: set[str], hosts: set[str]) -> HostAction:
+    """Stage 1 by its definition, on plaintext: what every filter must answer."""
+    if any(suffix in domains for suffix in host_suffixes(host)):
+        return HostAction.BLOCK
+    return HostAction.PROXY if host in hosts else HostAction.PASS
+
+
+_LABELS = st.sampled_from(["a", "b", "c", "www", "x1"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(listed=st.lists(st.tuples(st.lists(_LABELS, min_size=1, max_size=4), st.sampled_from(list(Scope))),
+                       max_size=8),
+       queries=st.lists(st.lists(_LABELS, min_size=0, max_size=5), min_size=1, max_size=20))
+def test_host_stage_walk_agrees_with_its_definition(listed, queries) -> None:
+    """With and without subtree markers, in any query order (the walk's caches), for every host."""
+    rows = [(f"http://{'.'.join(labels)}.example/p", scope) for labels, scope in listed]
+    rows = [(url.rsplit("/", 1)[0] + "/" if scope is Scope.DOMAIN else url, scope) for url, scope in rows]
+    domains = {make_entry(u, s).host for u, s in rows if s is Scope.DOMAIN}
+    hosts = {make_entry(u, s).host for u, s in rows if s is not Scope.DOMAIN}
+    filters = [make_filter(rows, markers=True), make_filter(rows, markers=False),
+               make_filter(rows, markers=True, bloom=False)]
+    for labels in queries:
+        host = ".".join([*labels, "example"])
+        expected = _expected_host_action(host, domains, hosts)
+        for f in filters:
+            assert f.host_stage(host)[0] is expected, (host, f.subtree_markers)
+            suffix = f.clear_suffix(host)
+            if suffix is not None:  # everything at or below it passes
+                assert host.endswith(suffix) and not any(
+                    h == suffix or h.endswith("." + suffix) for h in domains | hosts)
+
+
+def test_a_fresh_name_under_a_known_parent_costs_no_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    f = make_filter(ENTRIES)
+    calls = []
+    real = f._digest
+    monkeypatch.setattr(f, "_digest", lambda kind, key: calls.append(key) or real(kind, key))
+    assert f.host_stage("q1.cdn.unlisted.example")[0] is HostAction.PASS
+    assert calls == ["unlisted.example"]  # one marker lookup: nothing is listed below it
+    for i in range(2, 50):
+        assert f.host_stage(f"q{i}.cdn.unlisted.example")[0] is HostAction.PASS
+    assert calls == ["unlisted.example"]
+    assert f.clear_suffix("q99.cdn.unlisted.example") == "unlisted.example"
+    assert f.clear_suffix("www.site.example") == "www.site.example"  # site.example carries entries
+    assert f.clear_suffix("site.example") is None and f.clear_suffix("www.evil.example") is None
+    assert make_filter(ENTRIES, markers=False).clear_suffix("q1.unlisted.example") is None
+
+
+def test_matcher_clear_suffix_holds_in_every_list() -> None:
+    first = make_filter([("http://a.one.example/x", Scope.PAGE)])
+    second = make_filter([("http://deep.b.two.example/x", Scope.PAGE)], name="second")
+    m = Matcher([first, second])
+    assert m.clear_suffix("q.b.two.example") == "q.b.two.example"
+    assert m.clear_suffix("q.z.two.example") == "z.two.example"
+    assert m.clear_suffix("q.one.example") == "q.one.example"
+    assert m.clear_suffix("x.a.one.example") == "x.a.one.example"
+    assert m.clear_suffix("a.one.example") is None
+    assert Matcher().clear_suffix("anything.example") is None
 
 
 def test_first_matching_list_is_named() -> None:

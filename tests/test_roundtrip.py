@@ -170,3 +170,82 @@ def test_incremental_publish_equals_a_full_compile(hotline: Hotline, plugin: Plu
     assert matcher.check("http://a.example/2").blocked and matcher.check("http://b.example/1").blocked
     assert not matcher.check("http://a.example/1").blocked and not matcher.check("http://c.example/new").blocked
     assert matcher.check_host("c.example").action.value == "pass"
+
+
+def _oracle_hosts(hotline: Hotline) -> list[int]:
+    """The host set by its definition (blocklist.digests), from the entries the store lists."""
+    from blocklist.digests import Scope, entry_digests, make_entry, subtree_markers
+    from blocklist.store import Store
+    store = Store(hotline.home / "store.sqlite")
+    try:
+        salt = store.require_list("default").salt
+        hosts = set()
+        for row in store.entries("default"):
+            entry = make_entry(row.url, Scope(row.scope))
+            hosts.add(entry_digests(salt, entry)[1])
+            hosts.update(subtree_markers(salt, entry.host))
+        return sorted(hosts)
+    finally:
+        store.close()
+
+
+def test_subtree_markers_follow_the_entries(hotline: Hotline, plugin: Plugin) -> None:
+    """Markers shared by several entries stay until the last one goes, through delta publishes."""
+    hotline.run("add", "http://x.shared.example/1", "http://y.shared.example/1", "http://y.shared.example/2")
+    hotline.run("add", "--scope", "domain", "http://deep.x.shared.example/")
+    hotline.run("publish")
+    steps = [("remove", "http://x.shared.example/1"), ("remove", "http://y.shared.example/1"),
+             ("remove", "--scope", "domain", "http://deep.x.shared.example/"),
+             ("remove", "http://y.shared.example/2")]
+    for step in steps:
+        checksum, matcher = published(hotline, plugin)
+        snap_hosts = sorted(matcher.filters[0].hosts)
+        assert checksum == store_checksum(hotline) and snap_hosts == _oracle_hosts(hotline)
+        assert matcher.clear_suffix("q.other.example") == "other.example"
+        assert matcher.clear_suffix("q.z.shared.example") == "z.shared.example"
+        assert matcher.check_host("q.y.shared.example").action.value == "pass"
+        hotline.run(*step)
+        hotline.run("publish")
+    checksum, matcher = published(hotline, plugin)
+    assert checksum == store_checksum(hotline) and sorted(matcher.filters[0].hosts) == _oracle_hosts(hotline) == []
+    assert matcher.filters[0].subtree_markers
+    assert matcher.clear_suffix("q.x.shared.example") == "shared.example"  # nothing left below it
+
+
+def test_a_previous_snapshot_without_markers_is_recompiled(hotline: Hotline, plugin: Plugin,
+                                                           monkeypatch) -> None:
+    """A hotline upgraded from before subtree markers: the next delta brings them to the plugins."""
+    from dataclasses import replace
+    from blocklist import publish as publish_module
+    hotline.run("add", "http://a.b.example/1")
+    hotline.run("publish")
+    real = publish_module.read_snapshot
+    monkeypatch.setattr(publish_module, "read_snapshot",
+                        lambda *args, **kw: replace(real(*args, **kw), subtree_markers=False))
+    hotline.run("add", "http://c.b.example/1")
+    hotline.run("publish")
+    keys = load_config(plugin.write_config()).public_keys
+    ref = read_manifest((hotline.publish_dir / "manifest.json").read_bytes(), keys).lists["default"]
+    delta = read_delta((hotline.publish_dir / ref.deltas[-1].path).read_bytes(), keys)
+    assert delta.subtree_markers and ref.checksum == store_checksum(hotline)
+    assert real((hotline.publish_dir / ref.snapshot.path).read_bytes(), keys).subtree_markers
+
+
+def test_a_store_from_before_markers_is_upgraded(hotline: Hotline) -> None:
+    import sqlite3
+    from blocklist.store import Store
+    hotline.run("add", "http://a.b.example/1", "http://c.b.example/2")
+    hotline.run("add", "--scope", "domain", "http://d.b.example/")
+    before = store_checksum(hotline)
+    db = sqlite3.connect(hotline.home / "store.sqlite")
+    with db:
+        db.execute("DELETE FROM subtrees")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    assert store_checksum(hotline) == before  # opening it counted the markers again
+    store = Store(hotline.home / "store.sqlite")
+    try:
+        assert store.log()[-1].action == "upgrade-store" and store.log()[-1].detail == {"from": 1, "to": 2}
+        assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    finally:
+        store.close()

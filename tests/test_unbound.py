@@ -267,6 +267,51 @@ def test_operate_never_raises(glue) -> None:
     assert error.ext_state[0] == _FAKE_UB.MODULE_ERROR  # the iterator failed: SERVFAIL, as without us
 
 
+_WIRE_LABELS = st.sampled_from([b"blocked", b"pages", b"www", b"good", b"x", b"A", b"b\x00", b"a.b", b"%2f",
+                                b"xn--bcher-kva", b"1", b"0x7f", b"PAGES"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(st.lists(_WIRE_LABELS, min_size=0, max_size=4), min_size=1, max_size=30))
+def test_quick_pass_gives_the_answer_decide_gives(live: LiveMatcher, names: list[list[bytes]]) -> None:
+    """The quick path passes only names decide() passes, whatever it learnt before."""
+    from resolver_plugin.unbound_module import _Stage, qname_from_wire
+    stage = _Stage(live.config, live)
+    for labels in names * 2:  # the second round runs on what the first one learnt
+        wire = b"".join(bytes([len(label)]) + label for label in [*labels, b"example"]) + b"\0"
+        if stage.quick_pass(wire.lower()):
+            qname = qname_from_wire(wire)
+            assert decide(live, qname, RR_A).reply is Reply.PASS, qname
+
+
+def test_quick_passes_reach_the_metrics(glue) -> None:
+    from resolver_plugin import metrics
+    before = metrics._tally.checks[("unbound", "host")]
+    for i in range(5):
+        glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, _qstate(f"q{i}.cdn.good.example"), {})
+    assert glue._stage.quick == 5
+    glue._stage.flush_quick()
+    glue._stage.flush_quick()  # nothing new: nothing counted twice
+    assert metrics._tally.checks[("unbound", "host")] == before + 5
+
+
+def test_quick_pass_learns_clear_names_and_forgets_them_on_a_new_version(
+        hotline: Hotline, plugin: Plugin, live: LiveMatcher) -> None:
+    from resolver_plugin.unbound_module import _Stage
+    stage = _Stage(live.config, live)
+    assert stage.quick_pass(_wire("q1.cdn.late.example"))      # found clear by the markers
+    assert stage.quick_pass(_wire("q2.cdn.late.example"))      # and remembered
+    assert stage.quick_pass(_wire("q3.other.late.example"))
+    assert not stage.quick_pass(_wire("x.blocked.example")) and not stage.quick_pass(_wire("pages.example"))
+    assert stage.quick_pass(_wire("www.pages.example"))        # pages are per host: clear below it
+    hotline.run("add", "http://late.example/", "--scope", "domain")
+    hotline.run("publish")
+    plugin.install_published()
+    assert live.maybe_reload()
+    assert not stage.quick_pass(_wire("q4.cdn.late.example"))
+    assert decide(live, "q4.cdn.late.example.", RR_A).action is HostAction.BLOCK
+
+
 # -- a real Unbound ---------------------------------------------------------------------
 
 
