@@ -56,6 +56,7 @@ from tools.bench_core import build_home, install_plugin_cache  # noqa: E402
 from tools.datagen import request_stream  # noqa: E402
 
 GOAL = 0.20
+MIXES = ("cached", "zipf", "uncached")
 ORIGIN = "127.0.0.2"
 PROXY = "127.0.0.1"
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
@@ -295,7 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         internet = Server(tmp / "internet", "internet", INTERNET, {}, other_cpus)
         try:
-            for mix in ("cached", "zipf", "uncached"):
+            for mix in args.mixes:
                 queries = tmp / f"{mix}.txt"
                 count = int(args.seconds * args.max_qps) if mix == "uncached" else args.queries
                 write_queries(queries, mix, count, rows, args.listed)
@@ -320,6 +321,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="runs per mode, best kept (default 2)")
     parser.add_argument("--listed", type=float, default=0.01, help="fraction of queries for listed hosts")
     parser.add_argument("--queries", type=int, default=None, help="names in the zipf mix's file (200000)")
+    parser.add_argument("--mixes", type=lambda text: text.split(","), default=list(MIXES),
+                        help=f"comma-separated, of {','.join(MIXES)} (default: all)")
     parser.add_argument("--max-qps", type=int, default=60_000, help="sizes the uncached file: seconds x this")
     args = parser.parse_args()
     args.entries = args.entries or (10_000 if args.quick else 100_000)
