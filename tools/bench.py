@@ -229,7 +229,7 @@ def _plots(r: dict[str, Any]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("bench: matplotlib not installed; no plots (pip install matplotlib)", file=sys.stderr)
+        print("bench: matplotlib not installed; no plots (.venv/bin/pip install -e '.[bench]')", file=sys.stderr)
         return
     sizes = [item["entries"] for item in r["lists"]]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
