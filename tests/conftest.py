@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,25 @@ def require_program(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `mnt` (created) for disk-full tests; needs root, which CI has."""
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("disk-full tests need root to mount a tmpfs")
+        pytest.skip("disk-full tests need root to mount a tmpfs")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def resize_tmpfs(mnt: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
 
 
 @dataclass

@@ -46,7 +46,7 @@ from aiohttp import web
 from blocklist.home import Home
 from blocklist.serve import make_app
 from resolver_plugin.cache import Cache, LiveMatcher
-from tests.conftest import IN_CI, Hotline, Plugin
+from tests.conftest import Hotline, Plugin, mounted_tmpfs, resize_tmpfs
 from tests.test_sync import ServerThread, free_port, plugin_cli, state_version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -693,22 +693,9 @@ def test_source_down_warns_then_goes_critical_and_recovers_by_itself(hotline: Ho
 
 @pytest.fixture
 def cache_disk(tmp_path: Path):
-    """A tmpfs for the plugin cache; needs root (CI runs as root)."""
-    mnt = tmp_path / "cache-disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("disk-full tests need root to mount a tmpfs")
-        pytest.skip("disk-full tests need root to mount a tmpfs")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
-    try:
+    """A 16 MiB tmpfs for the plugin cache."""
+    with mounted_tmpfs(tmp_path / "cache-disk", "16m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def resize(mnt: Path, size: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
 
 
 def used_kib(mnt: Path) -> int:
@@ -750,7 +737,7 @@ def test_full_cache_disk_keeps_the_last_good_version_and_recovers(hotline: Hotli
                 time.sleep(0.02)
             live = LiveMatcher(plugin.config(), check_interval=0)
             assert live.check(url_a).blocked
-            resize(cache_disk, f"{used_kib(cache_disk) + 64}k")  # room for the status, not for v2
+            resize_tmpfs(cache_disk, f"{used_kib(cache_disk) + 64}k")  # room for the status, not for v2
             big = tmp_path / "big.txt"
             big.write_text("".join(f"http://h{i % 300}.example/p/{i}.html\n" for i in range(20000)))
             hotline.run("import", str(big))
@@ -770,7 +757,7 @@ def test_full_cache_disk_keeps_the_last_good_version_and_recovers(hotline: Hotli
             assert not live.check("http://h1.example/p/1.html").blocked
             assert plugin_cli(plugin, "check", url_a).exit_code == 0  # a fresh process loads v1 too
 
-            resize(cache_disk, "64m")
+            resize_tmpfs(cache_disk, "64m")
             t0 = time.monotonic()
             while cached_version(plugin) != 2 and time.monotonic() - t0 < 15:
                 time.sleep(0.02)

@@ -5,10 +5,11 @@
 
 Builds its own data (tools/datagen.py: synthetic lists in all three scopes, a
 Zipf-distributed request stream with 0.1% listed), runs every measurement side by
-side, prints a table, writes tools/out/bench.json, and draws docs/bench-*.png when
-matplotlib is installed. The Squid/squidGuard, proxy, Unbound and propagation
-measurements run the scripts beside this one (tools/bench_*.py) as subprocesses and
-take their JSON; one that cannot run (a missing program) is reported, not hidden.
+side, prints a table, writes tools/out/bench.json, and draws docs/bench-*.png (tools/out/
+for --quick or --sizes) when matplotlib is installed (pip install -e '.[bench]'). The
+Squid/squidGuard, proxy, Unbound and propagation measurements run the scripts beside
+this one (tools/bench_*.py) as subprocesses and take their JSON; one that cannot run (a
+missing program) is reported, not hidden.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ def main() -> None:
         result[name] = run_peer_bench(script, quick, timeout)
     (OUT / "bench.json").write_text(json.dumps(result, indent=1))
     print(table(summary_rows(result)))
-    _plots(result)
+    # the full run's plots are the ones docs/BENCHMARKS.md shows; a quick or partial run keeps its own
+    _plots(result, ROOT / "docs" if not args.quick and not args.sizes else OUT)
     print(f"\nwrote {OUT / 'bench.json'}", file=sys.stderr)
 
 
@@ -223,7 +225,7 @@ def _cpu_model() -> str:
     return platform.machine()
 
 
-def _plots(r: dict[str, Any]) -> None:
+def _plots(r: dict[str, Any], folder: Path) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -247,7 +249,7 @@ def _plots(r: dict[str, Any]) -> None:
     ax2.set_ylabel("MB")
     ax2.legend()
     fig.tight_layout()
-    path = ROOT / "docs" / "bench-matcher-memory.png"
+    path = folder / "bench-matcher-memory.png"
     fig.savefig(path, dpi=90)
     print(f"bench: wrote {path}", file=sys.stderr)
 

@@ -27,6 +27,10 @@ on the latter. The resolver runs one thread, pinned to the last CPU; dnsperf and
 the internet get the others. The resolver's caches are sized as an ISP's would be
 (msg 128 MB, rrset 256 MB): with Unbound's 4 MB default most of the zipf mix would
 be cache misses. Figures depend on the machine: record it with them.
+
+The full mode also counts, under callgrind (Debian package valgrind), the
+instructions the resolver runs per query of the uncached mix in each mode: a
+figure that other work on the machine does not move (see measure_instructions).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +61,8 @@ from tools.bench_core import build_home, install_plugin_cache  # noqa: E402
 from tools.datagen import request_stream  # noqa: E402
 
 GOAL = 0.20
+CALLGRIND_QPS = 150    # queries/s sent to a resolver under callgrind (it runs ~50x slower)
+CALLGRIND_WARM = 20000  # names answered before callgrind counts, at 10x that rate (not instrumented)
 MIXES = ("cached", "zipf", "uncached")
 ORIGIN = "127.0.0.2"
 PROXY = "127.0.0.1"
@@ -136,7 +143,7 @@ class Server:
     """One Unbound in the foreground, stopped by its PID."""
 
     def __init__(self, folder: Path, name: str, template: str, env: dict[str, str], cpus: str | None,
-                 **values: Any) -> None:
+                 wrapper: Sequence[str] = (), start_timeout: float = 60, **values: Any) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.log = folder / f"{name}.log"
         for _ in range(10):  # a port taken between free_port() and Unbound's bind: try another
@@ -145,18 +152,18 @@ class Server:
             conf.write_text(template.format(port=self.port, dir=folder, name=name, origin=ORIGIN, **values))
             self.log.unlink(missing_ok=True)
             pin = ["taskset", "-c", cpus] if cpus else []
-            self.proc = subprocess.Popen([*pin, shutil.which("unbound") or "/usr/sbin/unbound", "-d", "-c",
-                                          str(conf)], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([*pin, *wrapper, shutil.which("unbound") or "/usr/sbin/unbound", "-d",
+                                          "-c", str(conf)], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE)
-            if self._started():
+            if self._started(start_timeout):
                 return
             if "could not open ports" not in self._log():
                 break
         err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
         raise RuntimeError(f"unbound {name} did not start:\n{(self._log() + err)[-2000:]}")
 
-    def _started(self) -> bool:
-        deadline = time.monotonic() + 60
+    def _started(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
         while "start of service" not in self._log():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
@@ -167,10 +174,11 @@ class Server:
     def _log(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the Unbound process so far, all threads (taskset execs it)."""
+    def cpu_seconds(self) -> tuple[float, float]:
+        """User and system CPU time of the Unbound process so far, all threads (taskset execs it)."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -222,12 +230,15 @@ def cpu_split() -> tuple[str | None, str | None]:
     return str(cpus[-1]), ",".join(map(str, cpus[:-1]))
 
 
-def dnsperf(port: int, queries: Path, seconds: float, passes: int | None, cpus: str | None) -> dict[str, float]:
+def dnsperf(port: int, queries: Path, seconds: float, passes: int | None, cpus: str | None,
+            rate: int | None = None, timeout: int = 2) -> dict[str, float]:
     cmd = ["taskset", "-c", cpus] if cpus else []
     cmd += ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", str(seconds),
-           "-c", "4", "-q", "200", "-t", "2"]
+           "-c", "4", "-q", "200", "-t", str(timeout)]
     if passes:
         cmd += ["-n", str(passes)]
+    if rate:
+        cmd += ["-Q", str(rate)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     qps = re.search(r"Queries per second:\s+([\d.]+)", out)
     completed = re.search(r"Queries completed:\s+(\d+)", out)
@@ -251,14 +262,16 @@ def measure_mix(mix: str, queries: Path, args: argparse.Namespace, modes: dict[s
             try:
                 if mix != "uncached":  # steady state of a running resolver: its cache is warm
                     dnsperf(server.port, queries, args.seconds * 4, 1, other_cpus)
-                cpu = server.cpu_seconds()
+                user, system = server.cpu_seconds()
                 got = dnsperf(server.port, queries, args.seconds, 1 if mix == "uncached" else None, other_cpus)
-                cpu = server.cpu_seconds() - cpu
+                user, system = (after - before for after, before in zip(server.cpu_seconds(), (user, system)))
             finally:
                 server.stop()
+            cpu = user + system
             got["per_cpu_s"] = round(got["completed"] / cpu) if cpu > 0 else 0
+            got["system_share"] = round(system / cpu, 3) if cpu > 0 else 0  # the kernel's part: sockets
             print(f"bench_unbound: {mix} {mode} run {repeat + 1}: {got['qps']:,.0f} q/s, "
-                  f"{got['per_cpu_s']:,} q per resolver CPU-second", file=sys.stderr)
+                  f"{got['per_cpu_s']:,} q per resolver CPU-second ({got['system_share']:.0%} of it in the kernel)", file=sys.stderr)
             best = figures.setdefault(mode, {"qps": 0.0, "per_cpu_s": 0, "runs": []})
             best["runs"].append(got)
             best["qps"] = max(best["qps"], got["qps"])
@@ -268,6 +281,58 @@ def measure_mix(mix: str, queries: Path, args: argparse.Namespace, modes: dict[s
         figures[f"{mode}_cost"] = round(1 - figures[mode]["per_cpu_s"] / base["per_cpu_s"], 4)
         figures[f"{mode}_qps_cost"] = round(1 - figures[mode]["qps"] / base["qps"], 4)
     return figures
+
+
+def measure_instructions(warm: Path, queries: Path, count: int, modes: dict[str, tuple[str, str]],
+                         env: dict[str, str], upstream: int, folder: Path) -> dict[str, Any]:
+    """Instructions the resolver runs per answered query of the uncached mix, in every mode.
+
+    Unbound runs under callgrind with instrumentation off while it starts, loads
+    the lists and answers the `warm` names (as the timed runs' first seconds do);
+    callgrind_control then switches it on for the `count` fresh names of `queries`,
+    sent slowly enough for the emulated resolver to keep up, and dumps the count.
+    The count does not move when other work shares the machine, so the module's
+    own instructions (module minus no-op) are the figure to compare between
+    commits. It is not the goal's figure: callgrind sees user space only, and the
+    kernel's socket work, about two thirds of the resolver's CPU time in this mix, is
+    not in it (the timed runs report that share as system_share).
+    """
+    resolver_cpu, other_cpus = cpu_split()
+    figures: dict[str, Any] = {"queries": count, "rate_qps": CALLGRIND_QPS}
+    for mode, (modules, python) in modes.items():
+        work = folder / f"callgrind-{mode}"
+        out = work / "callgrind.out"
+        server = Server(work, "resolver", RESOLVER, env, resolver_cpu, start_timeout=300, modules=modules,
+                        python=python, upstream=upstream,
+                        wrapper=["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"])
+        try:
+            dnsperf(server.port, warm, 600, 1, other_cpus, CALLGRIND_QPS * 10, 10)
+            _callgrind_control(server.proc.pid, "--instr=on")
+            got = dnsperf(server.port, queries, count / CALLGRIND_QPS * 3 + 60, 1, other_cpus, CALLGRIND_QPS, 10)
+            before = set(work.glob("callgrind.out*"))
+            _callgrind_control(server.proc.pid, "--dump")
+            dumps = sorted(set(work.glob("callgrind.out*")) - before)
+        finally:
+            server.stop()
+        totals = [int(m[1]) for path in dumps
+                  for m in re.finditer(r"^(?:summary|totals):\s+(\d+)", path.read_text(errors="replace"), re.M)]
+        if not totals or not got["completed"]:
+            raise RuntimeError(f"callgrind gave no count for {mode} (dumps: {[p.name for p in dumps]})")
+        per_query = max(totals) / got["completed"]
+        figures[mode] = {"instructions_per_query": round(per_query), "completed": got["completed"],
+                         "lost": got["lost"]}
+        print(f"bench_unbound: callgrind {mode}: {per_query:,.0f} instructions per query "
+              f"({got['completed']:,} answered, {got['lost']} lost)", file=sys.stderr)
+    base, noop, module = (figures[mode]["instructions_per_query"] for mode in ("baseline", "noop_python", "module"))
+    figures["bridge_per_query"] = noop - base   # Unbound's Python bridge, two calls a query
+    figures["stage1_per_query"] = module - noop  # our code
+    return figures
+
+
+def _callgrind_control(pid: int, *args: str) -> None:
+    proc = subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"callgrind_control {' '.join(args)} failed: {(proc.stdout + proc.stderr)[-500:]}")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -301,6 +366,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 count = int(args.seconds * args.max_qps) if mix == "uncached" else args.queries
                 write_queries(queries, mix, count, rows, args.listed)
                 result["mixes"][mix] = measure_mix(mix, queries, args, modes, env, internet.port, tmp)
+            if args.instructions:
+                names = tmp / "callgrind-all.txt"
+                write_queries(names, "uncached", CALLGRIND_WARM + args.instructions, rows, args.listed)
+                lines = names.read_text().splitlines(keepends=True)
+                (warm := tmp / "callgrind-warm.txt").write_text("".join(lines[:CALLGRIND_WARM]))
+                (queries := tmp / "callgrind.txt").write_text("".join(lines[CALLGRIND_WARM:]))
+                result["instructions"] = measure_instructions(warm, queries, args.instructions, modes, env,
+                                                              internet.port, tmp)
         finally:
             internet.stop()
     result["summary"] = {
@@ -309,6 +382,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "q/CPU-s)",
             "goal": f"< {GOAL:.0%}", "met": f["module_cost"] < GOAL}
         for mix, f in result["mixes"].items()}
+    if "instructions" in result:
+        f = result["instructions"]
+        result["summary"]["Unbound user-space instructions per uncached query (callgrind)"] = {
+            "figure": f"{f['baseline']['instructions_per_query']:,} + bridge {f['bridge_per_query']:,} "
+                      f"+ stage 1 {f['stage1_per_query']:,}"}
     return result
 
 
@@ -324,7 +402,16 @@ def main() -> None:
     parser.add_argument("--mixes", type=lambda text: text.split(","), default=list(MIXES),
                         help=f"comma-separated, of {','.join(MIXES)} (default: all)")
     parser.add_argument("--max-qps", type=int, default=60_000, help="sizes the uncached file: seconds x this")
+    parser.add_argument("--instructions", type=int, default=None,
+                        help="uncached queries counted under callgrind, 0 for none (default 3000; --quick 0)")
     args = parser.parse_args()
+    if args.instructions and not shutil.which("valgrind"):
+        parser.error("--instructions needs valgrind (Debian package valgrind)")
+    if args.instructions is None:
+        args.instructions = 0 if args.quick else 3000
+        if not shutil.which("valgrind"):
+            print("bench_unbound: valgrind not installed; no instruction counts", file=sys.stderr)
+            args.instructions = 0
     args.entries = args.entries or (10_000 if args.quick else 100_000)
     args.queries = args.queries or (100_000 if args.quick else 200_000)
     args.seconds = args.seconds or (5.0 if args.quick else 15.0)
@@ -345,6 +432,13 @@ def main() -> None:
               f"no-op python {n['per_cpu_s']:>8,} ({f['noop_python_cost']:.1%}) | "
               f"stage 1 {m['per_cpu_s']:>8,} ({f['module_cost']:.1%}, goal < {GOAL:.0%}) {m['qps']:>8,.0f} q/s "
               f"({f['module_qps_cost']:.1%})")
+    if "instructions" in result:
+        f = result["instructions"]
+        print("user-space instructions the resolver runs per answered query, uncached mix (callgrind, "
+              f"{f['queries']:,} queries at {f['rate_qps']} q/s; the kernel's work is not counted):")
+        print(f"  baseline {f['baseline']['instructions_per_query']:,} | no-op python "
+              f"{f['noop_python']['instructions_per_query']:,} (bridge {f['bridge_per_query']:,}) | stage 1 "
+              f"{f['module']['instructions_per_query']:,} (our code {f['stage1_per_query']:,})")
 
 
 if __name__ == "__main__":
