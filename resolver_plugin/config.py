@@ -13,7 +13,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     limits: {max_snapshot_bytes, max_delta_bytes, max_manifest_bytes}
     timeouts: {connect: 5, read: 30}
     status: {warn_lag_seconds: 3600, crit_lag_seconds: 86400, warn_lag_versions: 1}
-    proxy: {listen, allowed_clients, block_status, block_page, appeal_url, ...}
+    proxy: {listen, allowed_clients, block_status, block_page, appeal_url, tls_listen, ...}
     squid: {}
     resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
     admin: {listen: 127.0.0.1:9150}
@@ -73,6 +73,8 @@ class ProxyConfig:
     upstream_timeout: float = 60.0
     access_log: str | None = None      # path; None: no access log
     log_blocked_urls: bool = False     # privacy: blocked requests are logged without their URL
+    tls_listen: str | None = None      # host:port for HTTPS that stage 1 steers here (SNI tunnel); None: off
+    tls_origin_port: int = 443         # the port the SNI tunnel connects to at the origin
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,10 @@ def _validate(cfg: PluginConfig, where: str) -> None:
         except ValueError:
             raise ConfigError(f"{where}: proxy.allowed_clients: {net!r} is not a network") from None
     parse_listen(p.listen, f"{where}: proxy.listen")
+    if p.tls_listen is not None:
+        parse_listen(p.tls_listen, f"{where}: proxy.tls_listen")
+    if not 0 < p.tls_origin_port < 65536:
+        raise ConfigError(f"{where}: proxy.tls_origin_port must be a TCP port (1-65535)")
     if cfg.admin.listen is not None:
         parse_listen(cfg.admin.listen, f"{where}: admin.listen")
     r = cfg.resolver

@@ -25,6 +25,9 @@ block or the client closes:
   block page; else a TCP tunnel (`200 Connection established`);
 - anything else (`*`, bad framing) -> 400 and close.
 
+With `proxy.tls_listen`, a second listener takes the HTTPS that stage 1 steers
+here and tunnels it by the host it names (resolver_plugin.proxy_tls).
+
 Privacy: the access log shows blocked requests as `- blocked list=NAME`
 without their URL unless `proxy.log_blocked_urls`; the error log never names
 URLs or hosts.
@@ -33,6 +36,7 @@ URLs or hosts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import math
@@ -44,14 +48,17 @@ from typing import Any
 import aiohttp
 
 from blocklist.errors import InvalidURL
-from blocklist.matcher import HostAction
+from blocklist.matcher import HostAction, HostVerdict
 from resolver_plugin import metrics
 from resolver_plugin.blockpage import BlockPage, error_response
 from resolver_plugin.cache import FAIL_CLOSED, LiveMatcher
 from resolver_plugin.config import PluginConfig, parse_listen
-from resolver_plugin.proxy_forward import (VIA, BodyStream, PublicResolver, UpstreamError, forward,
-                                           internal_address, open_tunnel, tunnel, upstream_url)
+from resolver_plugin.proxy_forward import (VIA, BodyStream, PublicResolver, UpstreamError, client_address,
+                                           forward, internal_address, local_client, open_tunnel, tunnel,
+                                           upstream_url)
+from resolver_plugin.proxy_tls import sni_tunnel
 from resolver_plugin.proxy_http import RequestError, RequestHead, iter_body, read_head
+from resolver_plugin.tls_hello import ACCESS_DENIED_ALERT
 
 log = logging.getLogger("blocklist.plugin.proxy")
 access_log = logging.getLogger("blocklist.plugin.proxy.access")
@@ -81,7 +88,12 @@ class ProxyServer:
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.proxy.connect_timeout,
                                              sock_read=self.proxy.upstream_timeout)
         self.open_connections = 0
+        # where stage 1 points listed hosts: an origin resolving there is a loop back to us
+        r = config.resolver
+        self.own_addresses = frozenset(a for a in (r.proxy_address, r.proxy_address6) if a)
+        self._loop_warned = -math.inf
         self.server: asyncio.Server | None = None
+        self.tls_server: asyncio.Server | None = None
         self.session: aiohttp.ClientSession | None = None         # for clients on this host
         self.public_session: aiohttp.ClientSession | None = None  # for all others: no internal addresses
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -98,6 +110,14 @@ class ProxyServer:
             backlog=1024, reuse_address=True)
         return self.server
 
+    async def start_tls(self, host: str | None = None, port: int | None = None) -> asyncio.Server:
+        """The TLS listener (resolver_plugin.proxy_tls); after start(), which opens the sessions."""
+        if host is None or port is None:
+            host, port = parse_listen(self.proxy.tls_listen or "", "proxy.tls_listen")
+        self.tls_server = await asyncio.start_server(
+            functools.partial(self._connection, tls=True), host, port, backlog=1024, reuse_address=True)
+        return self.tls_server
+
     def _session(self, resolver: PublicResolver | None) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self.proxy.max_connections, limit_per_host=0, ttl_dns_cache=60,
                                          resolver=resolver)
@@ -112,14 +132,15 @@ class ProxyServer:
         return self.server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        servers = [s for s in (self.server, self.tls_server) if s is not None]
+        for server in servers:
+            server.close()
         for task in list(self._handlers):
             task.cancel()
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=5)
-        if self.server is not None:
-            await self.server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
         for session in (self.session, self.public_session):
             if session is not None:
                 await session.close()
@@ -127,10 +148,19 @@ class ProxyServer:
     # -- one connection
 
     def _allowed(self, ip: str) -> bool:
-        addr = _client_address(ip)
+        addr = client_address(ip)
         return addr is not None and any(addr in net for net in self.networks)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def warn_loop(self) -> None:
+        """Log, at most once a minute, that an origin resolved to our own address (no host named)."""
+        now = time.monotonic()
+        if now - self._loop_warned >= 60:
+            self._loop_warned = now
+            log.error("proxy: an origin resolves to the proxy's own address (resolver.proxy_address): "
+                      "this host must resolve names with a resolver other than the filtering Unbound")
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          tls: bool = False) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
@@ -139,9 +169,11 @@ class ProxyServer:
         self.open_connections += 1
         try:
             if self.open_connections > self.proxy.max_connections:
-                await self._refuse(writer, 503, client_ip)
+                await self._refuse(writer, 503, client_ip, tls)
             elif not self._allowed(client_ip):
-                await self._refuse(writer, 403, client_ip)
+                await self._refuse(writer, 403, client_ip, tls)
+            elif tls:
+                await sni_tunnel(self, reader, writer, client_ip)
             else:
                 first = True
                 while await self._request(reader, writer, client_ip, first):
@@ -160,9 +192,9 @@ class ProxyServer:
             self._handlers.discard(task)
             writer.close()
 
-    async def _refuse(self, writer: asyncio.StreamWriter, status: int, client_ip: str) -> None:
-        writer.write(error_response(status))
-        self._access(client_ip, "-", "-", status, 0, 0.0, "refused")
+    async def _refuse(self, writer: asyncio.StreamWriter, status: int, client_ip: str, tls: bool) -> None:
+        writer.write(ACCESS_DENIED_ALERT if tls else error_response(status))
+        self.access(client_ip, "-", "-", status, 0, 0.0, "refused")
         await asyncio.wait_for(writer.drain(), 5)
 
     async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -207,7 +239,7 @@ class ProxyServer:
             return False
         if head.content_length is not None and head.content_length > self.proxy.max_body_bytes:
             return await self._error(writer, 413, client_ip, head.method, target)
-        local = _is_local(client_ip)
+        local = local_client(client_ip)
         if not local and internal_address(url.raw_host or ""):
             return await self._error(writer, 403, client_ip, head.method, target)
         body = None
@@ -224,7 +256,7 @@ class ProxyServer:
             return await self._error(writer, exc.status, client_ip, head.method, target)
         except RequestError as exc:
             return await self._error(writer, exc.status, client_ip, head.method, target)
-        self._access(client_ip, head.method, target, result.status, result.body_bytes,
+        self.access(client_ip, head.method, target, result.status, result.body_bytes,
                      time.monotonic() - started, "allowed")
         return result.keep_alive and not (body is not None and body.error is not None)
 
@@ -236,7 +268,7 @@ class ProxyServer:
     async def _error(self, writer: asyncio.StreamWriter, status: int, client_ip: str, method: str,
                      target: str) -> bool:
         writer.write(error_response(status, head_only=method == "HEAD"))
-        self._access(client_ip, method, target, status, 0, 0.0, "error")
+        self.access(client_ip, method, target, status, 0, 0.0, "error")
         await asyncio.wait_for(writer.drain(), 5)
         return False
 
@@ -247,9 +279,20 @@ class ProxyServer:
         target = "-"
         if self.proxy.log_blocked_urls:
             target = (_intercepted_url(head) or "-") if head.target.startswith("/") else head.target
-        self._access(client_ip, head.method, target, self.page.status, len(response),
+        self.access(client_ip, head.method, target, self.page.status, len(response),
                      time.monotonic() - started, f"blocked list={list_name}")
         await asyncio.wait_for(writer.drain(), 5)
+
+    def tunnel_verdict(self, host: str) -> HostVerdict | None:
+        """check_host for a tunnel (CONNECT, TLS), counted in /metrics; None for a host no URL names."""
+        try:
+            t0 = time.perf_counter()
+            verdict = self.live.check_host(host)
+        except InvalidURL:
+            metrics.observe_invalid(COMPONENT)
+            return None
+        metrics.observe_host_check(COMPONENT, verdict, time.perf_counter() - t0)
+        return verdict
 
     async def _connect(self, head: RequestHead, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        client_ip: str, started: float) -> None:
@@ -257,12 +300,8 @@ class ProxyServer:
         if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536 or len(port_text) > 5:
             await self._error(writer, 400, client_ip, "CONNECT", "-")
             return
-        try:
-            t0 = time.perf_counter()
-            verdict = self.live.check_host(host)
-            metrics.observe_host_check(COMPONENT, verdict, time.perf_counter() - t0)
-        except InvalidURL:
-            metrics.observe_invalid(COMPONENT)
+        verdict = self.tunnel_verdict(host)
+        if verdict is None:
             await self._error(writer, 400, client_ip, "CONNECT", "-")
             return
         if verdict.action is HostAction.BLOCK or verdict.list == FAIL_CLOSED:
@@ -270,15 +309,15 @@ class ProxyServer:
             return
         try:
             up_reader, up_writer = await open_tunnel(host.removeprefix("[").removesuffix("]"), int(port_text),
-                                                     self.proxy.connect_timeout, not _is_local(client_ip))
+                                                     self.proxy.connect_timeout, not local_client(client_ip))
         except UpstreamError as exc:
             await self._error(writer, exc.status, client_ip, "CONNECT", head.target)
             return
         writer.write(_ESTABLISHED)
         _, received = await tunnel(reader, writer, up_reader, up_writer, self.proxy.upstream_timeout)
-        self._access(client_ip, "CONNECT", head.target, 200, received, time.monotonic() - started, "tunnel")
+        self.access(client_ip, "CONNECT", head.target, 200, received, time.monotonic() - started, "tunnel")
 
-    def _access(self, client_ip: str, method: str, target: str, status: int, size: int, seconds: float,
+    def access(self, client_ip: str, method: str, target: str, status: int, size: int, seconds: float,
                 outcome: str) -> None:
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("%s %s %s %s %d %d %.3f %s", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -294,22 +333,6 @@ def _intercepted_url(head: RequestHead) -> str | None:
     if len(hosts) != 1 or not _HOST.fullmatch(hosts[0]):
         return None
     return f"http://{hosts[0]}{head.target}"
-
-
-def _client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def _is_local(ip: str) -> bool:
-    """A client on the proxy's own host: the only one it connects to internal addresses for."""
-    addr = _client_address(ip)
-    return addr is not None and addr.is_loopback
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -381,6 +404,14 @@ async def serve(config: PluginConfig) -> int:
         log.error("proxy: cannot listen on %s: %s", config.proxy.listen, exc.strerror)
         await server.close()
         return 1
+    if config.proxy.tls_listen is not None:
+        try:
+            await server.start_tls()
+        except OSError as exc:
+            log.error("proxy: cannot listen on %s: %s", config.proxy.tls_listen, exc.strerror)
+            await server.close()
+            return 1
+        log.info("proxy: TLS (SNI tunnel) on %s", config.proxy.tls_listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -69,6 +69,23 @@ def internal_address(host: str) -> bool:
     return addr.is_loopback or addr.is_link_local or addr.is_unspecified or addr.is_multicast
 
 
+def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client's address as ipaddress reads it (an IPv4-mapped IPv6 one as IPv4); None if unreadable."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def local_client(ip: str) -> bool:
+    """A client on the proxy's own host: the only one it connects to internal addresses for."""
+    addr = client_address(ip)
+    return addr is not None and addr.is_loopback
+
+
 class PublicResolver(AbstractResolver):
     """aiohttp's threaded resolver without internal addresses; OSError when nothing else is left."""
 
@@ -230,24 +247,37 @@ async def _copy_body(resp: aiohttp.ClientResponse, writer: asyncio.StreamWriter,
     return sent
 
 
-async def open_tunnel(host: str, port: int, connect_timeout: float,
-                      public_only: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection to host:port for CONNECT; UpstreamError 403/502/504 if it cannot be opened.
+async def open_tunnel(host: str, port: int, connect_timeout: float, public_only: bool,
+                      loop_addresses: frozenset[str] = frozenset()
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to host:port for a tunnel; UpstreamError 403/502/504/508 if it cannot be opened.
 
-    With `public_only`, the name is resolved first and internal addresses are
-    dropped, then the connection goes to the address, not the name (no second lookup).
+    With `public_only` or `loop_addresses`, the name is resolved first: internal
+    addresses are dropped (`public_only`), a name that resolves to one of
+    `loop_addresses` (the proxy's own, where stage 1 points listed hosts) is a
+    loop (508), and the connection goes to the addresses in turn, not the name
+    (no second lookup).
     """
     try:
         async with asyncio.timeout(connect_timeout):
+            if not public_only and not loop_addresses:
+                return await asyncio.open_connection(host, port, limit=COPY_SIZE)
+            if public_only and internal_address(host):
+                raise UpstreamError(403, "internal destination")
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = list(dict.fromkeys(info[4][0] for info in infos))
+            if loop_addresses.intersection(addresses):
+                raise UpstreamError(508, "resolves to the proxy itself")
             if public_only:
-                if internal_address(host):
-                    raise UpstreamError(403, "internal destination")
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-                addresses = [info[4][0] for info in infos if not internal_address(info[4][0])]
-                if not addresses:
-                    raise UpstreamError(403, "internal destination")
-                host = addresses[0]
-            return await asyncio.open_connection(host, port, limit=COPY_SIZE)
+                addresses = [a for a in addresses if not internal_address(a)]
+            if not addresses:
+                raise UpstreamError(403, "internal destination")
+            for address in addresses[:-1]:
+                try:
+                    return await asyncio.open_connection(address, port, limit=COPY_SIZE)
+                except OSError:
+                    continue
+            return await asyncio.open_connection(addresses[-1], port, limit=COPY_SIZE)
     except asyncio.TimeoutError:
         raise UpstreamError(504, "connect timeout") from None
     except (OSError, UnicodeError, ValueError) as exc:

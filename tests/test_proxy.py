@@ -426,11 +426,11 @@ async def test_connections_over_the_limit_get_503(listed: str, plugin, tmp_path:
 
 async def test_internal_destinations_only_for_clients_on_the_proxy_host() -> None:
     """A subscriber must not reach the proxy host's own services (admin port, metadata, ...)."""
-    from resolver_plugin.proxy import _is_local
-    from resolver_plugin.proxy_forward import PublicResolver, UpstreamError, internal_address, open_tunnel
+    from resolver_plugin.proxy_forward import (PublicResolver, UpstreamError, internal_address, local_client,
+                                               open_tunnel)
 
-    assert _is_local("127.0.0.1") and _is_local("::1") and _is_local("::ffff:127.0.0.2")
-    assert not _is_local("192.0.2.7") and not _is_local("garbage")
+    assert local_client("127.0.0.1") and local_client("::1") and local_client("::ffff:127.0.0.2")
+    assert not local_client("192.0.2.7") and not local_client("garbage")
     for host in ("127.0.0.1", "[::1]", "::ffff:127.0.0.1", "169.254.169.254", "0.0.0.0", "fe80::1%eth0", "224.0.0.1"):
         assert internal_address(host), host
     for host in ("192.0.2.1", "10.1.2.3", "2001:db8::1", "example.test", "2130706433"):

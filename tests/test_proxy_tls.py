@@ -1,0 +1,183 @@
+"""The proxy's TLS listener as a user runs it: `blocklist-plugin proxy` with `proxy.tls_listen`.
+
+HTTPS that stage 1 steered to the proxy is tunnelled by its server name to a
+local TLS origin (certificate for localhost, trusted by the test's client): the
+page loads end to end, a host listed whole gets a TLS access_denied alert,
+and no server name, plain HTTP or a loop back to the proxy connects nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.test_proxy import RunningProxy, free_port, start_proxy
+from tests.test_tls_hello import sni_extension, with_extensions
+from resolver_plugin.tls_hello import ACCESS_DENIED_ALERT
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "origin.pem", folder / "origin.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture
+async def tls_origin(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """An HTTPS origin on 127.0.0.1 (the port, and the certificate a client trusts)."""
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=f"tls origin content at {request.path_qs} for {request.host}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    yield port, cert
+    await runner.cleanup()
+
+
+@pytest.fixture
+def listed(hotline, plugin):
+    """`localhost` carries a listed page (stage 1 would steer it here); blocked.example is listed whole."""
+    hotline.run("add", "http://localhost/secret.html")
+    hotline.run("add", "--scope", "domain", "http://blocked.example/")
+    hotline.run("publish")
+    plugin.write_config()
+    plugin.install_published()
+    return plugin
+
+
+def start_tls_proxy(plugin, tmp_path: Path, origin_port: int, **proxy: object) -> tuple[RunningProxy, int]:
+    tls_port = free_port()
+    running = start_proxy(plugin, tmp_path, tls_listen=f"127.0.0.1:{tls_port}", tls_origin_port=origin_port,
+                          connect_timeout=2, upstream_timeout=5, **proxy)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", tls_port), timeout=0.5).close()
+            return running, tls_port
+        except OSError:
+            if time.monotonic() > deadline:
+                running.stop()
+                pytest.fail("the TLS listener did not open")
+            time.sleep(0.05)
+
+
+async def https_get(port: int, server_name: str | None, cafile: Path, path: str = "/") -> bytes:
+    """GET `path` over TLS to the proxy's TLS port, naming `server_name`; the whole response."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    if server_name is None:
+        context.check_hostname = False
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=server_name or ""), 10)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode())
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+def access_lines(running: RunningProxy) -> list[str]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not running.access_log.exists():
+        time.sleep(0.05)
+    return running.access_log.read_text().splitlines()
+
+
+async def test_tunnels_a_steered_host_and_denies_a_listed_one(listed, tmp_path: Path, tls_origin) -> None:
+    origin_port, cafile = tls_origin
+    running, tls_port = start_tls_proxy(listed, tmp_path, origin_port)
+    try:
+        # a host with listed pages: TLS end to end with the origin (its certificate, its content)
+        response = await https_get(tls_port, "localhost", cafile, "/innocent.html?q=1")
+        assert response.startswith(b"HTTP/1.1 200") and response.endswith(
+            b"tls origin content at /innocent.html?q=1 for localhost")
+        # a host listed whole: an access_denied alert, nothing connected
+        with pytest.raises(ssl.SSLError) as denied:
+            await https_get(tls_port, "www.blocked.example", cafile)
+        assert denied.value.reason == "TLSV1_ALERT_ACCESS_DENIED"
+        # no server name: nothing to check, nowhere to go
+        with pytest.raises(ssl.SSLError) as nameless:
+            await https_get(tls_port, None, cafile)
+        assert nameless.value.reason == "TLSV1_ALERT_ACCESS_DENIED"
+        # not TLS at all: the alert bytes, then the close
+        reader, writer = await asyncio.open_connection("127.0.0.1", tls_port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(), 10) == ACCESS_DENIED_ALERT
+        writer.close()
+        # a ClientHello naming what no URL could name
+        reader, writer = await asyncio.open_connection("127.0.0.1", tls_port)
+        writer.write(with_extensions(sni_extension((0, b".."))))
+        assert await asyncio.wait_for(reader.read(), 10) == ACCESS_DENIED_ALERT
+        writer.close()
+        # and the listener still serves
+        assert (await https_get(tls_port, "localhost", cafile)).startswith(b"HTTP/1.1 200")
+        assert running.proc.poll() is None
+    finally:
+        running.stop()
+    lines = access_lines(running)
+    assert any(f" TLS localhost:{origin_port} 200 " in line and line.endswith(" tunnel") for line in lines), lines
+    assert any(" TLS - 451 " in line and "blocked list=default" in line for line in lines), lines
+    assert any(" TLS - 421 " in line and "no server name" in line for line in lines), lines
+    assert any(" TLS - 400 " in line and "not a TLS ClientHello" in line for line in lines), lines
+    assert any(" TLS - 400 " in line and "invalid server name" in line for line in lines), lines
+    assert "blocked.example" not in running.access_log.read_text()  # privacy: the listed host is not logged
+    assert "Traceback" not in running.stderr.read_text()
+
+
+async def test_a_name_that_resolves_to_the_proxy_is_a_loop(listed, tmp_path: Path, tls_origin) -> None:
+    """The proxy's host resolving with the filtering Unbound would send HTTPS back to the proxy."""
+    origin_port, cafile = tls_origin
+    listed.extra["resolver"] = {"proxy_address": "127.0.0.1", "proxy_address6": "::1"}
+    running, tls_port = start_tls_proxy(listed, tmp_path, origin_port)
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await https_get(tls_port, "localhost", cafile)
+    finally:
+        running.stop()
+    assert any(f" TLS localhost:{origin_port} 508 " in line for line in access_lines(running))
+    assert "resolves to the proxy's own address" in running.stderr.read_text()
+
+
+async def test_clients_outside_allowed_clients_get_the_alert(listed, tmp_path: Path, tls_origin) -> None:
+    origin_port, cafile = tls_origin
+    running, tls_port = start_tls_proxy(listed, tmp_path, origin_port, allowed_clients=["192.0.2.0/24"])
+    try:
+        with pytest.raises(ssl.SSLError) as refused:
+            await https_get(tls_port, "localhost", cafile)
+        assert refused.value.reason == "TLSV1_ALERT_ACCESS_DENIED"
+    finally:
+        running.stop()
