@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -33,7 +34,7 @@ from resolver_plugin.cache import LiveMatcher
 from resolver_plugin.unbound_module import (RR_A, RR_AAAA, RR_ANY, RR_HTTPS, Decision, Reply, decide,
                                             qname_from_wire)
 
-from conftest import IN_CI, Hotline, Plugin, require_program
+from conftest import IN_CI, Hotline, Plugin, require_program, self_signed_cert
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "resolver_plugin" / "unbound_module.py"
@@ -741,6 +742,18 @@ def _http_get(address: str, port: int, host: str, path: str) -> tuple[int, str]:
         conn.close()
 
 
+def _https_get(address: str, port: int, host: str, path: str, cafile: Path) -> tuple[int, str]:
+    """The same over HTTPS: TLS to the resolved address, naming `host` (SNI) and checking its certificate."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection((address, port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            conn.sock = tls
+            conn.request("GET", path, headers={"Host": host, "User-Agent": "test-browser"})
+            response = conn.getresponse()
+            return response.status, response.read().decode(errors="replace")
+
+
 def _resolve(dns_port: int, host: str) -> str:
     answer = dig(dns_port, host)
     assert answer.status == "NOERROR" and answer.data, (host, answer)
@@ -750,12 +763,20 @@ def _resolve(dns_port: int, host: str) -> str:
 def test_end_to_end_with_proxy(hotline: Hotline, plugin: Plugin, start_resolver, tmp_path: Path) -> None:
     _listed(hotline)
     port = _free_port(PROXY, ORIGIN)  # the same port on the proxy and the origin, as port 80 would be
-    plugin.write_config(resolver=RESOLVER, proxy={"listen": f"{PROXY}:{port}"})
+    tls_port = _free_port(PROXY, ORIGIN)  # and as 443 would be
+    plugin.write_config(resolver=RESOLVER, proxy={"listen": f"{PROXY}:{port}", "tls_listen": f"{PROXY}:{tls_port}",
+                                                  "tls_origin_port": tls_port})
     plugin.install_published()
     dns_port = start_resolver().port
 
     origin = _Origin((ORIGIN, port))
     threading.Thread(target=origin.serve_forever, daemon=True).start()
+    cert, key = self_signed_cert(tmp_path, "pages.example", "good.example")
+    tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls_context.load_cert_chain(cert, key)
+    tls_origin = _Origin((ORIGIN, tls_port))
+    tls_origin.socket = tls_context.wrap_socket(tls_origin.socket, server_side=True)
+    threading.Thread(target=tls_origin.serve_forever, daemon=True).start()
     launcher = PROXY_LAUNCHER.format(hosts={h: ORIGIN for h in INTERNET_HOSTS})
     proxy = subprocess.Popen([sys.executable, "-c", launcher, "-c", str(plugin.config_path), "proxy"],
                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -766,6 +787,11 @@ def test_end_to_end_with_proxy(hotline: Hotline, plugin: Plugin, start_resolver,
             with socket.socket() as s:
                 return s.connect_ex((PROXY, port)) == 0
         assert _wait_for(proxy_up, timeout=15, interval=0.1), "the proxy did not start listening"
+
+        def tls_up() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex((PROXY, tls_port)) == 0
+        assert _wait_for(tls_up, timeout=5, interval=0.1), "the proxy's TLS listener did not open"
 
         # a listed page: DNS sends the browser to the proxy, which blocks it
         address = _resolve(dns_port, "pages.example")
@@ -781,6 +807,12 @@ def test_end_to_end_with_proxy(hotline: Hotline, plugin: Plugin, start_resolver,
         assert _http_get(address, port, "good.example", "/")[0] == 200
         # a domain-listed host does not resolve at all
         assert dig(dns_port, "blocked.example").status == "NXDOMAIN"
+        # HTTPS to the host with listed pages: DNS sends it to the proxy, whose TLS listener
+        # tunnels it by SNI to the origin (TLS end to end: the origin's certificate, no Via)
+        status, body = _https_get(_resolve(dns_port, "pages.example"), tls_port, "pages.example", "/fine.html",
+                                  cert)
+        assert (status, body) == (200, "origin pages.example/fine.html")
+        assert tls_origin.seen == [("pages.example", "/fine.html", None)]
 
         seen = {(h.split(":")[0], p): via for h, p, via in origin.seen}
         assert ("pages.example", "/bad.html") not in seen
@@ -793,5 +825,6 @@ def test_end_to_end_with_proxy(hotline: Hotline, plugin: Plugin, start_resolver,
         except subprocess.TimeoutExpired:
             proxy.kill()
             proxy.wait(5)
-        origin.shutdown()
-        origin.server_close()
+        for server in (origin, tls_origin):
+            server.shutdown()
+            server.server_close()
