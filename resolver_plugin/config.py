@@ -71,10 +71,19 @@ class ProxyConfig:
     max_connections: int = 1024
     connect_timeout: float = 10.0
     upstream_timeout: float = 60.0
+    header_timeout: float = 15.0       # for a whole request head (a ClientHello on tls_listen) to arrive
+    idle_timeout: float = 30.0         # a keep-alive connection's wait for its next request
+    forwarded_for: str = "append"      # X-Forwarded-For: append | truncate | transparent | delete
     access_log: str | None = None      # path; None: no access log
     log_blocked_urls: bool = False     # privacy: blocked requests are logged without their URL
     tls_listen: str | None = None      # host:port for HTTPS that stage 1 steers here (SNI tunnel); None: off
     tls_origin_port: int = 443         # the port the SNI tunnel connects to at the origin
+
+
+# What the proxy does with X-Forwarded-For (Squid's forwarded_for on/truncate/transparent/delete):
+# add the client's address to the chain, send the client's address alone, pass the client's
+# header untouched, or send none (the origin sees only the proxy).
+FORWARDED_FOR = ("append", "truncate", "transparent", "delete")
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,11 @@ def _validate(cfg: PluginConfig, where: str) -> None:
     parse_listen(p.listen, f"{where}: proxy.listen")
     if p.tls_listen is not None:
         parse_listen(p.tls_listen, f"{where}: proxy.tls_listen")
+    for key in ("connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout"):
+        if getattr(p, key) <= 0:
+            raise ConfigError(f"{where}: proxy.{key} must be more than 0 seconds")
+    if p.forwarded_for not in FORWARDED_FOR:
+        raise ConfigError(f"{where}: proxy.forwarded_for must be one of {', '.join(FORWARDED_FOR)}")
     if not 0 < p.tls_origin_port < 65536:
         raise ConfigError(f"{where}: proxy.tls_origin_port must be a TCP port (1-65535)")
     if cfg.admin.listen is not None:

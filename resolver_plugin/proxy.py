@@ -64,8 +64,6 @@ log = logging.getLogger("blocklist.plugin.proxy")
 access_log = logging.getLogger("blocklist.plugin.proxy.access")
 
 COMPONENT = "proxy"
-HEADER_TIMEOUT = 15.0    # seconds for a whole request head to arrive (slowloris bound)
-IDLE_TIMEOUT = 30.0      # seconds a keep-alive connection may wait for its next request
 RELOAD_INTERVAL = 1.0    # seconds between checks for a new cached list version
 LINGER_SECONDS = 2.0     # lingering close: how long to drain a client after our last answer
 LINGER_BYTES = 1 << 20
@@ -76,14 +74,14 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class ProxyServer:
     """One listening proxy: its client networks, limits, block page and upstream session."""
 
-    def __init__(self, config: PluginConfig, live: LiveMatcher, *, header_timeout: float = HEADER_TIMEOUT,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, config: PluginConfig, live: LiveMatcher, *, header_timeout: float | None = None,
+                 idle_timeout: float | None = None) -> None:
         self.config = config
         self.proxy = config.proxy
         self.live = live
         self.page = BlockPage(config.proxy)
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout or self.proxy.header_timeout
+        self.idle_timeout = idle_timeout or self.proxy.idle_timeout
         self.networks = [ipaddress.ip_network(n, strict=False) for n in self.proxy.allowed_clients]
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.proxy.connect_timeout,
                                              sock_read=self.proxy.upstream_timeout)
@@ -250,7 +248,8 @@ class ProxyServer:
         session = self.session if local else self.public_session
         assert session is not None
         try:
-            result = await forward(session, head, url, body, writer, client_ip, self.timeout)
+            result = await forward(session, head, url, body, writer, client_ip, self.timeout,
+                                   self.proxy.forwarded_for)
         except UpstreamError as exc:
             log.warning("proxy: upstream %s (%s) for a request from %s", exc.status, exc, client_ip)
             return await self._error(writer, exc.status, client_ip, head.method, target)

@@ -8,8 +8,9 @@ piece by piece and each write is drained before the next read.
 Header rules (RFC 9110 7.6): hop-by-hop fields are removed both ways
 (Connection and every field it names, Keep-Alive, Proxy-Connection, Proxy-*,
 TE, Trailer, Transfer-Encoding, Upgrade), `Via: 1.1 blocklist` is appended
-both ways and the client's address is appended to X-Forwarded-For. Host comes
-from the absolute-form target (RFC 9112 3.2.2), never from the client's Host.
+both ways and the client's address is appended to X-Forwarded-For (or as
+`proxy.forwarded_for` says). Host comes from the absolute-form target (RFC
+9112 3.2.2), never from the client's Host.
 The response is re-framed for the client: its Content-Length when the origin
 gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
 
@@ -110,24 +111,30 @@ def _connection_named(pairs: list[tuple[str, str]]) -> set[str]:
     return named
 
 
-def upstream_headers(head: RequestHead, client_ip: str) -> CIMultiDict[str]:
-    """The headers to send to the origin for `head` from `client_ip`."""
+def upstream_headers(head: RequestHead, client_ip: str, forwarded_for: str = "append") -> CIMultiDict[str]:
+    """The headers to send to the origin for `head` from `client_ip` (`forwarded_for`: config.FORWARDED_FOR)."""
     # Content-Length is re-added from the parsed value (its repeated or listed forms collapse to one).
     drop = HOP_BY_HOP | _connection_named(head.headers) | {"host", "expect", "content-length"}
     out: CIMultiDict[str] = CIMultiDict()
-    forwarded_for: list[str] = []
+    forwarded_for_chain: list[str] = []
     for name, value in head.headers:
         lname = name.lower()
         if lname in drop:
             continue
         if lname == "x-forwarded-for":
-            forwarded_for.append(value)
+            forwarded_for_chain.append(value)
             continue
         out.add(name, value)
     if head.content_length is not None:
         out["Content-Length"] = str(head.content_length)
     out.add("Via", VIA)
-    out["X-Forwarded-For"] = ", ".join([*forwarded_for, client_ip])
+    if forwarded_for == "append":
+        out["X-Forwarded-For"] = ", ".join([*forwarded_for_chain, client_ip])
+    elif forwarded_for == "truncate":
+        out["X-Forwarded-For"] = client_ip
+    elif forwarded_for == "transparent":
+        for value in forwarded_for_chain:
+            out.add("X-Forwarded-For", value)
     return out
 
 
@@ -182,7 +189,7 @@ class BodyStream:
 
 async def forward(session: aiohttp.ClientSession, head: RequestHead, url: URL,
                   body: BodyStream | None, writer: asyncio.StreamWriter, client_ip: str,
-                  timeout: aiohttp.ClientTimeout) -> Forwarded:
+                  timeout: aiohttp.ClientTimeout, forwarded_for: str = "append") -> Forwarded:
     """Send `head` to its origin and stream the answer to `writer`.
 
     Before any response byte is sent, failures raise UpstreamError (the caller
@@ -190,7 +197,7 @@ async def forward(session: aiohttp.ClientSession, head: RequestHead, url: URL,
     IncompleteReadError when the client went away). Once the response head is
     sent, every failure raises ConnectionResetError: the caller can only close.
     """
-    headers = upstream_headers(head, client_ip)
+    headers = upstream_headers(head, client_ip, forwarded_for)
     started = False
     try:
         async with session.request(head.method, url, headers=headers,

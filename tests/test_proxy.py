@@ -259,6 +259,19 @@ async def test_headers_hop_by_hop_removed_via_and_forwarded_for_added(proxy: Run
         assert hop not in seen, hop
 
 
+async def test_forwarded_for_delete_keeps_subscribers_addresses_from_origins(listed: str, plugin,
+                                                                            tmp_path: Path) -> None:
+    running = start_proxy(plugin, tmp_path, forwarded_for="delete")
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://{listed}/headers", proxy=running.url,
+                                   headers={"X-Forwarded-For": "192.0.2.7"}) as resp:
+                seen = {k.lower(): v for k, v in (await resp.json())["headers"]}
+    finally:
+        running.stop()
+    assert "x-forwarded-for" not in seen and seen["via"] == "1.1 blocklist"
+
+
 async def test_methods_and_status_codes_are_kept(proxy: RunningProxy, listed: str) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.request("DELETE", f"http://{listed}/headers", proxy=proxy.url) as resp:

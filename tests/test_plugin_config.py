@@ -1,0 +1,52 @@
+"""plugin.yaml is validated once, at start: every bad value is an error naming the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from blocklist.errors import ConfigError
+from resolver_plugin.proxy_forward import upstream_headers
+from resolver_plugin.proxy_http import RequestHead
+from tests.conftest import Plugin
+
+
+def test_proxy_defaults(plugin: Plugin) -> None:
+    proxy = plugin.config().proxy
+    assert (proxy.tls_listen, proxy.tls_origin_port) == (None, 443)
+    assert (proxy.header_timeout, proxy.idle_timeout, proxy.forwarded_for) == (15.0, 30.0, "append")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"tls_listen": "nowhere"}, "proxy.tls_listen"),
+    ({"tls_listen": "127.0.0.1:99999"}, "proxy.tls_listen"),
+    ({"tls_origin_port": 0}, "proxy.tls_origin_port"),
+    ({"tls_origin_port": "443"}, "proxy.tls_origin_port must be an integer"),
+    ({"header_timeout": 0}, "proxy.header_timeout must be more than 0"),
+    ({"idle_timeout": -1}, "proxy.idle_timeout must not be negative"),
+    ({"connect_timeout": 0}, "proxy.connect_timeout must be more than 0"),
+    ({"forwarded_for": "on"}, "proxy.forwarded_for must be one of append, truncate, transparent, delete"),
+    ({"forwarded_for": True}, "proxy.forwarded_for must be a string"),  # YAML reads a bare on as true
+    ({"tls": "yes"}, "unknown key proxy.tls"),
+])
+def test_bad_proxy_settings_name_the_file_and_key(plugin: Plugin, settings: dict, message: str) -> None:
+    plugin.write_config(proxy=settings)
+    with pytest.raises(ConfigError, match=message) as caught:
+        plugin.config()
+    assert str(caught.value).startswith(str(plugin.config_path))
+
+
+def _head(*headers: tuple[str, str]) -> RequestHead:
+    return RequestHead("GET", "http://origin.example/", "HTTP/1.1", list(headers), None, False)
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("append", ["192.0.2.7, 10.0.0.1, 127.0.0.9"]),
+    ("truncate", ["127.0.0.9"]),
+    ("transparent", ["192.0.2.7", "10.0.0.1"]),
+    ("delete", []),
+])
+def test_forwarded_for_modes(mode: str, expected: list[str]) -> None:
+    head = _head(("X-Forwarded-For", "192.0.2.7"), ("x-forwarded-for", "10.0.0.1"), ("Accept", "*/*"))
+    headers = upstream_headers(head, "127.0.0.9", mode)
+    assert headers.getall("X-Forwarded-For", []) == expected
+    assert headers["Via"] == "1.1 blocklist" and headers["Accept"] == "*/*"
