@@ -1,4 +1,4 @@
-"""1,000 hostile lines to the Squid helper and 1,000 hostile requests to the proxy.
+"""1,000 hostile lines to the Squid helper, 1,000 hostile requests to the proxy, 300+ hostile ClientHellos.
 
 Each part is a small hand-written corpus (huge headers, bad request lines,
 Content-Length/Transfer-Encoding conflicts, obs-fold, bad chunk sizes, invalid
@@ -155,10 +155,16 @@ class BackgroundProxy:
         await site.start()
         self.origin_port = self._runner.addresses[0][1]
         await self.server.start("127.0.0.1", 0)
+        await self.server.start_tls("127.0.0.1", 0)
 
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def tls_port(self) -> int:
+        assert self.server.tls_server is not None
+        return self.server.tls_server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
         async def shutdown() -> None:
@@ -309,7 +315,10 @@ def background_proxy(hotline, plugin, monkeypatch):
     hotline.run("add", "http://127.0.0.1/blocked.html")
     hotline.run("add", "--scope", "domain", "http://evil.test/")
     hotline.run("publish")
-    plugin.write_config(proxy={"connect_timeout": 2, "upstream_timeout": 5})
+    with socket.socket() as closed:  # where TLS tunnels go: a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]
+    plugin.write_config(proxy={"connect_timeout": 2, "upstream_timeout": 5, "tls_origin_port": closed_port})
     plugin.install_published()
     records: list[logging.LogRecord] = []
 
@@ -331,6 +340,7 @@ def background_proxy(hotline, plugin, monkeypatch):
     handler = Collect(level=logging.ERROR)
     logging.getLogger("blocklist.plugin").addHandler(handler)
     proxy = BackgroundProxy(plugin.config())
+    proxy.looked_up = looked_up
     yield proxy
     proxy.stop()
     logging.getLogger("blocklist.plugin").removeHandler(handler)
@@ -374,6 +384,50 @@ def _settles(proxy: BackgroundProxy) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+TLS_GENERATED = 300
+
+
+def test_tls_listener_survives_hostile_hellos(background_proxy: BackgroundProxy) -> None:
+    """Mutated, truncated, oversized and random ClientHellos: an alert or a close, never more, never a crash."""
+    from resolver_plugin.tls_hello import ACCESS_DENIED_ALERT
+    from tests.test_tls_hello import client_hello, reframe, sni_extension, with_extensions
+
+    port = background_proxy.tls_port
+    real = client_hello("www.evil.test")
+    lookups_before = len(background_proxy.looked_up)
+    corpus = [real, reframe(real, 1), real[:5], real[:200] + b"\x00" * 5000,
+              b"\x16\x03\x01\xff\xff" + b"\x01" * 70000, client_hello(None), client_hello("127.0.0.1"),
+              client_hello("localhost"), client_hello("a" * 63 + ".test"), with_extensions(sni_extension((0, b".."))),
+              with_extensions(sni_extension((0, b"x" * 255))),
+              with_extensions(sni_extension((0, b"%zz.test"), (1, b"other"))), b"\x16" * 10000,
+              b"GET / HTTP/1.1\r\n\r\n"]
+    for data in corpus:
+        assert exchange(port, data) in (b"", ACCESS_DENIED_ALERT), data[:60]
+    assert exchange(port, real[:100], half_close=False) == b""  # slowloris: closed after header_timeout
+    assert exchange(port, real) == ACCESS_DENIED_ALERT  # a host listed whole
+
+    @settings(max_examples=TLS_GENERATED, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.one_of(st.binary(max_size=600),
+                     st.lists(st.tuples(st.integers(0, len(real) - 1), st.integers(0, 255)), min_size=1,
+                              max_size=6).map(lambda flips: _flipped(real, flips))))
+    def one(data: bytes) -> None:
+        assert exchange(port, data) in (b"", ACCESS_DENIED_ALERT), data[:60]
+
+    one()
+    assert exchange(port, real) == ACCESS_DENIED_ALERT
+    assert background_proxy.server.open_connections == 0 or _settles(background_proxy)
+    # a mutated server name is an unknown host: resolved (refused by this test's resolver), then closed
+    del background_proxy.looked_up[lookups_before:]
+
+
+def _flipped(data: bytes, flips: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data)
+    for at, value in flips:
+        out[at] = value
+    return bytes(out)
 
 
 def test_corpus_sizes() -> None:
