@@ -1,4 +1,4 @@
-"""Shared fixtures: a hotline home in tmp_path and a way to run the CLI as a user would."""
+"""Shared fixtures: a hotline home in tmp_path, a way to run the CLI as a user would, a local origin."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner, Result
 
 from blocklist.cli import main as blocklist_main
+from tests.support.net import free_port
+from tests.support.proxy import make_origin
+from tests.support.status import SOURCE, publish
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -47,33 +51,6 @@ def mounted_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
 
 def resize_tmpfs(mnt: Path, size: str) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
-
-
-def self_signed_cert(folder: Path, *names: str) -> tuple[Path, Path]:
-    """A certificate for `names` (and 127.0.0.1) that a test's client trusts as its own CA, and its key."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    alt = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "origin.pem", folder / "origin.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 @dataclass
@@ -160,6 +137,27 @@ class Plugin:
 @pytest.fixture
 def plugin(hotline: Hotline, tmp_path: Path) -> Plugin:
     return Plugin(hotline, tmp_path / "plugin", {})
+
+
+@pytest.fixture
+def installed(plugin: Plugin) -> Plugin:
+    """Version 1 of "default" (2 entries) published and in the cache."""
+    plugin.write_config(source=SOURCE)
+    publish(plugin, "http://bad.example/a.html", "http://bad.example/b.html")
+    plugin.install_published()
+    return plugin
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[str]:
+    """The local origin of tests.support.proxy.make_origin on 127.0.0.1; its "host:port"."""
+    runner = web.AppRunner(make_origin(), access_log=None)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    yield f"127.0.0.1:{port}"
+    await runner.cleanup()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

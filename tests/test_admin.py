@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,8 @@ from resolver_plugin.cli import main as plugin_main
 from resolver_plugin.config import load_config
 from resolver_plugin.node_status import write_status
 from tests.conftest import Plugin
-from tests.test_status import HOUR, SOURCE, installed, node_status, publish  # noqa: F401 - fixture
+from tests.support.net import free_port
+from tests.support.status import HOUR, SOURCE, node_status, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,12 +177,6 @@ async def test_counters_of_other_processes_reach_metrics_and_survive_their_exit(
     run_helper(installed, "http://bad.example/b.html")
     assert await helper_checks() == 3
     assert await helper_checks() == 3  # merged once only
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_start_admin_serves_and_steps_aside_when_the_port_is_taken(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_program
-from test_proxy import RunningProxy, origin, start_proxy  # noqa: F401 - `origin` is a fixture
+from tests.conftest import require_program
+from tests.support.proxy import RunningProxy, start_proxy
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 HOME_CALLS = ("google.com", "googleapis.com", "gstatic.com", "gvt1.com", "chromium.org")

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import Hotline, mounted_tmpfs, resize_tmpfs
-from tests.test_faults_hotline import published_state
+from tests.support.artifacts import published_state
 
 
 @pytest.fixture

@@ -65,7 +65,9 @@ from hypothesis import strategies as st
 from blocklist.digests import Scope
 from blocklist.matcher import Matcher
 from blocklist.urls import canonicalize
-from tests.test_matcher import make_filter
+from tests.support.artifacts import make_filter
+from tests.support.proxy import raw_exchange, start_proxy
+from tests.support.squid import Helper
 
 # ----------------------------------------------------------------------------- URLs as parts
 
@@ -582,8 +584,6 @@ def sample(variants: list[Variant], count: int, seed: int = 3) -> list[Variant]:
 
 
 def test_squid_helper_blocks_a_sample_of_the_corpus(hotline, plugin, tmp_path: Path) -> None:
-    from tests.test_squid_helper import Helper
-
     for e in LISTED:
         hotline.run("add", "--scope", e.scope.value, e.entry)
     hotline.run("publish")
@@ -618,8 +618,6 @@ def proxy_corpus(port: int) -> list[Variant]:
 
 
 async def test_proxy_blocks_a_sample_of_the_corpus(hotline, plugin, origin: str, tmp_path: Path) -> None:
-    from tests.test_proxy import raw_exchange, start_proxy
-
     port = int(origin.rsplit(":", 1)[1])
     for e in listed_entries("127.0.0.1"):
         if e.request.host == "127.0.0.1":
@@ -662,6 +660,3 @@ async def test_proxy_blocks_a_sample_of_the_corpus(hotline, plugin, origin: str,
         proxy.stop()
     assert "Traceback" not in proxy.stderr.read_text()
     assert "page.html" not in proxy.access_log.read_text().replace("other.html", "")
-
-
-from tests.test_proxy import origin  # noqa: E402,F401 - the local origin fixture

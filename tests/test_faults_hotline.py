@@ -16,11 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from blocklist.format import check_file, key_id, read_snapshot, set_checksum
+from blocklist.format import set_checksum
 from blocklist.home import Home
 from blocklist.publish import current_manifest
 from blocklist.store import Store
 from tests.conftest import Hotline
+from tests.support.artifacts import published_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,24 +80,6 @@ def test_kill_during_import(hotline: Hotline, tmp_path: Path, soak: bool) -> Non
         expected += size
         assert entry_count(hotline) == expected
     assert killed >= runs // 2, f"only {killed} of {runs} runs were killed mid-import"
-
-
-def published_state(hotline: Hotline) -> tuple[int, int]:
-    """Check publish/ is one consistent signed version; returns (manifest version, list version)."""
-    home = Home(hotline.home)
-    key = home.signing_key()
-    keys = {key_id(key.public_key()): key.public_key()}
-    manifest = current_manifest(home, key)
-    assert manifest is not None
-    ref = manifest.lists["default"]
-    for file_ref in (ref.snapshot, *ref.deltas):
-        data = (home.publish_dir / file_ref.path).read_bytes()
-        check_file(file_ref, data, file_ref.path)
-    snap = read_snapshot((home.publish_dir / ref.snapshot.path).read_bytes(), keys)
-    assert snap.version == ref.version and snap.checksum == ref.checksum
-    leftovers = [p for p in home.publish_dir.rglob(".*tmp*")]
-    assert len(leftovers) <= 1  # at most the temp file of the write that was killed
-    return manifest.version, ref.version
 
 
 def test_kill_during_publish(hotline: Hotline, tmp_path: Path, soak: bool) -> None:

@@ -31,9 +31,7 @@ import json
 import os
 import random
 import select
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -47,10 +45,10 @@ from blocklist.home import Home
 from blocklist.serve import make_app
 from resolver_plugin.cache import Cache, LiveMatcher
 from tests.conftest import Hotline, Plugin, mounted_tmpfs, resize_tmpfs
-from tests.test_sync import ServerThread, free_port, plugin_cli, state_version
+from tests.support.net import ServerThread, free_port
+from tests.support.plugin import plugin_cli, state_version
+from tests.support.processes import PLUGIN, Program, connect_when_listening, launch, launch_proxy
 
-ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = [sys.executable, "-m", "resolver_plugin"]
 # The sync daemon with small back-off steps (the CLI keeps the production 1 s .. 300 s).
 FAST_SYNC = ("import sys; from resolver_plugin.cli import setup_logging; "
              "from resolver_plugin.config import load_config; from resolver_plugin.sync import run_sync; "
@@ -59,69 +57,7 @@ FAST_SYNC = ("import sys; from resolver_plugin.cli import setup_logging; "
 ORIGIN_MARK = b"origin content at "
 
 
-def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT))
-
-
 # ----------------------------------------------------------------------------- processes
-
-@dataclass
-class Program:
-    """A plugin or hotline process started by a test; stopped by its PID only."""
-
-    proc: subprocess.Popen
-    stderr: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill9(self) -> None:
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        return self.proc.returncode
-
-    def end_of_input(self) -> int:
-        """What Squid does to stop a helper: close its stdin; the exit code."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            return self.proc.wait(10)
-        finally:
-            self.stop()
-
-    def log(self) -> str:
-        return self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
-
-
-def launch(argv: list[str], stderr: Path, *, pipes: bool = False) -> Program:
-    """Start argv with PYTHONPATH set; stderr appended to `stderr`."""
-    stdio = subprocess.PIPE if pipes else subprocess.DEVNULL
-    with stderr.open("ab") as err:
-        proc = subprocess.Popen(argv, stdin=stdio, stdout=stdio, stderr=err, env=env(),
-                                cwd=stderr.parent, bufsize=0)
-    return Program(proc, stderr)
-
-
-def start_proxy(plugin: Plugin, tmp_path: Path) -> Program:
-    return launch([*PLUGIN, "-c", str(plugin.config_path), "proxy"], tmp_path / "proxy.stderr")
-
 
 def start_helper(plugin: Plugin, tmp_path: Path) -> Program:
     return launch([*PLUGIN, "-c", str(plugin.config_path), "squid-helper"], tmp_path / "helper.stderr",
@@ -139,19 +75,6 @@ def start_serve(hotline: Hotline, port: int, tmp_path: Path) -> Program:
                       "--port", str(port)], tmp_path / "serve.stderr")
     connect_when_listening(port, program).close()
     return program
-
-
-def connect_when_listening(port: int, program: Program, timeout: float = 20) -> socket.socket:
-    """The first connection that `program` accepts on `port` (polled every 10 ms)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not program.alive():
-            pytest.fail(f"process exited with {program.proc.returncode}: {program.log()[-2000:]}")
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=1)
-        except OSError:
-            time.sleep(0.01)
-    pytest.fail(f"nothing listens on port {port} after {timeout} s")
 
 
 def stop_all(*programs: Program | None) -> None:
@@ -303,7 +226,7 @@ def test_proxy_killed_mid_traffic_blocks_from_its_first_answer(hotline: Hotline,
     answers = cut = 0
     startup: list[float] = []
     try:
-        proxy = start_proxy(plugin, tmp_path)
+        proxy = launch_proxy(plugin, tmp_path)
         for run in range(runs):
             connect_when_listening(port, proxy).close()
             traffic = Traffic(port, listed, unlisted)
@@ -320,7 +243,7 @@ def test_proxy_killed_mid_traffic_blocks_from_its_first_answer(hotline: Hotline,
                 hotline.run("publish")
                 plugin.install_published()
             t0 = time.monotonic()
-            proxy = start_proxy(plugin, tmp_path)
+            proxy = launch_proxy(plugin, tmp_path)
             sock = connect_when_listening(port, proxy)
             startup.append(time.monotonic() - t0)
             assert_blocked(exchange(sock, first), f"seed {seed} run {run}: first answer after restart")
@@ -420,7 +343,7 @@ def test_cache_and_an_unreachable_source_start_closed(hotline: Hotline, plugin: 
     sync = proxy = helper = None
     try:
         sync = start_sync(plugin, tmp_path, fast=True)
-        proxy = start_proxy(plugin, tmp_path)
+        proxy = launch_proxy(plugin, tmp_path)
         helper = start_helper(plugin, tmp_path)
         lines = Lines(helper)
         lines.send(f"0 {listed}")
@@ -450,7 +373,7 @@ def test_fail_closed_without_a_cache_blocks_everything(hotline: Hotline, plugin:
                         proxy={"listen": f"127.0.0.1:{port}"})
     proxy = helper = None
     try:
-        proxy = start_proxy(plugin, tmp_path)
+        proxy = launch_proxy(plugin, tmp_path)
         helper = start_helper(plugin, tmp_path)
         lines = Lines(helper)
         lines.send(f"0 http://{origin}/anything.html")
@@ -560,7 +483,7 @@ def test_sync_killed_while_the_proxy_enforces(hotline: Hotline, plugin: Plugin, 
     try:
         serve = start_serve(hotline, serve_port, tmp_path)
         assert plugin_cli(plugin, "sync", "--once").exit_code == 0
-        proxy = start_proxy(plugin, tmp_path)
+        proxy = launch_proxy(plugin, tmp_path)
         connect_when_listening(port, proxy).close()
         checker.start()
         sync = start_sync(plugin, tmp_path)

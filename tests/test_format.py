@@ -9,20 +9,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blocklist.errors import ChecksumError, FormatError, SignatureError, SizeError
 from blocklist.format import (
-    Delta, DeltaRef, ListRef, Manifest, Snapshot, build_bloom, check_file, diff, digest_array,
-    file_ref, key_id, load_public_key, public_key_text, read_delta, read_manifest, read_snapshot,
-    set_checksum, sign_rotation, write_delta, write_manifest, write_snapshot,
+    Delta, ListRef, Manifest, check_file, diff, digest_array, file_ref, key_id, load_public_key,
+    public_key_text, read_delta, read_manifest, read_snapshot, set_checksum, sign_rotation, write_delta,
+    write_manifest, write_snapshot,
 )
-
-KEY = Ed25519PrivateKey.generate()
-KEYS = {key_id(KEY.public_key()): KEY.public_key()}
-
-
-def make_snapshot(version: int, entries: list[int], hosts: list[int], rate: float = 1e-6) -> Snapshot:
-    e, h = digest_array(entries), digest_array(hosts)
-    return Snapshot(list="iwf", version=version, created=1000 + version, expires=2000 + version,
-                    salt=b"s" * 16, checksum=set_checksum(e, h), entry_bloom=build_bloom(e, rate),
-                    host_bloom=build_bloom(h, rate), entries=e, hosts=h, counts={"page": len(e)})
+from tests.support.artifacts import KEY, KEYS, make_snapshot, manifest
 
 
 def test_snapshot_round_trip() -> None:
@@ -105,13 +96,6 @@ def test_size_limit_is_checked_before_parsing() -> None:
     data = write_snapshot(make_snapshot(1, list(range(100)), [2]), KEY)
     with pytest.raises(SizeError):
         read_snapshot(data, KEYS, max_size=100)
-
-
-def manifest(version: int = 1, chain: tuple = ()) -> Manifest:
-    ref = file_ref("lists/iwf/snapshot-1", b"abc")
-    return Manifest(version=version, created=10, expires=20, key_chain=chain, lists={
-        "iwf": ListRef(version=1, checksum="c" * 64, entries=3, snapshot=ref,
-                       deltas=(DeltaRef(ref.path, 3, ref.sha256, 0, 1),))})
 
 
 def test_manifest_round_trip() -> None:

@@ -10,7 +10,7 @@ from blocklist.errors import BlocklistError, FormatError
 from blocklist.format import (
     diff, read_delta, read_manifest, read_snapshot, write_delta, write_manifest, write_snapshot,
 )
-from tests.test_format import KEY, KEYS, make_snapshot, manifest
+from tests.support.artifacts import KEY, KEYS, make_snapshot, manifest
 
 SNAP = write_snapshot(make_snapshot(1, list(range(1, 40)), [5, 6, 7]), KEY)
 DELTA = write_delta(diff("iwf", make_snapshot(1, [1, 2], [5]), make_snapshot(2, [2, 3], [5, 6]), 9), KEY)

@@ -27,7 +27,9 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_squid_helper import ANSWER, Helper
+from resolver_plugin.tls_hello import ACCESS_DENIED_ALERT
+from tests.support.squid import ANSWER, Helper
+from tests.support.tls import client_hello, reframe, sni_extension, with_extensions
 
 HELPER_CORPUS_SIZE = 300
 HELPER_GENERATED = 700
@@ -391,9 +393,6 @@ TLS_GENERATED = 300
 
 def test_tls_listener_survives_hostile_hellos(background_proxy: BackgroundProxy) -> None:
     """Mutated, truncated, oversized and random ClientHellos: an alert or a close, never more, never a crash."""
-    from resolver_plugin.tls_hello import ACCESS_DENIED_ALERT
-    from tests.test_tls_hello import client_hello, reframe, sni_extension, with_extensions
-
     port = background_proxy.tls_port
     real = client_hello("www.evil.test")
     lookups_before = len(background_proxy.looked_up)

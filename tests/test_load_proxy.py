@@ -35,8 +35,8 @@ from blocklist.home import Home
 from blocklist.publish import publish
 from blocklist.store import Store
 from tests.conftest import Hotline, Plugin
-from tests.test_faults_plugin import Program, connect_when_listening, launch, start_proxy
-from tests.test_sync import free_port
+from tests.support.net import free_port
+from tests.support.processes import Program, connect_when_listening, launch, launch_proxy
 
 CLIENTS = 200
 EVERY_S = 2.0          # a new version lands this often
@@ -196,7 +196,7 @@ def test_proxy_under_load_while_versions_land(hotline: Hotline, plugin: Plugin, 
     try:
         origin_proc = launch([sys.executable, "-c", ORIGIN, str(origin_port)], tmp_path / "origin.stderr")
         connect_when_listening(origin_port, origin_proc).close()
-        proxy = start_proxy(plugin, tmp_path)
+        proxy = launch_proxy(plugin, tmp_path)
         connect_when_listening(port, proxy).close()
 
         async def run() -> tuple[float, float]:

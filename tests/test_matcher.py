@@ -7,32 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pybloom_live import BloomFilter
 
-from blocklist.digests import Scope, entry_digests, make_entry, subtree_markers
+from blocklist.digests import Scope, make_entry
 from blocklist.errors import ChecksumError, FormatError, InvalidURL
-from blocklist.format import build_bloom, digest_array, set_checksum
+from blocklist.format import digest_array, set_checksum
 from blocklist.matcher import HostAction, ListFilter, Matcher
 from blocklist.urls import host_suffixes
-
-SALT = b"0123456789abcdef"
-
-
-def make_filter(entries: list[tuple[str, Scope]], name: str = "iwf", version: int = 1,
-                rate: float = 1e-6, bloom: bool = True, markers: bool = True) -> ListFilter:
-    """A filter as publish compiles it; markers=False: as published before subtree markers."""
-    e, h = set(), set()
-    for url, scope in entries:
-        entry = make_entry(url, scope)
-        d, hd = entry_digests(SALT, entry)
-        if d is not None:
-            e.add(d)
-        h.add(hd)
-        if markers:
-            h.update(subtree_markers(SALT, entry.host))
-    ea, ha = digest_array(e), digest_array(h)
-    return ListFilter(name, version, SALT, ea, ha,
-                      build_bloom(ea, rate) if bloom else None,
-                      build_bloom(ha, rate) if bloom else None, subtree_markers=markers)
-
+from tests.support.artifacts import make_filter
 
 ENTRIES = [
     ("http://site.example/", Scope.PAGE),

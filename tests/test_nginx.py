@@ -10,7 +10,8 @@ import pytest
 
 from resolver_plugin.sync import sync_loop
 from tests.conftest import Hotline, Plugin, require_program
-from tests.test_sync import URL_A, URL_B, blocked, free_port, state_version, sync_once, wait_for_port
+from tests.support.net import free_port, wait_for_port
+from tests.support.plugin import URL_A, URL_B, blocked, state_version, sync_once
 from tools.nginx_mirror import mirror, start_nginx, stop_nginx
 
 

@@ -47,9 +47,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blocklist.urls import canonicalize
 from tests.conftest import Hotline, Plugin
-from tests.test_proxy import free_port, origin, raw_exchange, start_proxy  # noqa: F401 - origin is a fixture
-from tests.test_squid_helper import Helper
-from tests.test_sync import wait_for_port
+from tests.support.net import free_port, wait_for_port
+from tests.support.proxy import raw_exchange, start_proxy
+from tests.support.squid import Helper
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_MAIN = "from resolver_plugin.cli import main; main()"

@@ -13,93 +13,23 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from conftest import require_program
+from tests.conftest import require_program
+from tests.support.net import free_port
+from tests.support.plugin import PLUGIN_MAIN
+from tests.support.proxy import MB, RunningProxy, raw_exchange, start_proxy
 
 REPO = Path(__file__).resolve().parent.parent
-PLUGIN_MAIN = "from resolver_plugin.cli import main; main()"
-MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- a local "internet"
-
-
-def make_origin() -> web.Application:
-    """The origin server: fixed pages, a streamed download, an upload sink, a header echo, a stall."""
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=f"origin content at {request.path_qs}")
-
-    async def big(request: web.Request) -> web.StreamResponse:
-        size = int(request.query["n"])
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        if request.query.get("length") == "1":
-            resp.content_length = size
-        await resp.prepare(request)
-        block = bytes(range(256)) * 256
-        while size > 0:
-            piece = block[:min(size, len(block))]
-            await resp.write(piece)
-            size -= len(piece)
-        await resp.write_eof()
-        return resp
-
-    async def upload(request: web.Request) -> web.Response:
-        digest, total = hashlib.sha256(), 0
-        async for piece in request.content.iter_chunked(65536):
-            digest.update(piece)
-            total += len(piece)
-        return web.json_response({"bytes": total, "sha256": digest.hexdigest(),
-                                  "chunked": request.headers.get("Transfer-Encoding") == "chunked"})
-
-    async def headers(request: web.Request) -> web.Response:
-        return web.json_response({"headers": [[k, v] for k, v in request.headers.items()],
-                                  "method": request.method})
-
-    async def stall(request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.query.get("s", "5")))
-        return web.Response(text="late")
-
-    async def status(request: web.Request) -> web.Response:
-        return web.Response(status=int(request.match_info["code"]), text="status page")
-
-    app = web.Application(client_max_size=1024 * MB)
-    app.router.add_get("/status/{code}", status)
-    app.router.add_get("/big", big)
-    app.router.add_post("/upload", upload)
-    app.router.add_route("*", "/headers", headers)
-    app.router.add_get("/stall", stall)
-    app.router.add_route("*", "/{tail:.*}", page)
-    return app
-
-
-@pytest.fixture
-async def origin() -> AsyncIterator[str]:
-    runner = web.AppRunner(make_origin(), access_log=None)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    yield f"127.0.0.1:{port}"
-    await runner.cleanup()
 
 
 async def start_echo() -> tuple[asyncio.Server, int]:
@@ -114,56 +44,6 @@ async def start_echo() -> tuple[asyncio.Server, int]:
 
 
 # -- the proxy as a subprocess
-
-
-@dataclass
-class RunningProxy:
-    proc: subprocess.Popen
-    port: int
-    stderr: Path
-    access_log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def rss_peak_kib(self) -> int:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-
-def start_proxy(plugin, tmp_path: Path, **proxy: object) -> RunningProxy:
-    port = free_port()
-    access = tmp_path / "access.log"
-    settings = {"listen": f"127.0.0.1:{port}", "access_log": str(access),
-                "appeal_url": "https://appeal.example/form?a=1&b=2", **proxy}
-    plugin.write_config(proxy=settings)
-    stderr = tmp_path / "proxy.stderr"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", PLUGIN_MAIN, "-c", str(plugin.config_path), "proxy"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=stderr.open("wb"), env=env, cwd=tmp_path)
-    running = RunningProxy(proc, port, stderr, access)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"proxy exited with {proc.returncode}: {stderr.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return running
-        except OSError:
-            time.sleep(0.05)
-    running.stop()
-    pytest.fail("proxy did not start listening within 20 s")
 
 
 @pytest.fixture
@@ -192,17 +72,6 @@ async def curl(*args: str) -> tuple[int, bytes]:
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     return proc.returncode, out
-
-
-async def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
-    """Send `data` to the proxy and read until it closes the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(-1), timeout)
-    finally:
-        writer.close()
 
 
 # -- the tests

@@ -18,10 +18,10 @@ from typing import AsyncIterator
 import pytest
 from aiohttp import web
 
-from tests.conftest import self_signed_cert
-from tests.test_proxy import RunningProxy, free_port, start_proxy
-from tests.test_tls_hello import sni_extension, with_extensions
 from resolver_plugin.tls_hello import ACCESS_DENIED_ALERT
+from tests.support.net import free_port
+from tests.support.proxy import RunningProxy, start_proxy
+from tests.support.tls import self_signed_cert, sni_extension, with_extensions
 
 
 @pytest.fixture

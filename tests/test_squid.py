@@ -27,18 +27,13 @@ from typing import AsyncIterator, Iterator
 import pytest
 from aiohttp import web
 
-from conftest import require_program
+from tests.conftest import require_program
+from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "resolver_plugin" / "templates"
 SQUID_TEMPLATES = Path("/usr/share/squid/errors/templates")
 SQUID_USER = "proxy"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _others_can_run(path: Path) -> bool:

@@ -11,41 +11,15 @@ from click.testing import CliRunner, Result
 
 from resolver_plugin.cli import main as plugin_main
 from resolver_plugin.config import PluginConfig
-from resolver_plugin.node_status import ListStatus, ManifestStatus, NodeStatus, write_status
+from resolver_plugin.node_status import write_status
 from resolver_plugin.status import evaluate, render
 from tests.conftest import Plugin
-
-HOUR, DAY = 3600, 86400
-SOURCE = "http://127.0.0.1:9/"
-
-
-def node_status(now: float, errors: dict[str, int] | None = None, **fields: Any) -> NodeStatus:
-    """A status as sync writes it for list "default", in sync at version 1 unless `fields` say otherwise."""
-    values: dict[str, Any] = dict(version=1, entries=2, checksum="c", expires=now + 7 * DAY, newest_seen=1,
-                                  newest_seen_at=now - 600, last_success=now - 30, last_attempt=now - 30)
-    values.update(fields)
-    return NodeStatus(node_id="test-node", source=SOURCE,
-                      manifest=ManifestStatus(version=4, expires=values["expires"], signed_by="ab12", fetched_at=now - 30),
-                      lists={"default": ListStatus(**values)}, errors_total=errors or {})
-
-
-def publish(plugin: Plugin, *urls: str) -> None:
-    plugin.hotline.run("add", *urls)
-    plugin.hotline.run("publish")
+from tests.support.status import DAY, HOUR, SOURCE, node_status, publish
 
 
 def status_cli(plugin: Plugin, *args: str) -> Result:
     return CliRunner().invoke(plugin_main, ["-c", str(plugin.config_path), "status", *args],
                               catch_exceptions=False)
-
-
-@pytest.fixture
-def installed(plugin: Plugin) -> Plugin:
-    """Version 1 of "default" (2 entries) published and in the cache."""
-    plugin.write_config(source=SOURCE)
-    publish(plugin, "http://bad.example/a.html", "http://bad.example/b.html")
-    plugin.install_published()
-    return plugin
 
 
 # Each acceptance state: what sync would have written, the state, a phrase of the first line.

@@ -14,7 +14,7 @@ from aiohttp import web
 from resolver_plugin.admin import make_admin_app
 from resolver_plugin.node_status import write_status
 from tests.conftest import Plugin, require_program
-from tests.test_status import HOUR, SOURCE, node_status, publish
+from tests.support.status import HOUR, SOURCE, node_status, publish
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -11,10 +11,8 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +22,6 @@ from typing import Awaitable, Callable
 
 import pytest
 from aiohttp import web
-from click.testing import CliRunner, Result
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -36,53 +33,18 @@ from blocklist.format import (
 from blocklist.home import Home
 from blocklist.serve import make_app
 from resolver_plugin.cache import Cache, LiveMatcher
-from resolver_plugin.cli import main as plugin_main
 from resolver_plugin.config import load_config
-from resolver_plugin.node_status import read_status
 from resolver_plugin.sync import sync_loop
 from tests.conftest import Hotline, Plugin
+from tests.support.net import ServerThread, free_port, wait_for_port
+from tests.support.plugin import (
+    URL_A, URL_B, blocked, cache_files, env, plugin_argv, plugin_cli, state_version, status_of, sync_once,
+)
 
-URL_A = "http://bad.example/a.html"
-URL_B = "http://bad.example/b.html"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------- servers
-
-class ServerThread:
-    """An aiohttp application on 127.0.0.1:<free port>, in its own thread and event loop."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app, self.port = app, 0
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        runner = web.AppRunner(self.app, shutdown_timeout=0.2)
-        self.loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(runner.cleanup())
-        self.loop.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        assert self.ready.wait(10), "server did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
 
 class Source:
     """A plain static server of a publish dir (no ETag, no long-poll) with hostile overrides by path."""
@@ -147,65 +109,6 @@ class Source:
             self.aborted_after = sent
             return resp
         return handler
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port}")
-
-
-# ----------------------------------------------------------------------------- plugin helpers
-
-def plugin_cli(plugin: Plugin, *args: str) -> Result:
-    return CliRunner().invoke(plugin_main, ["-c", str(plugin.config_path), *args], catch_exceptions=False)
-
-
-def sync_once(plugin: Plugin) -> int:
-    return plugin_cli(plugin, "sync", "--once").exit_code
-
-
-def blocked(plugin: Plugin, url: str) -> bool:
-    result = plugin_cli(plugin, "check", url)
-    assert result.exit_code in (0, 1), result.output
-    return result.exit_code == 0
-
-
-def cache_files(plugin: Plugin) -> dict[str, bytes]:
-    root = plugin.config().cache_dir / "lists"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def state_version(plugin: Plugin) -> int | None:
-    try:
-        return json.loads((plugin.dir / "cache" / "lists" / "default" / "state.json").read_text())["version"]
-    except (OSError, ValueError):
-        return None
-
-
-def status_of(plugin: Plugin):
-    status = read_status(plugin.config().status_path)
-    assert status is not None
-    return status
-
-
-def plugin_argv(plugin: Plugin, *args: str) -> list[str]:
-    return [sys.executable, "-c", "from resolver_plugin.cli import main; main()",
-            "-c", str(plugin.config_path), *args]
-
-
-def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 # ----------------------------------------------------------------------------- acceptance

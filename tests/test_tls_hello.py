@@ -9,26 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resolver_plugin.tls_hello import MAX_HELLO, ClientHelloError, read_client_hello
-
-
-def client_hello(server_name: str | None, maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> bytes:
-    """The first bytes OpenSSL sends for a connection to `server_name` (via Python's ssl)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.maximum_version = maximum
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    connection = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with pytest.raises(ssl.SSLWantReadError):
-        connection.do_handshake()
-    return outgoing.read()
-
-
-def reframe(data: bytes, size: int) -> bytes:
-    """The same handshake bytes in records of at most `size` bytes (as a client may split them)."""
-    assert data[0] == 22
-    body = data[5:5 + int.from_bytes(data[3:5], "big")]
-    return b"".join(data[:3] + len(piece).to_bytes(2, "big") + piece
-                    for piece in (body[i:i + size] for i in range(0, len(body), size)))
+from tests.support.tls import client_hello, reframe, sni_extension, with_extensions
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -77,19 +58,6 @@ def test_a_hello_split_across_records(size: int) -> None:
 def test_refuses_what_is_not_a_client_hello(data: bytes, why: str) -> None:
     with pytest.raises(ClientHelloError, match=why):
         read_client_hello(data)
-
-
-def with_extensions(extensions: bytes) -> bytes:
-    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
-    body += len(extensions).to_bytes(2, "big") + extensions
-    message = b"\x01" + len(body).to_bytes(3, "big") + body
-    return b"\x16\x03\x01" + len(message).to_bytes(2, "big") + message
-
-
-def sni_extension(*entries: tuple[int, bytes]) -> bytes:
-    names = b"".join(bytes([kind]) + len(value).to_bytes(2, "big") + value for kind, value in entries)
-    data = len(names).to_bytes(2, "big") + names
-    return b"\x00\x00" + len(data).to_bytes(2, "big") + data
 
 
 @pytest.mark.parametrize("extensions, expected", [

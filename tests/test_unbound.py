@@ -34,7 +34,8 @@ from resolver_plugin.cache import LiveMatcher
 from resolver_plugin.unbound_module import (RR_A, RR_AAAA, RR_ANY, RR_HTTPS, Decision, Reply, decide,
                                             qname_from_wire)
 
-from conftest import IN_CI, Hotline, Plugin, require_program, self_signed_cert
+from tests.conftest import IN_CI, Hotline, Plugin, require_program
+from tests.support.tls import self_signed_cert
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "resolver_plugin" / "unbound_module.py"
