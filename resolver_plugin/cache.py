@@ -202,12 +202,14 @@ class LiveMatcher:
     """The matcher an enforcement process uses, reloaded from the cache when `sync` changes it.
 
     `current()` costs a dict lookup, plus one stat() at most every `check_interval`
-    seconds (or none at all with `background=True`, where a daemon thread polls).
-    A reload builds a complete new Matcher and swaps one reference, so a request
-    is answered by the old version or the new one, never a mix.
+    seconds. Long-running shells pass `check_interval=math.inf` (never on the
+    request path) and call `maybe_reload()` from a reload loop or thread of their
+    own, which they stop when they stop. A reload builds a complete new Matcher
+    and swaps one reference, so a request is answered by the old version or the
+    new one, never a mix.
     """
 
-    def __init__(self, config: PluginConfig, check_interval: float = 1.0, background: bool = False) -> None:
+    def __init__(self, config: PluginConfig, check_interval: float = 1.0) -> None:
         self.config = config
         self.cache = Cache(config.cache_dir)
         self.check_interval = check_interval
@@ -217,18 +219,7 @@ class LiveMatcher:
         self.matcher = Matcher()
         self.missing: list[str] = list(config.lists)
         self.loaded_at = 0.0
-        self._background = background
         self.reload()
-        if background:
-            threading.Thread(target=self._poll, name="blocklist-reload", daemon=True).start()
-
-    def _poll(self) -> None:
-        while True:
-            time.sleep(self.check_interval)
-            try:
-                self.maybe_reload()
-            except Exception:  # noqa: BLE001 - the reload thread must survive anything
-                log.exception("cache: reload failed; keeping the current lists")
 
     def reload(self) -> bool:
         """Load the cache now; returns True if the enforced versions changed."""
@@ -251,8 +242,6 @@ class LiveMatcher:
         return False
 
     def current(self) -> Matcher:
-        if self._background:  # the reload thread keeps self.matcher current
-            return self.matcher
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self.check_interval

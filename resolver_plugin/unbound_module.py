@@ -39,9 +39,9 @@ the lists: a reload starts a new one.
 
 The hot path is the in-memory matcher only: a thread of ours reloads the cache
 out of band (LiveMatcher.maybe_reload), and LiveMatcher is built with an
-infinite check interval so that a lookup never stats a file. (Not
-LiveMatcher(background=True): deinit must stop the thread before Unbound
-finalizes the interpreter, which it does on every reload.) The matcher confirms
+infinite check interval so that a lookup never stats a file; deinit stops that
+thread before Unbound finalizes the interpreter, which it does on every reload.
+The matcher confirms
 every Bloom hit against the exact digests, so a false positive blocks nothing
 and at worst sends a host to the proxy, which checks URLs exactly; refuted hits
 are counted (ListFilter.bloom_refuted, /metrics) and logged at debug level.
