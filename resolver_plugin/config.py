@@ -11,7 +11,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     long_poll: 25                             # seconds to wait on `blocklist serve`; 0 = plain polling
     fail_closed: false                        # block everything while no list is loaded
     limits: {max_snapshot_bytes, max_delta_bytes, max_manifest_bytes}
-    timeouts: {connect: 5, read: 30}
+    timeouts: {connect: 5, read: 30, retry_first: 1, retry_max: 300}
     status: {warn_lag_seconds: 3600, crit_lag_seconds: 86400, warn_lag_versions: 1}
     proxy: {listen, allowed_clients, block_status, block_page, appeal_url, tls_listen, ...}
     squid: {}
@@ -50,6 +50,8 @@ class Limits:
 class Timeouts:
     connect: float = 5.0
     read: float = 30.0
+    retry_first: float = 1.0    # sync's first retry after a failure (seconds, with jitter)
+    retry_max: float = 300.0    # retries back off exponentially up to this
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,11 @@ def _validate(cfg: PluginConfig, where: str) -> None:
         raise ConfigError(f"{where}: node_id must be 1-128 printable characters without surrounding spaces")
     if cfg.poll_interval < 1:
         raise ConfigError(f"{where}: poll_interval must be at least 1 second")
+    t = cfg.timeouts
+    if t.connect <= 0 or t.read <= 0 or t.retry_first <= 0:
+        raise ConfigError(f"{where}: timeouts.connect, timeouts.read and timeouts.retry_first must be more than 0")
+    if t.retry_max < t.retry_first:
+        raise ConfigError(f"{where}: timeouts.retry_max must be at least timeouts.retry_first")
     p = cfg.proxy
     if not (200 <= p.block_status <= 599):
         raise ConfigError(f"{where}: proxy.block_status must be an HTTP status code")

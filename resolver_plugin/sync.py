@@ -373,10 +373,14 @@ async def sync_once(config: PluginConfig) -> bool:
         return await Syncer(config, Fetcher(session, config)).sync_once()
 
 
-async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: float = 1.0,
-                    backoff_cap: float = 300.0) -> None:
-    """The daemon: sync, then long-poll (or sleep poll_interval), until `stop` is set."""
-    backoff = Backoff(backoff_base, backoff_cap)
+async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: float | None = None,
+                    backoff_cap: float | None = None) -> None:
+    """The daemon: sync, then long-poll (or sleep poll_interval), until `stop` is set.
+
+    After a failed sync it retries with back-off from timeouts.retry_first up to
+    timeouts.retry_max seconds (`backoff_base`/`backoff_cap` override them).
+    """
+    backoff = Backoff(backoff_base or config.timeouts.retry_first, backoff_cap or config.timeouts.retry_max)
     async with _session() as session:
         syncer = Syncer(config, Fetcher(session, config))
         while not stop.is_set():
@@ -410,7 +414,7 @@ async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: 
                     pass
 
 
-async def _main(config: PluginConfig, once: bool, backoff_base: float, backoff_cap: float) -> int:
+async def _main(config: PluginConfig, once: bool) -> int:
     lock = Cache(config.cache_dir).lock_writer()
     try:
         if once:
@@ -423,7 +427,7 @@ async def _main(config: PluginConfig, once: bool, backoff_base: float, backoff_c
                  ",".join(config.lists), config.long_poll, config.poll_interval)
         admin = await start_admin(config)
         try:
-            await sync_loop(config, stop, backoff_base=backoff_base, backoff_cap=backoff_cap)
+            await sync_loop(config, stop)
         finally:
             if admin is not None:
                 await admin.cleanup()
@@ -433,11 +437,10 @@ async def _main(config: PluginConfig, once: bool, backoff_base: float, backoff_c
         os.close(lock)
 
 
-def run_sync(config: PluginConfig, once: bool, *, backoff_base: float = 1.0,
-             backoff_cap: float = 300.0) -> int:
+def run_sync(config: PluginConfig, once: bool) -> int:
     """`blocklist-plugin sync [--once]`: exit 0 when every list is at the newest version (or on
     SIGTERM/SIGINT for the daemon), 1 otherwise."""
     try:
-        return asyncio.run(_main(config, once, backoff_base, backoff_cap))
+        return asyncio.run(_main(config, once))
     except KeyboardInterrupt:
         return 0

@@ -49,11 +49,8 @@ from tests.support.net import ServerThread, free_port
 from tests.support.plugin import plugin_cli, state_version
 from tests.support.processes import PLUGIN, Program, connect_when_listening, launch, launch_proxy
 
-# The sync daemon with small back-off steps (the CLI keeps the production 1 s .. 300 s).
-FAST_SYNC = ("import sys; from resolver_plugin.cli import setup_logging; "
-             "from resolver_plugin.config import load_config; from resolver_plugin.sync import run_sync; "
-             "setup_logging(False); sys.exit(run_sync(load_config(sys.argv[1]), once=False, "
-             "backoff_base=0.1, backoff_cap=0.5))")
+# The sync daemon's back-off in the tests that restart a source: 0.1 s .. 0.5 s (production: 1 s .. 300 s).
+FAST_RETRY = {"retry_first": 0.1, "retry_max": 0.5}
 ORIGIN_MARK = b"origin content at "
 
 
@@ -64,10 +61,8 @@ def start_helper(plugin: Plugin, tmp_path: Path) -> Program:
                   pipes=True)
 
 
-def start_sync(plugin: Plugin, tmp_path: Path, *, fast: bool = False) -> Program:
-    argv = ([sys.executable, "-c", FAST_SYNC, str(plugin.config_path)] if fast
-            else [*PLUGIN, "-c", str(plugin.config_path), "sync"])
-    return launch(argv, tmp_path / "sync.stderr")
+def start_sync(plugin: Plugin, tmp_path: Path) -> Program:
+    return launch([*PLUGIN, "-c", str(plugin.config_path), "sync"], tmp_path / "sync.stderr")
 
 
 def start_serve(hotline: Hotline, port: int, tmp_path: Path) -> Program:
@@ -337,12 +332,12 @@ def test_cache_and_an_unreachable_source_start_closed(hotline: Hotline, plugin: 
     hotline.run("add", listed)
     hotline.run("publish")
     port = free_port()
-    plugin.write_config(source=f"http://127.0.0.1:{free_port()}/", long_poll=0,
+    plugin.write_config(source=f"http://127.0.0.1:{free_port()}/", long_poll=0, timeouts=FAST_RETRY,
                         proxy={"listen": f"127.0.0.1:{port}"})
     plugin.install_published()
     sync = proxy = helper = None
     try:
-        sync = start_sync(plugin, tmp_path, fast=True)
+        sync = start_sync(plugin, tmp_path)
         proxy = launch_proxy(plugin, tmp_path)
         helper = start_helper(plugin, tmp_path)
         lines = Lines(helper)
@@ -555,13 +550,13 @@ def test_source_down_warns_then_goes_critical_and_recovers_by_itself(hotline: Ho
     port = free_port()
     # last_success is written when a long-poll returns: long_poll must stay well under warn_lag_seconds.
     plugin.write_config(source=f"http://127.0.0.1:{port}/", long_poll=1, poll_interval=1,
-                        timeouts={"connect": 1, "read": 2},
+                        timeouts={"connect": 1, "read": 2, **FAST_RETRY},
                         status={"warn_lag_seconds": WARN_S, "crit_lag_seconds": CRIT_S})
     serve = sync = None
     seen: list[tuple[float, int, float]] = []  # (seconds since serve stopped, exit code, silence)
     try:
         serve = start_serve(hotline, port, tmp_path)
-        sync = start_sync(plugin, tmp_path, fast=True)
+        sync = start_sync(plugin, tmp_path)
         deadline = time.monotonic() + 15
         while status_json(plugin)[0] != 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -651,10 +646,10 @@ def test_full_cache_disk_keeps_the_last_good_version_and_recovers(hotline: Hotli
     hotline.run("publish")
     with ServerThread(make_app(Home(hotline.home))) as server:
         # plain polling: a failed write is retried after the back-off (a long-poll would wait first)
-        plugin.write_config(source=server.url, long_poll=0, cache_dir=str(cache_disk / "cache"))
+        plugin.write_config(source=server.url, long_poll=0, timeouts=FAST_RETRY, cache_dir=str(cache_disk / "cache"))
         sync = None
         try:
-            sync = start_sync(plugin, tmp_path, fast=True)
+            sync = start_sync(plugin, tmp_path)
             deadline = time.monotonic() + 15
             while cached_version(plugin) != 1 and time.monotonic() < deadline:
                 time.sleep(0.02)

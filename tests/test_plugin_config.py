@@ -1,12 +1,17 @@
-"""plugin.yaml is validated once, at start: every bad value is an error naming the file and the key."""
+"""plugin.yaml settings: every bad value is an error naming the file and the key; good ones take effect."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
+import re
 
 import pytest
 
 from blocklist.errors import ConfigError
 from resolver_plugin.proxy_forward import upstream_headers
 from resolver_plugin.proxy_http import RequestHead
+from resolver_plugin.sync import sync_loop
 from tests.conftest import Plugin
 
 
@@ -33,6 +38,38 @@ def test_bad_proxy_settings_name_the_file_and_key(plugin: Plugin, settings: dict
     with pytest.raises(ConfigError, match=message) as caught:
         plugin.config()
     assert str(caught.value).startswith(str(plugin.config_path))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"retry_first": 0}, "timeouts.retry_first must be more than 0"),
+    ({"retry_first": 10, "retry_max": 5}, "timeouts.retry_max must be at least timeouts.retry_first"),
+    ({"connect": 0}, "timeouts.connect"),
+    ({"retry": 3}, "unknown key timeouts.retry"),
+])
+def test_bad_timeouts_name_the_file_and_key(plugin: Plugin, settings: dict, message: str) -> None:
+    plugin.write_config(timeouts=settings)
+    with pytest.raises(ConfigError, match=message):
+        plugin.config()
+
+
+def test_sync_retries_follow_the_configured_back_off(plugin: Plugin, caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon against a source that is down: its retries start at retry_first and stop growing at retry_max."""
+    plugin.write_config(source="http://127.0.0.1:9/", timeouts={"connect": 0.2, "retry_first": 0.04,
+                                                               "retry_max": 0.16})
+
+    async def run(seconds: float) -> None:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(sync_loop(plugin.config(), stop))
+        await asyncio.sleep(seconds)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    caplog.set_level(logging.INFO, logger="blocklist.plugin.sync")
+    asyncio.run(run(1.5))
+    delays = [float(m[1]) for m in (re.search(r"sync retry in=([\d.]+)s", text) for text in caplog.messages) if m]
+    assert len(delays) >= 4, caplog.messages
+    assert 0.02 <= delays[0] <= 0.04  # in [d/2, d] of retry_first
+    assert all(0.08 <= d <= 0.16 for d in delays[3:]), delays  # capped at retry_max
 
 
 def _head(*headers: tuple[str, str]) -> RequestHead:

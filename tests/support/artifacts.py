@@ -1,4 +1,4 @@
-"""Signed artifacts for tests: snapshots, manifests and Matcher filters built in memory, a hotline's publish/ checked."""
+"""Signed artifacts for tests: snapshots, manifests and filters built in memory; a publish dir checked."""
 
 from __future__ import annotations
 
