@@ -88,7 +88,7 @@ class ProxyServer:
         self.open_connections = 0
         # where stage 1 points listed hosts: an origin resolving there is a loop back to us
         r = config.resolver
-        self.own_addresses = frozenset(a for a in (r.proxy_address, r.proxy_address6) if a)
+        self.own_addresses = frozenset(str(ipaddress.ip_address(a)) for a in (r.proxy_address, r.proxy_address6) if a)
         self._loop_warned = -math.inf
         self.server: asyncio.Server | None = None
         self.tls_server: asyncio.Server | None = None
