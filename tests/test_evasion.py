@@ -635,7 +635,7 @@ async def test_proxy_blocks_a_sample_of_the_corpus(hotline, plugin, origin: str,
         # The differentials found by this corpus always go through the proxy, whatever the sample.
         chosen += [Variant(LISTED[0], ("regression",), u) for u in (
             f"http://x%2F@127.0.0.1:{port}/path/page.html", f"http://x%3F@127.0.0.1:{port}/path/page.html",
-            f"http://127.0.0.1:{port}/x%3F/../path/page.html", f"http://x%2F@evil.test/")]
+            f"http://127.0.0.1:{port}/x%3F/../path/page.html", "http://x%2F@evil.test/")]
         started = time.monotonic()
         leaked, statuses = [], {}
 

@@ -13,7 +13,6 @@ import asyncio
 import os
 import pwd
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -29,6 +28,7 @@ from aiohttp import web
 
 from tests.conftest import require_program
 from tests.support.net import free_port
+from tests.support.processes import terminate
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "resolver_plugin" / "templates"
@@ -117,14 +117,8 @@ class Squid:
         pytest.fail(f"squid did not listen within 30 s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        if self.proc is not None:
+            terminate(self.proc, grace=15)
 
     def log(self) -> str:
         parts = []

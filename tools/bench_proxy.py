@@ -160,7 +160,7 @@ def pct(values: list[float], q: float) -> float:
 async def measure(origin: int, proxy: int, args: argparse.Namespace) -> dict[str, Any]:
     direct_req = f"GET /obj HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode()
     proxy_req = f"GET http://127.0.0.1:{origin}/obj HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode()
-    blocked_req = f"GET http://blocked.bench.test/page HTTP/1.1\r\nHost: blocked.bench.test\r\n\r\n".encode()
+    blocked_req = "GET http://blocked.bench.test/page HTTP/1.1\r\nHost: blocked.bench.test\r\n\r\n".encode()
     out: dict[str, Any] = {}
     direct = await latencies(origin, direct_req, args.requests, 200)
     via = await latencies(proxy, proxy_req, args.requests, 200)

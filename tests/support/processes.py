@@ -22,6 +22,17 @@ if TYPE_CHECKING:
 PLUGIN = [sys.executable, "-m", "resolver_plugin"]
 
 
+def terminate(proc: subprocess.Popen, grace: float = 10) -> None:
+    """Stop a program we started as an operator would: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 @dataclass
 class Program:
     """A plugin or hotline process started by a test; stopped by its PID only."""
@@ -42,13 +53,7 @@ class Program:
         self.proc.wait(10)
 
     def stop(self) -> int:
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        terminate(self.proc)
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from tests.support.net import free_port
 from tests.support.plugin import PLUGIN_MAIN, ROOT
+from tests.support.processes import terminate
 
 MB = 1024 * 1024
 
@@ -87,13 +87,7 @@ class RunningProxy:
         return int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        terminate(self.proc)
 
 
 def start_proxy(plugin, tmp_path: Path, **proxy: object) -> RunningProxy:
