@@ -109,7 +109,7 @@ class ProxyServer:
         return self.server
 
     async def start_tls(self, host: str | None = None, port: int | None = None) -> asyncio.Server:
-        """The TLS listener (resolver_plugin.proxy_tls); after start(), which opens the sessions."""
+        """The TLS listener (resolver_plugin.proxy_tls), on `proxy.tls_listen` unless given."""
         if host is None or port is None:
             host, port = parse_listen(self.proxy.tls_listen or "", "proxy.tls_listen")
         self.tls_server = await asyncio.start_server(

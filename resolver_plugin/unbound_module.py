@@ -543,7 +543,7 @@ def _check_chain(id: int, qstate: object, stage: _Stage, rep: object) -> None:
     started = _clock()
     qinfo = _qinfo(qstate)
     qwire = _qname(qinfo).lower()
-    for i in range(min(rep.an_numrrsets, MAX_CHAIN)):
+    for i in range(min(_an_numrrsets(rep), MAX_CHAIN)):
         owner = rep.rrsets[i].rk.dname
         if owner.lower() == qwire:
             continue
