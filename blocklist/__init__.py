@@ -1,3 +1,8 @@
-"""blocklist: hotline publisher and the shared core (urls, digests, format, matcher)."""
+"""blocklist: the hotline application (store, import, publish, keys, serve, fleet, CLI).
 
-__version__ = "0.1.0"
+The code both sides share lives in `blocklist.core`.
+"""
+
+from blocklist.core import __version__
+
+__all__ = ["__version__"]

@@ -15,16 +15,16 @@ from typing import Any, Callable
 import click
 
 from blocklist import __version__
-from blocklist.digests import Scope, digest, domain_keys, entry_keys, kind_of, make_entry
-from blocklist.errors import BlocklistError, InvalidURL, StoreError
-from blocklist.format import public_key_text
+from blocklist.core.digests import Scope, digest, domain_keys, entry_keys, kind_of, make_entry
+from blocklist.core.errors import BlocklistError, InvalidURL, StoreError
+from blocklist.core.format import public_key_text
 from blocklist.home import Home, HotlineConfig, default_home
 from blocklist.importer import ImportFileError, parse_file
-from blocklist.matcher import ListFilter, Matcher
+from blocklist.core.matcher import ListFilter, Matcher
 from blocklist.publish import publish as run_publish
 from blocklist.store import Store, default_actor
-from blocklist.table import render
-from blocklist.urls import canonicalize
+from blocklist.core.table import render
+from blocklist.core.urls import canonicalize
 
 DEFAULT_LIST = "default"
 SCOPES = click.Choice([s.value for s in Scope])

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 import click
 
-from blocklist.table import render
+from blocklist.core.table import render
 
 CHECKS = [  # (url, blocked?) -- variants a user might try, listed and not
     ("http://images.bad.example/gallery/photo-0001.jpg", True),
@@ -120,6 +120,7 @@ class Demo:
         self.section("ISP: blocklist-plugin sync (verifies every signature and hash)")
         proxy_port, admin_port = free_port(), free_port()
         self.write_plugin_config(port, proxy_port, admin_port)
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
         self.plugin("sync", "--once")
         self.start([sys.executable, "-m", "resolver_plugin", "-c", str(self.plugin_dir / "plugin.yaml"), "sync"],
                    "sync.log")
@@ -143,7 +144,7 @@ class Demo:
         self.section("operators: blocklist fleet (which node enforces which version)")
         fleet = self.hotline("fleet", check=False)
         self.echo(fleet.stdout.rstrip())
-        self.echo(f"admin endpoint: http://127.0.0.1:{admin_port}/status  /metrics  /healthz")
+        self.echo(f"admin endpoint: {self.admin_url}/status  /metrics  /healthz")
         return 0
 
     def write_plugin_config(self, port: int, proxy_port: int, admin_port: int) -> None:
@@ -176,14 +177,16 @@ class Demo:
         self.hotline("add", new_url, "--list", "iwf", "--reason", "demo: live change")
         t0 = time.monotonic()
         version = self.hotline("publish").stdout.strip()
-        state = self.plugin_dir / "cache" / "lists" / "iwf" / "state.json"
         want = int(version.split()[-1])
-        self.wait_for(lambda: _state_version(state) == want, 10, "sync to enforce the new version")
+        self.wait_for(lambda: self.enforced("iwf") == want, 10, "sync to enforce the new version")
         elapsed = time.monotonic() - t0
         blocked = self.plugin("check", new_url, check=False).returncode == 0
         self.echo(f"published {version}; the plugin enforced it {elapsed * 1000:.0f} ms later; "
                   f"{new_url} is now {'BLOCKED' if blocked else 'allowed'} "
                   f"[{self.expect(blocked, 'live change blocked')}]")
+
+    def enforced(self, name: str) -> int:
+        return _enforced(self.admin_url, name)
 
     # -- waiting
 
@@ -205,10 +208,14 @@ class Demo:
         self.wait_for(ready, 15, what)
 
 
-def _state_version(path: Path) -> int:
+def _enforced(admin_url: str, name: str) -> int:
+    """The version of list `name` the plugin enforces, as its admin endpoint's /status says."""
+    request = urllib.request.Request(admin_url + "/status", headers={"Accept": "application/json"})
     try:
-        return int(json.loads(path.read_text())["version"])
-    except (OSError, ValueError, KeyError):
+        with urllib.request.urlopen(request, timeout=2) as resp:
+            lists = json.load(resp)["lists"]
+        return next(int(item["enforced"]) for item in lists if item["list"] == name)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
         return 0
 
 

@@ -23,7 +23,6 @@ reports it, usually seconds with long-polling: give a Nagios check a few retries
 
 from __future__ import annotations
 
-import enum
 import json
 import sqlite3
 import time
@@ -31,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from blocklist.errors import StoreError
+from blocklist.core.errors import StoreError
 from blocklist.home import Home
 from blocklist.publish import current_manifest
-from blocklist.table import render
+from blocklist.core.severity import Severity, worst
+from blocklist.core.table import render
+from blocklist.core.timefmt import human_duration, relative, utc
 
-MAX_NODE_ID = 128
-MAX_LISTS_REPORTED = 64
 MAX_NAMED = 5  # nodes named in the summary line
 
 SCHEMA = """
@@ -52,48 +51,6 @@ CREATE TABLE IF NOT EXISTS nodes (
 """
 
 
-# ----------------------------------------------------------------------------- states and times
-# Shared with the plugin's `status` (resolver_plugin.status).
-
-class Severity(enum.IntEnum):
-    """A Nagios plugin state; the value is the exit code."""
-
-    OK = 0
-    WARNING = 1
-    CRITICAL = 2
-    UNKNOWN = 3
-
-
-# UNKNOWN outranks WARNING (we cannot tell how bad it is) but not CRITICAL (a known outage).
-_RANK = {Severity.OK: 0, Severity.WARNING: 1, Severity.UNKNOWN: 2, Severity.CRITICAL: 3}
-
-
-def worst(states: Iterable[Severity]) -> Severity:
-    return max(states, key=_RANK.__getitem__, default=Severity.OK)
-
-
-def human_duration(seconds: float) -> str:
-    """The largest unit and the next, if not zero: "45s", "5m 3s", "2h", "3d 4h"."""
-    total = int(abs(seconds))
-    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-    first = next((i for i, (_, size) in enumerate(units) if total >= size), len(units) - 1)
-    (big, big_size), (small, small_size) = units[first], units[min(first + 1, len(units) - 1)]
-    text = f"{total // big_size}{big}"
-    rest = total % big_size // small_size
-    return text + (f" {rest}{small}" if rest and small != big else "")
-
-
-def relative(ts: float, now: float) -> str:
-    """"5m 3s ago" or "in 6d 23h"."""
-    if ts <= now:
-        return f"{human_duration(now - ts)} ago"
-    return f"in {human_duration(ts - now)}"
-
-
-def utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + "Z"
-
-
 # ----------------------------------------------------------------------------- poll records
 
 @dataclass(frozen=True)
@@ -104,27 +61,6 @@ class NodeRecord:
     remote: str
     versions: dict[str, int]
     polls: int
-
-
-def parse_have(header: str) -> dict[str, int]:
-    """"iwf=3,other=5" -> {"iwf": 3, "other": 5}; malformed items are dropped."""
-    versions: dict[str, int] = {}
-    for item in header.split(",")[:MAX_LISTS_REPORTED]:
-        name, sep, version = item.strip().partition("=")
-        if sep and version.isdigit() and 0 < len(name) <= 64 and len(version) <= 12:
-            versions[name] = int(version)
-    return versions
-
-
-def format_have(versions: dict[str, int]) -> str:
-    return ",".join(f"{name}={version}" for name, version in sorted(versions.items()))
-
-
-def clean_node_id(node_id: str) -> str | None:
-    node_id = node_id.strip()
-    if not node_id or len(node_id) > MAX_NODE_ID or not node_id.isprintable():
-        return None
-    return node_id
 
 
 class FleetStore:

@@ -27,8 +27,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from blocklist.errors import BlocklistError
-from blocklist.fleet import FleetReport, fleet_report, fleet_table, published_line, utc
+from blocklist.core.errors import BlocklistError
+from blocklist.fleet import FleetReport, fleet_report, fleet_table, published_line
+from blocklist.core.timefmt import utc
 from blocklist.home import Home
 
 log = logging.getLogger("blocklist.fleet")

@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from blocklist import atomic
-from blocklist.errors import ConfigError
-from blocklist.format import load_private_key, private_key_bytes
+from blocklist.core import atomic
+from blocklist.core.errors import ConfigError
+from blocklist.core.format import load_private_key, private_key_bytes
 
 CONFIG_NAME = "blocklist.yaml"
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from blocklist.digests import Entry, Scope, make_entry
-from blocklist.errors import BlocklistError
+from blocklist.core.digests import Entry, Scope, make_entry
+from blocklist.core.errors import BlocklistError
 
 MAX_LINE = 8192
 CSV_COLUMNS = {"url", "scope", "reason", "ref"}

@@ -11,7 +11,7 @@ the new key (a snapshot and an empty delta), so that
     the newest snapshot (it cannot know the old public key), and
   - `blocklist publish` finds a previous snapshot signed by the current key.
 Plugins that pinned the old key apply the empty delta (a few hundred bytes) and
-keep their cached files, which stay valid: resolver_plugin.trust accepts files
+keep their cached files, which stay valid: resolver_plugin.distribution.trust accepts files
 signed by any key of the chain because the manifest binds them by SHA-256.
 
 Steps, all under the store's write lock (no publish runs meanwhile), each
@@ -33,9 +33,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from blocklist import atomic
-from blocklist.errors import SignatureError, StoreError
-from blocklist.format import (
+from blocklist.core import atomic
+from blocklist.core.errors import SignatureError, StoreError
+from blocklist.core.format import (
     Delta, ListRef, Manifest, digest_array, key_id, load_private_key, private_key_bytes,
     read_manifest, read_snapshot, sign_rotation, write_manifest,
 )

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pybloom_live import BloomFilter
 
-from blocklist import atomic
+from blocklist.core import atomic
 
-from blocklist.format import (
+from blocklist.core.format import (
     Delta, DeltaRef, ListRef, Manifest, Snapshot, build_bloom, contains, diff,
     digest_array, file_ref, grow_bloom, key_id, merge_sorted, read_manifest, read_snapshot, set_checksum,
     write_delta, write_manifest, write_snapshot,

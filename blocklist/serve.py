@@ -41,8 +41,9 @@ from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from blocklist.errors import StoreError
-from blocklist.fleet import FleetStore, clean_node_id, parse_have
+from blocklist.core.errors import StoreError
+from blocklist.fleet import FleetStore
+from blocklist.core.protocol import clean_node_id, parse_have
 from blocklist.fleet_web import add_fleet_routes
 from blocklist.home import Home
 

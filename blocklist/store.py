@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from blocklist.digests import Entry, Scope, entry_digests, subtree_markers
-from blocklist.errors import StoreError
-from blocklist.format import check_list_name, FormatError
+from blocklist.core.digests import Entry, Scope, entry_digests, subtree_markers
+from blocklist.core.errors import StoreError
+from blocklist.core.format import check_list_name, FormatError
 
 SCHEMA_VERSION = 2  # 2: the subtrees table
 SCHEMA = """
@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS touched (
     value BLOB NOT NULL,
     PRIMARY KEY (list_id, kind, value)
 ) WITHOUT ROWID;
--- Subtree markers (blocklist.digests.subtree_markers): how many entries put each one in
+-- Subtree markers (blocklist.core.digests.subtree_markers): how many entries put each one in
 -- the host set; a marker is published while its count is above zero.
 CREATE TABLE IF NOT EXISTS subtrees (
     list_id INTEGER NOT NULL REFERENCES lists(id),

@@ -9,7 +9,10 @@ Layout under `cache_dir` (written only by `sync`, read by every enforcement proc
     lists/<name>/delta-M-N      verified deltas applied on top of it, in order
     lists/<name>/state.json     {"version", "checksum", "snapshot", "deltas"}: what to load
     generation                  rewritten after every change; readers stat it to reload
-    status.json                 the node status (resolver_plugin.node_status)
+    status.json                 the node status (resolver_plugin.operations.node_status)
+    metrics/<pid>.json          each enforcing process's counters (resolver_plugin.operations.metrics)
+
+`Cache` is the one owner of these names: everything else asks it for a path.
 
 Writers put new artifact files first and replace state.json last (each file
 atomically), then bump `generation`, then delete files state.json no longer
@@ -35,10 +38,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives import serialization
 
-from blocklist import atomic
-from blocklist.errors import BlocklistError, ChecksumError, ConfigError, FormatError
-from blocklist.format import Keyring, check_list_name, key_id, read_delta, read_snapshot
-from blocklist.matcher import HOST_PASS, HostAction, HostVerdict, ListFilter, Matcher, Verdict
+from blocklist.core import atomic
+from blocklist.core.errors import BlocklistError, ChecksumError, ConfigError, FormatError
+from blocklist.core.format import Keyring, check_list_name, key_id, read_delta, read_snapshot
+from blocklist.core.matcher import HOST_PASS, HostAction, HostVerdict, ListFilter, Matcher, Verdict
 from resolver_plugin.config import PluginConfig
 
 log = logging.getLogger("blocklist.plugin.cache")
@@ -85,6 +88,19 @@ class Cache:
         for path in [*self.root.glob(".*.tmp-*"), *self.root.glob("lists/*/.*.tmp-*")]:
             path.unlink(missing_ok=True)
 
+    @property
+    def status_file(self) -> Path:
+        """The node status that `sync` writes (resolver_plugin.operations.node_status)."""
+        return self.root / "status.json"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """One counter file per enforcing process (resolver_plugin.operations.metrics)."""
+        return self.root / "metrics"
+
+    def state_file(self, name: str) -> Path:
+        return self.list_dir(name) / "state.json"
+
     def list_dir(self, name: str) -> Path:
         return self.root / "lists" / check_list_name(name)
 
@@ -116,7 +132,7 @@ class Cache:
     # -- state
 
     def state(self, name: str) -> ListState | None:
-        path = self.list_dir(name) / "state.json"
+        path = self.state_file(name)
         if not path.exists():
             return None
         try:
@@ -133,7 +149,7 @@ class Cache:
         folder.mkdir(parents=True, exist_ok=True)
         for file_name, data in files.items():
             atomic.write_bytes(folder / _safe_name(file_name), data)
-        atomic.write_bytes(folder / "state.json", json.dumps(state.as_json()).encode())
+        atomic.write_bytes(self.state_file(name), json.dumps(state.as_json()).encode())
         self.bump_generation()
         keep = {state.snapshot, *state.deltas, "state.json"}
         for path in folder.iterdir():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from blocklist import __version__
-from blocklist.errors import BlocklistError, ConfigError, InvalidURL
+from blocklist.core import __version__
+from blocklist.core.errors import BlocklistError, ConfigError, InvalidURL
 from resolver_plugin.config import PluginConfig, load_config
 
 
@@ -75,7 +75,7 @@ def sync(ctx: click.Context, once: bool) -> None:
       blocklist-plugin -c plugin.yaml sync            # the daemon
       blocklist-plugin -c plugin.yaml sync --once     # cron or first install
     """
-    from resolver_plugin.sync import run_sync
+    from resolver_plugin.distribution.sync import run_sync
     sys.exit(run_sync(_config(ctx), once=once))
 
 
@@ -117,7 +117,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     Example:
       blocklist-plugin -c plugin.yaml status --json
     """
-    from resolver_plugin.status import run_status
+    from resolver_plugin.operations.status import run_status
     sys.exit(run_status(ctx.obj, as_json=as_json))
 
 
@@ -131,7 +131,7 @@ def proxy(ctx: click.Context) -> None:
       blocklist-plugin -c plugin.yaml proxy
       curl -x http://127.0.0.1:3128 http://bad.example/page.html   # -> 451
     """
-    from resolver_plugin.proxy import run_proxy
+    from resolver_plugin.enforcement.proxy.server import run_proxy
     sys.exit(run_proxy(_config(ctx)))
 
 
@@ -145,5 +145,5 @@ def squid_helper(ctx: click.Context) -> None:
       external_acl_type blocklist ttl=60 negative_ttl=60 children-max=4 concurrency=100 %URI \\
           /usr/local/bin/blocklist-plugin -c /etc/blocklist/plugin.yaml squid-helper
     """
-    from resolver_plugin.squid_helper import run_helper
+    from resolver_plugin.enforcement.squid_helper import run_helper
     sys.exit(run_helper(_config(ctx), sys.stdin.buffer, sys.stdout.buffer))

@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from blocklist.errors import ConfigError, SignatureError
-from blocklist.format import check_list_name, FormatError, load_public_key, key_id
+from blocklist.core.errors import ConfigError, SignatureError
+from blocklist.core.format import check_list_name, FormatError, load_public_key, key_id
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -126,10 +126,6 @@ class PluginConfig:
     squid: SquidConfig = SquidConfig()
     resolver: ResolverConfig = ResolverConfig()
     admin: AdminConfig = AdminConfig()
-
-    @property
-    def status_path(self) -> Path:
-        return self.cache_dir / "status.json"
 
 
 _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,

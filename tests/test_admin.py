@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from resolver_plugin import metrics
-from resolver_plugin.admin import make_admin_app, start_admin
-from resolver_plugin.cache import LiveMatcher
+from resolver_plugin.operations import metrics
+from resolver_plugin.operations.admin import make_admin_app, start_admin
+from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.cli import main as plugin_main
 from resolver_plugin.config import load_config
-from resolver_plugin.node_status import write_status
+from resolver_plugin.operations.node_status import write_status
 from tests.conftest import Plugin
 from tests.support.net import free_port
 from tests.support.status import HOUR, SOURCE, node_status, publish
@@ -42,7 +42,7 @@ def lagging_with_errors(plugin: Plugin) -> None:
     now = time.time()
     status = node_status(now, {"network": 7, "signature": 1}, newest_seen=3, newest_seen_at=now - 2 * HOUR,
                          last_success=now - 2 * HOUR, last_error="network: refused", last_error_at=now - 3)
-    write_status(plugin.config().status_path, status)
+    write_status(Cache(plugin.config().cache_dir).status_file, status)
 
 
 async def test_metrics_show_the_figures_of_status_json(installed: Plugin, aiohttp_client: Any) -> None:
@@ -128,7 +128,7 @@ async def test_checks_blocks_latency_and_bloom_counters(installed: Plugin, aioht
 
 HELPER = """
 import sys, time
-from resolver_plugin import metrics
+from resolver_plugin.operations import metrics
 from resolver_plugin.cache import LiveMatcher
 from resolver_plugin.config import load_config
 config = load_config(sys.argv[1])
@@ -160,7 +160,7 @@ def run_helper(plugin: Plugin, *urls: str, stay: bool = False) -> subprocess.Pop
 async def test_counters_of_other_processes_reach_metrics_and_survive_their_exit(
         installed: Plugin, aiohttp_client: Any) -> None:
     client = await aiohttp_client(make_admin_app(installed.config()))
-    folder = installed.config().cache_dir / "metrics"
+    folder = Cache(installed.config().cache_dir).metrics_dir
 
     async def helper_checks() -> float:
         got = samples(await (await client.get("/metrics")).text())

@@ -29,7 +29,7 @@ fixed in the core; see docs/RELIABILITY.md:
 
 - userinfo hiding the host behind an escaped delimiter ("http://x%2F@host/p"):
   the spec's unescape-first split read "x" as the host while every HTTP client
-  (yarl, curl, browsers) connects to "host". blocklist.urls now drops userinfo
+  (yarl, curl, browsers) connects to "host". blocklist.core.urls now drops userinfo
   at the last raw "@" of the authority before unescaping.
 - an escaped "?" before dot segments ("/x%3F/../page.html"): the spec turns %3F
   into the query delimiter, but nginx (checked with a real nginx) decodes it as
@@ -62,9 +62,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocklist.digests import Scope
-from blocklist.matcher import Matcher
-from blocklist.urls import canonicalize
+from blocklist.core.digests import Scope
+from blocklist.core.matcher import Matcher
+from blocklist.core.urls import canonicalize
 from tests.support.artifacts import make_filter
 from tests.support.proxy import raw_exchange, start_proxy
 from tests.support.squid import Helper

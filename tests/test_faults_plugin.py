@@ -693,7 +693,7 @@ def test_full_cache_disk_keeps_the_last_good_version_and_recovers(hotline: Hotli
 
 
 class FailingWrites:
-    """blocklist.atomic.write_bytes failing at its `at`-th call of an attempt, in one of three ways.
+    """blocklist.core.atomic.write_bytes failing at its `at`-th call of an attempt, in one of three ways.
 
     full:      that write and every later one raise ENOSPC and write nothing (the disk fills up);
     once:      only that write raises ENOSPC (a transient shortage: the next writes fit);
@@ -719,8 +719,8 @@ def test_write_failure_at_every_write_of_a_daemon_sync(hotline: Hotline, plugin:
     """One long-lived Syncer (the daemon) whose k-th cache write fails, for every k and three ways of
     failing: afterwards a freshly started enforcer loads a complete published version (never
     nothing), a running one keeps enforcing, and the same Syncer's next attempt completes."""
-    from blocklist import atomic
-    from resolver_plugin.sync import Fetcher, Syncer, _session
+    from blocklist.core import atomic
+    from resolver_plugin.distribution.sync import Fetcher, Syncer, _session
 
     url_a = "http://bad.example/a.html"
     hotline.run("add", url_a)

@@ -7,8 +7,8 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from blocklist.errors import ChecksumError, FormatError, SignatureError, SizeError
-from blocklist.format import (
+from blocklist.core.errors import ChecksumError, FormatError, SignatureError, SizeError
+from blocklist.core.format import (
     Delta, ListRef, Manifest, check_file, diff, digest_array, file_ref, key_id, load_public_key,
     public_key_text, read_delta, read_manifest, read_snapshot, set_checksum, sign_rotation, write_delta,
     write_manifest, write_snapshot,
@@ -32,7 +32,7 @@ def test_empty_snapshot_round_trip() -> None:
 
 def _repacked(data: bytes, kind: bytes, **changes: object) -> bytes:
     """`data` re-signed with header fields changed (None: removed), as another writer could."""
-    from blocklist.format import _pack, _unpack
+    from blocklist.core.format import _pack, _unpack
     header, sections = _unpack(data, kind, KEYS, 2**31, "test")
     header = {k: v for k, v in dict(header, **changes).items() if v is not None}
     del header["key_id"], header["sections"]
@@ -41,7 +41,7 @@ def _repacked(data: bytes, kind: bytes, **changes: object) -> bytes:
 
 def test_subtree_markers_flag_round_trips_and_defaults_to_absent() -> None:
     from dataclasses import replace
-    from blocklist.format import KIND_DELTA, KIND_SNAPSHOT
+    from blocklist.core.format import KIND_DELTA, KIND_SNAPSHOT
     old, new = make_snapshot(1, [1], [10]), replace(make_snapshot(2, [1], [10, 11]), subtree_markers=True)
     assert read_snapshot(write_snapshot(new, KEY), KEYS).subtree_markers is True
     assert read_snapshot(write_snapshot(old, KEY), KEYS).subtree_markers is False

@@ -6,8 +6,8 @@ import json
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from blocklist.errors import BlocklistError, FormatError
-from blocklist.format import (
+from blocklist.core.errors import BlocklistError, FormatError
+from blocklist.core.format import (
     diff, read_delta, read_manifest, read_snapshot, write_delta, write_manifest, write_snapshot,
 )
 from tests.support.artifacts import KEY, KEYS, make_snapshot, manifest

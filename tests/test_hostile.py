@@ -27,7 +27,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resolver_plugin.tls_hello import ACCESS_DENIED_ALERT
+from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
 from tests.support.squid import ANSWER, Helper
 from tests.support.tls import client_hello, reframe, sni_extension, with_extensions
 
@@ -123,7 +123,7 @@ class BackgroundProxy:
 
     def __init__(self, config) -> None:
         from resolver_plugin.cache import LiveMatcher
-        from resolver_plugin.proxy import ProxyServer
+        from resolver_plugin.enforcement.proxy.server import ProxyServer
 
         self.loop = asyncio.new_event_loop()
         self.loop_errors: list[dict] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from blocklist.format import load_public_key
+from blocklist.core.format import load_public_key
 from tests.conftest import Hotline
 
 

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blocklist.digests import Scope, make_entry
+from blocklist.core.digests import Scope, make_entry
 from blocklist.home import Home
 from blocklist.publish import publish
 from blocklist.store import Store

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resolver_plugin.sync import sync_loop
+from resolver_plugin.distribution.sync import sync_loop
 from tests.conftest import Hotline, Plugin, require_program
 from tests.support.net import free_port, wait_for_port
 from tests.support.plugin import URL_A, URL_B, blocked, state_version, sync_once

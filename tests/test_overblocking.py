@@ -2,8 +2,8 @@
 
 The list mixes the three scopes (85 % pages, a seventh of them with a query,
 10 % folders, 5 % domains) over entries/5 hosts. It is built as the publisher
-would hash it (salted SHA-256 keys of blocklist.digests, Bloom filters of
-blocklist.format), straight into a ListFilter without the SQLite store; a
+would hash it (salted SHA-256 keys of blocklist.core.digests, Bloom filters of
+blocklist.core.format), straight into a ListFilter without the SQLite store; a
 sample is checked against `make_entry` so the keys are the real ones.
 
 The unlisted URLs are built to reach stage 2 (hosts that carry entries) and to
@@ -36,9 +36,9 @@ import random
 import time
 from array import array
 
-from blocklist.digests import HOST_KIND, Scope, entry_digests, make_entry
-from blocklist.format import build_bloom
-from blocklist.matcher import ListFilter, Matcher
+from blocklist.core.digests import HOST_KIND, Scope, entry_digests, make_entry
+from blocklist.core.format import build_bloom
+from blocklist.core.matcher import ListFilter, Matcher
 
 SALT = bytes(range(16))
 RATE = 1e-3

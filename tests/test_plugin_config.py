@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from blocklist.errors import ConfigError
-from resolver_plugin.proxy_forward import upstream_headers
-from resolver_plugin.proxy_http import RequestHead
-from resolver_plugin.sync import sync_loop
+from blocklist.core.errors import ConfigError
+from resolver_plugin.enforcement.proxy.forward import upstream_headers
+from resolver_plugin.enforcement.proxy.head import RequestHead
+from resolver_plugin.distribution.sync import sync_loop
 from tests.conftest import Plugin
 
 

@@ -45,7 +45,7 @@ import aiohttp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from blocklist.urls import canonicalize
+from blocklist.core.urls import canonicalize
 from tests.conftest import Hotline, Plugin
 from tests.support.net import free_port, wait_for_port
 from tests.support.proxy import raw_exchange, start_proxy

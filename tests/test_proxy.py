@@ -275,7 +275,7 @@ def test_bad_block_page_template_is_a_config_error(plugin, tmp_path: Path) -> No
 
 
 def test_custom_template_values_are_html_escaped(tmp_path: Path) -> None:
-    from resolver_plugin.blockpage import BlockPage
+    from resolver_plugin.enforcement.proxy.blockpage import BlockPage
     from resolver_plugin.config import ProxyConfig
 
     template = tmp_path / "page.html"
@@ -308,7 +308,7 @@ async def test_connections_over_the_limit_get_503(listed: str, plugin, tmp_path:
 
 async def test_internal_destinations_only_for_clients_on_the_proxy_host() -> None:
     """A subscriber must not reach the proxy host's own services (admin port, metadata, ...)."""
-    from resolver_plugin.proxy_forward import (PublicResolver, UpstreamError, internal_address, local_client,
+    from resolver_plugin.enforcement.proxy.forward import (PublicResolver, UpstreamError, internal_address, local_client,
                                                open_tunnel)
 
     assert local_client("127.0.0.1") and local_client("::1") and local_client("::ffff:127.0.0.2")

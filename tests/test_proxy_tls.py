@@ -18,7 +18,7 @@ from typing import AsyncIterator
 import pytest
 from aiohttp import web
 
-from resolver_plugin.tls_hello import ACCESS_DENIED_ALERT
+from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
 from tests.support.net import free_port
 from tests.support.proxy import RunningProxy, start_proxy
 from tests.support.tls import self_signed_cert, sni_extension, with_extensions

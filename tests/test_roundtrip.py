@@ -6,9 +6,9 @@ import json
 import random
 from pathlib import Path
 
-from blocklist.format import read_delta, read_manifest, read_snapshot
-from blocklist.matcher import ListFilter, Matcher
-from blocklist.urls import canonicalize
+from blocklist.core.format import read_delta, read_manifest, read_snapshot
+from blocklist.core.matcher import ListFilter, Matcher
+from blocklist.core.urls import canonicalize
 from resolver_plugin.config import load_config
 from tests.conftest import Hotline, Plugin
 
@@ -131,7 +131,7 @@ def test_published_files_hold_no_plaintext(hotline: Hotline, tmp_path: Path) -> 
 
 
 def store_checksum(hotline: Hotline) -> str:
-    from blocklist.format import set_checksum
+    from blocklist.core.format import set_checksum
     from blocklist.store import Store
     store = Store(hotline.home / "store.sqlite")
     try:
@@ -173,8 +173,8 @@ def test_incremental_publish_equals_a_full_compile(hotline: Hotline, plugin: Plu
 
 
 def _oracle_hosts(hotline: Hotline) -> list[int]:
-    """The host set by its definition (blocklist.digests), from the entries the store lists."""
-    from blocklist.digests import Scope, entry_digests, make_entry, subtree_markers
+    """The host set by its definition (blocklist.core.digests), from the entries the store lists."""
+    from blocklist.core.digests import Scope, entry_digests, make_entry, subtree_markers
     from blocklist.store import Store
     store = Store(hotline.home / "store.sqlite")
     try:

@@ -117,7 +117,7 @@ def test_fail_closed_without_a_cached_list_blocks(plugin, tmp_path: Path) -> Non
 
 
 def test_helper_does_not_import_the_event_loop_stack() -> None:
-    code = ("import sys, resolver_plugin.squid_helper; "
+    code = ("import sys, resolver_plugin.enforcement.squid_helper; "
             "print(sorted(m for m in ('aiohttp', 'asyncio', 'yarl') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)},
                          timeout=30, check=True).stdout
@@ -129,7 +129,7 @@ def test_in_process_answers(published) -> None:
     import io
 
     from resolver_plugin.cache import LiveMatcher
-    from resolver_plugin.squid_helper import SquidHelper, serve
+    from resolver_plugin.enforcement.squid_helper import SquidHelper, serve
 
     helper = SquidHelper(LiveMatcher(published.config()))
     assert helper.answer(b"12 http://bad.example/page.html -") == b"12 " + OK_DEFAULT

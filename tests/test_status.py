@@ -11,10 +11,11 @@ from click.testing import CliRunner, Result
 
 from resolver_plugin.cli import main as plugin_main
 from resolver_plugin.config import PluginConfig
-from resolver_plugin.node_status import write_status
-from resolver_plugin.status import evaluate, render
+from resolver_plugin.operations.node_status import write_status
+from resolver_plugin.operations.status import evaluate, render
 from tests.conftest import Plugin
 from tests.support.status import DAY, HOUR, SOURCE, node_status, publish
+from resolver_plugin.cache import Cache
 
 
 def status_cli(plugin: Plugin, *args: str) -> Result:
@@ -52,7 +53,7 @@ def test_status_command_in_each_state(installed: Plugin, fields: dict[str, Any],
     errors = fields.pop("errors", None)
     relative = {k: now + v if k in ("expires", "newest_seen_at", "last_success", "last_error_at") else v
                 for k, v in fields.items()}
-    write_status(installed.config().status_path, node_status(now, errors, **relative))
+    write_status(Cache(installed.config().cache_dir).status_file, node_status(now, errors, **relative))
     result = status_cli(installed)
     first, *rest = result.output.splitlines()
     assert result.exit_code == code, result.output
@@ -83,7 +84,7 @@ def test_failed_first_sync_is_critical_with_its_error(plugin: Plugin) -> None:
     now = time.time()
     status = node_status(now, {"network": 3}, version=0, entries=0, newest_seen=0, newest_seen_at=0,
                          last_success=0, expires=0, last_error="network: refused", last_error_at=now - 1)
-    write_status(plugin.config().status_path, status)
+    write_status(Cache(plugin.config().cache_dir).status_file, status)
     result = status_cli(plugin)
     assert result.exit_code == 2 and "default: no list (last sync failed: network)" in result.output.splitlines()[0]
     assert "network: refused" in result.output and "sync errors: network 3" in result.output
@@ -99,13 +100,13 @@ def test_cache_ahead_of_status_counts_the_cache(installed: Plugin) -> None:
     publish(installed, "http://bad.example/c.html")
     installed.install_published()  # the cache now holds version 2
     now = time.time()
-    write_status(installed.config().status_path, node_status(now, newest_seen=2, newest_seen_at=now - 2 * HOUR))
+    write_status(Cache(installed.config().cache_dir).status_file, node_status(now, newest_seen=2, newest_seen_at=now - 2 * HOUR))
     doc = json.loads(status_cli(installed, "--json").output)
     assert doc["state"] == "OK" and doc["lists"][0]["enforced"] == 2 and doc["lists"][0]["lag_versions"] == 0
 
 
 def test_corrupt_status_is_unknown(installed: Plugin) -> None:
-    installed.config().status_path.write_text("{not json")
+    Cache(installed.config().cache_dir).status_file.write_text("{not json")
     result = status_cli(installed)
     assert result.exit_code == 3
     assert result.output.startswith("BLOCKLIST UNKNOWN - status unreadable")
@@ -113,8 +114,8 @@ def test_corrupt_status_is_unknown(installed: Plugin) -> None:
 
 def test_corrupt_status_without_a_list_is_still_critical(plugin: Plugin) -> None:
     plugin.write_config(source=SOURCE)
-    plugin.config().status_path.parent.mkdir(parents=True)
-    plugin.config().status_path.write_text('{"lists": {"default": {"bogus": 1}}}')
+    Cache(plugin.config().cache_dir).status_file.parent.mkdir(parents=True)
+    Cache(plugin.config().cache_dir).status_file.write_text('{"lists": {"default": {"bogus": 1}}}')
     assert status_cli(plugin).exit_code == 2
 
 
@@ -175,7 +176,7 @@ async def test_after_a_real_sync_status_and_fleet_agree(plugin: Plugin, aiohttp_
     from blocklist.fleet import fleet_report
     from blocklist.home import Home
     from blocklist.serve import make_app
-    from resolver_plugin.sync import sync_once
+    from resolver_plugin.distribution.sync import sync_once
 
     home = Home(plugin.hotline.home)
     plugin.hotline.run("add", "http://bad.example/a.html")

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from resolver_plugin.admin import make_admin_app
-from resolver_plugin.node_status import write_status
+from resolver_plugin.operations.admin import make_admin_app
+from resolver_plugin.operations.node_status import write_status
 from tests.conftest import Plugin, require_program
 from tests.support.status import HOUR, SOURCE, node_status, publish
+from resolver_plugin.cache import Cache
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,7 +42,7 @@ async def test_status_page_in_headless_chromium(plugin: Plugin, tmp_path: Path) 
     publish(plugin, "http://bad.example/a.html", "http://bad.example/b.html")
     plugin.install_published()
     now = time.time()
-    write_status(plugin.config().status_path, node_status(
+    write_status(Cache(plugin.config().cache_dir).status_file, node_status(
         now, {"network": 12, "signature": 1}, newest_seen=3, newest_seen_at=now - 2 * HOUR,
         last_success=now - 2 * HOUR, last_error="network: cannot connect to " + SOURCE, last_error_at=now - 40))
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blocklist.fleet import FleetStore
-from blocklist.format import (
+from blocklist.core.format import (
     Delta, DeltaRef, Manifest, canonical_json, digest_array, file_ref, key_id, read_manifest,
     write_delta, write_manifest,
 )
@@ -34,7 +34,7 @@ from blocklist.home import Home
 from blocklist.serve import make_app
 from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.config import load_config
-from resolver_plugin.sync import sync_loop
+from resolver_plugin.distribution.sync import sync_loop
 from tests.conftest import Hotline, Plugin
 from tests.support.net import ServerThread, free_port, wait_for_port
 from tests.support.plugin import (
@@ -491,9 +491,9 @@ def test_kill_9_while_syncing_never_leaves_a_damaged_cache(hotline: Hotline, plu
 
 
 def test_interrupted_key_rotation_is_completed_by_running_it_again(hotline: Hotline, plugin: Plugin) -> None:
-    from blocklist import atomic
-    from blocklist.errors import StoreError
-    from blocklist.format import private_key_bytes
+    from blocklist.core import atomic
+    from blocklist.core.errors import StoreError
+    from blocklist.core.format import private_key_bytes
     from blocklist.keys import archived_key_path, rotate_key
     home = Home(hotline.home)
     with pytest.raises(StoreError, match="nothing published yet"):

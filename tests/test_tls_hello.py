@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver_plugin.tls_hello import MAX_HELLO, ClientHelloError, read_client_hello
+from resolver_plugin.enforcement.proxy.tls_hello import MAX_HELLO, ClientHelloError, read_client_hello
 from tests.support.tls import client_hello, reframe, sni_extension, with_extensions
 
 

@@ -8,17 +8,17 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from blocklist.errors import (
+from blocklist.core.errors import (
     ChecksumError, ExpiredError, FormatError, RollbackError, SignatureError, SizeError,
 )
-from blocklist.format import (
+from blocklist.core.format import (
     Delta, DeltaRef, ListRef, Manifest, Snapshot, build_bloom, diff, digest_array, file_ref, key_id,
     set_checksum, sign_rotation, write_delta, write_manifest, write_snapshot,
 )
-from blocklist.matcher import ListFilter
+from blocklist.core.matcher import ListFilter
 from resolver_plugin.config import Limits
-from resolver_plugin.node_status import ERROR_KINDS
-from resolver_plugin.trust import TrustedState, delta_chain, error_kind, plan_update
+from resolver_plugin.operations.node_status import ERROR_KINDS
+from resolver_plugin.distribution.trust import TrustedState, delta_chain, error_kind, plan_update
 
 NOW = 1_800_000_000
 DAY = 86400

@@ -2,7 +2,7 @@
 
 The real tests start two Unbounds on 127.0.0.1: the "internet" (local-data for
 *.example, NXDOMAIN for everything else, so nothing leaves the machine) and the
-resolver under test, which loads resolver_plugin/unbound_module.py and forwards
+resolver under test, which loads resolver_plugin/enforcement/unbound_module.py and forwards
 "." to the internet. The end-to-end test adds the proxy of stage 2 and an origin
 on 127.0.0.2, and plays the browser: resolve with dig, then send the HTTP
 request to the resolved address.
@@ -29,16 +29,16 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from blocklist.matcher import HostAction
-from resolver_plugin.cache import LiveMatcher
-from resolver_plugin.unbound_module import (RR_A, RR_AAAA, RR_ANY, RR_HTTPS, Decision, Reply, decide,
+from blocklist.core.matcher import HostAction
+from resolver_plugin.cache import Cache, LiveMatcher
+from resolver_plugin.enforcement.unbound_module import (RR_A, RR_AAAA, RR_ANY, RR_HTTPS, Decision, Reply, decide,
                                             qname_from_wire)
 
 from tests.conftest import IN_CI, Hotline, Plugin, require_program
 from tests.support.tls import self_signed_cert
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULE = ROOT / "resolver_plugin" / "unbound_module.py"
+MODULE = ROOT / "resolver_plugin" / "enforcement" / "unbound_module.py"
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 RR_MX, RR_TXT = 15, 16
 ORIGIN = "127.0.0.2"
@@ -179,7 +179,7 @@ def test_qname_from_wire(wire: bytes, name: str) -> None:
 
 @pytest.mark.parametrize("wire", [b"\x05abc", b"\x40" + b"a" * 64 + b"\x00"])
 def test_qname_from_wire_refuses_malformed(wire: bytes) -> None:
-    from blocklist.errors import InvalidURL
+    from blocklist.core.errors import InvalidURL
 
     with pytest.raises(InvalidURL):
         qname_from_wire(wire)
@@ -221,7 +221,7 @@ class _BrokenQinfo:
 
 @pytest.fixture
 def glue(live: LiveMatcher, monkeypatch: pytest.MonkeyPatch):
-    from resolver_plugin import unbound_module
+    from resolver_plugin.enforcement import unbound_module
 
     monkeypatch.setattr(unbound_module, "ub", _FAKE_UB)
     monkeypatch.setattr(unbound_module, "_stage", unbound_module._Stage(live.config, live))
@@ -277,7 +277,7 @@ _WIRE_LABELS = st.sampled_from([b"blocked", b"pages", b"www", b"good", b"x", b"A
 @given(names=st.lists(st.lists(_WIRE_LABELS, min_size=0, max_size=4), min_size=1, max_size=30))
 def test_quick_pass_gives_the_answer_decide_gives(live: LiveMatcher, names: list[list[bytes]]) -> None:
     """The quick path passes only names decide() passes, whatever it learnt before."""
-    from resolver_plugin.unbound_module import _Stage, qname_from_wire
+    from resolver_plugin.enforcement.unbound_module import _Stage, qname_from_wire
     stage = _Stage(live.config, live)
     for labels in names * 2:  # the second round runs on what the first one learnt
         wire = b"".join(bytes([len(label)]) + label for label in [*labels, b"example"]) + b"\0"
@@ -287,7 +287,7 @@ def test_quick_pass_gives_the_answer_decide_gives(live: LiveMatcher, names: list
 
 
 def test_quick_passes_reach_the_metrics(glue) -> None:
-    from resolver_plugin import metrics
+    from resolver_plugin.operations import metrics
     before = metrics._tally.checks[("unbound", "host")]
     for i in range(5):
         glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, _qstate(f"q{i}.cdn.good.example"), {})
@@ -299,7 +299,7 @@ def test_quick_passes_reach_the_metrics(glue) -> None:
 
 def test_quick_pass_learns_clear_names_and_forgets_them_on_a_new_version(
         hotline: Hotline, plugin: Plugin, live: LiveMatcher) -> None:
-    from resolver_plugin.unbound_module import _Stage
+    from resolver_plugin.enforcement.unbound_module import _Stage
     stage = _Stage(live.config, live)
     assert stage.quick_pass(_wire("q1.cdn.late.example"))      # found clear by the markers
     assert stage.quick_pass(_wire("q2.cdn.late.example"))      # and remembered
@@ -666,14 +666,14 @@ def test_unbound_counts_reach_metrics(listed: Plugin, start_resolver) -> None:
     """Our counters land in cache_dir/metrics/ for the admin endpoint's /metrics (no URL, no host)."""
     import json
 
-    from resolver_plugin.metrics import Tally
+    from resolver_plugin.operations.metrics import Tally
 
     resolver = start_resolver()
     assert dig(resolver.port, "blocked.example").status == "NXDOMAIN"
     assert dig(resolver.port, "pages.example").data == [PROXY]
     assert dig(resolver.port, "good.example").data == [ORIGIN]
     resolver.stop()  # deinit writes the counters a last time
-    files = list((listed.dir / "cache" / "metrics").glob("*.json"))
+    files = list(Cache(listed.dir / "cache").metrics_dir.glob("*.json"))
     assert len(files) == 1
     text = files[0].read_text()
     assert "example" not in text

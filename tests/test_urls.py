@@ -1,4 +1,4 @@
-"""Tests for blocklist.urls: the Safe Browsing v4 examples, evasions, limits, properties."""
+"""Tests for blocklist.core.urls: the Safe Browsing v4 examples, evasions, limits, properties."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocklist import urls
-from blocklist.errors import BlocklistError, InvalidURL
-from blocklist.urls import (
+from blocklist.core import urls
+from blocklist.core.errors import BlocklistError, InvalidURL
+from blocklist.core.urls import (
     MAX_URL_LENGTH,
     CanonicalURL,
     canonicalize,

@@ -30,8 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from blocklist.format import build_bloom, digest_array, key_id, read_snapshot  # noqa: E402
-from blocklist.matcher import ListFilter, Matcher  # noqa: E402
+from blocklist.core.format import build_bloom, digest_array, key_id, read_snapshot  # noqa: E402
+from blocklist.core.matcher import ListFilter, Matcher  # noqa: E402
 from blocklist.publish import publish  # noqa: E402
 from tools.bench_core import build_home, install_plugin_cache, measure_delta_publish  # noqa: E402
 from tools.datagen import request_stream  # noqa: E402
@@ -144,7 +144,7 @@ def run_peer_bench(script: str, args: list[str], timeout: float) -> dict[str, An
 
 
 def table(rows: list[list[Any]]) -> str:
-    from blocklist.table import render
+    from blocklist.core.table import render
     return render(["MEASUREMENT", "FIGURE", "GOAL", "MET"], rows)
 
 

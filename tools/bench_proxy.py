@@ -189,9 +189,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from blocklist.home import Home
         from blocklist.publish import publish
         from blocklist.store import Store
-        from blocklist.digests import Scope, make_entry
+        from blocklist.core.digests import Scope, make_entry
         from resolver_plugin.cache import Cache, ListState
-        from blocklist.format import key_id, read_manifest
+        from blocklist.core.format import key_id, read_manifest
         home = Home(folder / "home")
         store = Store(home.store_path)
         with store.transaction():

@@ -7,7 +7,7 @@ Everything runs on 127.0.0.1: an "internet" Unbound answers every name from
 local data (redirect zones), and the resolver under test forwards to it. The
 same resolver config runs three ways on the same query files: `iterator` alone
 (the baseline), `python iterator` with a no-op script (what Unbound's python
-bridge costs by itself) and `python iterator` with resolver_plugin/unbound_module.py.
+bridge costs by itself) and `python iterator` with resolver_plugin/enforcement/unbound_module.py.
 dnsperf (Debian package dnsperf) sends the queries.
 
 Three query mixes, each with `--listed` of the queries for listed hosts (page
@@ -67,7 +67,7 @@ MIXES = ("cached", "zipf", "uncached")
 ORIGIN = "127.0.0.2"
 PROXY = "127.0.0.1"
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
-MODULE = ROOT / "resolver_plugin" / "unbound_module.py"
+MODULE = ROOT / "resolver_plugin" / "enforcement" / "unbound_module.py"
 NOOP_SCRIPT = """\
 def init_standard(id, env): return True
 def deinit(id): return True

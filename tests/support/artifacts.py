@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from blocklist.digests import Scope, entry_digests, make_entry, subtree_markers
-from blocklist.format import (
+from blocklist.core.digests import Scope, entry_digests, make_entry, subtree_markers
+from blocklist.core.format import (
     DeltaRef, ListRef, Manifest, Snapshot, build_bloom, check_file, digest_array, file_ref, key_id,
     read_snapshot, set_checksum,
 )
 from blocklist.home import Home
-from blocklist.matcher import ListFilter
+from blocklist.core.matcher import ListFilter
 from blocklist.publish import current_manifest
 
 if TYPE_CHECKING:

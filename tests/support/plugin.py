@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from click.testing import CliRunner, Result
 
 from resolver_plugin.cli import main as plugin_main
-from resolver_plugin.node_status import read_status
+from resolver_plugin.operations.node_status import read_status
+from resolver_plugin.cache import Cache
 
 if TYPE_CHECKING:
     from tests.conftest import Plugin
@@ -49,7 +50,7 @@ def state_version(plugin: Plugin) -> int | None:
 
 
 def status_of(plugin: Plugin):
-    status = read_status(plugin.config().status_path)
+    status = read_status(Cache(plugin.config().cache_dir).status_file)
     assert status is not None
     return status
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from resolver_plugin.node_status import ListStatus, ManifestStatus, NodeStatus
+from resolver_plugin.operations.node_status import ListStatus, ManifestStatus, NodeStatus
 
 if TYPE_CHECKING:
     from tests.conftest import Plugin

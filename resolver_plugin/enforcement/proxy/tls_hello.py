@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from blocklist.errors import BlocklistError
+from blocklist.core.errors import BlocklistError
 
 HANDSHAKE = 22
 CLIENT_HELLO = 1

@@ -30,8 +30,8 @@ import hashlib
 import ipaddress
 from typing import NamedTuple
 
-from blocklist.errors import InvalidURL
-from blocklist.urls import CanonicalURL, canonicalize, host_suffixes, path_prefixes
+from blocklist.core.errors import InvalidURL
+from blocklist.core.urls import CanonicalURL, canonicalize, host_suffixes, path_prefixes
 
 DIGEST_SIZE = 8
 

@@ -1,8 +1,8 @@
 """Judges every fetched byte before the plugin uses it: the manifest, then snapshots and deltas.
 
 Modelled on python-tuf's TrustedMetadataSet: `TrustedState` takes bytes and
-either accepts them into the trusted state or raises one of blocklist.errors;
-it never opens a socket or a file. The sync shell (resolver_plugin.sync) does
+either accepts them into the trusted state or raises one of blocklist.core.errors;
+it never opens a socket or a file. The sync shell (resolver_plugin.distribution.sync) does
 the I/O and asks it to judge each download, in this order:
 
 Manifest, `update_manifest(data, now)`:
@@ -44,14 +44,14 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from blocklist.errors import (
+from blocklist.core.errors import (
     ChecksumError, ExpiredError, FormatError, RollbackError, SignatureError, SizeError,
 )
-from blocklist.format import (
+from blocklist.core.format import (
     Delta, DeltaRef, FileRef, Keyring, ListRef, Manifest, Snapshot, check_file, follow_key_chain,
     read_delta, read_manifest, read_snapshot,
 )
-from blocklist.matcher import ListFilter
+from blocklist.core.matcher import ListFilter
 from resolver_plugin.config import Limits
 
 MAX_CHAIN = 1000  # deltas applied in one sync; a longer gap takes the snapshot

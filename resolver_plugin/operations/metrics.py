@@ -37,12 +37,10 @@ import weakref
 from bisect import bisect_left
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from blocklist.matcher import HostVerdict, Verdict
-
-if TYPE_CHECKING:
-    from resolver_plugin.cache import LiveMatcher
+from blocklist.core.matcher import HostVerdict, Verdict
+from resolver_plugin.cache import Cache, LiveMatcher
 
 log = logging.getLogger("blocklist.plugin.metrics")
 
@@ -293,7 +291,7 @@ def share_counters(cache_dir: Path, live: LiveMatcher | None = None, interval: f
         watch(live)
     if _share is not None:
         return True
-    folder = cache_dir / "metrics"
+    folder = Cache(cache_dir).metrics_dir
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK):
@@ -396,7 +394,7 @@ def _retire(folder: Path) -> None:
 
 def total(cache_dir: Path) -> Tally:
     """Every process's counters: exited ones, others' files, and this process's live ones."""
-    folder = cache_dir / "metrics"
+    folder = Cache(cache_dir).metrics_dir
     out = snapshot()
     if not folder.is_dir():
         return out

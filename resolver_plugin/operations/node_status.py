@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blocklist import atomic
+from blocklist.core import atomic
 
 # Error kinds, used as the `kind` label of sync error counters.
 ERROR_KINDS = ("signature", "rollback", "expired", "checksum", "size", "format",

@@ -3,7 +3,7 @@
 This is Google Safe Browsing v4 "URLs and Hashing" (canonicalization and
 suffix/prefix expressions), with the project's additions marked [project].
 Pure and CPU-only: no I/O, no DNS. Every failure on a ``str`` input is an
-:class:`~blocklist.errors.InvalidURL`.
+:class:`~blocklist.core.errors.InvalidURL`.
 
 Canonicalization, in order:
 
@@ -64,7 +64,7 @@ from urllib.parse import unquote_to_bytes
 
 import idna
 
-from blocklist.errors import InvalidURL
+from blocklist.core.errors import InvalidURL
 
 __all__ = [
     "MAX_URL_LENGTH",

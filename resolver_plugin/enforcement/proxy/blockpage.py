@@ -20,10 +20,10 @@ from http import HTTPStatus
 from pathlib import Path
 from string import Template
 
-from blocklist.errors import ConfigError
+from blocklist.core.errors import ConfigError
 from resolver_plugin.config import ProxyConfig
 
-BUILTIN_TEMPLATE = Path(__file__).with_name("templates") / "block.html"
+BUILTIN_TEMPLATE = Path(__file__).parents[2] / "templates" / "block.html"
 MAX_TEMPLATE_BYTES = 1024 * 1024
 _CACHE_SIZE = 64
 

@@ -4,7 +4,7 @@ Stage 1 (the Unbound module) answers a host that carries listed pages with the
 proxy's address, for every protocol. Plain HTTP arrives as origin-form requests
 and is checked URL by URL. HTTPS arrives here, on `proxy.tls_listen` (port 443
 of `resolver.proxy_address`): the proxy cannot see its URLs, so it reads the
-host name the client asked for (SNI, from the ClientHello, resolver_plugin.tls_hello),
+host name the client asked for (SNI, from the ClientHello, resolver_plugin.enforcement.proxy.tls_hello),
 checks it with `LiveMatcher.check_host` as CONNECT does, and
 
 - a host listed whole (or fail-closed without lists): a TLS access_denied alert;
@@ -24,22 +24,39 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from blocklist.matcher import HostAction
-from resolver_plugin import metrics
+from blocklist.core.matcher import HostAction
+from resolver_plugin.operations import metrics
 from resolver_plugin.cache import FAIL_CLOSED
-from resolver_plugin.proxy_forward import UpstreamError, local_client, open_tunnel, tunnel
-from resolver_plugin.tls_hello import ACCESS_DENIED_ALERT, ClientHelloError, read_client_hello
+from resolver_plugin.enforcement.proxy.forward import UpstreamError, local_client, open_tunnel, tunnel
+from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT, ClientHelloError, read_client_hello
 
-if TYPE_CHECKING:
-    from resolver_plugin.proxy import ProxyServer
+from blocklist.core.matcher import HostVerdict
+from resolver_plugin.config import ProxyConfig
+from resolver_plugin.enforcement.proxy.blockpage import BlockPage
 
 COMPONENT = "proxy"
 READ_SIZE = 4096
 
 
-async def sni_tunnel(server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+class TunnelServer(Protocol):
+    """What the TLS listener needs of the proxy it belongs to (server.ProxyServer)."""
+
+    proxy: ProxyConfig
+    page: BlockPage
+    header_timeout: float
+    own_addresses: frozenset[str]
+
+    def tunnel_verdict(self, host: str) -> HostVerdict | None: ...
+
+    def warn_loop(self) -> None: ...
+
+    def access(self, client_ip: str, method: str, target: str, status: int, size: int, seconds: float,
+               outcome: str) -> None: ...
+
+
+async def sni_tunnel(server: TunnelServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      client_ip: str) -> None:
     """Serve one connection of the TLS listener (its client already allowed)."""
     started = time.monotonic()
@@ -83,7 +100,7 @@ async def sni_tunnel(server: ProxyServer, reader: asyncio.StreamReader, writer: 
     server.access(client_ip, "TLS", f"{host}:{port}", 200, received, time.monotonic() - started, "tunnel")
 
 
-async def _deny(server: ProxyServer, writer: asyncio.StreamWriter, client_ip: str, target: str, status: int,
+async def _deny(server: TunnelServer, writer: asyncio.StreamWriter, client_ip: str, target: str, status: int,
                 started: float, outcome: str) -> None:
     writer.write(ACCESS_DENIED_ALERT)
     server.access(client_ip, "TLS", target, status, 0, time.monotonic() - started, outcome)

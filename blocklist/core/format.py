@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from pybloom_live import BloomFilter
 
-from blocklist.errors import ChecksumError, FormatError, SignatureError, SizeError
+from blocklist.core.errors import ChecksumError, FormatError, SignatureError, SizeError
 
 MAGIC = b"BLKL"
 FORMAT_VERSION = 1
@@ -370,7 +370,7 @@ class Snapshot:
     entries: array  # sorted page/folder digests
     hosts: array    # sorted host, domain and parent-marker digests
     counts: dict[str, int] = field(default_factory=dict)  # entries by scope, informational
-    subtree_markers: bool = False  # `hosts` holds subtree markers (blocklist.digests); publish sets it
+    subtree_markers: bool = False  # `hosts` holds subtree markers (blocklist.core.digests); publish sets it
 
 
 def write_snapshot(snap: Snapshot, private_key: Ed25519PrivateKey) -> bytes:

@@ -4,8 +4,8 @@ A shell (STYLE.md 1): every decision is `LiveMatcher.check(url)` or, for
 CONNECT, `LiveMatcher.check_host(host)`; this module only speaks HTTP.
 
 Stack: `asyncio.start_server` with our strict HTTP/1.1 request parser
-(resolver_plugin.proxy_http) on the client side, aiohttp's client towards
-origins (resolver_plugin.proxy_forward). Not aiohttp's web server, because a
+(resolver_plugin.enforcement.proxy.head) on the client side, aiohttp's client towards
+origins (resolver_plugin.enforcement.proxy.forward). Not aiohttp's web server, because a
 forward proxy needs what it does not give: CONNECT with a raw bidirectional
 tunnel on the client's socket, a 403 before any byte is parsed for clients
 outside `allowed_clients`, our own answers (400/413/414/431) to every
@@ -26,7 +26,7 @@ block or the client closes:
 - anything else (`*`, bad framing) -> 400 and close.
 
 With `proxy.tls_listen`, a second listener takes the HTTPS that stage 1 steers
-here and tunnels it by the host it names (resolver_plugin.proxy_tls).
+here and tunnels it by the host it names (resolver_plugin.enforcement.proxy.tls).
 
 Privacy: the access log shows blocked requests as `- blocked list=NAME`
 without their URL unless `proxy.log_blocked_urls`; the error log never names
@@ -47,18 +47,18 @@ from typing import Any
 
 import aiohttp
 
-from blocklist.errors import InvalidURL
-from blocklist.matcher import HostAction, HostVerdict
-from resolver_plugin import metrics
-from resolver_plugin.blockpage import BlockPage, error_response
+from blocklist.core.errors import InvalidURL
+from blocklist.core.matcher import HostAction, HostVerdict
+from resolver_plugin.operations import metrics
+from resolver_plugin.enforcement.proxy.blockpage import BlockPage, error_response
 from resolver_plugin.cache import FAIL_CLOSED, LiveMatcher
 from resolver_plugin.config import PluginConfig, parse_listen
-from resolver_plugin.proxy_forward import (VIA, BodyStream, PublicResolver, UpstreamError, client_address,
+from resolver_plugin.enforcement.proxy.forward import (VIA, BodyStream, PublicResolver, UpstreamError, client_address,
                                            forward, internal_address, local_client, open_tunnel, tunnel,
                                            upstream_url)
-from resolver_plugin.proxy_tls import sni_tunnel
-from resolver_plugin.proxy_http import RequestError, RequestHead, iter_body, read_head
-from resolver_plugin.tls_hello import ACCESS_DENIED_ALERT
+from resolver_plugin.enforcement.proxy.tls import sni_tunnel
+from resolver_plugin.enforcement.proxy.head import RequestError, RequestHead, iter_body, read_head
+from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
 
 log = logging.getLogger("blocklist.plugin.proxy")
 access_log = logging.getLogger("blocklist.plugin.proxy.access")
@@ -109,7 +109,7 @@ class ProxyServer:
         return self.server
 
     async def start_tls(self, host: str | None = None, port: int | None = None) -> asyncio.Server:
-        """The TLS listener (resolver_plugin.proxy_tls), on `proxy.tls_listen` unless given."""
+        """The TLS listener (resolver_plugin.enforcement.proxy.tls), on `proxy.tls_listen` unless given."""
         if host is None or port is None:
             host, port = parse_listen(self.proxy.tls_listen or "", "proxy.tls_listen")
         self.tls_server = await asyncio.start_server(
@@ -384,7 +384,7 @@ async def _start_admin(config: PluginConfig, live: LiveMatcher) -> Any:
     if config.admin.listen is None:
         return None
     try:
-        from resolver_plugin.admin import start_admin
+        from resolver_plugin.operations.admin import start_admin
     except ImportError:  # a build without the admin endpoint: the proxy works without it
         log.info("proxy: no admin endpoint in this build")
         return None

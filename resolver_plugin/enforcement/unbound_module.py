@@ -77,10 +77,10 @@ if ub is not None:
     sys.modules.setdefault("yaml._yaml", None)
 
 try:
-    from blocklist.errors import BlocklistError, ConfigError, InvalidURL
-    from blocklist.matcher import HOST_PASS, HostAction, HostVerdict
-    from blocklist.urls import is_canonical_name
-    from resolver_plugin import metrics
+    from blocklist.core.errors import BlocklistError, ConfigError, InvalidURL
+    from blocklist.core.matcher import HOST_PASS, HostAction, HostVerdict
+    from blocklist.core.urls import is_canonical_name
+    from resolver_plugin.operations import metrics
     from resolver_plugin.cache import LiveMatcher
     from resolver_plugin.config import PluginConfig, ResolverConfig, load_config
 except ImportError as exc:

@@ -34,12 +34,13 @@ from typing import Any, Mapping
 
 import click
 
-from blocklist.errors import BlocklistError, ConfigError
-from blocklist.fleet import Severity, human_duration, relative, utc, worst
-from blocklist.table import render as render_table
+from blocklist.core.errors import BlocklistError, ConfigError
+from blocklist.core.severity import Severity, worst
+from blocklist.core.timefmt import human_duration, relative, utc
+from blocklist.core.table import render as render_table
 from resolver_plugin.cache import Cache
 from resolver_plugin.config import PluginConfig, load_config
-from resolver_plugin.node_status import ListStatus, NodeStatus, read_status
+from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status
 
 # Error kinds that mean "the source sent something we refused", as opposed to "we could not reach it".
 VERIFY_KINDS = frozenset({"signature", "rollback", "expired", "checksum", "size", "format"})
@@ -213,11 +214,11 @@ def gather(config: PluginConfig, now: float | None = None) -> Report:
         cached[name] = state.version if state else None
     status, status_error = None, None
     try:
-        status = read_status(config.status_path)
+        status = read_status(Cache(config.cache_dir).status_file)
     except OSError as exc:
-        status_error = f"{config.status_path}: {exc.strerror}"
+        status_error = f"{Cache(config.cache_dir).status_file}: {exc.strerror}"
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        status_error = f"{config.status_path}: corrupt ({type(exc).__name__})"
+        status_error = f"{Cache(config.cache_dir).status_file}: corrupt ({type(exc).__name__})"
     return evaluate(config, status, cached, now, status_error=status_error, cache_errors=cache_errors)
 
 

@@ -43,9 +43,9 @@ from collections import Counter
 from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
-from blocklist.errors import InvalidURL
-from blocklist.matcher import HostAction
-from resolver_plugin import metrics
+from blocklist.core.errors import InvalidURL
+from blocklist.core.matcher import HostAction
+from resolver_plugin.operations import metrics
 from resolver_plugin.cache import FAIL_CLOSED, LiveMatcher
 from resolver_plugin.config import PluginConfig
 

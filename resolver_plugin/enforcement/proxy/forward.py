@@ -34,7 +34,7 @@ from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 from yarl import URL
 
-from resolver_plugin.proxy_http import RequestError, RequestHead
+from resolver_plugin.enforcement.proxy.head import RequestError, RequestHead
 
 VIA = "1.1 blocklist"
 COPY_SIZE = 65536

@@ -3,7 +3,7 @@
 One per node: `admin.listen` (loopback by default) names one port, and the
 first long-running process to bind it serves it. Everything it shows is read
 at request time from the files `sync` writes (status.json, the cache) and the
-counter files of every enforcement process (resolver_plugin.metrics), so it
+counter files of every enforcement process (resolver_plugin.operations.metrics), so it
 does not matter which process that is. Intended use:
 
     # in the sync daemon and in the proxy, inside their event loop:
@@ -36,13 +36,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from blocklist.errors import BlocklistError
-from blocklist.fleet import relative, utc
-from resolver_plugin import metrics
+from blocklist.core.errors import BlocklistError
+from blocklist.core.timefmt import relative, utc
+from resolver_plugin.operations import metrics
 from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.config import PluginConfig, parse_listen
-from resolver_plugin.node_status import ERROR_KINDS
-from resolver_plugin.status import HEADERS, Report, gather, scrub, table_rows
+from resolver_plugin.operations.node_status import ERROR_KINDS
+from resolver_plugin.operations.status import HEADERS, Report, gather, scrub, table_rows
 
 log = logging.getLogger("blocklist.plugin.admin")
 

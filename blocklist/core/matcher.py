@@ -4,7 +4,7 @@ A `ListFilter` is one list at one version, immutable once built: a delta makes a
 new one (`apply`), and shells swap a whole `Matcher` by reference, so a request
 is always answered by exactly one version of every list.
 
-Lookup order for a URL (see blocklist.digests for the keys):
+Lookup order for a URL (see blocklist.core.digests for the keys):
 1. host level, in the host Bloom filter, every hit confirmed against the exact
    sorted host digests: the host's suffixes, the shortest first, each by its
    subtree marker (absent: nothing is listed at or below it, the URL is allowed)
@@ -14,7 +14,7 @@ Lookup order for a URL (see blocklist.digests for the keys):
    the entry Bloom filter, confirmed against the exact entry digests.
 A Bloom hit that the exact digests refute never blocks; it is counted.
 A URL whose escaped "?" the spec reads as the query start is also checked as a
-server reads it (blocklist.urls.server_view), on hosts that carry entries.
+server reads it (blocklist.core.urls.server_view), on hosts that carry entries.
 The host-level answer depends only on the host, so it is cached per filter, and so
 are its suffixes' answers (a fresh name under a known parent costs dict lookups); and
 a plain URL authority ("www.example.com:8080") whose host no list names is
@@ -32,12 +32,12 @@ from typing import Iterable
 
 from pybloom_live import BloomFilter
 
-from blocklist.digests import TREE_KIND, HOST_KIND, Scope, domain_keys, entry_keys, kind_of
-from blocklist.errors import ChecksumError, FormatError
-from blocklist.format import (
+from blocklist.core.digests import TREE_KIND, HOST_KIND, Scope, domain_keys, entry_keys, kind_of
+from blocklist.core.errors import ChecksumError, FormatError
+from blocklist.core.format import (
     Delta, Snapshot, bloom_key, contains, grow_bloom, merge_sorted, set_checksum,
 )
-from blocklist.urls import MAX_URL_LENGTH, CanonicalURL, canonicalize, canonicalize_host, server_view
+from blocklist.core.urls import MAX_URL_LENGTH, CanonicalURL, canonicalize, canonicalize_host, server_view
 
 HOST_CACHE_SIZE = 65536
 AUTHORITY_CACHE_SIZE = 131072

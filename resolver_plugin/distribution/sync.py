@@ -1,6 +1,6 @@
 """`blocklist-plugin sync`: fetch what the trusted state needs, cache what it accepts, report how it went.
 
-A shell around resolver_plugin.trust.TrustedState, which judges every byte.
+A shell around resolver_plugin.distribution.trust.TrustedState, which judges every byte.
 One sync (`Syncer.sync_once`):
   1. GET <source>/manifest.json naming this node (X-Blocklist-Node), the versions
      it enforces (X-Blocklist-Have), If-None-Match and, once the source has shown
@@ -13,7 +13,7 @@ One sync (`Syncer.sync_once`):
      (check_list), written with Cache.write_list, which bumps `generation` so
      enforcement processes (LiveMatcher) reload, and only then trusted as the
      enforced version (accept_list): a failed write is retried next time.
-  4. status.json (resolver_plugin.node_status) records versions, lag and errors.
+  4. status.json (resolver_plugin.operations.node_status) records versions, lag and errors.
 
 Every body is streamed with a cap (the size the manifest announces, or
 limits.max_manifest_bytes) and aborted past it; every request has connect and
@@ -38,16 +38,16 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from blocklist import __version__
-from blocklist.errors import BlocklistError, SizeError
-from blocklist.fleet import clean_node_id, format_have
-from blocklist.format import DeltaRef, FileRef
-from blocklist.matcher import ListFilter
-from resolver_plugin.admin import start_admin
+from blocklist.core import __version__
+from blocklist.core.errors import BlocklistError, SizeError
+from blocklist.core.protocol import clean_node_id, format_have
+from blocklist.core.format import DeltaRef, FileRef
+from blocklist.core.matcher import ListFilter
+from resolver_plugin.operations.admin import start_admin
 from resolver_plugin.cache import Cache, ListState
 from resolver_plugin.config import PluginConfig
-from resolver_plugin.node_status import ListStatus, NodeStatus, read_status, write_status
-from resolver_plugin.trust import TrustedState, UpdatePlan, error_kind
+from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status, write_status
+from resolver_plugin.distribution.trust import TrustedState, UpdatePlan, error_kind
 
 log = logging.getLogger("blocklist.plugin.sync")
 
@@ -146,7 +146,7 @@ class Syncer:
 
     def _load_status(self) -> NodeStatus:
         try:
-            status = read_status(self.config.status_path) or NodeStatus()
+            status = read_status(self.cache.status_file) or NodeStatus()
         except (OSError, ValueError, TypeError, KeyError):
             status = NodeStatus()
         status.node_id, status.source = self.config.node_id, self.config.source
@@ -340,9 +340,9 @@ class Syncer:
 
     def _write_status(self) -> None:
         try:
-            write_status(self.config.status_path, self.status)
+            write_status(self.cache.status_file, self.status)
         except OSError as exc:
-            log.error("status not written file=%s kind=disk reason=%r", self.config.status_path, exc.strerror)
+            log.error("status not written file=%s kind=disk reason=%r", self.cache.status_file, exc.strerror)
 
 
 class Backoff:

@@ -1,0 +1,1 @@
+"""Enforcement stages: the Squid helper, the filtering proxy and the Unbound module."""

@@ -1,0 +1,1 @@
+"""The filtering HTTP proxy: request heads, forwarding, the TLS listener and the block page."""

@@ -1,0 +1,1 @@
+"""Operations: the node status, `status`, the admin endpoint and the Prometheus counters."""
