@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from blocklist.core.errors import BlocklistError, FormatError
@@ -11,6 +12,7 @@ from blocklist.core.format import (
     diff, read_delta, read_manifest, read_snapshot, write_delta, write_manifest, write_snapshot,
 )
 from tests.support.artifacts import KEY, KEYS, make_snapshot, manifest
+from tests.support.properties import Branches
 
 SNAP = write_snapshot(make_snapshot(1, list(range(1, 40)), [5, 6, 7]), KEY)
 DELTA = write_delta(diff("iwf", make_snapshot(1, [1, 2], [5]), make_snapshot(2, [2, 3], [5, 6]), 9), KEY)
@@ -28,54 +30,56 @@ def mutate(data: bytes, changes: list[tuple[int, int]]) -> bytes:
     return bytes(out)
 
 
-@FUZZ
-@given(st.binary(max_size=2048))
-def test_random_bytes_are_rejected_by_every_reader(data: bytes) -> None:
-    for reader in (read_snapshot, read_delta, read_manifest):
-        try:
+def test_random_bytes_are_rejected_by_every_reader() -> None:
+    ran = Branches()
+
+    @FUZZ
+    @given(st.binary(max_size=2048))
+    def prop(data: bytes) -> None:
+        for reader in (read_snapshot, read_delta, read_manifest):
+            with pytest.raises(FormatError):
+                reader(data, KEYS)
+            ran(reader.__name__)
+
+    prop()
+    assert ran["read_snapshot"] and ran["read_delta"] and ran["read_manifest"], ran
+
+
+@pytest.mark.parametrize("original, reader", [(SNAP, read_snapshot), (DELTA, read_delta)],
+                         ids=["snapshot", "delta"])
+def test_mutated_container_is_rejected(original: bytes, reader) -> None:
+    ran = Branches()
+
+    @FUZZ
+    @given(mutation)
+    def prop(changes: list[tuple[int, int]]) -> None:
+        data = mutate(original, changes)
+        if data == original:
+            ran("unchanged")
+            return
+        with pytest.raises(FormatError):
             reader(data, KEYS)
-        except FormatError:
-            continue
-        raise AssertionError(f"{reader.__name__} accepted random bytes")
+        ran("mutated")
+
+    prop()
+    assert ran["mutated"] > 100, ran
 
 
-@FUZZ
-@given(mutation)
-def test_mutated_snapshot_is_rejected(changes: list[tuple[int, int]]) -> None:
-    data = mutate(SNAP, changes)
-    if data == SNAP:
-        return
-    try:
-        read_snapshot(data, KEYS)
-    except FormatError:
-        return
-    raise AssertionError("a mutated snapshot was accepted")
+def test_truncated_or_extended_snapshot_is_rejected() -> None:
+    ran = Branches()
 
+    @FUZZ
+    @given(st.integers(min_value=0, max_value=len(SNAP)), st.binary(max_size=64))
+    def prop(cut: int, tail: bytes) -> None:
+        data = SNAP[:cut] + tail
+        if data == SNAP:
+            return
+        with pytest.raises(FormatError):
+            read_snapshot(data, KEYS)
+        ran("truncated" if len(data) < len(SNAP) else "extended" if cut == len(SNAP) else "both")
 
-@FUZZ
-@given(mutation)
-def test_mutated_delta_is_rejected(changes: list[tuple[int, int]]) -> None:
-    data = mutate(DELTA, changes)
-    if data == DELTA:
-        return
-    try:
-        read_delta(data, KEYS)
-    except FormatError:
-        return
-    raise AssertionError("a mutated delta was accepted")
-
-
-@FUZZ
-@given(st.integers(min_value=0, max_value=len(SNAP)), st.binary(max_size=64))
-def test_truncated_or_extended_snapshot_is_rejected(cut: int, tail: bytes) -> None:
-    data = SNAP[:cut] + tail
-    if data == SNAP:
-        return
-    try:
-        read_snapshot(data, KEYS)
-    except FormatError:
-        return
-    raise AssertionError("a truncated or extended snapshot was accepted")
+    prop()
+    assert ran["truncated"] and ran["extended"], ran
 
 
 json_values = st.recursive(
@@ -84,25 +88,33 @@ json_values = st.recursive(
     max_leaves=20)
 
 
-@FUZZ
-@given(st.sampled_from(["version", "lists", "expires", "key_chain", "type", "created"]), json_values)
-def test_manifest_with_changed_fields_is_rejected(field: str, value: object) -> None:
-    doc = json.loads(MANIFEST)
-    if doc["signed"].get(field) == value:
-        return
-    doc["signed"][field] = value
-    try:
-        read_manifest(json.dumps(doc).encode(), KEYS)
-    except FormatError:
-        return
-    raise AssertionError("a manifest with a changed signed field was accepted")
+def test_manifest_with_changed_fields_is_rejected() -> None:
+    ran = Branches()
+
+    @FUZZ
+    @given(st.sampled_from(["version", "lists", "expires", "key_chain", "type", "created"]), json_values)
+    def prop(field: str, value: object) -> None:
+        doc = json.loads(MANIFEST)
+        if doc["signed"].get(field) == value:
+            return
+        doc["signed"][field] = value
+        with pytest.raises(FormatError):
+            read_manifest(json.dumps(doc).encode(), KEYS)
+        ran(field)
+
+    prop()
+    assert len(ran) == 6, ran
 
 
-@FUZZ
-@given(json_values)
-def test_manifest_of_arbitrary_json_never_crashes(value: object) -> None:
-    try:
-        read_manifest(json.dumps(value).encode(), KEYS)
-    except BlocklistError:
-        return
-    raise AssertionError("arbitrary JSON was accepted as a manifest")
+def test_manifest_of_arbitrary_json_never_crashes() -> None:
+    ran = Branches()
+
+    @FUZZ
+    @given(json_values)
+    def prop(value: object) -> None:
+        with pytest.raises(BlocklistError):
+            read_manifest(json.dumps(value).encode(), KEYS)
+        ran(type(value).__name__)
+
+    prop()
+    assert ran["dict"] and ran["list"], ran

@@ -23,7 +23,7 @@ needles are each listed URL as written and canonical, with and without scheme,
 its host (ASCII and Unicode), its path and path+query, lower-cased, plain and
 percent-escaped. Zero hits.
 
-Excluded, because they are hotline-private by design (DESIGN.md: "the plaintext
+Excluded, because they are hotline-private by design (docs/ARCHITECTURE.md: "the plaintext
 never leaves the hotline's store"): the store (store.sqlite, with its audit
 log, and its -wal/-shm files), the CSV the hotline imported, and the output of
 `blocklist add/import/ls/check/log`, which this test does not save.

@@ -1,6 +1,6 @@
 """The filtering proxy as a user runs it: `blocklist-plugin proxy` in a subprocess, curl and aiohttp.
 
-Acceptance for issue 4: listed -> block page (451, list name, appeal link,
+What it must do: listed -> block page (451, list name, appeal link,
 never the URL); unlisted -> origin content; bodies stream both ways without
 being held in memory; CONNECT tunnels to allowed hosts and refuses hosts listed
 whole; clients outside allowed_clients get 403; a new publish is enforced

@@ -14,7 +14,7 @@ from tests.conftest import Hotline, Plugin
 
 
 def reference_listed(entries: list[dict], url: str) -> bool:
-    """An independent oracle over the plaintext entries: the scope rules of DESIGN.md."""
+    """An independent oracle over the plaintext entries: the scope rules of docs/ARCHITECTURE.md."""
     c = canonicalize(url)
     for e in entries:
         ec = canonicalize(e["url"])

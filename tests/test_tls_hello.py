@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from resolver_plugin.enforcement.proxy.tls_hello import MAX_HELLO, ClientHelloError, read_client_hello
 from tests.support.tls import client_hello, reframe, sni_extension, with_extensions
+from tests.support.properties import Branches
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -82,31 +83,47 @@ def test_crafted_hellos_refused(extensions: bytes) -> None:
         read_client_hello(with_extensions(extensions))
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.binary(max_size=600))
-def test_random_bytes_never_raise_another_error(data: bytes) -> None:
-    try:
-        hello = read_client_hello(data)
-    except ClientHelloError:
-        return
-    assert hello is None or hello.size <= len(data)
+def test_random_bytes_never_raise_another_error() -> None:
+    ran = Branches()
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.binary(max_size=600))
+    def prop(data: bytes) -> None:
+        try:
+            hello = read_client_hello(data)
+        except ClientHelloError:
+            ran("refused")
+            return
+        assert hello is None or hello.size <= len(data)
+        ran("incomplete" if hello is None else "parsed")
+
+    prop()
+    assert ran["refused"] and ran["incomplete"], ran
 
 
 _REAL = client_hello("pages.example")
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, len(_REAL) - 1), st.integers(0, 255)), min_size=1, max_size=8),
-       st.integers(0, len(_REAL)))
-def test_mutated_hellos_never_raise_another_error(flips: list[tuple[int, int]], cut: int) -> None:
-    data = bytearray(_REAL)
-    for at, value in flips:
-        data[at] = value
-    try:
-        hello = read_client_hello(bytes(data[:cut]))
-    except ClientHelloError:
-        return
-    assert hello is None or (hello.server_name is None or hello.server_name.isascii())
+def test_mutated_hellos_never_raise_another_error() -> None:
+    ran = Branches()
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, len(_REAL) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+           st.integers(0, len(_REAL)))
+    def prop(flips: list[tuple[int, int]], cut: int) -> None:
+        data = bytearray(_REAL)
+        for at, value in flips:
+            data[at] = value
+        try:
+            hello = read_client_hello(bytes(data[:cut]))
+        except ClientHelloError:
+            ran("refused")
+            return
+        assert hello is None or (hello.server_name is None or hello.server_name.isascii())
+        ran("incomplete" if hello is None else "parsed")
+
+    prop()
+    assert ran["refused"] and ran["parsed"] and ran["incomplete"], ran
 
 
 def test_endless_records_are_cut_off() -> None:

@@ -21,6 +21,7 @@ from blocklist.core.urls import (
     host_suffixes,
     path_prefixes,
 )
+from tests.support.properties import Branches
 
 # Every Canonicalize(...) example of https://developers.google.com/safe-browsing/v4/urls-hashing,
 # in the spec's order. The spec's "\x80" is a byte, not U+0080: in a Python str a raw
@@ -578,10 +579,11 @@ def canonical_looking(draw: st.DrawFn) -> str:
     return f"{scheme}://{'.'.join(labels)}/{path}"
 
 
-def _check(url: str) -> None:
+def _check(url: str, ran: Branches) -> None:
     try:
         result = canonicalize(url)
     except InvalidURL:
+        ran("invalid")
         return
     text = str(result)
     assert text.isascii()
@@ -590,41 +592,71 @@ def _check(url: str) -> None:
     assert canonicalize(text) == result
     assert result == urls._canonicalize_slow(url)
     assert expressions(result)[0] == text.partition("://")[2]
+    ran("canonical")
 
 
-@PROPERTY_SETTINGS
-@given(st.text(max_size=200))
-def test_arbitrary_text_is_idempotent_or_invalid(url: str) -> None:
-    _check(url)
+def test_arbitrary_text_is_idempotent_or_invalid() -> None:
+    ran = Branches()
+
+    @PROPERTY_SETTINGS
+    @given(st.text(max_size=200))
+    def prop(url: str) -> None:
+        _check(url, ran)
+
+    prop()
+    assert ran["invalid"] and ran["canonical"], ran
 
 
-@PROPERTY_SETTINGS
-@given(url_like())
-def test_url_like_is_idempotent_or_invalid(url: str) -> None:
-    _check(url)
+def test_url_like_is_idempotent_or_invalid() -> None:
+    ran = Branches()
+
+    @PROPERTY_SETTINGS
+    @given(url_like())
+    def prop(url: str) -> None:
+        _check(url, ran)
+
+    prop()
+    assert ran["canonical"] > ran["invalid"], ran
 
 
-@PROPERTY_SETTINGS
-@given(st.text(max_size=60))
-def test_host_is_idempotent_or_invalid(host: str) -> None:
-    try:
-        canonical = canonicalize_host(host)
-    except InvalidURL:
-        return
-    assert canonicalize_host(canonical) == canonical
+def test_host_is_idempotent_or_invalid() -> None:
+    ran = Branches()
+
+    @PROPERTY_SETTINGS
+    @given(st.text(max_size=60))
+    def prop(host: str) -> None:
+        try:
+            canonical = canonicalize_host(host)
+        except InvalidURL:
+            ran("invalid")
+            return
+        assert canonicalize_host(canonical) == canonical
+        ran("canonical")
+
+    prop()
+    assert ran["invalid"] and ran["canonical"], ran
 
 
-@PROPERTY_SETTINGS
-@given(canonical_looking())
-def test_fast_path_equals_slow_path(url: str) -> None:
-    try:
-        slow = urls._canonicalize_slow(url)
-    except InvalidURL:
-        slow = None
-    fast = urls._canonicalize_fast(url)
-    if fast is not None:
+def test_fast_path_equals_slow_path() -> None:
+    ran = Branches()
+
+    @PROPERTY_SETTINGS
+    @given(canonical_looking())
+    def prop(url: str) -> None:
+        try:
+            slow = urls._canonicalize_slow(url)
+        except InvalidURL:
+            slow = None
+        fast = urls._canonicalize_fast(url)
+        if fast is None:
+            ran("slow only")
+            return
         assert fast == slow
         assert str(fast) == url  # the fast path only accepts what is already canonical
+        ran("fast")
+
+    prop()
+    assert ran["fast"] and ran["slow only"], ran
 
 
 @PROPERTY_SETTINGS

@@ -3,7 +3,7 @@
     python tools/bench_core.py --entries 1000000
 
 Builds a hotline home in a temp dir (entries inserted through the Store API, as
-`import` does after parsing), then measures what issue 2 asks, and prints one JSON
+`import` does after parsing), then measures publish time, sizes and checks/s, and prints one JSON
 document. Figures depend on the machine: record it with them.
 """
 

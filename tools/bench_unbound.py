@@ -19,7 +19,7 @@ hosts get the proxy address, domain-listed ones NXDOMAIN), 30% AAAA:
   running resolver: mostly cache hits, where no module runs, and a tail of misses;
 - `uncached`: a fresh name every query, so every query runs the module stack
   twice (query and answer) and goes upstream: the module's worst case.
-The goal (issue 5) is a cost under 20% of the baseline's throughput. Reported
+The goal (docs/BENCHMARKS.md) is a cost under 20% of the baseline's throughput. Reported
 per mode: raw queries/s (best run), and queries answered per CPU-second of the
 resolver process (best run), which is its throughput when it has a core to
 itself and barely moves when other work shares the machine; the cost is judged

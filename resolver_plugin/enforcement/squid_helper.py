@@ -1,6 +1,6 @@
 """Squid `external_acl_type` helper: answers one OK/ERR/BH line per request line on stdin.
 
-A shell (STYLE.md 1): it parses Squid's line protocol and asks the LiveMatcher;
+A shell over the core: it parses Squid's line protocol and asks the LiveMatcher;
 it holds no matching logic. Synchronous on purpose, and it imports neither
 asyncio nor aiohttp, so Squid can start many of them quickly.
 

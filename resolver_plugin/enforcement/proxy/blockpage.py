@@ -1,6 +1,6 @@
 """The proxy's own responses: the block page and the error pages, as complete HTTP/1.1 bytes.
 
-No oracle (issue 4): a block response depends only on the list's name, the
+No oracle: a block response depends only on the list's name, the
 configured status, the request method (HEAD gets no body) and the current
 minute, never on the URL, the matched entry or its scope. Pages are rendered
 once per list and minute and reused.

@@ -1,6 +1,6 @@
 """`blocklist-plugin proxy`: the filtering forward proxy (Cleanfeed stage 2) and its block page.
 
-A shell (STYLE.md 1): every decision is `LiveMatcher.check(url)` or, for
+A shell over the core: every decision is `LiveMatcher.check(url)` or, for
 CONNECT, `LiveMatcher.check_host(host)`; this module only speaks HTTP.
 
 Stack: `asyncio.start_server` with our strict HTTP/1.1 request parser
