@@ -278,7 +278,7 @@ def check(c: Context, url: str, list_name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"url": url, "listed": verdict.blocked, "list": verdict.list,
                                "scope": verdict.scope and verdict.scope.value, "entries": matched}))
-    elif verdict.blocked:
+    elif verdict.blocked and verdict.scope is not None:
         click.echo(f"listed in {verdict.list} ({verdict.scope.value} entry"
                    + (f" {matched[0]['url']}" if matched else "") + ")")
     else:
@@ -450,7 +450,7 @@ def lists_cmd(c: Context, as_json: bool, create: str | None, error_rate: float |
         with c.store.transaction():
             if create:
                 c.store.create_list(create, error_rate or c.home.config().default_error_rate, c.actor)
-            else:
+            elif list_name and error_rate:
                 c.store.set_error_rate(list_name, error_rate, c.actor)
     rows = []
     for info in c.store.lists():

@@ -100,7 +100,7 @@ def load_config(path: Path) -> HotlineConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
     fields = {f.name: f for f in dataclasses.fields(HotlineConfig)}
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(fields)})")

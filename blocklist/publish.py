@@ -100,7 +100,7 @@ def _compile(home: Home, store: Store, info: ListInfo, before: ListRef | None, k
     counts = store.count(info)
     # The journal path needs a previous snapshot of the current layout; one written
     # before subtree markers existed is recompiled in full (its delta adds them).
-    if old is not None and old.subtree_markers and store.last_published(info) == before.version:
+    if old is not None and before is not None and old.subtree_markers and store.last_published(info) == before.version:
         e_add, e_rem, h_add, h_rem = _changes(store, info, old)
         if not (e_add or e_rem or h_add or h_rem):
             return None

@@ -354,7 +354,7 @@ class Store:
                         (int(time.time()), actor, action, list_name, json.dumps(detail or {}, sort_keys=True)))
 
     def log(self, limit: int | None = None, list_name: str | None = None) -> list[AuditRow]:
-        sql, args = "SELECT id, at, actor, action, list, detail FROM audit", []
+        sql, args = "SELECT id, at, actor, action, list, detail FROM audit", list[str | int]()
         if list_name:
             sql += " WHERE list = ?"
             args.append(list_name)

@@ -62,7 +62,9 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 try:  # present only inside Unbound, which imports it into __main__ before running us
     import unboundmodule as ub
@@ -74,7 +76,7 @@ if ub is not None:
     # unbound-control reload). libyaml's Cython module does not survive that (its
     # classes come back stale: "metaclass conflict"), so inside Unbound PyYAML uses
     # its pure-Python parser; plugin.yaml is read once per start, speed is moot.
-    sys.modules.setdefault("yaml._yaml", None)
+    sys.modules.setdefault("yaml._yaml", None)  # type: ignore[arg-type]
 
 try:
     from blocklist.core.errors import BlocklistError, ConfigError, InvalidURL
@@ -115,7 +117,24 @@ _C_ACCESSORS = ("_ext_state_set", "module_qstate_qinfo_get", "_get_qname", "quer
                 "module_qstate_return_msg_get", "dns_msg_rep_get", "reply_info_an_numrrsets_get")
 
 
-def _bind(unbound: object) -> bool:
+# Unbound's SWIG objects (module_qstate, module_env, reply_info, ...): typed as Any, since
+# their Python classes exist only inside Unbound.
+Swig = Any
+# Bound by _bind below, before any query arrives.
+_set_state: Callable[[Swig, int, int], None]
+_qinfo: Callable[[Swig], Swig]
+_qname: Callable[[Swig], bytes]
+_qclass: Callable[[Swig], int]
+_return_msg: Callable[[Swig], Swig]
+_rep: Callable[[Swig], Swig]
+_an_numrrsets: Callable[[Swig], int]
+
+
+def _set_ext_state(qstate: Swig, id: int, state: int) -> None:
+    qstate.ext_state[id] = state
+
+
+def _bind(unbound: Swig) -> bool:
     """Bind the hot path's reads and writes of Unbound's objects; whether they go straight to C.
 
     Every query crosses SWIG about ten times, and its generated Python layer is
@@ -133,9 +152,7 @@ def _bind(unbound: object) -> bool:
                                             c.reply_info_an_numrrsets_get)
         return True
 
-    def _set_state(qstate: object, id: int, state: int) -> None:
-        qstate.ext_state[id] = state
-
+    _set_state = _set_ext_state
     _qinfo, _qname, _qclass = (operator.attrgetter("qinfo"), operator.attrgetter("qname"),
                                operator.attrgetter("qclass"))
     _return_msg, _rep, _an_numrrsets = (operator.attrgetter("return_msg"), operator.attrgetter("rep"),
@@ -402,7 +419,7 @@ def _install_log_handler(verbosity: int) -> None:
     root.propagate = False
 
 
-def init_standard(id: int, env: object) -> bool:
+def init_standard(id: int, env: Swig) -> bool:
     """Load plugin.yaml and the cached lists; raise (Unbound refuses to start) if we cannot."""
     global _stage
     _install_log_handler(int(env.cfg.verbosity))
@@ -439,11 +456,11 @@ def deinit(id: int) -> bool:
     return True
 
 
-def inform_super(id: int, qstate: object, superqstate: object, qdata: object) -> bool:
+def inform_super(id: int, qstate: Swig, superqstate: Swig, qdata: Swig) -> bool:
     return True
 
 
-def operate(id: int, event: int, qstate: object, qdata: object) -> bool:
+def operate(id: int, event: int, qstate: Swig, qdata: Swig) -> bool:
     """Unbound's per-query entry point; never raises."""
     try:
         if event == ub.MODULE_EVENT_NEW or event == ub.MODULE_EVENT_PASS:
@@ -462,7 +479,7 @@ def operate(id: int, event: int, qstate: object, qdata: object) -> bool:
     return True
 
 
-def _on_query(id: int, qstate: object, qdata: object) -> None:
+def _on_query(id: int, qstate: Swig, qdata: Swig) -> None:
     """A client's query (or a prefetch): answer it if listed, else hand it to the iterator."""
     stage = _stage
     if stage is None:
@@ -505,7 +522,7 @@ def _on_query(id: int, qstate: object, qdata: object) -> None:
     _reply(id, qstate, qname, decision)
 
 
-def _on_answer(id: int, qstate: object, qdata: object) -> None:
+def _on_answer(id: int, qstate: Swig, qdata: Swig) -> None:
     """The iterator's answer, to a query we checked or to one of the iterator's own lookups.
 
     A query we checked is blocked if its CNAME chain runs through a domain-listed
@@ -538,7 +555,7 @@ def _on_answer(id: int, qstate: object, qdata: object) -> None:
     _set_state(qstate, id, ub.MODULE_FINISHED)
 
 
-def _check_chain(id: int, qstate: object, stage: _Stage, rep: object) -> None:
+def _check_chain(id: int, qstate: Swig, stage: _Stage, rep: Swig) -> None:
     """An answer with a chain: blocked if an owner name in it is listed whole, else finished."""
     started = _clock()
     qinfo = _qinfo(qstate)
@@ -562,7 +579,7 @@ def _check_chain(id: int, qstate: object, stage: _Stage, rep: object) -> None:
     _set_state(qstate, id, ub.MODULE_FINISHED)
 
 
-def _reply(id: int, qstate: object, owner: str, decision: Decision) -> None:
+def _reply(id: int, qstate: Swig, owner: str, decision: Decision) -> None:
     msg = ub.DNSMessage(owner, qstate.qinfo.qtype, ub.RR_CLASS_IN, ub.PKT_QR | ub.PKT_RA | ub.PKT_AA)
     if decision.reply is Reply.ANSWER and decision.address is not None:
         msg.answer.append(f"{owner} {decision.ttl} IN {_RR_NAMES[decision.rrtype]} {decision.address}")
