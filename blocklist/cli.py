@@ -115,7 +115,7 @@ def init(c: Context, list_name: str, error_rate: float | None) -> None:
         if created:
             c.store.audit(c.actor, "init", "", {"home": str(c.home.root)})
     click.echo(f"{'initialized' if created else 'already initialized'}: {c.home.root}")
-    click.echo(f"lists: {', '.join(l.name for l in c.store.lists())}")
+    click.echo(f"lists: {', '.join(info.name for info in c.store.lists())}")
     click.echo(f"signing key: {c.home.key_path} (export the public key with `blocklist key export`)")
 
 

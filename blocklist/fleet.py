@@ -86,7 +86,7 @@ class FleetStore:
         try:
             rows = self.db.execute("SELECT node_id, first_seen, last_seen, remote, versions, polls "
                                    "FROM nodes ORDER BY node_id").fetchall()
-            return [NodeRecord(n, f, l, r, json.loads(v), p) for n, f, l, r, v, p in rows]
+            return [NodeRecord(n, first, last, r, json.loads(v), p) for n, first, last, r, v, p in rows]
         except (sqlite3.Error, ValueError) as exc:
             raise StoreError(f"cannot read the fleet records: {exc}") from None
 

@@ -41,7 +41,7 @@ def _is_csv(path: Path, first: str) -> bool:
 
 def _rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
     lines = text.splitlines()
-    first = next((l for l in lines if l.strip() and not l.lstrip().startswith("#")), "")
+    first = next((line for line in lines if line.strip() and not line.lstrip().startswith("#")), "")
     if not _is_csv(path, first):
         for number, line in enumerate(lines, 1):
             stripped = line.strip()
@@ -64,7 +64,7 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
         if len(row) != len(header):
             yield number, {"error": f"expected {len(header)} columns, got {len(row)}"}
             continue
-        yield number, {k: v.strip() for k, v in zip(header, row)}
+        yield number, {k: v.strip() for k, v in zip(header, row, strict=False)}
 
 
 def parse_file(path: Path, default_scope: Scope,

@@ -198,7 +198,7 @@ class Store:
     def require_list(self, name: str) -> ListInfo:
         info = self.get_list(name)
         if info is None:
-            known = ", ".join(l.name for l in self.lists()) or "none"
+            known = ", ".join(info.name for info in self.lists()) or "none"
             raise StoreError(f"no list named {name!r} (lists: {known})")
         return info
 

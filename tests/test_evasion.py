@@ -316,7 +316,7 @@ def t_subdomain(p: Parts, e: Listed) -> list[Parts]:
         return []
     host = p.host
     return [replace(p, host=s + host) for s in ("www.", "a.b.c.", "WWW.", "-x-.", "xn--bcher-kva.",
-                                                  ".".join("s%d" % i for i in range(12)) + ".", "1.2.")]
+                                                  ".".join(f"s{i}" for i in range(12)) + ".", "1.2.")]
 
 
 def unescaped(text: str) -> str:
@@ -606,7 +606,7 @@ def test_squid_helper_blocks_a_sample_of_the_corpus(hotline, plugin, tmp_path: P
     try:
         helper.send(b"".join(b"%d %s -\n" % (i, squid_escape(v.url)) for i, v in enumerate(chosen)))
         answers = helper.read_lines(len(chosen), timeout=60)
-        missed = [(v.url, a) for i, (v, a) in enumerate(zip(chosen, answers))
+        missed = [(v.url, a) for i, (v, a) in enumerate(zip(chosen, answers, strict=True))
                   if not a.startswith(b"%d OK " % i)]
         assert missed == []
         assert helper.ask(b"1 http://bad.example/path/other.html -") == b"1 ERR"

@@ -273,7 +273,9 @@ def test_squid_helper_killed_mid_stream_answers_ok_first(hotline: Hotline, plugi
             sent = 0
             feed_rng = random.Random(rng.random())
 
-            def feed() -> None:  # Squid's side: a stream of lookups with channel IDs
+            def feed(stop: threading.Event = stop, feed_rng: random.Random = feed_rng,
+                     expected: list[bytes] = expected, lines: Lines = lines) -> None:
+                """Squid's side: a stream of lookups with channel IDs (this run's, bound now)."""
                 nonlocal sent
                 try:
                     while not stop.is_set() and sent < 200_000:
@@ -665,7 +667,7 @@ def test_full_cache_disk_keeps_the_last_good_version_and_recovers(hotline: Hotli
                 time.sleep(0.05)
             time.sleep(1.0)  # a few retries on the full disk
             # (a failed delta chain falls back to the snapshot first, which does not fit either)
-            line = next(l for l in sync.log().splitlines() if "kind=disk" in l and "keeping the last good" in l)
+            line = next(text for text in sync.log().splitlines() if "kind=disk" in text and "keeping the last good" in text)
             assert "No space left on device" in line and "Traceback" not in sync.log(), line
             _, doc = status_json(plugin)
             assert doc["lists"][0]["last_error"].startswith("disk: No space left on device"), doc

@@ -91,7 +91,7 @@ def helper(hotline, plugin, tmp_path):
 def test_helper_survives_hostile_lines(helper: Helper) -> None:
     corpus = helper_corpus()
     helper.send(b"".join(line + b"\n" for line in corpus))
-    for line, answer in zip(corpus, helper.read_lines(len(corpus), timeout=30)):
+    for line, answer in zip(corpus, helper.read_lines(len(corpus), timeout=30), strict=True):
         _expect_answer(line, answer)
 
     junk = st.binary(max_size=300)

@@ -257,7 +257,7 @@ async def test_keep_alive_serves_several_requests(proxy: RunningProxy, listed: s
             writer.write(f"GET http://{listed}/k{i} HTTP/1.1\r\nHost: {listed}\r\n\r\n".encode())
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert head.startswith(b"HTTP/1.1 200 ")
-            length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:"))
+            length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:"))
                          .split(b":")[1])
             assert await reader.readexactly(length) == f"origin content at /k{i}".encode()
     finally:

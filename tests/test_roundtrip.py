@@ -94,7 +94,7 @@ def test_snapshot_plus_deltas_match_the_store(hotline: Hotline, plugin: Plugin, 
     unlisted_urls += [f"http://other{rng.randrange(10**6)}.example/x/{i}" for i in range(40000)]
     unlisted_urls += [u for u, _ in rows[:300] if _ != "domain"]  # removed ones
     unlisted_urls += [f"http://{h}/d{i}sub/" for i, h in enumerate(hosts)]
-    unlisted_urls += [f"http://{h}/p/{i}.html?id=other" for i, h in zip(range(0, 10000, 5), hosts * 25)]
+    unlisted_urls += [f"http://{h}/p/{i}.html?id=other" for i, h in zip(range(0, 10000, 5), hosts * 25, strict=False)]
     assert len(listed_urls) == 9700 and len(unlisted_urls) >= 90000
 
     mismatches = []

@@ -52,7 +52,7 @@ def test_channel_ids_are_echoed_and_a_batch_is_answered_in_order(helper: Helper)
     urls = [b"http://bad.example/page.html", b"http://good.example/", b"http://evil.test/x"] * 30
     helper.send(b"".join(b"%d %s -\n" % (i, url) for i, url in enumerate(urls)))
     answers = helper.read_lines(len(urls))
-    for i, (url, answer) in enumerate(zip(urls, answers)):
+    for i, (url, answer) in enumerate(zip(urls, answers, strict=True)):
         expected = b"ERR" if b"good" in url else OK_DEFAULT
         assert answer == b"%d %s" % (i, expected)
 

@@ -367,11 +367,11 @@ def test_server_errors_back_off_increasingly(hotline: Hotline, plugin: Plugin) -
 
         asyncio.run(run())
     times = [t for t, path, _ in source.requests if path == "manifest.json"]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     print("back-off gaps (s):", " ".join(f"{g:.3f}" for g in gaps))
     assert len(gaps) >= 5, gaps
     # equal jitter: attempt n waits within [d/2, d] with d doubling, so gaps never shrink (until the cap)
-    assert all(later >= earlier * 0.95 for earlier, later in zip(gaps, gaps[1:])), gaps
+    assert all(later >= earlier * 0.95 for earlier, later in zip(gaps, gaps[1:], strict=False)), gaps
     assert gaps[-1] > 3 * gaps[0], gaps
     status = status_of(plugin)
     assert status.errors_total["http"] >= 5 and status.lists["default"].last_error.startswith("http:")

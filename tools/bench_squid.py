@@ -205,8 +205,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         ours_block = [a.startswith(b"OK") for a in ours_out]
         sg_block = [a.startswith(b"OK") for a in sg_out]
-        only_ours = [u for u, a, b in zip(urls, ours_block, sg_block) if a and not b]
-        only_sg = [u for u, a, b in zip(urls, ours_block, sg_block) if b and not a]
+        only_ours = [u for u, a, b in zip(urls, ours_block, sg_block, strict=True) if a and not b]
+        only_sg = [u for u, a, b in zip(urls, ours_block, sg_block, strict=True) if b and not a]
         result["blocked_helper"] = sum(ours_block)
         result["blocked_squidguard"] = sum(sg_block)
         result["agreement"] = round(1 - (len(only_ours) + len(only_sg)) / len(urls), 6)

@@ -264,7 +264,7 @@ def measure_mix(mix: str, queries: Path, args: argparse.Namespace, modes: dict[s
                     dnsperf(server.port, queries, args.seconds * 4, 1, other_cpus)
                 user, system = server.cpu_seconds()
                 got = dnsperf(server.port, queries, args.seconds, 1 if mix == "uncached" else None, other_cpus)
-                user, system = (after - before for after, before in zip(server.cpu_seconds(), (user, system)))
+                user, system = (after - before for after, before in zip(server.cpu_seconds(), (user, system), strict=True))
             finally:
                 server.stop()
             cpu = user + system

@@ -52,7 +52,7 @@ def request_stream(n: int, rows: list[tuple[str, str]], listed_fraction: float =
         cdf.append(acc)
     import bisect
     words = ["index", "news", "article", "img", "static", "assets", "search", "user", "video", "api"]
-    for i in range(n):
+    for _ in range(n):
         if rows and rng.random() < listed_fraction:
             url, scope = rows[rng.randrange(len(rows))]
             yield listed_variant(url, scope, rng)

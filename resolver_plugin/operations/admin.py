@@ -119,7 +119,7 @@ class PluginCollector(Collector):
                                           labels=["component"])
         for component, values in sorted(tally.latency.items()):
             cumulative, buckets = 0.0, []
-            for bound, count in zip([*(repr(b) for b in metrics.BUCKETS), "+Inf"], values):
+            for bound, count in zip([*(repr(b) for b in metrics.BUCKETS), "+Inf"], values, strict=False):
                 cumulative += count
                 buckets.append((bound, cumulative))
             histogram.add_metric([component], buckets, values[-1])
@@ -130,7 +130,7 @@ def status_page(report: Report) -> str:
     """The HTML page: the state banner, one table row per list, the node's totals."""
     e = html.escape
     rows = []
-    for report_row, row in zip(report.lists, table_rows(report)):
+    for report_row, row in zip(report.lists, table_rows(report), strict=True):
         reasons = f'<div class="reasons">{e(", ".join(report_row.reasons))}</div>' if report_row.reasons else ""
         cells = [f"<td>{e(row[0])}</td>",
                  f'<td><span class="state {row[1]}">{row[1]}</span>{reasons}</td>',

@@ -84,7 +84,7 @@ class RunningProxy:
 
     def rss_peak_kib(self) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1])
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
 
     def stop(self) -> None:
         terminate(self.proc)
