@@ -455,7 +455,8 @@ def lists_cmd(c: Context, as_json: bool, create: str | None, error_rate: float |
     rows = []
     for info in c.store.lists():
         counts = c.store.count(info)
-        rows.append({"list": info.name, "entries": sum(counts.values()), **{s.value: counts.get(s.value, 0) for s in Scope},
+        rows.append({"list": info.name, "entries": sum(counts.values()),
+                     **{s.value: counts.get(s.value, 0) for s in Scope},
                      "published_version": c.store.last_published(info), "error_rate": info.error_rate})
     if as_json:
         click.echo(json.dumps(rows, indent=1))

@@ -105,7 +105,8 @@ def load_config(path: Path) -> HotlineConfig:
         if key not in fields:
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(fields)})")
         want = float if fields[key].type in ("float", float) else int
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (want is int and not isinstance(value, int)):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (want is int and not isinstance(value, int)):
             raise ConfigError(f"{path}: {key} must be a number")
         values[key] = want(value)
     return HotlineConfig(**values).validate(str(path))

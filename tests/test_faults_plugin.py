@@ -522,7 +522,8 @@ def test_sync_killed_while_the_proxy_enforces(hotline: Hotline, plugin: Plugin, 
     assert not probe.errors, f"seed {seed}: {probe.errors[:10]}"
     assert probe.rounds >= 5 and probe.low == version
     assert "Traceback" not in proxy.log() + sync.log()
-    print(f"\nsync kill -9: seed {seed}, {runs} kills (window {window * 1000:.0f} ms; {behind} left the cache behind the newest publish), "
+    print(f"\nsync kill -9: seed {seed}, {runs} kills (window {window * 1000:.0f} ms; "
+          f"{behind} left the cache behind the newest publish), "
           f"{probe.answers} proxy answers in {probe.rounds} probe rounds all fit one forward-moving version; "
           f"after restart a publish was enforced by the same proxy in {enforced_after:.2f} s")
 
@@ -667,7 +668,8 @@ def test_full_cache_disk_keeps_the_last_good_version_and_recovers(hotline: Hotli
                 time.sleep(0.05)
             time.sleep(1.0)  # a few retries on the full disk
             # (a failed delta chain falls back to the snapshot first, which does not fit either)
-            line = next(text for text in sync.log().splitlines() if "kind=disk" in text and "keeping the last good" in text)
+            line = next(text for text in sync.log().splitlines()
+                        if "kind=disk" in text and "keeping the last good" in text)
             assert "No space left on device" in line and "Traceback" not in sync.log(), line
             _, doc = status_json(plugin)
             assert doc["lists"][0]["last_error"].startswith("disk: No space left on device"), doc

@@ -135,7 +135,8 @@ async def test_serve_pages_and_metrics(fleet: Hotline, aiohttp_client: Any) -> N
         assert got[("blocklist_fleet_node_version", labels)] == version
         assert got[("blocklist_fleet_node_lag_versions", labels)] == lag
     assert got[("blocklist_fleet_node_silent", (("node", "isp3-unbound"),))] == 1
-    assert got[("blocklist_fleet_node_last_seen_timestamp_seconds", (("node", "isp2-squid"),))] == pytest.approx(NOW - 12)
+    last_seen = got[("blocklist_fleet_node_last_seen_timestamp_seconds", (("node", "isp2-squid"),))]
+    assert last_seen == pytest.approx(NOW - 12)
 
 
 async def test_fleet_pages_are_for_the_hotline_only(fleet: Hotline, aiohttp_client: Any) -> None:

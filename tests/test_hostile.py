@@ -236,7 +236,8 @@ def proxy_corpus(origin: str, closed: str) -> list[tuple[bytes, bool]]:
                  b"GET http://evil.test/%00 HTTP/1.1", b"GET http://" + closed.encode() + b"/ HTTP/1.1",
                  b"GET http://" + origin.encode() + b"/\xff\xfe HTTP/1.1", b"\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1",
                  b"CONNECT evil.test HTTP/1.1", b"CONNECT :443 HTTP/1.1", b"CONNECT [::1:80 HTTP/1.1",
-                 b"CONNECT 127.0.0.1:0 HTTP/1.1", b"CONNECT 127.0.0.1:999999 HTTP/1.1", b"CONNECT evil.test:443 HTTP/1.1",
+                 b"CONNECT 127.0.0.1:0 HTTP/1.1", b"CONNECT 127.0.0.1:999999 HTTP/1.1",
+                 b"CONNECT evil.test:443 HTTP/1.1",
                  b"CONNECT " + closed.encode() + b" HTTP/1.1", b"CONNECT http://evil.test/ HTTP/1.1"]:
         cases.append(line + b"\r\nHost: evil.test\r\n\r\n")  # origin-form goes to Host: a listed one
     framing = [
@@ -244,9 +245,11 @@ def proxy_corpus(origin: str, closed: str) -> list[tuple[bytes, bool]]:
         b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nhello",
         b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
         b"Content-Length: 5, 6\r\n\r\nhello!", b"Content-Length: -1\r\n\r\n", b"Content-Length: 1e3\r\n\r\n",
-        b"Content-Length: +5\r\n\r\nhello", b"Content-Length: 0x10\r\n\r\n", b"Content-Length: 99999999999999999999\r\n\r\n",
+        b"Content-Length: +5\r\n\r\nhello", b"Content-Length: 0x10\r\n\r\n",
+        b"Content-Length: 99999999999999999999\r\n\r\n",
         b"Content-Length:\r\n\r\n", b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
-        b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", b"Transfer-Encoding:\tchunked\r\n\r\n0\r\n\r\n",
         b"X-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"X-A: 1\r\n\tfolded\r\n\r\n",
         b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
@@ -372,7 +375,8 @@ def test_proxy_survives_hostile_requests(background_proxy: BackgroundProxy) -> N
         check_response(data, exchange(port, data))
 
     one()
-    normal = exchange(port, f"GET http://{origin}/after HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n".encode())
+    normal = exchange(port, f"GET http://{origin}/after HTTP/1.1\r\nHost: {origin}\r\n"
+                            "Connection: close\r\n\r\n".encode())
     assert normal.startswith(b"HTTP/1.1 200 ") and normal.endswith(b"origin GET 0")
     blocked = exchange(port, b"GET http://127.0.0.1:9/blocked.html HTTP/1.1\r\n\r\n")
     assert blocked.startswith(b"HTTP/1.1 451 ")

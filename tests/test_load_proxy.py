@@ -245,7 +245,8 @@ def test_proxy_under_load_while_versions_land(hotline: Hotline, plugin: Plugin, 
           f"latency p50 {lat[len(lat) // 2] * 1000:.1f} ms p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms; "
           f"per quarter {'/'.join(f'{r:.0f}' for r in rates)} req/s, proxy CPU "
           f"{'/'.join(f'{c:.2f}' for c in cpu_ms)} ms per answer; "
-          f"{len(tally.installed)} versions landed, blocked {min(delays, default=0):.2f}-{max(delays, default=0):.2f} s "
+          f"{len(tally.installed)} versions landed, "
+          f"blocked {min(delays, default=0):.2f}-{max(delays, default=0):.2f} s "
           f"after install ({tally.new_allowed} answers in transition); proxy RSS first quarter peak "
           f"{first / mb:.1f} MB, last quarter peak {last / mb:.1f} MB, overall {max(r for _, r in rss) / mb:.1f} MB")
     assert not tally.failed, f"{len(tally.failed)} failed: {tally.failed[:10]}"

@@ -300,7 +300,8 @@ async def test_connections_over_the_limit_get_503(listed: str, plugin, tmp_path:
         for _, writer in held:
             writer.close()
         await asyncio.sleep(0.3)
-        answer = await raw_exchange(running.port, f"GET http://{listed}/x HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        request = f"GET http://{listed}/x HTTP/1.1\r\nConnection: close\r\n\r\n".encode()
+        answer = await raw_exchange(running.port, request)
         assert answer.startswith(b"HTTP/1.1 200 ")
     finally:
         running.stop()
@@ -308,7 +309,8 @@ async def test_connections_over_the_limit_get_503(listed: str, plugin, tmp_path:
 
 async def test_internal_destinations_only_for_clients_on_the_proxy_host() -> None:
     """A subscriber must not reach the proxy host's own services (admin port, metadata, ...)."""
-    from resolver_plugin.enforcement.proxy.forward import (PublicResolver, UpstreamError, internal_address, local_client,
+    from resolver_plugin.enforcement.proxy.forward import (PublicResolver, UpstreamError, internal_address,
+                                                           local_client,
                                                open_tunnel)
 
     assert local_client("127.0.0.1") and local_client("::1") and local_client("::ffff:127.0.0.2")
@@ -338,6 +340,7 @@ async def test_origin_form_requests_sent_by_stage_one_are_checked(proxy: Running
         answer = await raw_exchange(proxy.port, f"GET /x HTTP/1.1\r\n{bad_host}\r\n".encode())
         assert answer.startswith(b"HTTP/1.1 400 "), bad_host
     # A resolver that points the proxy at itself: the second hop sees our Via and stops the loop.
-    loop = await raw_exchange(proxy.port, f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\nConnection: close\r\n\r\n"
+    loop = await raw_exchange(proxy.port, f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n"
+                                          "Connection: close\r\n\r\n"
                               .encode())
     assert loop.startswith(b"HTTP/1.1 508 ")

@@ -100,7 +100,8 @@ def test_cache_ahead_of_status_counts_the_cache(installed: Plugin) -> None:
     publish(installed, "http://bad.example/c.html")
     installed.install_published()  # the cache now holds version 2
     now = time.time()
-    write_status(Cache(installed.config().cache_dir).status_file, node_status(now, newest_seen=2, newest_seen_at=now - 2 * HOUR))
+    write_status(Cache(installed.config().cache_dir).status_file,
+                 node_status(now, newest_seen=2, newest_seen_at=now - 2 * HOUR))
     doc = json.loads(status_cli(installed, "--json").output)
     assert doc["state"] == "OK" and doc["lists"][0]["enforced"] == 2 and doc["lists"][0]["lag_versions"] == 0
 

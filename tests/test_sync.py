@@ -256,7 +256,8 @@ def test_attack_is_refused_and_the_last_good_state_kept(attacked: Source, hotlin
         attacked.overrides["manifest.json"] = Source.body(_foreign_key(manifest))
     elif attack == "hash differs":
         for name in ("snapshot-2", "delta-1-2"):
-            attacked.overrides[lists + name] = Source.body(_flip_last((hotline.publish_dir / lists / name).read_bytes()))
+            original = (hotline.publish_dir / lists / name).read_bytes()
+            attacked.overrides[lists + name] = Source.body(_flip_last(original))
     elif attack == "oversized file":
         attacked.overrides[lists + "*"] = attacked.endless()
     elif attack == "hanging server":

@@ -197,7 +197,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         n = min(args.lockstep, len(urls))
         result["lockstep_lines"] = n
-        result["helper_lockstep_lines_per_s"] = round(run_lockstep(ours_cmd, ours_in.read_bytes().splitlines(True)[:n], env))
+        stream = ours_in.read_bytes().splitlines(True)[:n]
+        result["helper_lockstep_lines_per_s"] = round(run_lockstep(ours_cmd, stream, env))
         result["squidguard_lockstep_lines_per_s"] = round(
             run_lockstep(sg_cmd, sg_in.read_bytes().splitlines(True)[:n], env))
         result["lockstep_ratio"] = round(result["helper_lockstep_lines_per_s"]

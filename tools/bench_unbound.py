@@ -264,14 +264,16 @@ def measure_mix(mix: str, queries: Path, args: argparse.Namespace, modes: dict[s
                     dnsperf(server.port, queries, args.seconds * 4, 1, other_cpus)
                 user, system = server.cpu_seconds()
                 got = dnsperf(server.port, queries, args.seconds, 1 if mix == "uncached" else None, other_cpus)
-                user, system = (after - before for after, before in zip(server.cpu_seconds(), (user, system), strict=True))
+                spent = zip(server.cpu_seconds(), (user, system), strict=True)
+                user, system = (after - before for after, before in spent)
             finally:
                 server.stop()
             cpu = user + system
             got["per_cpu_s"] = round(got["completed"] / cpu) if cpu > 0 else 0
             got["system_share"] = round(system / cpu, 3) if cpu > 0 else 0  # the kernel's part: sockets
             print(f"bench_unbound: {mix} {mode} run {repeat + 1}: {got['qps']:,.0f} q/s, "
-                  f"{got['per_cpu_s']:,} q per resolver CPU-second ({got['system_share']:.0%} of it in the kernel)", file=sys.stderr)
+                  f"{got['per_cpu_s']:,} q per resolver CPU-second "
+                  f"({got['system_share']:.0%} of it in the kernel)", file=sys.stderr)
             best = figures.setdefault(mode, {"qps": 0.0, "per_cpu_s": 0, "runs": []})
             best["runs"].append(got)
             best["qps"] = max(best["qps"], got["qps"])

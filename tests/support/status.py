@@ -19,7 +19,8 @@ def node_status(now: float, errors: dict[str, int] | None = None, **fields: Any)
                                   newest_seen_at=now - 600, last_success=now - 30, last_attempt=now - 30)
     values.update(fields)
     return NodeStatus(node_id="test-node", source=SOURCE,
-                      manifest=ManifestStatus(version=4, expires=values["expires"], signed_by="ab12", fetched_at=now - 30),
+                      manifest=ManifestStatus(version=4, expires=values["expires"], signed_by="ab12",
+                                              fetched_at=now - 30),
                       lists={"default": ListStatus(**values)}, errors_total=errors or {})
 
 
