@@ -17,7 +17,7 @@ import click
 from blocklist import __version__
 from blocklist.core.digests import Scope, digest, domain_keys, entry_keys, kind_of, make_entry
 from blocklist.core.errors import BlocklistError, InvalidURL, StoreError
-from blocklist.core.format import public_key_text
+from blocklist.core.format.keys import public_key_text
 from blocklist.home import Home, HotlineConfig, default_home
 from blocklist.importer import ImportFileError, parse_file
 from blocklist.core.matcher import ListFilter, Matcher

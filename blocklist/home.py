@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blocklist.core import atomic
 from blocklist.core.errors import ConfigError
-from blocklist.core.format import load_private_key, private_key_bytes
+from blocklist.core.format.keys import load_private_key, private_key_bytes
 
 CONFIG_NAME = "blocklist.yaml"
 

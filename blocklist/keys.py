@@ -2,7 +2,7 @@
 
 Plugins pin one public key. A rotation adds a link "new key replaces old key",
 signed by the old key, to the manifest's key_chain and signs the manifest with
-the new key: a plugin follows the chain from its pinned key (format.read_manifest)
+the new key: a plugin follows the chain from its pinned key (manifest.read_manifest)
 and from then on trusts only the new key for manifests.
 
 The rotation also re-issues every list, unchanged, as a new version signed by
@@ -35,10 +35,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from blocklist.core import atomic
 from blocklist.core.errors import SignatureError, StoreError
-from blocklist.core.format import (
-    Delta, ListRef, Manifest, digest_array, key_id, load_private_key, private_key_bytes,
-    read_manifest, read_snapshot, sign_rotation, write_manifest,
-)
+from blocklist.core.format.artifacts import Delta, read_snapshot
+from blocklist.core.format.digestset import digest_array
+from blocklist.core.format.keys import key_id, load_private_key, private_key_bytes
+from blocklist.core.format.manifest import ListRef, Manifest, read_manifest, sign_rotation, write_manifest
 from blocklist.home import Home
 from blocklist.publish import MANIFEST_NAME, prune, write_list_files
 from blocklist.store import Store

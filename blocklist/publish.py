@@ -24,10 +24,12 @@ from pybloom_live import BloomFilter
 
 from blocklist.core import atomic
 
-from blocklist.core.format import (
-    Delta, DeltaRef, ListRef, Manifest, Snapshot, build_bloom, contains, diff,
-    digest_array, file_ref, grow_bloom, key_id, merge_sorted, read_manifest, read_snapshot, set_checksum,
-    write_delta, write_manifest, write_snapshot,
+from blocklist.core.format.artifacts import Delta, Snapshot, diff, read_snapshot, write_delta, write_snapshot
+from blocklist.core.format.bloom import build_bloom, grow_bloom
+from blocklist.core.format.digestset import contains, digest_array, merge_sorted, set_checksum
+from blocklist.core.format.keys import key_id
+from blocklist.core.format.manifest import (
+    DeltaRef, ListRef, Manifest, file_ref, read_manifest, write_manifest,
 )
 from blocklist.home import Home
 from blocklist.store import ListInfo, Store

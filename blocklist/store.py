@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from blocklist.core.digests import Entry, Scope, entry_digests, subtree_markers
-from blocklist.core.errors import StoreError
-from blocklist.core.format import check_list_name, FormatError
+from blocklist.core.errors import FormatError, StoreError
+from blocklist.core.format.strictjson import check_list_name
 
 SCHEMA_VERSION = 2  # 2: the subtrees table
 SCHEMA = """

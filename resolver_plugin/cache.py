@@ -40,7 +40,9 @@ from cryptography.hazmat.primitives import serialization
 
 from blocklist.core import atomic
 from blocklist.core.errors import BlocklistError, ChecksumError, ConfigError, FormatError
-from blocklist.core.format import Keyring, check_list_name, key_id, read_delta, read_snapshot
+from blocklist.core.format.artifacts import read_delta, read_snapshot
+from blocklist.core.format.keys import Keyring, key_id
+from blocklist.core.format.strictjson import check_list_name
 from blocklist.core.matcher import HOST_PASS, HostAction, HostVerdict, ListFilter, Matcher, Verdict
 from resolver_plugin.config import PluginConfig
 

@@ -33,8 +33,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from blocklist.core.errors import ConfigError, SignatureError
-from blocklist.core.format import check_list_name, FormatError, load_public_key, key_id
+from blocklist.core.errors import ConfigError, FormatError, SignatureError
+from blocklist.core.format.keys import load_public_key, key_id
+from blocklist.core.format.strictjson import check_list_name
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 

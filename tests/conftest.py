@@ -117,7 +117,7 @@ class Plugin:
         A stand-in for the network in tests of enforcement shells: the files are
         verified with the plugin's pinned key exactly like the cache loader does.
         """
-        from blocklist.core.format import read_manifest
+        from blocklist.core.format.manifest import read_manifest
         from resolver_plugin.cache import Cache, ListState
 
         config = self.config()

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from blocklist.core.format import set_checksum
+from blocklist.core.format.digestset import set_checksum
 from blocklist.home import Home
 from blocklist.publish import current_manifest
 from blocklist.store import Store

@@ -8,10 +8,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blocklist.core.errors import ChecksumError, FormatError, SignatureError, SizeError
-from blocklist.core.format import (
-    Delta, ListRef, Manifest, check_file, diff, digest_array, file_ref, key_id, load_public_key,
-    public_key_text, read_delta, read_manifest, read_snapshot, set_checksum, sign_rotation, write_delta,
-    write_manifest, write_snapshot,
+from blocklist.core.format.artifacts import (
+    Delta, diff, read_delta, read_snapshot, write_delta, write_snapshot,
+)
+from blocklist.core.format.digestset import digest_array, set_checksum
+from blocklist.core.format.keys import key_id, load_public_key, public_key_text
+from blocklist.core.format.manifest import (
+    ListRef, Manifest, check_file, file_ref, read_manifest, sign_rotation, write_manifest,
 )
 from tests.support.artifacts import KEY, KEYS, make_snapshot, manifest
 
@@ -32,16 +35,16 @@ def test_empty_snapshot_round_trip() -> None:
 
 def _repacked(data: bytes, kind: bytes, **changes: object) -> bytes:
     """`data` re-signed with header fields changed (None: removed), as another writer could."""
-    from blocklist.core.format import _pack, _unpack
-    header, sections = _unpack(data, kind, KEYS, 2**31, "test")
+    from blocklist.core.format.container import pack_container, unpack_container
+    header, sections = unpack_container(data, kind, KEYS, 2**31, "test")
     header = {k: v for k, v in dict(header, **changes).items() if v is not None}
     del header["key_id"], header["sections"]
-    return _pack(kind, header, list(sections.items()), KEY)
+    return pack_container(kind, header, list(sections.items()), KEY)
 
 
 def test_subtree_markers_flag_round_trips_and_defaults_to_absent() -> None:
     from dataclasses import replace
-    from blocklist.core.format import KIND_DELTA, KIND_SNAPSHOT
+    from blocklist.core.format.container import KIND_DELTA, KIND_SNAPSHOT
     old, new = make_snapshot(1, [1], [10]), replace(make_snapshot(2, [1], [10, 11]), subtree_markers=True)
     assert read_snapshot(write_snapshot(new, KEY), KEYS).subtree_markers is True
     assert read_snapshot(write_snapshot(old, KEY), KEYS).subtree_markers is False

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from blocklist.core.errors import BlocklistError, FormatError
-from blocklist.core.format import (
-    diff, read_delta, read_manifest, read_snapshot, write_delta, write_manifest, write_snapshot,
-)
+from blocklist.core.format.artifacts import diff, read_delta, read_snapshot, write_delta, write_snapshot
+from blocklist.core.format.manifest import read_manifest, write_manifest
 from tests.support.artifacts import KEY, KEYS, make_snapshot, manifest
 from tests.support.properties import Branches
 

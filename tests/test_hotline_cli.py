@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from blocklist.core.format import load_public_key
+from blocklist.core.format.keys import load_public_key
 from tests.conftest import Hotline
 
 

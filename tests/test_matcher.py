@@ -9,7 +9,7 @@ from pybloom_live import BloomFilter
 
 from blocklist.core.digests import Scope, make_entry
 from blocklist.core.errors import ChecksumError, FormatError, InvalidURL
-from blocklist.core.format import digest_array, set_checksum
+from blocklist.core.format.digestset import digest_array, set_checksum
 from blocklist.core.matcher import HostAction, ListFilter, Matcher
 from blocklist.core.urls import host_suffixes
 from tests.support.artifacts import make_filter
@@ -177,7 +177,7 @@ def test_invalid_url_raises_our_error() -> None:
 
 
 def _delta(old: ListFilter, new: ListFilter):
-    from blocklist.core.format import Delta
+    from blocklist.core.format.artifacts import Delta
     return Delta(old.name, old.version, new.version, 0, new.checksum,
                  digest_array(set(new.entries) - set(old.entries)),
                  digest_array(set(old.entries) - set(new.entries)),

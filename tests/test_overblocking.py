@@ -3,7 +3,7 @@
 The list mixes the three scopes (85 % pages, a seventh of them with a query,
 10 % folders, 5 % domains) over entries/5 hosts. It is built as the publisher
 would hash it (salted SHA-256 keys of blocklist.core.digests, Bloom filters of
-blocklist.core.format), straight into a ListFilter without the SQLite store; a
+blocklist.core.format.bloom), straight into a ListFilter without the SQLite store; a
 sample is checked against `make_entry` so the keys are the real ones.
 
 The unlisted URLs are built to reach stage 2 (hosts that carry entries) and to
@@ -37,7 +37,7 @@ import time
 from array import array
 
 from blocklist.core.digests import HOST_KIND, Scope, entry_digests, make_entry
-from blocklist.core.format import build_bloom
+from blocklist.core.format.bloom import build_bloom
 from blocklist.core.matcher import ListFilter, Matcher
 
 SALT = bytes(range(16))

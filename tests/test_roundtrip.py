@@ -6,7 +6,8 @@ import json
 import random
 from pathlib import Path
 
-from blocklist.core.format import read_delta, read_manifest, read_snapshot
+from blocklist.core.format.artifacts import read_delta, read_snapshot
+from blocklist.core.format.manifest import read_manifest
 from blocklist.core.matcher import ListFilter, Matcher
 from blocklist.core.urls import canonicalize
 from resolver_plugin.config import load_config
@@ -131,7 +132,7 @@ def test_published_files_hold_no_plaintext(hotline: Hotline, tmp_path: Path) -> 
 
 
 def store_checksum(hotline: Hotline) -> str:
-    from blocklist.core.format import set_checksum
+    from blocklist.core.format.digestset import set_checksum
     from blocklist.store import Store
     store = Store(hotline.home / "store.sqlite")
     try:

@@ -26,10 +26,11 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blocklist.fleet import FleetStore
-from blocklist.core.format import (
-    Delta, DeltaRef, Manifest, canonical_json, digest_array, file_ref, key_id, read_manifest,
-    write_delta, write_manifest,
-)
+from blocklist.core.format.artifacts import Delta, write_delta
+from blocklist.core.format.digestset import digest_array
+from blocklist.core.format.keys import key_id
+from blocklist.core.format.manifest import DeltaRef, Manifest, file_ref, read_manifest, write_manifest
+from blocklist.core.format.strictjson import canonical_json
 from blocklist.home import Home
 from blocklist.serve import make_app
 from resolver_plugin.cache import Cache, LiveMatcher
@@ -494,7 +495,7 @@ def test_kill_9_while_syncing_never_leaves_a_damaged_cache(hotline: Hotline, plu
 def test_interrupted_key_rotation_is_completed_by_running_it_again(hotline: Hotline, plugin: Plugin) -> None:
     from blocklist.core import atomic
     from blocklist.core.errors import StoreError
-    from blocklist.core.format import private_key_bytes
+    from blocklist.core.format.keys import private_key_bytes
     from blocklist.keys import archived_key_path, rotate_key
     home = Home(hotline.home)
     with pytest.raises(StoreError, match="nothing published yet"):

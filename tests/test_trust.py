@@ -11,9 +11,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from blocklist.core.errors import (
     ChecksumError, ExpiredError, FormatError, RollbackError, SignatureError, SizeError,
 )
-from blocklist.core.format import (
-    Delta, DeltaRef, ListRef, Manifest, Snapshot, build_bloom, diff, digest_array, file_ref, key_id,
-    set_checksum, sign_rotation, write_delta, write_manifest, write_snapshot,
+from blocklist.core.format.artifacts import Delta, Snapshot, diff, write_delta, write_snapshot
+from blocklist.core.format.bloom import build_bloom
+from blocklist.core.format.digestset import digest_array, set_checksum
+from blocklist.core.format.keys import key_id
+from blocklist.core.format.manifest import (
+    DeltaRef, ListRef, Manifest, file_ref, sign_rotation, write_manifest,
 )
 from blocklist.core.matcher import ListFilter
 from resolver_plugin.config import Limits

@@ -30,7 +30,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from blocklist.core.format import build_bloom, digest_array, key_id, read_snapshot  # noqa: E402
+from blocklist.core.format.artifacts import read_snapshot  # noqa: E402
+from blocklist.core.format.bloom import build_bloom  # noqa: E402
+from blocklist.core.format.digestset import digest_array  # noqa: E402
+from blocklist.core.format.keys import key_id  # noqa: E402
 from blocklist.core.matcher import ListFilter, Matcher  # noqa: E402
 from blocklist.publish import publish  # noqa: E402
 from tools.bench_core import build_home, install_plugin_cache, measure_delta_publish  # noqa: E402

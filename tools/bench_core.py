@@ -25,7 +25,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from blocklist.core.digests import Scope, make_entry  # noqa: E402
-from blocklist.core.format import key_id, read_snapshot  # noqa: E402
+from blocklist.core.format.artifacts import read_snapshot  # noqa: E402
+from blocklist.core.format.keys import key_id  # noqa: E402
 from blocklist.home import Home, HotlineConfig  # noqa: E402
 from blocklist.core.matcher import ListFilter, Matcher  # noqa: E402
 from blocklist.publish import publish  # noqa: E402
@@ -46,7 +47,8 @@ def build_home(root: Path, n: int, rate: float) -> tuple[Home, Store, list[tuple
 
 def install_plugin_cache(home: Home, folder: Path, extra_yaml: str = "") -> Path:
     """A plugin.yaml in `folder` trusting `home`'s key, with its published list "bench" in the cache."""
-    from blocklist.core.format import public_key_text, read_manifest
+    from blocklist.core.format.keys import public_key_text
+    from blocklist.core.format.manifest import read_manifest
     from resolver_plugin.cache import Cache, ListState
     folder.mkdir(parents=True)
     key = home.signing_key().public_key()

@@ -191,7 +191,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from blocklist.store import Store
         from blocklist.core.digests import Scope, make_entry
         from resolver_plugin.cache import Cache, ListState
-        from blocklist.core.format import key_id, read_manifest
+        from blocklist.core.format.keys import key_id
+        from blocklist.core.format.manifest import read_manifest
         home = Home(folder / "home")
         store = Store(home.store_path)
         with store.transaction():

@@ -6,7 +6,7 @@ must agree on every byte these modules produce.
     urls       canonical URLs and their lookup expressions (Google Safe Browsing)
     digests    scopes, entries and the salted digests of what is listed
     matcher    the verdict on a URL or a host: Bloom filter, then exact digests
-    format     the bytes of snapshots, deltas, manifests and keys (docs/FORMAT.md)
+    format     the bytes of snapshots, deltas, manifests and keys, a module per part (docs/FORMAT.md)
     protocol   the poll headers between a plugin and `blocklist serve`
     errors     one exception tree for both sides
     atomic     files replaced whole or not at all

@@ -34,9 +34,9 @@ from pybloom_live import BloomFilter
 
 from blocklist.core.digests import TREE_KIND, HOST_KIND, Scope, domain_keys, entry_keys, kind_of
 from blocklist.core.errors import ChecksumError, FormatError
-from blocklist.core.format import (
-    Delta, Snapshot, bloom_key, contains, grow_bloom, merge_sorted, set_checksum,
-)
+from blocklist.core.format.artifacts import Delta, Snapshot
+from blocklist.core.format.bloom import bloom_key, grow_bloom
+from blocklist.core.format.digestset import contains, merge_sorted, set_checksum
 from blocklist.core.urls import MAX_URL_LENGTH, CanonicalURL, canonicalize, canonicalize_host, server_view
 
 HOST_CACHE_SIZE = 65536

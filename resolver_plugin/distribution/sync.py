@@ -41,7 +41,7 @@ from yarl import URL
 from blocklist.core import __version__
 from blocklist.core.errors import BlocklistError, SizeError
 from blocklist.core.protocol import clean_node_id, format_have
-from blocklist.core.format import DeltaRef, FileRef
+from blocklist.core.format.manifest import DeltaRef, FileRef
 from blocklist.core.matcher import ListFilter
 from resolver_plugin.operations.admin import start_admin
 from resolver_plugin.cache import Cache, ListState

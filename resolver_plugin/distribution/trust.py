@@ -8,7 +8,7 @@ the I/O and asks it to judge each download, in this order:
 Manifest, `update_manifest(data, now)`:
   1. at most limits.max_manifest_bytes                              SizeError
   2. signed by a key reached by following its key chain from the
-     pinned keys (format.read_manifest)                              SignatureError
+     pinned keys (manifest.read_manifest)                            SignatureError
   3. its key chain extends the trusted manifest's chain, so an old
      chain cannot undo a rotation                                    SignatureError
   4. version >= the trusted manifest's; an equal version only with
@@ -47,9 +47,10 @@ from dataclasses import dataclass
 from blocklist.core.errors import (
     ChecksumError, ExpiredError, FormatError, RollbackError, SignatureError, SizeError,
 )
-from blocklist.core.format import (
-    Delta, DeltaRef, FileRef, Keyring, ListRef, Manifest, Snapshot, check_file, follow_key_chain,
-    read_delta, read_manifest, read_snapshot,
+from blocklist.core.format.artifacts import Delta, Snapshot, read_delta, read_snapshot
+from blocklist.core.format.keys import Keyring
+from blocklist.core.format.manifest import (
+    DeltaRef, FileRef, ListRef, Manifest, check_file, follow_key_chain, read_manifest,
 )
 from blocklist.core.matcher import ListFilter
 from resolver_plugin.config import Limits

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blocklist.core.digests import Scope, entry_digests, make_entry, subtree_markers
-from blocklist.core.format import (
-    DeltaRef, ListRef, Manifest, Snapshot, build_bloom, check_file, digest_array, file_ref, key_id,
-    read_snapshot, set_checksum,
-)
+from blocklist.core.format.artifacts import Snapshot, read_snapshot
+from blocklist.core.format.bloom import build_bloom
+from blocklist.core.format.digestset import digest_array, set_checksum
+from blocklist.core.format.keys import key_id
+from blocklist.core.format.manifest import DeltaRef, ListRef, Manifest, check_file, file_ref
 from blocklist.home import Home
 from blocklist.core.matcher import ListFilter
 from blocklist.publish import current_manifest
