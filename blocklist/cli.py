@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -18,13 +19,13 @@ from blocklist import __version__
 from blocklist.core.digests import Scope, digest, domain_keys, entry_keys, kind_of, make_entry
 from blocklist.core.errors import BlocklistError, InvalidURL, StoreError
 from blocklist.core.format.keys import public_key_text
-from blocklist.home import Home, HotlineConfig, default_home
-from blocklist.importer import ImportFileError, parse_file
 from blocklist.core.matcher import ListFilter, Matcher
-from blocklist.publish import publish as run_publish
-from blocklist.store import Store, default_actor
 from blocklist.core.table import render
 from blocklist.core.urls import canonicalize
+from blocklist.home import Home, HotlineConfig, default_home
+from blocklist.importer import ImportFileError, parse_file
+from blocklist.publish import publish as run_publish
+from blocklist.store import Store, default_actor
 
 DEFAULT_LIST = "default"
 SCOPES = click.Choice([s.value for s in Scope])

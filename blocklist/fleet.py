@@ -26,16 +26,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from blocklist.core.errors import StoreError
-from blocklist.home import Home
-from blocklist.publish import current_manifest
 from blocklist.core.severity import Severity, worst
 from blocklist.core.table import render
 from blocklist.core.timefmt import human_duration, relative, utc
+from blocklist.home import Home
+from blocklist.publish import current_manifest
 
 MAX_NAMED = 5  # nodes named in the summary line
 

@@ -18,9 +18,9 @@ import html
 import ipaddress
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from string import Template
-from typing import Iterator, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -28,8 +28,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from blocklist.core.errors import BlocklistError
-from blocklist.fleet import FleetReport, fleet_report, fleet_table, published_line
 from blocklist.core.timefmt import utc
+from blocklist.fleet import FleetReport, fleet_report, fleet_table, published_line
 from blocklist.home import Home
 
 log = logging.getLogger("blocklist.fleet")

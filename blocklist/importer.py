@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from blocklist.core.digests import Entry, Scope, make_entry
 from blocklist.core.errors import BlocklistError

@@ -14,22 +14,25 @@ from __future__ import annotations
 
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from pybloom_live import BloomFilter
 
 from blocklist.core import atomic
-
 from blocklist.core.format.artifacts import Delta, Snapshot, diff, read_snapshot, write_delta, write_snapshot
 from blocklist.core.format.bloom import build_bloom, grow_bloom
 from blocklist.core.format.digestset import contains, digest_array, merge_sorted, set_checksum
 from blocklist.core.format.keys import key_id
 from blocklist.core.format.manifest import (
-    DeltaRef, ListRef, Manifest, file_ref, read_manifest, write_manifest,
+    DeltaRef,
+    ListRef,
+    Manifest,
+    file_ref,
+    read_manifest,
+    write_manifest,
 )
 from blocklist.home import Home
 from blocklist.store import ListInfo, Store

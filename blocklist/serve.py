@@ -36,14 +36,14 @@ import os
 import sqlite3
 import stat
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 
 from blocklist.core.errors import StoreError
-from blocklist.fleet import FleetStore
 from blocklist.core.protocol import clean_node_id, parse_have
+from blocklist.fleet import FleetStore
 from blocklist.fleet_web import add_fleet_routes
 from blocklist.home import Home
 

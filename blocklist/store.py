@@ -15,9 +15,10 @@ import secrets
 import sqlite3
 import time
 from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from blocklist.core.digests import Entry, Scope, entry_digests, subtree_markers
 from blocklist.core.errors import FormatError, StoreError

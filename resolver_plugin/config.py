@@ -32,12 +32,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from blocklist.core.errors import ConfigError, FormatError, SignatureError
-from blocklist.core.format.keys import load_public_key, key_id
+from blocklist.core.format.keys import key_id, load_public_key
 from blocklist.core.format.strictjson import check_list_name
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 @dataclass(frozen=True)

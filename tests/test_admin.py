@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from resolver_plugin.operations import metrics
-from resolver_plugin.operations.admin import make_admin_app, start_admin
 from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.cli import main as plugin_main
 from resolver_plugin.config import load_config
+from resolver_plugin.operations import metrics
+from resolver_plugin.operations.admin import make_admin_app, start_admin
 from resolver_plugin.operations.node_status import write_status
 from tests.conftest import Plugin
 from tests.support.net import free_port

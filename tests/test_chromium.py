@@ -35,7 +35,7 @@ async def run_chromium(args: list[str], timeout: float = 60) -> bytes:
                                                 stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         pytest.fail(f"chromium did not finish within {timeout} s")

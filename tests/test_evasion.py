@@ -53,9 +53,9 @@ import re
 import string
 import time
 import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import quote, unquote
 
 import pytest
@@ -66,9 +66,9 @@ from blocklist.core.digests import Scope
 from blocklist.core.matcher import Matcher
 from blocklist.core.urls import canonicalize
 from tests.support.artifacts import make_filter
+from tests.support.properties import Branches
 from tests.support.proxy import raw_exchange, start_proxy
 from tests.support.squid import Helper
-from tests.support.properties import Branches
 
 # ----------------------------------------------------------------------------- URLs as parts
 

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from blocklist.cli import main as blocklist_main
 from blocklist.core.errors import StoreError
-from blocklist.fleet import FleetStore, fleet_report, judge, render_fleet
 from blocklist.core.severity import Severity
+from blocklist.fleet import FleetStore, fleet_report, judge, render_fleet
 from blocklist.fleet_web import add_fleet_routes
 from blocklist.home import Home
 from tests.conftest import Hotline

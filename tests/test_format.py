@@ -9,12 +9,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blocklist.core.errors import ChecksumError, FormatError, SignatureError, SizeError
 from blocklist.core.format.artifacts import (
-    Delta, diff, read_delta, read_snapshot, write_delta, write_snapshot,
+    Delta,
+    diff,
+    read_delta,
+    read_snapshot,
+    write_delta,
+    write_snapshot,
 )
 from blocklist.core.format.digestset import digest_array, set_checksum
 from blocklist.core.format.keys import key_id, load_public_key, public_key_text
 from blocklist.core.format.manifest import (
-    ListRef, Manifest, check_file, file_ref, read_manifest, sign_rotation, write_manifest,
+    ListRef,
+    Manifest,
+    check_file,
+    file_ref,
+    read_manifest,
+    sign_rotation,
+    write_manifest,
 )
 from tests.support.artifacts import KEY, KEYS, make_snapshot, manifest
 
@@ -44,6 +55,7 @@ def _repacked(data: bytes, kind: bytes, **changes: object) -> bytes:
 
 def test_subtree_markers_flag_round_trips_and_defaults_to_absent() -> None:
     from dataclasses import replace
+
     from blocklist.core.format.container import KIND_DELTA, KIND_SNAPSHOT
     old, new = make_snapshot(1, [1], [10]), replace(make_snapshot(2, [1], [10, 11]), subtree_markers=True)
     assert read_snapshot(write_snapshot(new, KEY), KEYS).subtree_markers is True

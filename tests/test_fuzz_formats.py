@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from blocklist.core.errors import BlocklistError, FormatError
 from blocklist.core.format.artifacts import diff, read_delta, read_snapshot, write_delta, write_snapshot

@@ -196,7 +196,7 @@ def exchange(port: int, data: bytes, half_close: bool = True, timeout: float = 8
                 piece = sock.recv(65536)
             except ConnectionResetError:
                 return received
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not piece:
                 return received

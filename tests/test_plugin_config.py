@@ -9,9 +9,9 @@ import re
 import pytest
 
 from blocklist.core.errors import ConfigError
+from resolver_plugin.distribution.sync import sync_loop
 from resolver_plugin.enforcement.proxy.forward import upstream_headers
 from resolver_plugin.enforcement.proxy.head import RequestHead
-from resolver_plugin.distribution.sync import sync_loop
 from tests.conftest import Plugin
 
 

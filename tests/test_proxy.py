@@ -275,8 +275,8 @@ def test_bad_block_page_template_is_a_config_error(plugin, tmp_path: Path) -> No
 
 
 def test_custom_template_values_are_html_escaped(tmp_path: Path) -> None:
-    from resolver_plugin.enforcement.proxy.blockpage import BlockPage
     from resolver_plugin.config import ProxyConfig
+    from resolver_plugin.enforcement.proxy.blockpage import BlockPage
 
     template = tmp_path / "page.html"
     template.write_text("<h1>$list</h1><a href=\"$appeal_url\">appeal</a> $time $unknown")
@@ -309,9 +309,13 @@ async def test_connections_over_the_limit_get_503(listed: str, plugin, tmp_path:
 
 async def test_internal_destinations_only_for_clients_on_the_proxy_host() -> None:
     """A subscriber must not reach the proxy host's own services (admin port, metadata, ...)."""
-    from resolver_plugin.enforcement.proxy.forward import (PublicResolver, UpstreamError, internal_address,
-                                                           local_client,
-                                               open_tunnel)
+    from resolver_plugin.enforcement.proxy.forward import (
+        PublicResolver,
+        UpstreamError,
+        internal_address,
+        local_client,
+        open_tunnel,
+    )
 
     assert local_client("127.0.0.1") and local_client("::1") and local_client("::ffff:127.0.0.2")
     assert not local_client("192.0.2.7") and not local_client("garbage")

@@ -12,8 +12,8 @@ import asyncio
 import socket
 import ssl
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 from aiohttp import web

@@ -217,6 +217,7 @@ def test_a_previous_snapshot_without_markers_is_recompiled(hotline: Hotline, plu
                                                            monkeypatch) -> None:
     """A hotline upgraded from before subtree markers: the next delta brings them to the plugins."""
     from dataclasses import replace
+
     from blocklist import publish as publish_module
     hotline.run("add", "http://a.b.example/1")
     hotline.run("publish")
@@ -234,6 +235,7 @@ def test_a_previous_snapshot_without_markers_is_recompiled(hotline: Hotline, plu
 
 def test_a_store_from_before_markers_is_upgraded(hotline: Hotline) -> None:
     import sqlite3
+
     from blocklist.store import Store
     hotline.run("add", "http://a.b.example/1", "http://c.b.example/2")
     hotline.run("add", "--scope", "domain", "http://d.b.example/")

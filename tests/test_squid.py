@@ -20,8 +20,8 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import pytest
 from aiohttp import web

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from resolver_plugin.cache import Cache
 from resolver_plugin.cli import main as plugin_main
 from resolver_plugin.config import PluginConfig
 from resolver_plugin.operations.node_status import write_status
 from resolver_plugin.operations.status import evaluate, render
 from tests.conftest import Plugin
 from tests.support.status import DAY, HOUR, SOURCE, node_status, publish
-from resolver_plugin.cache import Cache
 
 
 def status_cli(plugin: Plugin, *args: str) -> Result:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from resolver_plugin.cache import Cache
 from resolver_plugin.operations.admin import make_admin_app
 from resolver_plugin.operations.node_status import write_status
 from tests.conftest import Plugin, require_program
 from tests.support.status import HOUR, SOURCE, node_status, publish
-from resolver_plugin.cache import Cache
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

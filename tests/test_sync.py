@@ -17,20 +17,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import pytest
 from aiohttp import web
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from blocklist.fleet import FleetStore
 from blocklist.core.format.artifacts import Delta, write_delta
 from blocklist.core.format.digestset import digest_array
 from blocklist.core.format.keys import key_id
 from blocklist.core.format.manifest import DeltaRef, Manifest, file_ref, read_manifest, write_manifest
 from blocklist.core.format.strictjson import canonical_json
+from blocklist.fleet import FleetStore
 from blocklist.home import Home
 from blocklist.serve import make_app
 from resolver_plugin.cache import Cache, LiveMatcher
@@ -39,7 +38,16 @@ from resolver_plugin.distribution.sync import sync_loop
 from tests.conftest import Hotline, Plugin
 from tests.support.net import ServerThread, free_port, wait_for_port
 from tests.support.plugin import (
-    URL_A, URL_B, blocked, cache_files, env, plugin_argv, plugin_cli, state_version, status_of, sync_once,
+    URL_A,
+    URL_B,
+    blocked,
+    cache_files,
+    env,
+    plugin_argv,
+    plugin_cli,
+    state_version,
+    status_of,
+    sync_once,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resolver_plugin.enforcement.proxy.tls_hello import MAX_HELLO, ClientHelloError, read_client_hello
-from tests.support.tls import client_hello, reframe, sni_extension, with_extensions
 from tests.support.properties import Branches
+from tests.support.tls import client_hello, reframe, sni_extension, with_extensions
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -9,19 +9,29 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blocklist.core.errors import (
-    ChecksumError, ExpiredError, FormatError, RollbackError, SignatureError, SizeError,
+    ChecksumError,
+    ExpiredError,
+    FormatError,
+    RollbackError,
+    SignatureError,
+    SizeError,
 )
 from blocklist.core.format.artifacts import Delta, Snapshot, diff, write_delta, write_snapshot
 from blocklist.core.format.bloom import build_bloom
 from blocklist.core.format.digestset import digest_array, set_checksum
 from blocklist.core.format.keys import key_id
 from blocklist.core.format.manifest import (
-    DeltaRef, ListRef, Manifest, file_ref, sign_rotation, write_manifest,
+    DeltaRef,
+    ListRef,
+    Manifest,
+    file_ref,
+    sign_rotation,
+    write_manifest,
 )
 from blocklist.core.matcher import ListFilter
 from resolver_plugin.config import Limits
-from resolver_plugin.operations.node_status import ERROR_KINDS
 from resolver_plugin.distribution.trust import TrustedState, delta_chain, error_kind, plan_update
+from resolver_plugin.operations.node_status import ERROR_KINDS
 
 NOW = 1_800_000_000
 DAY = 86400

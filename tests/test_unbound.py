@@ -27,13 +27,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from blocklist.core.matcher import HostAction
 from resolver_plugin.cache import Cache, LiveMatcher
-from resolver_plugin.enforcement.unbound_module import (RR_A, RR_AAAA, RR_ANY, RR_HTTPS, Decision, Reply, decide,
-                                            qname_from_wire)
-
+from resolver_plugin.enforcement.unbound_module import (
+    RR_A,
+    RR_AAAA,
+    RR_ANY,
+    RR_HTTPS,
+    Decision,
+    Reply,
+    decide,
+    qname_from_wire,
+)
 from tests.conftest import IN_CI, Hotline, Plugin, require_program
 from tests.support.tls import self_signed_cert
 

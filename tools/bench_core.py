@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from blocklist.core.digests import Scope, make_entry  # noqa: E402
 from blocklist.core.format.artifacts import read_snapshot  # noqa: E402
 from blocklist.core.format.keys import key_id  # noqa: E402
-from blocklist.home import Home, HotlineConfig  # noqa: E402
 from blocklist.core.matcher import ListFilter, Matcher  # noqa: E402
+from blocklist.home import Home, HotlineConfig  # noqa: E402
 from blocklist.publish import publish  # noqa: E402
 from blocklist.store import Store  # noqa: E402
 from tools.datagen import listed_rows, request_stream  # noqa: E402

@@ -160,7 +160,7 @@ def pct(values: list[float], q: float) -> float:
 async def measure(origin: int, proxy: int, args: argparse.Namespace) -> dict[str, Any]:
     direct_req = f"GET /obj HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode()
     proxy_req = f"GET http://127.0.0.1:{origin}/obj HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode()
-    blocked_req = "GET http://blocked.bench.test/page HTTP/1.1\r\nHost: blocked.bench.test\r\n\r\n".encode()
+    blocked_req = b"GET http://blocked.bench.test/page HTTP/1.1\r\nHost: blocked.bench.test\r\n\r\n"
     out: dict[str, Any] = {}
     direct = await latencies(origin, direct_req, args.requests, 200)
     via = await latencies(proxy, proxy_req, args.requests, 200)
@@ -186,13 +186,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder = Path(tmp)
         config, _ = build_plugin(folder, args.entries)
         # One more list entry the blocked measurement asks for (domain scope: no DNS needed).
+        from blocklist.core.digests import Scope, make_entry
+        from blocklist.core.format.keys import key_id
+        from blocklist.core.format.manifest import read_manifest
         from blocklist.home import Home
         from blocklist.publish import publish
         from blocklist.store import Store
-        from blocklist.core.digests import Scope, make_entry
         from resolver_plugin.cache import Cache, ListState
-        from blocklist.core.format.keys import key_id
-        from blocklist.core.format.manifest import read_manifest
         home = Home(folder / "home")
         store = Store(home.store_path)
         with store.transaction():

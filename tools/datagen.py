@@ -9,7 +9,7 @@ fraction of requests for listed URLs.
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 SCOPE_MIX = (("page", 0.85), ("folder", 0.10), ("domain", 0.05))
 

@@ -27,12 +27,12 @@ import enum
 import hashlib
 import re
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from pybloom_live import BloomFilter
 
-from blocklist.core.digests import TREE_KIND, HOST_KIND, Scope, domain_keys, entry_keys, kind_of
+from blocklist.core.digests import HOST_KIND, TREE_KIND, Scope, domain_keys, entry_keys, kind_of
 from blocklist.core.errors import ChecksumError, FormatError
 from blocklist.core.format.artifacts import Delta, Snapshot
 from blocklist.core.format.bloom import bloom_key, grow_bloom
@@ -91,7 +91,7 @@ _CLEAR, _LISTED, _MARKED = "clear", "listed", "marked"
 class ListFilter:
     """One list at one version: salt, two Bloom filters and two exact digest sets."""
 
-    def __init__(self, name: str, version: int, salt: bytes, entries: array, hosts: array,
+    def __init__(self, name: str, version: int, salt: bytes, entries: array[int], hosts: array[int],
                  entry_bloom: BloomFilter | None = None, host_bloom: BloomFilter | None = None,
                  created: int = 0, expires: int = 0, checksum: str | None = None,
                  subtree_markers: bool = False) -> None:
@@ -142,7 +142,7 @@ class ListFilter:
         h.update(kind + b"\x00" + key.encode("utf-8"))
         return int.from_bytes(h.digest()[:8], "big")
 
-    def _member(self, bloom: BloomFilter | None, exact: array, value: int) -> bool:
+    def _member(self, bloom: BloomFilter | None, exact: array[int], value: int) -> bool:
         if bloom is not None and bloom_key(value) not in bloom:
             return False
         if contains(exact, value):
@@ -283,9 +283,10 @@ class Matcher:
     def clear_suffix(self, host: str) -> str | None:
         """A suffix of the canonical `host` below which every name passes stage 1 in every list."""
         found = [f.clear_suffix(host) for f in self.filters]
-        if not found or None in found:
+        suffixes = [s for s in found if s is not None]
+        if not found or len(suffixes) < len(found):
             return None
-        return max(found, key=len)  # suffixes of one host: the longest is below all the others
+        return max(suffixes, key=len)  # suffixes of one host: the longest is below all the others
 
     def check_host(self, host: str) -> HostVerdict:
         """Stage 1: BLOCK a host listed whole, PROXY one that carries entries, else PASS."""

@@ -30,8 +30,8 @@ import os
 import random
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import quote
 
 import aiohttp
@@ -40,14 +40,14 @@ from yarl import URL
 
 from blocklist.core import __version__
 from blocklist.core.errors import BlocklistError, SizeError
-from blocklist.core.protocol import clean_node_id, format_have
 from blocklist.core.format.manifest import DeltaRef, FileRef
 from blocklist.core.matcher import ListFilter
-from resolver_plugin.operations.admin import start_admin
+from blocklist.core.protocol import clean_node_id, format_have
 from resolver_plugin.cache import Cache, ListState
 from resolver_plugin.config import PluginConfig
-from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status, write_status
 from resolver_plugin.distribution.trust import TrustedState, UpdatePlan, error_kind
+from resolver_plugin.operations.admin import start_admin
+from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status, write_status
 
 log = logging.getLogger("blocklist.plugin.sync")
 
@@ -353,7 +353,7 @@ class Backoff:
         self.rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        d = min(self.cap, self.base * 2 ** min(self.failures, 32))
+        d = min(self.cap, self.base * 2.0 ** min(self.failures, 32))
         self.failures += 1
         return d / 2 + self.rng.random() * d / 2
 

@@ -44,13 +44,26 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from blocklist.core.errors import (
-    ChecksumError, ExpiredError, FormatError, RollbackError, SignatureError, SizeError,
+    ChecksumError,
+    ExpiredError,
+    FormatError,
+    RollbackError,
+    SignatureError,
+    SizeError,
 )
 from blocklist.core.format.artifacts import Delta, Snapshot, read_delta, read_snapshot
 from blocklist.core.format.keys import Keyring
 from blocklist.core.format.manifest import (
-    DeltaRef, FileRef, ListRef, Manifest, check_file, follow_key_chain, read_manifest,
+    DeltaRef,
+    FileRef,
+    ListRef,
+    Manifest,
+    check_file,
+    follow_key_chain,
+    read_manifest,
 )
 from blocklist.core.matcher import ListFilter
 from resolver_plugin.config import Limits
@@ -85,7 +98,8 @@ class UpdatePlan:
 def delta_chain(ref: ListRef, have: int) -> tuple[DeltaRef, ...] | None:
     """The listed deltas leading from version `have` to `ref.version`, or None if one is missing."""
     by_from = {d.from_version: d for d in ref.deltas if d.to_version <= ref.version}
-    chain, version = [], have
+    chain: list[DeltaRef] = []
+    version = have
     while version < ref.version and len(chain) < MAX_CHAIN:
         step = by_from.get(version)
         if step is None or step.to_version <= version:
@@ -112,7 +126,7 @@ class TrustedState:
         self.limits = limits or Limits()
         self.manifest: Manifest | None = None
         self.manifest_bytes: bytes | None = None
-        self.artifact_keys: dict = dict(pinned)
+        self.artifact_keys: dict[str, Ed25519PublicKey] = dict(pinned)
         self.enforced: dict[str, tuple[int, str]] = {}  # list -> (version, checksum)
 
     # -- loading what the cache holds (trusted already; expiry is not checked here)

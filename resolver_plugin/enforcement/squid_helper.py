@@ -45,9 +45,9 @@ from urllib.parse import unquote_to_bytes
 
 from blocklist.core.errors import InvalidURL
 from blocklist.core.matcher import HostAction
-from resolver_plugin.operations import metrics
 from resolver_plugin.cache import FAIL_CLOSED, LiveMatcher
 from resolver_plugin.config import PluginConfig
+from resolver_plugin.operations import metrics
 
 log = logging.getLogger("blocklist.plugin.squid")
 

@@ -82,9 +82,9 @@ try:
     from blocklist.core.errors import BlocklistError, ConfigError, InvalidURL
     from blocklist.core.matcher import HOST_PASS, HostAction, HostVerdict
     from blocklist.core.urls import is_canonical_name
-    from resolver_plugin.operations import metrics
     from resolver_plugin.cache import LiveMatcher
     from resolver_plugin.config import PluginConfig, ResolverConfig, load_config
+    from resolver_plugin.operations import metrics
 except ImportError as exc:
     if ub is not None:  # Unbound would only say "can't parse Python script"
         ub.log_err(f"blocklist: cannot import the plugin in Unbound's Python: {exc}; "

@@ -27,9 +27,9 @@ import html
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from importlib import resources
 from string import Template
-from typing import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
@@ -38,9 +38,9 @@ from prometheus_client.registry import Collector
 
 from blocklist.core.errors import BlocklistError
 from blocklist.core.timefmt import relative, utc
-from resolver_plugin.operations import metrics
 from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.config import PluginConfig, parse_listen
+from resolver_plugin.operations import metrics
 from resolver_plugin.operations.node_status import ERROR_KINDS
 from resolver_plugin.operations.status import HEADERS, Report, gather, scrub, table_rows
 
@@ -103,7 +103,7 @@ class PluginCollector(Collector):
         if report.status_updated:
             yield _gauge("blocklist_status_updated_timestamp_seconds", "When sync last wrote its status", [],
                          [([], report.status_updated)])
-        errors = Counter({(kind,): 0 for kind in ERROR_KINDS})
+        errors: Counter[tuple[str, ...]] = Counter({(kind,): 0 for kind in ERROR_KINDS})
         errors.update({(kind,): count for kind, count in report.errors_total.items()})
         yield _counter("blocklist_sync_errors", "Sync attempts that failed, by kind", ["kind"], errors)
 

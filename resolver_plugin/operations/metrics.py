@@ -25,8 +25,6 @@ seconds of staleness, and of counts lost on a kill -9.
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import atexit
 import fcntl
 import json
@@ -36,6 +34,7 @@ import threading
 import weakref
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 

@@ -28,16 +28,17 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import click
 
 from blocklist.core.errors import BlocklistError, ConfigError
 from blocklist.core.severity import Severity, worst
-from blocklist.core.timefmt import human_duration, relative, utc
 from blocklist.core.table import render as render_table
+from blocklist.core.timefmt import human_duration, relative, utc
 from resolver_plugin.cache import Cache
 from resolver_plugin.config import PluginConfig, load_config
 from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status

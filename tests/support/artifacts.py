@@ -12,8 +12,8 @@ from blocklist.core.format.bloom import build_bloom
 from blocklist.core.format.digestset import digest_array, set_checksum
 from blocklist.core.format.keys import key_id
 from blocklist.core.format.manifest import DeltaRef, ListRef, Manifest, check_file, file_ref
-from blocklist.home import Home
 from blocklist.core.matcher import ListFilter
+from blocklist.home import Home
 from blocklist.publish import current_manifest
 
 if TYPE_CHECKING:

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from click.testing import CliRunner, Result
 
+from resolver_plugin.cache import Cache
 from resolver_plugin.cli import main as plugin_main
 from resolver_plugin.operations.node_status import read_status
-from resolver_plugin.cache import Cache
 
 if TYPE_CHECKING:
     from tests.conftest import Plugin

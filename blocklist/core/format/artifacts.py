@@ -7,8 +7,9 @@ each half; a delta is the digests added and removed between two versions.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pybloom_live import BloomFilter
@@ -16,7 +17,11 @@ from pybloom_live import BloomFilter
 from blocklist.core.errors import ChecksumError, FormatError
 from blocklist.core.format.bloom import bloom_bytes, bloom_from, bloom_params
 from blocklist.core.format.container import (
-    KIND_DELTA, KIND_SNAPSHOT, pack_container, section, unpack_container,
+    KIND_DELTA,
+    KIND_SNAPSHOT,
+    pack_container,
+    section,
+    unpack_container,
 )
 from blocklist.core.format.digestset import array_bytes, array_from, digest_array, set_checksum
 from blocklist.core.format.keys import Keyring
@@ -35,8 +40,8 @@ class Snapshot:
     checksum: str
     entry_bloom: BloomFilter
     host_bloom: BloomFilter
-    entries: array  # sorted page/folder digests
-    hosts: array    # sorted host, domain and parent-marker digests
+    entries: array[int]  # sorted page/folder digests
+    hosts: array[int]    # sorted host, domain and parent-marker digests
     counts: dict[str, int] = field(default_factory=dict)  # entries by scope, informational
     subtree_markers: bool = False  # `hosts` holds subtree markers (blocklist.core.digests); publish sets it
 
@@ -77,7 +82,7 @@ def read_snapshot(data: bytes, keys: Keyring, max_size: int = 2**31) -> Snapshot
     return snap
 
 
-def _digests(sections: Mapping[str, bytes], name: str, count: int, what: str) -> array:
+def _digests(sections: Mapping[str, bytes], name: str, count: int, what: str) -> array[int]:
     data = section(sections, name, what)
     if len(data) != count * 8:
         raise FormatError(f"{what}: section {name!r} holds {len(data) // 8} digests, header says {count}")
@@ -113,10 +118,10 @@ class Delta:
     to_version: int
     created: int
     checksum: str  # of the resulting set
-    entries_added: array
-    entries_removed: array
-    hosts_added: array
-    hosts_removed: array
+    entries_added: array[int]
+    entries_removed: array[int]
+    hosts_added: array[int]
+    hosts_removed: array[int]
     subtree_markers: bool = False  # the resulting host set holds subtree markers
 
     @property

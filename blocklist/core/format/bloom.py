@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Any, Collection, Mapping
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import bitarray
 from pybloom_live import BloomFilter
@@ -29,7 +30,7 @@ def bloom_key(value: int) -> str:
     return format(value, "016x")
 
 
-def build_bloom(values: array, error_rate: float) -> BloomFilter:
+def build_bloom(values: array[int], error_rate: float) -> BloomFilter:
     bloom = BloomFilter(capacity=max(len(values), 1), error_rate=error_rate)
     add_to_bloom(bloom, values)
     return bloom
@@ -83,7 +84,8 @@ def bloom_params(bloom: BloomFilter) -> dict[str, Any]:
 
 def bloom_bytes(bloom: BloomFilter) -> bytes:
     """The filter's section: its bits, least significant first, padded to whole bytes."""
-    return bloom.bitarray.tobytes()
+    data: bytes = bloom.bitarray.tobytes()
+    return data
 
 
 def bloom_from(params: Any, data: bytes, what: str) -> BloomFilter:

@@ -9,25 +9,25 @@ import struct
 import sys
 from array import array
 from bisect import bisect_left
-from typing import Collection, Iterable
+from collections.abc import Collection, Iterable
 
 from blocklist.core.errors import FormatError
 
 __all__ = ["digest_array", "contains", "merge_sorted", "array_bytes", "array_from", "set_checksum"]
 
 
-def digest_array(values: Iterable[int]) -> array:
+def digest_array(values: Iterable[int]) -> array[int]:
     """A sorted, duplicate-free array('Q') of digests."""
     return array("Q", sorted(set(values)))
 
 
-def contains(values: array, value: int) -> bool:
+def contains(values: array[int], value: int) -> bool:
     """Membership in a sorted digest array (binary search)."""
     i = bisect_left(values, value)
     return i < len(values) and values[i] == value
 
 
-def merge_sorted(base: array, added: Collection[int], removed: Collection[int]) -> array:
+def merge_sorted(base: array[int], added: Collection[int], removed: Collection[int]) -> array[int]:
     """`base` minus `removed` plus `added`, sorted and unique; `base` is not changed."""
     if not added and not removed:
         return base
@@ -45,7 +45,7 @@ def merge_sorted(base: array, added: Collection[int], removed: Collection[int]) 
     return out
 
 
-def array_bytes(values: array) -> bytes:
+def array_bytes(values: array[int]) -> bytes:
     """The digests as the format stores them: 8 bytes each, big-endian."""
     out = array("Q", values)
     if sys.byteorder == "little":
@@ -53,7 +53,7 @@ def array_bytes(values: array) -> bytes:
     return out.tobytes()
 
 
-def array_from(data: bytes, what: str) -> array:
+def array_from(data: bytes, what: str) -> array[int]:
     """The digests stored in `data`, which must be sorted and unique."""
     if len(data) % 8:
         raise FormatError(f"{what}: length is not a multiple of 8")
@@ -66,7 +66,7 @@ def array_from(data: bytes, what: str) -> array:
     return out
 
 
-def set_checksum(entries: array, hosts: array) -> str:
+def set_checksum(entries: array[int], hosts: array[int]) -> str:
     """SHA-256 of the whole digest set, the value deltas and manifests announce."""
     h = hashlib.sha256()
     h.update(struct.pack(">Q", len(entries)))

@@ -30,7 +30,11 @@ from blocklist.core.errors import ChecksumError, FormatError, SignatureError, Si
 from blocklist.core.format.container import FORMAT_VERSION
 from blocklist.core.format.keys import Keyring, key_id, verify_signature
 from blocklist.core.format.strictjson import (
-    canonical_json, check_list_name, count_field, strict_loads, typed_field,
+    canonical_json,
+    check_list_name,
+    count_field,
+    strict_loads,
+    typed_field,
 )
 
 __all__ = [

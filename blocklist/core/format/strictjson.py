@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from blocklist.core.errors import FormatError
 
@@ -57,7 +58,7 @@ def typed_field(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...]
 
 def count_field(obj: Mapping[str, Any], name: str, what: str, maximum: int = 2**40) -> int:
     """obj[name], an int from 0 to `maximum`."""
-    value = typed_field(obj, name, int, what)
+    value: int = typed_field(obj, name, int, what)
     if not 0 <= value <= maximum:
         raise FormatError(f"{what}: field {name!r} out of range")
     return value

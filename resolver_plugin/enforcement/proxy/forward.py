@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -217,7 +218,7 @@ async def forward(session: aiohttp.ClientSession, head: RequestHead, url: URL,
                 sent += await _copy_body(resp, writer, chunked, timeout.sock_read)
             await _drain(writer, timeout.sock_read)
             return Forwarded(resp.status, sent, keep_alive)
-    except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         # ValueError: e.g. UnicodeError from getaddrinfo for a host label IDNA cannot encode.
         if started or writer.is_closing():
             raise ConnectionResetError(f"forwarding stopped: {type(exc).__name__}") from None
@@ -272,7 +273,7 @@ async def open_tunnel(host: str, port: int, connect_timeout: float, public_only:
             if public_only and internal_address(host):
                 raise UpstreamError(403, "internal destination")
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addresses = list(dict.fromkeys(info[4][0] for info in infos))
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
             if loop_addresses.intersection(addresses):
                 raise UpstreamError(508, "resolves to the proxy itself")
             if public_only:
@@ -285,7 +286,7 @@ async def open_tunnel(host: str, port: int, connect_timeout: float, public_only:
                 except OSError:
                     continue
             return await asyncio.open_connection(addresses[-1], port, limit=COPY_SIZE)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamError(504, "connect timeout") from None
     except (OSError, UnicodeError, ValueError) as exc:
         raise UpstreamError(502, type(exc).__name__) from None

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 MAX_HEADERS = 100
 MAX_CHUNK_LINE = 4096

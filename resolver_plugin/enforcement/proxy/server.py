@@ -49,16 +49,26 @@ import aiohttp
 
 from blocklist.core.errors import InvalidURL
 from blocklist.core.matcher import HostAction, HostVerdict
-from resolver_plugin.operations import metrics
-from resolver_plugin.enforcement.proxy.blockpage import BlockPage, error_response
 from resolver_plugin.cache import FAIL_CLOSED, LiveMatcher
 from resolver_plugin.config import PluginConfig, parse_listen
-from resolver_plugin.enforcement.proxy.forward import (VIA, BodyStream, PublicResolver, UpstreamError, client_address,
-                                           forward, internal_address, local_client, open_tunnel, tunnel,
-                                           upstream_url)
-from resolver_plugin.enforcement.proxy.tls import sni_tunnel
+from resolver_plugin.enforcement.proxy.blockpage import BlockPage, error_response
+from resolver_plugin.enforcement.proxy.forward import (
+    VIA,
+    BodyStream,
+    PublicResolver,
+    UpstreamError,
+    client_address,
+    forward,
+    internal_address,
+    local_client,
+    open_tunnel,
+    tunnel,
+    upstream_url,
+)
 from resolver_plugin.enforcement.proxy.head import RequestError, RequestHead, iter_body, read_head
+from resolver_plugin.enforcement.proxy.tls import sni_tunnel
 from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
+from resolver_plugin.operations import metrics
 
 log = logging.getLogger("blocklist.plugin.proxy")
 access_log = logging.getLogger("blocklist.plugin.proxy.access")
@@ -177,7 +187,7 @@ class ProxyServer:
                 while await self._request(reader, writer, client_ip, first):
                     first = False
             await _linger(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
             pass  # shutting down
@@ -202,7 +212,7 @@ class ProxyServer:
             head = await self._read_head(reader, first)
         except RequestError as exc:
             return await self._error(writer, exc.status, client_ip, "-", "-")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if first:  # nothing or a partial head within header_timeout: tell the client
                 return await self._error(writer, 408, client_ip, "-", "-")
             return False  # an idle keep-alive connection: close quietly
@@ -215,9 +225,10 @@ class ProxyServer:
         target = head.target
         if target.startswith("/"):
             # Origin-form: a client sent here by stage 1's DNS answer, or by interception.
-            target = _intercepted_url(head)
-            if target is None:
+            intercepted = _intercepted_url(head)
+            if intercepted is None:
                 return await self._error(writer, 400, client_ip, head.method, "-")
+            target = intercepted
             if any(VIA in value for value in head.values("Via")):
                 return await self._error(writer, 508, client_ip, head.method, "-")  # it came from us: a loop
         elif not target[:8].lower().startswith(("http://", "https://")):

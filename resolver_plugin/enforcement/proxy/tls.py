@@ -26,15 +26,13 @@ import asyncio
 import time
 from typing import Protocol
 
-from blocklist.core.matcher import HostAction
-from resolver_plugin.operations import metrics
+from blocklist.core.matcher import HostAction, HostVerdict
 from resolver_plugin.cache import FAIL_CLOSED
-from resolver_plugin.enforcement.proxy.forward import UpstreamError, local_client, open_tunnel, tunnel
-from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT, ClientHelloError, read_client_hello
-
-from blocklist.core.matcher import HostVerdict
 from resolver_plugin.config import ProxyConfig
 from resolver_plugin.enforcement.proxy.blockpage import BlockPage
+from resolver_plugin.enforcement.proxy.forward import UpstreamError, local_client, open_tunnel, tunnel
+from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT, ClientHelloError, read_client_hello
+from resolver_plugin.operations import metrics
 
 COMPONENT = "proxy"
 READ_SIZE = 4096
