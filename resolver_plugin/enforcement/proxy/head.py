@@ -162,6 +162,16 @@ def _framing(head: RequestHead) -> None:
             expect.append(value.strip().lower())
     if hosts > 1:
         raise RequestError(400, "more than one Host")
+    _body_framing(head, lengths, codings)
+    if expect:
+        if expect != ["100-continue"]:
+            raise RequestError(417, "unsupported Expect")
+        head.expect_continue = head.version == "HTTP/1.1"
+    head.connection_tokens = frozenset(tokens)
+
+
+def _body_framing(head: RequestHead, lengths: set[str], codings: list[str]) -> None:
+    """Chunked or one Content-Length, never both nor two (request smuggling)."""
     if codings and lengths:
         raise RequestError(400, "both Transfer-Encoding and Content-Length")
     if codings:
@@ -175,11 +185,6 @@ def _framing(head: RequestHead) -> None:
         if not (value.isascii() and value.isdigit()) or len(value) > 18:
             raise RequestError(400, "bad Content-Length")
         head.content_length = int(value)
-    if expect:
-        if expect != ["100-continue"]:
-            raise RequestError(417, "unsupported Expect")
-        head.expect_continue = head.version == "HTTP/1.1"
-    head.connection_tokens = frozenset(tokens)
 
 
 async def iter_body(reader: asyncio.StreamReader, head: RequestHead, max_body_bytes: int,
