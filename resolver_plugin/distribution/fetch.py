@@ -1,0 +1,63 @@
+"""The sync's Fetcher over HTTP: GETs below the source URL with aiohttp, timeouts and a cap on every body."""
+
+from __future__ import annotations
+
+from typing import Mapping
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from blocklist.core import __version__
+from blocklist.core.errors import SizeError
+from resolver_plugin.config import PluginConfig
+from resolver_plugin.distribution.sync import Fetched, SyncError
+
+CHUNK = 64 * 1024
+MIN_RATE = 64 * 1024  # bytes/s below which a download is abandoned (a slow-drip server)
+
+
+def http_session() -> aiohttp.ClientSession:
+    """The client session HttpFetcher needs; the caller closes it."""
+    # auto_decompress off: the bytes hashed are the bytes received, and no decompression bomb.
+    return aiohttp.ClientSession(headers={"User-Agent": f"blocklist-plugin/{__version__}"},
+                                 auto_decompress=False, connector=aiohttp.TCPConnector(limit=4))
+
+
+class HttpFetcher:
+    """resolver_plugin.distribution.sync.Fetcher over HTTP(S), below `config.source`."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: PluginConfig) -> None:
+        self.session = session
+        self.base = config.source if config.source.endswith("/") else config.source + "/"
+        self.timeouts = config.timeouts
+
+    async def get(self, path: str, limit: int, headers: Mapping[str, str] | None = None,
+                  wait: float = 0.0) -> Fetched:
+        url = URL(self.base + quote(path, safe="/"), encoded=True)
+        # sock_read bounds every silence; total bounds a server that drips bytes slowly.
+        total = self.timeouts.connect + self.timeouts.read + wait + limit / MIN_RATE
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.timeouts.connect,
+                                        sock_read=self.timeouts.read + wait)
+        try:
+            async with self.session.get(url, headers=headers, timeout=timeout) as resp:
+                if resp.status == 304:
+                    return Fetched(304, b"", resp.headers.get("ETag"), resp.headers)
+                if resp.status != 200:
+                    raise SyncError("http", f"{path}: HTTP {resp.status}")
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise SizeError(f"{path}: the server announces {resp.content_length} bytes, "
+                                    f"more than the {limit} expected")
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    body += chunk
+                    if len(body) > limit:
+                        resp.close()  # drop the connection: never read an endless body
+                        raise SizeError(f"{path}: the server sent more than the {limit} bytes "
+                                        "expected; download aborted")
+                return Fetched(200, bytes(body), resp.headers.get("ETag"), resp.headers)
+        except TimeoutError:
+            raise SyncError("timeout", f"{path}: timed out (connect {self.timeouts.connect:g}s, "
+                                       f"read {self.timeouts.read + wait:g}s, total {total:g}s)") from None
+        except aiohttp.ClientError as exc:
+            raise SyncError("network", f"{path}: {exc.__class__.__name__}: {exc}") from None
