@@ -724,7 +724,8 @@ def test_write_failure_at_every_write_of_a_daemon_sync(hotline: Hotline, plugin:
     failing: afterwards a freshly started enforcer loads a complete published version (never
     nothing), a running one keeps enforcing, and the same Syncer's next attempt completes."""
     from blocklist.core import atomic
-    from resolver_plugin.distribution.sync import Fetcher, Syncer, _session
+    from resolver_plugin.distribution.fetch import HttpFetcher, http_session
+    from resolver_plugin.distribution.sync import Syncer
 
     url_a = "http://bad.example/a.html"
     hotline.run("add", url_a)
@@ -737,8 +738,8 @@ def test_write_failure_at_every_write_of_a_daemon_sync(hotline: Hotline, plugin:
         running = LiveMatcher(config, check_interval=0)
 
         async def attempts() -> None:
-            async with _session() as session:
-                syncer = Syncer(config, Fetcher(session, config))
+            async with http_session() as session:
+                syncer = Syncer(config, HttpFetcher(session, config))
                 assert await syncer.sync_once()
                 version = 1
                 for mode in ("full", "once", "after"):

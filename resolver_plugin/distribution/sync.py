@@ -15,11 +15,14 @@ One sync (`Syncer.sync_once`):
      enforced version (accept_list): a failed write is retried next time.
   4. status.json (resolver_plugin.operations.node_status) records versions, lag and errors.
 
-Every body is streamed with a cap (the size the manifest announces, or
-limits.max_manifest_bytes) and aborted past it; every request has connect and
-read timeouts. Any failure keeps the last good state, logs one line naming
-list, version, file, kind and reason (never an entry: artifacts hold none),
-and the daemon retries with capped exponential back-off and jitter.
+Every GET goes through a `Fetcher` with a cap (the size the manifest
+announces, or limits.max_manifest_bytes). Over HTTP, HttpFetcher
+(resolver_plugin.distribution.fetch) streams each body, aborts it past the
+cap and bounds each request with connect and read timeouts; tests drive the
+same Syncer through an in-memory source. Any failure keeps the last good
+state, logs one line naming list, version, file, kind and reason (never an
+entry: artifacts hold none), and the daemon retries with capped exponential
+back-off and jitter.
 """
 
 from __future__ import annotations
@@ -30,21 +33,14 @@ import os
 import random
 import signal
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from urllib.parse import quote
 
-import aiohttp
-from multidict import CIMultiDictProxy
-from yarl import URL
-
-from blocklist.core import __version__
-from blocklist.core.errors import BlocklistError, SizeError
+from blocklist.core.errors import BlocklistError
 from blocklist.core.format.manifest import DeltaRef, FileRef
 from blocklist.core.matcher import ListFilter
 from blocklist.core.protocol import clean_node_id, format_have
 from resolver_plugin.cache import Cache, ListState
 from resolver_plugin.config import PluginConfig
+from resolver_plugin.distribution.fetch import Fetcher, HttpFetcher, SyncError, http_session
 from resolver_plugin.distribution.trust import TrustedState, UpdatePlan, error_kind
 from resolver_plugin.operations.admin import start_admin
 from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status, write_status
@@ -52,17 +48,7 @@ from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_
 log = logging.getLogger("blocklist.plugin.sync")
 
 MANIFEST = "manifest.json"
-CHUNK = 64 * 1024
 MIN_CYCLE = 0.1  # seconds between long-poll cycles, so a misbehaving source cannot spin us
-MIN_RATE = 64 * 1024  # bytes/s below which a download is abandoned (a slow-drip server)
-
-
-class SyncError(BlocklistError):
-    """A failure that is not the artifact's fault: network, timeout, HTTP status or cache."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 def failure_kind(exc: BaseException) -> str:
@@ -72,53 +58,6 @@ def failure_kind(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return "disk"
     return error_kind(exc)
-
-
-@dataclass(frozen=True)
-class Fetched:
-    status: int
-    body: bytes
-    etag: str | None
-    headers: CIMultiDictProxy[str]
-
-
-class Fetcher:
-    """GETs below the source URL with timeouts and a cap on every body."""
-
-    def __init__(self, session: aiohttp.ClientSession, config: PluginConfig) -> None:
-        self.session = session
-        self.base = config.source if config.source.endswith("/") else config.source + "/"
-        self.timeouts = config.timeouts
-
-    async def get(self, path: str, limit: int, headers: Mapping[str, str] | None = None,
-                  wait: float = 0.0) -> Fetched:
-        url = URL(self.base + quote(path, safe="/"), encoded=True)
-        # sock_read bounds every silence; total bounds a server that drips bytes slowly.
-        total = self.timeouts.connect + self.timeouts.read + wait + limit / MIN_RATE
-        timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.timeouts.connect,
-                                        sock_read=self.timeouts.read + wait)
-        try:
-            async with self.session.get(url, headers=headers, timeout=timeout) as resp:
-                if resp.status == 304:
-                    return Fetched(304, b"", resp.headers.get("ETag"), resp.headers)
-                if resp.status != 200:
-                    raise SyncError("http", f"{path}: HTTP {resp.status}")
-                if resp.content_length is not None and resp.content_length > limit:
-                    raise SizeError(f"{path}: the server announces {resp.content_length} bytes, "
-                                    f"more than the {limit} expected")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    body += chunk
-                    if len(body) > limit:
-                        resp.close()  # drop the connection: never read an endless body
-                        raise SizeError(f"{path}: the server sent more than the {limit} bytes "
-                                        "expected; download aborted")
-                return Fetched(200, bytes(body), resp.headers.get("ETag"), resp.headers)
-        except TimeoutError:
-            raise SyncError("timeout", f"{path}: timed out (connect {self.timeouts.connect:g}s, "
-                                       f"read {self.timeouts.read + wait:g}s, total {total:g}s)") from None
-        except aiohttp.ClientError as exc:
-            raise SyncError("network", f"{path}: {exc.__class__.__name__}: {exc}") from None
 
 
 class Syncer:
@@ -361,16 +300,12 @@ class Backoff:
         self.failures = 0
 
 
-def _session() -> aiohttp.ClientSession:
-    # auto_decompress off: the bytes hashed are the bytes received, and no decompression bomb.
-    return aiohttp.ClientSession(headers={"User-Agent": f"blocklist-plugin/{__version__}"},
-                                 auto_decompress=False, connector=aiohttp.TCPConnector(limit=4))
-
-
 async def sync_once(config: PluginConfig) -> bool:
     """One sync from scratch (what `sync --once` does): True if every list is at the newest version."""
-    async with _session() as session:
-        return await Syncer(config, Fetcher(session, config)).sync_once()
+    # Imported here, not at the top: fetch imports Fetched and SyncError from this module.
+
+    async with http_session() as session:
+        return await Syncer(config, HttpFetcher(session, config)).sync_once()
 
 
 async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: float | None = None,
@@ -380,9 +315,11 @@ async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: 
     After a failed sync it retries with back-off from timeouts.retry_first up to
     timeouts.retry_max seconds (`backoff_base`/`backoff_cap` override them).
     """
+    # Imported here, not at the top: fetch imports Fetched and SyncError from this module.
+
     backoff = Backoff(backoff_base or config.timeouts.retry_first, backoff_cap or config.timeouts.retry_max)
-    async with _session() as session:
-        syncer = Syncer(config, Fetcher(session, config))
+    async with http_session() as session:
+        syncer = Syncer(config, HttpFetcher(session, config))
         while not stop.is_set():
             started = time.monotonic()
             task = asyncio.ensure_future(syncer.sync_once(config.long_poll))

@@ -1,0 +1,106 @@
+"""Where sync gets its bytes: the Fetcher interface, and HttpFetcher over aiohttp.
+
+HttpFetcher GETs paths below the source URL with timeouts and a cap on every
+body; tests drive the same Syncer through an in-memory repository instead
+(tests/support/repository.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from blocklist.core import __version__
+from blocklist.core.errors import BlocklistError, SizeError
+from resolver_plugin.config import PluginConfig
+
+CHUNK = 64 * 1024
+MIN_RATE = 64 * 1024  # bytes/s below which a download is abandoned (a slow-drip server)
+
+
+class SyncError(BlocklistError):
+    """A failure that is not the artifact's fault: network, timeout, HTTP status or cache."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One answer of a Fetcher: status 200 with the whole body, or 304 (the ETag matched) with none."""
+
+    status: int
+    body: bytes
+    etag: str | None
+    headers: Mapping[str, str]  # case-insensitive, as over HTTP
+
+
+class Fetcher(Protocol):
+    """Where Syncer gets its bytes: GETs of paths below the source (HttpFetcher, a test's simulator).
+
+    `get` returns status 200 and the body exactly as sent (never decompressed),
+    or status 304 with no body when `headers` carries an If-None-Match equal to
+    the path's current ETag; `etag` is the ETag of the answer. Anything else raises:
+      SizeError              the body is longer than `limit` bytes, announced or
+                             sent; reading stops soon after `limit` bytes
+      SyncError("http")      any other status (404, 503, ...)
+      SyncError("timeout")   no complete answer within the configured timeouts;
+                             `wait` seconds are added for a long-poll
+      SyncError("network")   the source cannot be reached or the connection breaks
+    It judges nothing: the bytes go to TrustedState.
+    """
+
+    async def get(self, path: str, limit: int, headers: Mapping[str, str] | None = None,
+                  wait: float = 0.0) -> Fetched: ...
+
+
+def http_session() -> aiohttp.ClientSession:
+    """The client session HttpFetcher needs; the caller closes it."""
+    # auto_decompress off: the bytes hashed are the bytes received, and no decompression bomb.
+    return aiohttp.ClientSession(headers={"User-Agent": f"blocklist-plugin/{__version__}"},
+                                 auto_decompress=False, connector=aiohttp.TCPConnector(limit=4))
+
+
+class HttpFetcher:
+    """Fetcher over HTTP(S), below `config.source`."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: PluginConfig) -> None:
+        self.session = session
+        self.base = config.source if config.source.endswith("/") else config.source + "/"
+        self.timeouts = config.timeouts
+
+    async def get(self, path: str, limit: int, headers: Mapping[str, str] | None = None,
+                  wait: float = 0.0) -> Fetched:
+        url = URL(self.base + quote(path, safe="/"), encoded=True)
+        # sock_read bounds every silence; total bounds a server that drips bytes slowly.
+        total = self.timeouts.connect + self.timeouts.read + wait + limit / MIN_RATE
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.timeouts.connect,
+                                        sock_read=self.timeouts.read + wait)
+        try:
+            async with self.session.get(url, headers=headers, timeout=timeout) as resp:
+                if resp.status == 304:
+                    return Fetched(304, b"", resp.headers.get("ETag"), resp.headers)
+                if resp.status != 200:
+                    raise SyncError("http", f"{path}: HTTP {resp.status}")
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise SizeError(f"{path}: the server announces {resp.content_length} bytes, "
+                                    f"more than the {limit} expected")
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    body += chunk
+                    if len(body) > limit:
+                        resp.close()  # drop the connection: never read an endless body
+                        raise SizeError(f"{path}: the server sent more than the {limit} bytes "
+                                        "expected; download aborted")
+                return Fetched(200, bytes(body), resp.headers.get("ETag"), resp.headers)
+        except TimeoutError:
+            raise SyncError("timeout", f"{path}: timed out (connect {self.timeouts.connect:g}s, "
+                                       f"read {self.timeouts.read + wait:g}s, total {total:g}s)") from None
+        except aiohttp.ClientError as exc:
+            raise SyncError("network", f"{path}: {exc.__class__.__name__}: {exc}") from None

@@ -1,0 +1,281 @@
+"""An in-memory hotline and source: real signed artifacts, served to Syncer through the Fetcher interface.
+
+`RepositorySimulator` plays both sides of the wire that tests/test_sync.py
+needs a server thread for. As the hotline it holds the signing key and its
+rotations, each list's URLs and every version published, and compiles them
+with the publisher's own code (blocklist.publish.compile_snapshot, the
+digests the store computes, format.diff and the format writers). As the
+source it is a resolver_plugin.distribution.sync.Fetcher over a dict of
+path -> bytes, with the HTTP fetcher's contract: ETag and 304, SizeError past
+the cap, SyncError kinds "http", "timeout" and "network".
+
+Attacks are staged on the source, never on the hotline's record of what it
+published (`files`, `manifests`): `serve` and `tamper` replace what one path
+returns, `fail`, `time_out`, `disconnect` and `endless` make it misbehave,
+`sign_manifest` forges a manifest with any key, version or lists, and
+`heal` puts the genuine files back. `requests` records every GET.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from blocklist.core.digests import Scope, entry_digests, make_entry, subtree_markers
+from blocklist.core.errors import SizeError
+from blocklist.core.format.artifacts import Snapshot, diff, write_delta, write_snapshot
+from blocklist.core.format.digestset import digest_array
+from blocklist.core.format.keys import key_id
+from blocklist.core.format.manifest import (
+    DeltaRef,
+    KeyRotation,
+    ListRef,
+    Manifest,
+    file_ref,
+    sign_rotation,
+    write_manifest,
+)
+from blocklist.publish import MANIFEST_NAME, compile_snapshot
+from blocklist.store import ListInfo
+from resolver_plugin.config import PluginConfig, load_config
+from resolver_plugin.distribution.fetch import CHUNK, Fetched, SyncError
+
+DAY = 86400
+SOURCE = "http://hotline.invalid/"  # never resolved: the simulator is the source
+
+
+@dataclass(frozen=True)
+class Request:
+    """One GET as the simulated source received it."""
+
+    path: str
+    headers: CIMultiDict[str]  # case-insensitive, as over HTTP
+    limit: int
+    wait: float
+
+
+def etag_of(data: bytes) -> str:
+    """A strong ETag of the bytes, as `blocklist serve` makes them."""
+    return f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+
+
+def flip_last_byte(data: bytes) -> bytes:
+    """The same length, another SHA-256: what a tampering mirror sends."""
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+class RepositorySimulator:
+    """A hotline's state in memory, and the source that serves what it published (a sync Fetcher)."""
+
+    def __init__(self, lists: tuple[str, ...] = ("default",), *, lifetime: int = 7 * DAY,
+                 error_rate: float = 1e-4) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.pinned: dict[str, Ed25519PublicKey] = {key_id(self.key.public_key()): self.key.public_key()}
+        self.retired: list[Ed25519PrivateKey] = []  # keys replaced by a rotation, oldest first
+        self.chain: tuple[KeyRotation, ...] = ()
+        self.lifetime = lifetime
+        self.infos = {name: ListInfo(i, name, bytes([i]) * 16, error_rate, 0) for i, name in enumerate(lists, 1)}
+        self.urls: dict[str, dict[str, Scope]] = {name: {} for name in lists}
+        self.snapshots: dict[tuple[str, int], Snapshot] = {}
+        self.lists: dict[str, ListRef] = {}      # the lists of the newest manifest
+        self.version = 0                          # the newest manifest's version
+        self.manifests: dict[int, bytes] = {}     # every manifest published, by version
+        self.lists_of: dict[int, dict[str, ListRef]] = {}  # the lists of each manifest version
+        self.files: dict[str, bytes] = {}         # every file published, by path (never pruned)
+        # the source: what differs from the genuine files, and how paths misbehave
+        self.overrides: dict[str, bytes] = {}
+        self.faults: dict[str, str | int] = {}   # path -> "timeout" | "network" | "endless" | HTTP status
+        self.etags = True                         # False: a plain mirror, no ETag and never 304
+        self.long_poll = False                    # answers carry X-Blocklist-Wait
+        self.requests: list[Request] = []
+        self.sent: dict[str, int] = {}           # bytes an endless body got to hand out, by path
+
+    # -- the hotline
+
+    def add(self, *urls: str, list_name: str = "default", scope: Scope = Scope.PAGE) -> None:
+        for url in urls:
+            self.urls[list_name][url] = scope
+
+    def remove(self, *urls: str, list_name: str = "default") -> None:
+        for url in urls:
+            del self.urls[list_name][url]
+
+    def compile(self, name: str, version: int, now: int, expires: int) -> Snapshot:
+        """List `name`'s current URLs as the publisher compiles them into a snapshot."""
+        info = self.infos[name]
+        entries, hosts, counts = set(), set(), {}
+        for url, scope in self.urls[name].items():
+            entry = make_entry(url, scope)
+            digest, host_digest = entry_digests(info.salt, entry)
+            if digest is not None:
+                entries.add(digest)
+            hosts.add(host_digest)
+            hosts.update(subtree_markers(info.salt, entry.host))
+            counts[scope.value] = counts.get(scope.value, 0) + 1
+        return compile_snapshot(info, digest_array(entries), digest_array(hosts), counts, version, now, expires)
+
+    def publish(self, *, now: int | None = None, expires: int | None = None, reissue: bool = False) -> int:
+        """Publish every list whose URLs changed (all of them with `reissue`) and a new manifest.
+
+        Snapshots and deltas are signed by the current key; returns the manifest version.
+        """
+        now = int(time.time()) if now is None else now
+        expires = now + self.lifetime if expires is None else expires
+        for name in self.infos:
+            before = self.lists.get(name)
+            version = before.version + 1 if before else 1
+            snap = self.compile(name, version, now, expires)
+            if before is not None and before.checksum == snap.checksum and not reissue:
+                continue
+            data = write_snapshot(snap, self.key)
+            path = f"lists/{name}/snapshot-{version}"
+            self.files[path] = data
+            self.snapshots[(name, version)] = snap
+            deltas = list(before.deltas) if before else []
+            if before is not None:
+                delta = write_delta(diff(name, self.snapshots[(name, before.version)], snap, now), self.key)
+                ref = file_ref(f"lists/{name}/delta-{before.version}-{version}", delta)
+                self.files[ref.path] = delta
+                deltas.append(DeltaRef(ref.path, ref.size, ref.sha256, before.version, version))
+            self.lists[name] = ListRef(version, snap.checksum, sum(snap.counts.values()),
+                                       file_ref(path, data), tuple(deltas))
+        self.version += 1
+        self.manifests[self.version] = self.sign_manifest(created=now, expires=expires)
+        self.lists_of[self.version] = dict(self.lists)
+        self.files[MANIFEST_NAME] = self.manifests[self.version]
+        return self.version
+
+    def sign_manifest(self, *, version: int | None = None, created: int | None = None,
+                      expires: int | None = None, lists: Mapping[str, ListRef] | None = None,
+                      key_chain: tuple[KeyRotation, ...] | None = None,
+                      keys: list[Ed25519PrivateKey] | None = None) -> bytes:
+        """A manifest of the current state, each field replaceable, signed by `keys` (the current key).
+
+        Serves nothing: a test passes the bytes to `serve` to stage a forgery.
+        """
+        created = int(time.time()) if created is None else created
+        manifest = Manifest(version=self.version if version is None else version, created=created,
+                            expires=created + self.lifetime if expires is None else expires,
+                            lists=dict(self.lists if lists is None else lists),
+                            key_chain=self.chain if key_chain is None else key_chain)
+        return write_manifest(manifest, keys or [self.key])
+
+    def rotate_key(self, *, now: int | None = None) -> Ed25519PrivateKey:
+        """What `blocklist key rotate` does: a new key, the link signed by the old one, every list
+        re-issued as its next version signed by the new key, and a manifest that announces it."""
+        new = Ed25519PrivateKey.generate()
+        self.chain = self.chain + (sign_rotation(self.key, new.public_key()),)
+        self.retired.append(self.key)
+        self.key = new
+        self.publish(now=now, reissue=True)
+        return new
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.key.public_key())
+
+    # -- staging attacks on the source
+
+    def serve(self, path: str, data: bytes) -> None:
+        """Answer `path` with `data` instead of the genuine file (a replay, a mix, a forgery)."""
+        self.overrides[path] = data
+
+    def tamper(self, path: str, change: Callable[[bytes], bytes] = flip_last_byte) -> None:
+        """Answer `path` with its genuine bytes changed by `change`."""
+        self.overrides[path] = change(self.files[path])
+
+    def fail(self, path: str, status: int = 503) -> None:
+        """Answer `path` with an HTTP error status."""
+        self.faults[path] = status
+
+    def time_out(self, path: str) -> None:
+        """A source that never finishes answering `path` (slow retrieval, a hanging server)."""
+        self.faults[path] = "timeout"
+
+    def disconnect(self, path: str) -> None:
+        """A connection refused or cut while asking for `path`."""
+        self.faults[path] = "network"
+
+    def endless(self, path: str) -> None:
+        """A body that never ends and announces no length."""
+        self.faults[path] = "endless"
+
+    def heal(self) -> None:
+        """Serve the genuine files again, with no faults."""
+        self.overrides.clear()
+        self.faults.clear()
+
+    def fetched(self, prefix: str = "") -> list[str]:
+        """The paths GET so far (starting with `prefix`), in order."""
+        return [r.path for r in self.requests if r.path.startswith(prefix)]
+
+    # -- the source: resolver_plugin.distribution.sync.Fetcher
+
+    async def get(self, path: str, limit: int, headers: Mapping[str, str] | None = None,
+                  wait: float = 0.0) -> Fetched:
+        received: CIMultiDict[str] = CIMultiDict(headers or {})
+        self.requests.append(Request(path, received, limit, wait))
+        fault = self.faults.get(path)
+        if fault == "timeout":
+            raise SyncError("timeout", f"{path}: timed out (simulated source, wait {wait:g}s)")
+        if fault == "network":
+            raise SyncError("network", f"{path}: ServerDisconnectedError: simulated source")
+        if isinstance(fault, int):
+            raise SyncError("http", f"{path}: HTTP {fault}")
+        if fault == "endless":
+            return Fetched(200, self._read_capped(path, limit), None, self._headers(None, wait))
+        data = self.overrides.get(path, self.files.get(path))
+        if data is None:
+            raise SyncError("http", f"{path}: HTTP 404")
+        etag = etag_of(data) if self.etags else None
+        if etag is not None and received.get("If-None-Match") == etag:
+            return Fetched(304, b"", etag, self._headers(etag, wait))
+        if len(data) > limit:
+            raise SizeError(f"{path}: the server announces {len(data)} bytes, more than the {limit} expected")
+        return Fetched(200, data, etag, self._headers(etag, wait))
+
+    def _read_capped(self, path: str, limit: int) -> bytes:
+        """Read an endless body as HttpFetcher does: chunk by chunk, aborted once past `limit`."""
+        body = bytearray()
+        for chunk in _endless():
+            body += chunk
+            self.sent[path] = len(body)
+            if len(body) > limit:
+                raise SizeError(f"{path}: the server sent more than the {limit} bytes expected; "
+                                "download aborted")
+        raise AssertionError("unreachable: the body never ends")
+
+    def _headers(self, etag: str | None, wait: float) -> CIMultiDictProxy[str]:
+        headers: CIMultiDict[str] = CIMultiDict()
+        if etag is not None:
+            headers["ETag"] = etag
+        if self.long_poll:  # as `blocklist serve`: the wait it accepted (none is spent: no clock here)
+            headers["X-Blocklist-Wait"] = f"{wait:g}"
+        return CIMultiDictProxy(headers)
+
+    # -- a plugin of this hotline
+
+    def plugin_config(self, folder: Path, lists: tuple[str, ...] | None = None, **extra: object) -> PluginConfig:
+        """A plugin.yaml in `folder` that pins the hotline's first key, loaded by the real loader."""
+        folder.mkdir(parents=True, exist_ok=True)
+        pinned = next(iter(self.pinned.values()))
+        raw = pinned.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        doc = {"source": SOURCE, "public_key": base64.b64encode(raw).decode(),
+               "lists": list(lists or self.infos), "cache_dir": "cache", "node_id": "sim-node",
+               "long_poll": 0, "admin": {"listen": None}, **extra}
+        (folder / "plugin.yaml").write_text(yaml.safe_dump(doc))
+        return load_config(folder / "plugin.yaml")
+
+
+def _endless() -> Iterator[bytes]:
+    while True:
+        yield b"\0" * CHUNK
