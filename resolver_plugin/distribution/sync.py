@@ -39,7 +39,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from blocklist.core import __version__
-from blocklist.core.errors import BlocklistError, SizeError
+from blocklist.core.errors import BlocklistError, ErrorKind, SizeError, TransportError
 from blocklist.core.protocol import clean_node_id, format_have
 from blocklist.core.format import DeltaRef, FileRef
 from blocklist.core.matcher import ListFilter
@@ -57,21 +57,13 @@ MIN_CYCLE = 0.1  # seconds between long-poll cycles, so a misbehaving source can
 MIN_RATE = 64 * 1024  # bytes/s below which a download is abandoned (a slow-drip server)
 
 
-class SyncError(BlocklistError):
+class SyncError(TransportError):
     """A failure that is not the artifact's fault: network, timeout, HTTP status or cache."""
 
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
-
-def failure_kind(exc: BaseException) -> str:
-    """The node_status.ERROR_KINDS label of any failure of a sync."""
-    if isinstance(exc, SyncError):
-        return exc.kind
-    if isinstance(exc, OSError):
-        return "disk"
-    return error_kind(exc)
+def failure_kind(exc: BaseException) -> ErrorKind:
+    """The kind of any failure of a sync: its own, DISK for an OSError."""
+    return ErrorKind.DISK if isinstance(exc, OSError) else error_kind(exc)
 
 
 @dataclass(frozen=True)
@@ -102,7 +94,7 @@ class Fetcher:
                 if resp.status == 304:
                     return Fetched(304, b"", resp.headers.get("ETag"), resp.headers)
                 if resp.status != 200:
-                    raise SyncError("http", f"{path}: HTTP {resp.status}")
+                    raise SyncError(ErrorKind.HTTP, f"{path}: HTTP {resp.status}")
                 if resp.content_length is not None and resp.content_length > limit:
                     raise SizeError(f"{path}: the server announces {resp.content_length} bytes, "
                                     f"more than the {limit} expected")
@@ -115,10 +107,10 @@ class Fetcher:
                                         "expected; download aborted")
                 return Fetched(200, bytes(body), resp.headers.get("ETag"), resp.headers)
         except TimeoutError:
-            raise SyncError("timeout", f"{path}: timed out (connect {self.timeouts.connect:g}s, "
-                                       f"read {self.timeouts.read + wait:g}s, total {total:g}s)") from None
+            raise SyncError(ErrorKind.TIMEOUT, f"{path}: timed out (connect {self.timeouts.connect:g}s, "
+                                               f"read {self.timeouts.read + wait:g}s, total {total:g}s)") from None
         except aiohttp.ClientError as exc:
-            raise SyncError("network", f"{path}: {exc.__class__.__name__}: {exc}") from None
+            raise SyncError(ErrorKind.NETWORK, f"{path}: {exc.__class__.__name__}: {exc}") from None
 
 
 class Syncer:
@@ -260,8 +252,8 @@ class Syncer:
         if state is None or state.version != current.version:
             # e.g. a write that failed after replacing state.json (ENOSPC at the generation
             # bump): appending to that chain would name a delta twice. The snapshot repairs it.
-            raise SyncError("cache", f"list {name}: state.json does not end at version "
-                                     f"{current.version}, the base of the delta chain")
+            raise SyncError(ErrorKind.CACHE, f"list {name}: state.json does not end at version "
+                                             f"{current.version}, the base of the delta chain")
         self.cache.write_list(name, ListState(result.version, result.checksum, state.snapshot,
                                               state.deltas + tuple(files)), files)
         self.trust.accept_list(name, result)  # only once the cache holds it
@@ -330,7 +322,7 @@ class Syncer:
         names = [name] if name else list(self.config.lists)
         for n in names:
             st = self.status.lists[n]
-            st.last_error, st.last_error_at = f"{kind}: {reason}", now
+            st.last_error, st.last_error_kind, st.last_error_at = f"{kind}: {reason}", kind, now
         manifest = self.trust.manifest
         target = manifest.lists[name].version if name and manifest and name in manifest.lists else "-"
         have = self.trust.enforced_version(name) if name else "-"
@@ -342,7 +334,8 @@ class Syncer:
         try:
             write_status(self.cache.status_file, self.status)
         except OSError as exc:
-            log.error("status not written file=%s kind=disk reason=%r", self.cache.status_file, exc.strerror)
+            log.error("status not written file=%s kind=%s reason=%r", self.cache.status_file, ErrorKind.DISK,
+                      exc.strerror)
 
 
 class Backoff:

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass
 
 from blocklist.core.errors import (
-    ChecksumError, ExpiredError, FormatError, RollbackError, SignatureError, SizeError,
+    BlocklistError, ChecksumError, ErrorKind, ExpiredError, FormatError, RollbackError, SignatureError, SizeError,
 )
 from blocklist.core.format import (
     Delta, DeltaRef, FileRef, Keyring, ListRef, Manifest, Snapshot, check_file, follow_key_chain,
@@ -57,14 +57,9 @@ from resolver_plugin.config import Limits
 MAX_CHAIN = 1000  # deltas applied in one sync; a longer gap takes the snapshot
 
 
-def error_kind(exc: BaseException) -> str:
-    """The node_status.ERROR_KINDS label of a verification error."""
-    for cls, kind in ((SignatureError, "signature"), (ChecksumError, "checksum"),
-                      (SizeError, "size"), (RollbackError, "rollback"),
-                      (ExpiredError, "expired"), (FormatError, "format")):
-        if isinstance(exc, cls):
-            return kind
-    return "format"
+def error_kind(exc: BaseException) -> ErrorKind:
+    """The kind of a verification error: its own (FORMAT for anything not ours)."""
+    return exc.kind if isinstance(exc, BlocklistError) else ErrorKind.FORMAT
 
 
 def when(ts: float) -> str:

@@ -51,7 +51,7 @@ from blocklist.core.errors import InvalidURL
 from blocklist.core.matcher import HostAction, HostVerdict
 from resolver_plugin.operations import metrics
 from resolver_plugin.enforcement.proxy.blockpage import BlockPage, error_response
-from resolver_plugin.cache import FAIL_CLOSED, LiveMatcher
+from resolver_plugin.cache import LiveMatcher
 from resolver_plugin.config import PluginConfig, parse_listen
 from resolver_plugin.enforcement.proxy.forward import (VIA, BodyStream, PublicResolver, UpstreamError, client_address,
                                            forward, internal_address, local_client, open_tunnel, tunnel,
@@ -303,7 +303,7 @@ class ProxyServer:
         if verdict is None:
             await self._error(writer, 400, client_ip, "CONNECT", "-")
             return
-        if verdict.action is HostAction.BLOCK or verdict.list == FAIL_CLOSED:
+        if verdict.action is HostAction.BLOCK or verdict.fail_closed:
             await self._block(writer, head, client_ip, verdict.list or "unknown", started)
             return
         try:
