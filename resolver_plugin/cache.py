@@ -43,12 +43,25 @@ from blocklist.core.errors import BlocklistError, ChecksumError, ConfigError, Fo
 from blocklist.core.format.artifacts import read_delta, read_snapshot
 from blocklist.core.format.keys import Keyring, key_id
 from blocklist.core.format.strictjson import check_list_name
-from blocklist.core.matcher import HOST_PASS, HostAction, HostVerdict, ListFilter, Matcher, Verdict
+from blocklist.core.matcher import (
+    HOST_PASS,
+    FailClosedHostVerdict,
+    FailClosedVerdict,
+    HostAction,
+    HostVerdict,
+    ListFilter,
+    Matcher,
+    Verdict,
+)
 from resolver_plugin.config import PluginConfig
 
 log = logging.getLogger("blocklist.plugin.cache")
 
-FAIL_CLOSED = "(no list loaded: fail-closed)"
+# With fail_closed and no list loaded, every check gets these: blocked, and shown (Squid's
+# message, the block page, the access log) and counted (/metrics) under FAIL_CLOSED_LABEL.
+FAIL_CLOSED_LABEL = "(no list loaded: fail-closed)"
+FAIL_CLOSED_VERDICT = FailClosedVerdict(True, FAIL_CLOSED_LABEL)
+FAIL_CLOSED_HOST_VERDICT = FailClosedHostVerdict(HostAction.PROXY, FAIL_CLOSED_LABEL)
 
 
 @dataclass(frozen=True)
@@ -277,11 +290,11 @@ class LiveMatcher:
         """Matcher.check, or a block when fail_closed and nothing is loaded; raises InvalidURL."""
         matcher = self.current()
         if not matcher and self.config.fail_closed:
-            return Verdict(True, FAIL_CLOSED)
+            return FAIL_CLOSED_VERDICT
         return matcher.check(url)
 
     def check_host(self, host: str) -> HostVerdict:
         matcher = self.current()
         if not matcher and self.config.fail_closed:
-            return HostVerdict(HostAction.PROXY, FAIL_CLOSED)
+            return FAIL_CLOSED_HOST_VERDICT
         return matcher.check_host(host) if matcher else HOST_PASS

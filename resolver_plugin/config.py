@@ -22,6 +22,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import socket
 import types
@@ -37,6 +38,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from blocklist.core.errors import ConfigError, FormatError, SignatureError
 from blocklist.core.format.keys import key_id, load_public_key
 from blocklist.core.format.strictjson import check_list_name
+
+
+class ForwardedFor(enum.StrEnum):
+    """What the proxy does with X-Forwarded-For (Squid's forwarded_for on/truncate/transparent/delete)."""
+
+    APPEND = "append"            # add the client's address to the chain
+    TRUNCATE = "truncate"        # send the client's address alone
+    TRANSPARENT = "transparent"  # pass the client's header untouched
+    DELETE = "delete"            # send none: the origin sees only the proxy
+
+
+class BlockMode(enum.StrEnum):
+    """How stage 1 (the Unbound module) answers a host listed whole."""
+
+    NXDOMAIN = "nxdomain"  # the name does not exist
+    ADDRESS = "address"    # A/AAAA resolver.block_address(6), NODATA for other types
 
 
 @dataclass(frozen=True)
@@ -75,17 +92,11 @@ class ProxyConfig:
     upstream_timeout: float = 60.0
     header_timeout: float = 15.0       # for a whole request head (a ClientHello on tls_listen) to arrive
     idle_timeout: float = 30.0         # a keep-alive connection's wait for its next request
-    forwarded_for: str = "append"      # X-Forwarded-For: append | truncate | transparent | delete
+    forwarded_for: ForwardedFor = ForwardedFor.APPEND
     access_log: str | None = None      # path; None: no access log
     log_blocked_urls: bool = False     # privacy: blocked requests are logged without their URL
     tls_listen: str | None = None      # host:port for HTTPS that stage 1 steers here (SNI tunnel); None: off
     tls_origin_port: int = 443         # the port the SNI tunnel connects to at the origin
-
-
-# What the proxy does with X-Forwarded-For (Squid's forwarded_for on/truncate/transparent/delete):
-# add the client's address to the chain, send the client's address alone, pass the client's
-# header untouched, or send none (the origin sees only the proxy).
-FORWARDED_FOR = ("append", "truncate", "transparent", "delete")
 
 
 @dataclass(frozen=True)
@@ -97,7 +108,7 @@ class SquidConfig:
 class ResolverConfig:
     proxy_address: str | None = None    # IPv4 of the filtering proxy (stage 2)
     proxy_address6: str | None = None   # IPv6 of the filtering proxy
-    block_mode: str = "nxdomain"        # nxdomain | address
+    block_mode: BlockMode = BlockMode.NXDOMAIN
     block_address: str | None = None    # A answer for listed-whole hosts when block_mode is address
     block_address6: str | None = None   # AAAA answer for the same
     ttl: int = 60                       # TTL of synthesized answers
@@ -164,7 +175,20 @@ def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: {key} must be a string")
         return value
+    if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string")
+        try:
+            return hint(value)
+        except ValueError:
+            raise ConfigError(f"{where}: {key} must be {_choices(hint)}") from None
     raise ConfigError(f"{where}: {key}: unsupported setting type")  # pragma: no cover
+
+
+def _choices(values: type[enum.StrEnum]) -> str:
+    """"nxdomain or address", "one of append, truncate, transparent, delete"."""
+    names = [member.value for member in values]
+    return " or ".join(names) if len(names) == 2 else "one of " + ", ".join(names)
 
 
 def _section(where: str, name: str, cls: type, raw: Any) -> Any:
@@ -224,15 +248,11 @@ def _validate(cfg: PluginConfig, where: str) -> None:
     for key in ("connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout"):
         if getattr(p, key) <= 0:
             raise ConfigError(f"{where}: proxy.{key} must be more than 0 seconds")
-    if p.forwarded_for not in FORWARDED_FOR:
-        raise ConfigError(f"{where}: proxy.forwarded_for must be one of {', '.join(FORWARDED_FOR)}")
     if not 0 < p.tls_origin_port < 65536:
         raise ConfigError(f"{where}: proxy.tls_origin_port must be a TCP port (1-65535)")
     if cfg.admin.listen is not None:
         parse_listen(cfg.admin.listen, f"{where}: admin.listen")
     r = cfg.resolver
-    if r.block_mode not in ("nxdomain", "address"):
-        raise ConfigError(f"{where}: resolver.block_mode must be nxdomain or address")
     for key, version in (("proxy_address", 4), ("block_address", 4), ("proxy_address6", 6), ("block_address6", 6)):
         value = getattr(r, key)
         if value is not None:
@@ -242,7 +262,7 @@ def _validate(cfg: PluginConfig, where: str) -> None:
                 ok = False
             if not ok:
                 raise ConfigError(f"{where}: resolver.{key} must be an IPv{version} address")
-    if r.block_mode == "address" and not (r.block_address or r.block_address6):
+    if r.block_mode is BlockMode.ADDRESS and not (r.block_address or r.block_address6):
         raise ConfigError(f"{where}: resolver.block_mode address needs block_address or block_address6")
     s = cfg.status
     if s.crit_lag_seconds < s.warn_lag_seconds:

@@ -87,3 +87,27 @@ def test_forwarded_for_modes(mode: str, expected: list[str]) -> None:
     headers = upstream_headers(head, "127.0.0.9", mode)
     assert headers.getall("X-Forwarded-For", []) == expected
     assert headers["Via"] == "1.1 blocklist" and headers["Accept"] == "*/*"
+
+
+def test_modes_load_as_enum_members(plugin: Plugin) -> None:
+    from resolver_plugin.config import BlockMode, ForwardedFor
+
+    assert plugin.config().proxy.forwarded_for is ForwardedFor.APPEND
+    assert plugin.config().resolver.block_mode is BlockMode.NXDOMAIN
+    plugin.write_config(proxy={"forwarded_for": "delete"},
+                        resolver={"block_mode": "address", "block_address": "192.0.2.1"})
+    config = plugin.config()
+    assert config.proxy.forwarded_for is ForwardedFor.DELETE and config.resolver.block_mode is BlockMode.ADDRESS
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"block_mode": "NXDOMAIN"}, "resolver.block_mode must be nxdomain or address"),
+    ({"block_mode": "refuse"}, "resolver.block_mode must be nxdomain or address"),
+    ({"block_mode": 1}, "resolver.block_mode must be a string"),
+    ({"block_mode": "address"}, "resolver.block_mode address needs block_address or block_address6"),
+])
+def test_bad_resolver_settings_name_the_file_and_key(plugin: Plugin, settings: dict, message: str) -> None:
+    plugin.write_config(resolver=settings)
+    with pytest.raises(ConfigError, match=message) as caught:
+        plugin.config()
+    assert str(caught.value).startswith(str(plugin.config_path))

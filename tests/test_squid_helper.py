@@ -136,3 +136,20 @@ def test_in_process_answers(published) -> None:
     out = io.BytesIO()
     serve(helper, io.BytesIO(b"1 http://good.example/ -\r\n2 http://evil.test/\n3 http://bad.example/page.html"), out)
     assert out.getvalue().split(b"\n") == [b"1 ERR", b"2 " + OK_DEFAULT, b"3 " + OK_DEFAULT, b""]
+
+
+def test_fail_closed_is_a_state_of_the_verdict(plugin) -> None:
+    """No list name is compared: the verdicts say fail_closed, and users see the same label as before."""
+    from blocklist.core.matcher import HostAction
+    from resolver_plugin.cache import LiveMatcher
+    from resolver_plugin.enforcement.squid_helper import SquidHelper
+
+    plugin.write_config(fail_closed=True)
+    live = LiveMatcher(plugin.config())
+    verdict, host = live.check("http://anything.example/"), live.check_host("anything.example")
+    assert verdict.blocked and verdict.fail_closed and verdict.list == "(no list loaded: fail-closed)"
+    assert host.fail_closed and host.action is HostAction.PROXY
+    expected = b'OK message="blocked by list (no list loaded: fail-closed)" log="blocklist:(no list loaded: fail-closed)"'
+    helper = SquidHelper(live)
+    assert helper.answer(b"http://anything.example/ -") == expected
+    assert helper.answer(b"anything.example:443 -") == expected

@@ -203,3 +203,50 @@ async def test_after_a_real_sync_status_and_fleet_agree(plugin: Plugin, aiohttp_
     assert result.exit_code == 1, result.output
     assert result.output.startswith("BLOCKLIST WARNING - default: last sync refused (signature)")
     assert "sync errors: signature 1" in result.output
+
+
+# ----------------------------------------------------------------------------- the error kind as a value
+
+def test_the_recorded_kind_is_judged_not_the_message(plugin: Plugin) -> None:
+    from blocklist.core.errors import ErrorKind
+
+    plugin.write_config(source=SOURCE)
+    now = 1_000_000.0
+    refused = node_status(now, last_error="signature: bad", last_error_kind=ErrorKind.SIGNATURE,
+                          last_error_at=now - 5)
+    report = evaluate(plugin.config(), refused, {"default": 1}, now)
+    assert (report.state.name, report.lists[0].reasons) == ("WARNING", ("last sync refused (signature)",))
+    assert report.as_json()["lists"][0]["last_error_kind"] == "signature"
+    unreached = node_status(now, last_error="signature: a text that only looks like a refusal",
+                            last_error_kind=ErrorKind.NETWORK, last_error_at=now - 5)
+    assert evaluate(plugin.config(), unreached, {"default": 1}, now).state.name == "OK"
+    first = node_status(now, version=0, last_error="disk: No space left on device",
+                        last_error_kind=ErrorKind.DISK, last_error_at=now - 5)
+    assert evaluate(plugin.config(), first, {"default": None}, now).summary == \
+        "default: no list (last sync failed: disk)"
+
+
+def test_status_files_without_a_kind_are_read_from_the_message(tmp_path: Any) -> None:
+    from blocklist.core.errors import ErrorKind
+    from resolver_plugin.operations.node_status import read_status
+
+    path = tmp_path / "status.json"
+
+    def kind_of(record: dict[str, Any]) -> ErrorKind | None:
+        path.write_text(json.dumps({"lists": {"default": {"version": 1, "last_error_at": 5.0, **record}}}))
+        status = read_status(path)
+        assert status is not None
+        return status.lists["default"].last_error_kind
+
+    assert kind_of({"last_error": "rollback: manifest version 3 is older"}) is ErrorKind.ROLLBACK  # older sync
+    assert kind_of({"last_error": "rollback: x", "last_error_kind": None}) is ErrorKind.ROLLBACK
+    assert kind_of({"last_error": "no kind in this text"}) is None
+    assert kind_of({"last_error": "network: x", "last_error_kind": "checksum"}) is ErrorKind.CHECKSUM
+    assert kind_of({"last_error": "network: x", "last_error_kind": "quantum"}) is None  # a newer sync's kind
+    assert kind_of({}) is None
+    status = read_status(path)
+    assert status is not None
+    status.lists["default"].last_error, status.lists["default"].last_error_kind = "size: big", ErrorKind.SIZE
+    write_status(path, status)
+    assert json.loads(path.read_text())["lists"]["default"]["last_error_kind"] == "size"
+    assert kind_of(json.loads(path.read_text())["lists"]["default"]) is ErrorKind.SIZE

@@ -521,3 +521,10 @@ def test_interrupted_key_rotation_is_completed_by_running_it_again(hotline: Hotl
         assert sync_once(plugin) == 0 and blocked(plugin, URL_A)
         assert status_of(plugin).manifest.signed_by == key_id(new.public_key())
     assert "key-rotate" in hotline.run("log").output
+
+
+def test_status_json_records_the_kind_beside_the_message(plugin: Plugin) -> None:
+    plugin.write_config(source=f"http://127.0.0.1:{free_port()}/", long_poll=0)
+    assert sync_once(plugin) == 1
+    raw = json.loads(Cache(plugin.config().cache_dir).status_file.read_text())["lists"]["default"]
+    assert raw["last_error_kind"] == "network" and raw["last_error"].startswith("network: ")

@@ -392,3 +392,22 @@ def test_every_error_maps_to_a_status_kind() -> None:
                                           ExpiredError, FormatError)}
     assert kinds == {"signature", "checksum", "size", "rollback", "expired", "format"}
     assert kinds <= set(ERROR_KINDS)
+
+
+def test_each_error_carries_its_kind_and_the_enum_says_which_are_refusals() -> None:
+    from blocklist.core.errors import ErrorKind, TransportError
+    from resolver_plugin.distribution.sync import SyncError, failure_kind
+
+    assert [error_kind(e("x")) for e in (SignatureError, ChecksumError, SizeError, RollbackError,
+                                         ExpiredError, FormatError)] == [
+        ErrorKind.SIGNATURE, ErrorKind.CHECKSUM, ErrorKind.SIZE, ErrorKind.ROLLBACK, ErrorKind.EXPIRED,
+        ErrorKind.FORMAT]
+    assert failure_kind(SyncError(ErrorKind.TIMEOUT, "manifest.json: timed out")) is ErrorKind.TIMEOUT
+    assert failure_kind(OSError(28, "No space left on device")) is ErrorKind.DISK
+    assert failure_kind(ValueError("not ours")) is ErrorKind.FORMAT
+    with pytest.raises(ValueError):
+        TransportError("teapot", "a kind outside ErrorKind fails where it is raised")  # type: ignore[arg-type]
+    assert {k for k in ErrorKind if k.is_verification} == {
+        ErrorKind.SIGNATURE, ErrorKind.ROLLBACK, ErrorKind.EXPIRED, ErrorKind.CHECKSUM, ErrorKind.SIZE,
+        ErrorKind.FORMAT}
+    assert f"{ErrorKind.SIGNATURE}: bad" == "signature: bad"  # texts and labels read as before

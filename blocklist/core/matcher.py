@@ -29,6 +29,7 @@ import re
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pybloom_live import BloomFilter
 
@@ -38,6 +39,9 @@ from blocklist.core.format.artifacts import Delta, Snapshot
 from blocklist.core.format.bloom import bloom_key, grow_bloom
 from blocklist.core.format.digestset import contains, merge_sorted, set_checksum
 from blocklist.core.urls import MAX_URL_LENGTH, CanonicalURL, canonicalize, canonicalize_host, server_view
+
+__all__ = ["ALLOWED", "HOST_PASS", "FailClosedHostVerdict", "FailClosedVerdict", "HostAction", "HostVerdict",
+           "ListFilter", "Matcher", "Verdict", "plain_authority"]
 
 HOST_CACHE_SIZE = 65536
 AUTHORITY_CACHE_SIZE = 131072
@@ -66,6 +70,9 @@ class HostAction(str, enum.Enum):
 class Verdict:
     """What a check found. It names the list, never the matched entry."""
 
+    # True only in a FailClosedVerdict. A class attribute, not a field: a verdict costs
+    # no more to make than before, and the check's answer carries the state in its type.
+    fail_closed: ClassVar[bool] = False
     blocked: bool
     list: str | None = None
     version: int | None = None
@@ -73,10 +80,29 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class FailClosedVerdict(Verdict):
+    """Blocked because no list is loaded and the plugin fails closed; `list` is the label
+    the block is shown and counted under, not the name of a list."""
+
+    fail_closed: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
 class HostVerdict:
+    """Stage 1's answer for a host; `fail_closed` as in Verdict."""
+
+    fail_closed: ClassVar[bool] = False
     action: HostAction
     list: str | None = None
     version: int | None = None
+
+
+@dataclass(frozen=True)
+class FailClosedHostVerdict(HostVerdict):
+    """No list is loaded and the plugin fails closed: the host goes to stage 2 (PROXY), and
+    a tunnel to it, whose URLs stage 2 could not check, is refused; `list` as in FailClosedVerdict."""
+
+    fail_closed: ClassVar[bool] = True
 
 
 ALLOWED = Verdict(False)

@@ -16,19 +16,15 @@ import aiohttp
 from yarl import URL
 
 from blocklist.core import __version__
-from blocklist.core.errors import BlocklistError, SizeError
+from blocklist.core.errors import ErrorKind, SizeError, TransportError
 from resolver_plugin.config import PluginConfig
 
 CHUNK = 64 * 1024
 MIN_RATE = 64 * 1024  # bytes/s below which a download is abandoned (a slow-drip server)
 
 
-class SyncError(BlocklistError):
+class SyncError(TransportError):
     """A failure that is not the artifact's fault: network, timeout, HTTP status or cache."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -49,10 +45,10 @@ class Fetcher(Protocol):
     the path's current ETag; `etag` is the ETag of the answer. Anything else raises:
       SizeError              the body is longer than `limit` bytes, announced or
                              sent; reading stops soon after `limit` bytes
-      SyncError("http")      any other status (404, 503, ...)
-      SyncError("timeout")   no complete answer within the configured timeouts;
+      SyncError(HTTP)        any other status (404, 503, ...)
+      SyncError(TIMEOUT)     no complete answer within the configured timeouts;
                              `wait` seconds are added for a long-poll
-      SyncError("network")   the source cannot be reached or the connection breaks
+      SyncError(NETWORK)     the source cannot be reached or the connection breaks
     It judges nothing: the bytes go to TrustedState.
     """
 
@@ -87,7 +83,7 @@ class HttpFetcher:
                 if resp.status == 304:
                     return Fetched(304, b"", resp.headers.get("ETag"), resp.headers)
                 if resp.status != 200:
-                    raise SyncError("http", f"{path}: HTTP {resp.status}")
+                    raise SyncError(ErrorKind.HTTP, f"{path}: HTTP {resp.status}")
                 if resp.content_length is not None and resp.content_length > limit:
                     raise SizeError(f"{path}: the server announces {resp.content_length} bytes, "
                                     f"more than the {limit} expected")
@@ -100,7 +96,7 @@ class HttpFetcher:
                                         "expected; download aborted")
                 return Fetched(200, bytes(body), resp.headers.get("ETag"), resp.headers)
         except TimeoutError:
-            raise SyncError("timeout", f"{path}: timed out (connect {self.timeouts.connect:g}s, "
+            raise SyncError(ErrorKind.TIMEOUT, f"{path}: timed out (connect {self.timeouts.connect:g}s, "
                                        f"read {self.timeouts.read + wait:g}s, total {total:g}s)") from None
         except aiohttp.ClientError as exc:
-            raise SyncError("network", f"{path}: {exc.__class__.__name__}: {exc}") from None
+            raise SyncError(ErrorKind.NETWORK, f"{path}: {exc.__class__.__name__}: {exc}") from None

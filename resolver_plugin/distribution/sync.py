@@ -34,7 +34,7 @@ import random
 import signal
 import time
 
-from blocklist.core.errors import BlocklistError
+from blocklist.core.errors import BlocklistError, ErrorKind
 from blocklist.core.format.manifest import DeltaRef, FileRef
 from blocklist.core.matcher import ListFilter
 from blocklist.core.protocol import clean_node_id, format_have
@@ -50,14 +50,9 @@ log = logging.getLogger("blocklist.plugin.sync")
 MANIFEST = "manifest.json"
 MIN_CYCLE = 0.1  # seconds between long-poll cycles, so a misbehaving source cannot spin us
 
-
-def failure_kind(exc: BaseException) -> str:
-    """The node_status.ERROR_KINDS label of any failure of a sync."""
-    if isinstance(exc, SyncError):
-        return exc.kind
-    if isinstance(exc, OSError):
-        return "disk"
-    return error_kind(exc)
+def failure_kind(exc: BaseException) -> ErrorKind:
+    """The kind of any failure of a sync: its own, DISK for an OSError."""
+    return ErrorKind.DISK if isinstance(exc, OSError) else error_kind(exc)
 
 
 class Syncer:
@@ -199,8 +194,8 @@ class Syncer:
         if state is None or state.version != current.version:
             # e.g. a write that failed after replacing state.json (ENOSPC at the generation
             # bump): appending to that chain would name a delta twice. The snapshot repairs it.
-            raise SyncError("cache", f"list {name}: state.json does not end at version "
-                                     f"{current.version}, the base of the delta chain")
+            raise SyncError(ErrorKind.CACHE, f"list {name}: state.json does not end at version "
+                                             f"{current.version}, the base of the delta chain")
         self.cache.write_list(name, ListState(result.version, result.checksum, state.snapshot,
                                               state.deltas + tuple(files)), files)
         self.trust.accept_list(name, result)  # only once the cache holds it
@@ -269,7 +264,7 @@ class Syncer:
         names = [name] if name else list(self.config.lists)
         for n in names:
             st = self.status.lists[n]
-            st.last_error, st.last_error_at = f"{kind}: {reason}", now
+            st.last_error, st.last_error_kind, st.last_error_at = f"{kind}: {reason}", kind, now
         manifest = self.trust.manifest
         target = manifest.lists[name].version if name and manifest and name in manifest.lists else "-"
         have = self.trust.enforced_version(name) if name else "-"
@@ -281,7 +276,8 @@ class Syncer:
         try:
             write_status(self.cache.status_file, self.status)
         except OSError as exc:
-            log.error("status not written file=%s kind=disk reason=%r", self.cache.status_file, exc.strerror)
+            log.error("status not written file=%s kind=%s reason=%r", self.cache.status_file, ErrorKind.DISK,
+                      exc.strerror)
 
 
 class Backoff:

@@ -47,7 +47,9 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from blocklist.core.errors import (
+    BlocklistError,
     ChecksumError,
+    ErrorKind,
     ExpiredError,
     FormatError,
     RollbackError,
@@ -71,14 +73,9 @@ from resolver_plugin.config import Limits
 MAX_CHAIN = 1000  # deltas applied in one sync; a longer gap takes the snapshot
 
 
-def error_kind(exc: BaseException) -> str:
-    """The node_status.ERROR_KINDS label of a verification error."""
-    for cls, kind in ((SignatureError, "signature"), (ChecksumError, "checksum"),
-                      (SizeError, "size"), (RollbackError, "rollback"),
-                      (ExpiredError, "expired"), (FormatError, "format")):
-        if isinstance(exc, cls):
-            return kind
-    return "format"
+def error_kind(exc: BaseException) -> ErrorKind:
+    """The kind of a verification error: its own (FORMAT for anything not ours)."""
+    return exc.kind if isinstance(exc, BlocklistError) else ErrorKind.FORMAT
 
 
 def when(ts: float) -> str:

@@ -45,7 +45,7 @@ from urllib.parse import unquote_to_bytes
 
 from blocklist.core.errors import InvalidURL
 from blocklist.core.matcher import HostAction
-from resolver_plugin.cache import FAIL_CLOSED, LiveMatcher
+from resolver_plugin.cache import LiveMatcher
 from resolver_plugin.config import PluginConfig
 from resolver_plugin.operations import metrics
 
@@ -153,7 +153,7 @@ class SquidHelper:
         host = authority.rpartition(":")[0]  # an IPv6 literal keeps its brackets for canonicalize_host
         verdict = self.live.check_host(host)
         metrics.observe_host_check(COMPONENT, verdict, time.perf_counter() - started)
-        if verdict.action is HostAction.BLOCK or verdict.list == FAIL_CLOSED:
+        if verdict.action is HostAction.BLOCK or verdict.fail_closed:
             return self._ok(verdict.list, verdict.version)
         return b"ERR"
 

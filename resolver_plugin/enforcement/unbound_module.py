@@ -83,7 +83,7 @@ try:
     from blocklist.core.matcher import HOST_PASS, HostAction, HostVerdict
     from blocklist.core.urls import is_canonical_name
     from resolver_plugin.cache import LiveMatcher
-    from resolver_plugin.config import PluginConfig, ResolverConfig, load_config
+    from resolver_plugin.config import BlockMode, PluginConfig, ResolverConfig, load_config
     from resolver_plugin.operations import metrics
 except ImportError as exc:
     if ub is not None:  # Unbound would only say "can't parse Python script"
@@ -223,7 +223,7 @@ def _answer(resolver: ResolverConfig, verdict: HostVerdict, qtype: int) -> Decis
     if action is HostAction.PASS:
         return PASS
     if action is HostAction.BLOCK:
-        if resolver.block_mode == "nxdomain":
+        if resolver.block_mode is BlockMode.NXDOMAIN:
             return Decision(action, Reply.NXDOMAIN, list=verdict.list)
         v4, v6 = resolver.block_address, resolver.block_address6
     else:

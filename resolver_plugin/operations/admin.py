@@ -103,7 +103,7 @@ class PluginCollector(Collector):
         if report.status_updated:
             yield _gauge("blocklist_status_updated_timestamp_seconds", "When sync last wrote its status", [],
                          [([], report.status_updated)])
-        errors: Counter[tuple[str, ...]] = Counter({(kind,): 0 for kind in ERROR_KINDS})
+        errors: Counter[tuple[str, ...]] = Counter({(kind.value,): 0 for kind in ERROR_KINDS})
         errors.update({(kind,): count for kind, count in report.errors_total.items()})
         yield _counter("blocklist_sync_errors", "Sync attempts that failed, by kind", ["kind"], errors)
 

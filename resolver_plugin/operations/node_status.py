@@ -11,13 +11,18 @@ times, counts and error texts that name files and reasons, not entries.
         "iwf": {"version": 3, "entries": 120, "checksum": "...", "expires": 1764490000,
                 "newest_seen": 4, "newest_seen_at": 1763889990.0,
                 "last_success": 1763889000.0, "last_attempt": 1763890000.0,
-                "last_error": "signature: bad signature by key ab12", "last_error_at": 1763890000.0}
+                "last_error": "signature: bad signature by key ab12", "last_error_kind": "signature",
+                "last_error_at": 1763890000.0}
       },
       "errors_total": {"signature": 1, "network": 3}
     }
 
 Lag is derived, not stored: lag_versions = newest_seen - version, and
 lag_seconds = now - newest_seen_at while behind (0 when in sync).
+
+`last_error_kind` is the ErrorKind of `last_error`, whose text starts with it
+too ("kind: reason", for people). Files written before the field existed carry
+the kind only in that text: ListStatus.from_json reads it from there.
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from blocklist.core import atomic
+from blocklist.core.errors import ErrorKind
 
-# Error kinds, used as the `kind` label of sync error counters.
-ERROR_KINDS = ("signature", "rollback", "expired", "checksum", "size", "format",
-               "network", "timeout", "http", "cache", "disk")
+# Every kind, in the order the `kind` label of the sync error counters lists them.
+ERROR_KINDS: tuple[ErrorKind, ...] = tuple(ErrorKind)
 
 
 @dataclass
@@ -47,6 +52,7 @@ class ListStatus:
     last_success: float = 0.0    # last sync that ended with this list at newest_seen
     last_attempt: float = 0.0
     last_error: str | None = None
+    last_error_kind: ErrorKind | None = None  # the kind of last_error
     last_error_at: float = 0.0
 
     def lag_versions(self) -> int:
@@ -56,6 +62,31 @@ class ListStatus:
         if self.lag_versions() == 0 or not self.newest_seen_at:
             return 0.0
         return max(0.0, (time.time() if now is None else now) - self.newest_seen_at)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ListStatus:
+        """One list's record; raises ValueError/TypeError if malformed."""
+        if not isinstance(raw, dict):
+            raise TypeError("status: a list's record is not an object")
+        fields = dict(raw)
+        kind = fields.pop("last_error_kind", None)
+        status = cls(**fields)
+        status.last_error_kind = _read_kind(kind, status.last_error)
+        return status
+
+
+def _read_kind(value: Any, message: str | None) -> ErrorKind | None:
+    """The kind of a recorded error: the field, else the "kind: reason" text that older
+    files (and records built without a kind) carry it in; None for a kind this version
+    does not know (a newer sync's), which is then judged as no particular kind."""
+    if value is None and message:
+        value = message.partition(":")[0].strip()
+    if not isinstance(value, str):
+        return None
+    try:
+        return ErrorKind(value)
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -86,11 +117,11 @@ class NodeStatus:
         return cls(node_id=str(raw.get("node_id", "")), source=str(raw.get("source", "")),
                    updated=float(raw.get("updated", 0)),
                    manifest=ManifestStatus(**raw.get("manifest", {})),
-                   lists={str(k): ListStatus(**v) for k, v in raw.get("lists", {}).items()},
+                   lists={str(k): ListStatus.from_json(v) for k, v in raw.get("lists", {}).items()},
                    errors_total={str(k): int(v) for k, v in raw.get("errors_total", {}).items()})
 
-    def count_error(self, kind: str) -> None:
-        self.errors_total[kind] = self.errors_total.get(kind, 0) + 1
+    def count_error(self, kind: ErrorKind) -> None:
+        self.errors_total[kind.value] = self.errors_total.get(kind.value, 0) + 1
 
 
 def read_status(path: Path) -> NodeStatus | None:

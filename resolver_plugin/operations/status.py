@@ -12,8 +12,8 @@ Per configured list, the worst of:
               lag_versions >= warn_lag_versions for crit_lag_seconds or more;
               no successful sync for crit_lag_seconds or more
     WARNING   the same lag or silence past warn_lag_seconds;
-              the last attempt was refused by verification (bad signature,
-              rollback, expired, checksum, size, format): someone may be tampering or
+              the last attempt was refused by verification (ErrorKind.is_verification: bad
+              signature, rollback, expired, checksum, size, format): someone may be tampering or
               the hotline rotated its key without a chain this node can follow;
               a cached list with no sync record at all
     UNKNOWN   the status file is unreadable (a cached list cannot be judged)
@@ -35,16 +35,13 @@ from typing import Any
 
 import click
 
-from blocklist.core.errors import BlocklistError, ConfigError
+from blocklist.core.errors import BlocklistError, ConfigError, ErrorKind
 from blocklist.core.severity import Severity, worst
 from blocklist.core.table import render as render_table
 from blocklist.core.timefmt import human_duration, relative, utc
 from resolver_plugin.cache import Cache
 from resolver_plugin.config import PluginConfig, load_config
 from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status
-
-# Error kinds that mean "the source sent something we refused", as opposed to "we could not reach it".
-VERIFY_KINDS = frozenset({"signature", "rollback", "expired", "checksum", "size", "format"})
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
 
@@ -66,6 +63,7 @@ class ListReport:
     entries: int | None        # None when the status file describes another version
     last_success: float        # 0: never
     last_error: str | None
+    last_error_kind: ErrorKind | None
     last_error_at: float
     expires: float             # 0: unknown
 
@@ -75,7 +73,8 @@ class ListReport:
                 "lag_versions": self.lag_versions, "lag_seconds": round(self.lag_seconds, 3),
                 "entries": self.entries, "last_success": self.last_success or None,
                 "last_success_age": round(now - self.last_success, 3) if self.last_success else None,
-                "last_error": self.last_error, "last_error_at": self.last_error_at or None,
+                "last_error": self.last_error, "last_error_kind": self.last_error_kind,
+                "last_error_at": self.last_error_at or None,
                 "expires": self.expires or None,
                 "expires_in": round(self.expires - now, 3) if self.expires else None}
 
@@ -121,11 +120,6 @@ class Report:
                 "lists": [r.as_json(self.now) for r in self.lists]}
 
 
-def _error_kind(message: str | None) -> str:
-    """"signature: bad signature by key ab12" -> "signature" (sync's "kind: text" convention)."""
-    return (message or "").partition(":")[0].strip()
-
-
 def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
                 enforced: int, cache_error: str | None, manifest_expires: float,
                 now: float) -> ListReport:
@@ -143,11 +137,11 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
         elif seconds >= t.warn_lag_seconds:
             found.append((Severity.WARNING, what))
 
+    kind = ls.last_error_kind
     if cache_error:
         found.append((Severity.CRITICAL, "cached list unreadable"))
     elif not enforced:
-        cause = _error_kind(ls.last_error)
-        found.append((Severity.CRITICAL, f"no list (last sync failed: {cause})" if cause else "no list"))
+        found.append((Severity.CRITICAL, f"no list (last sync failed: {kind})" if kind else "no list"))
     if expires and expires <= now:
         found.append((Severity.CRITICAL, f"expired {relative(expires, now)}"))
     if status == "read":
@@ -158,8 +152,8 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
             over(now - ls.last_success, f"no successful sync for {human_duration(now - ls.last_success)}")
         elif enforced:
             found.append((Severity.WARNING, "no successful sync recorded"))
-        if _error_kind(ls.last_error) in VERIFY_KINDS and ls.last_error_at >= ls.last_success:
-            found.append((Severity.WARNING, f"last sync refused ({_error_kind(ls.last_error)})"))
+        if kind is not None and kind.is_verification and ls.last_error_at >= ls.last_success:
+            found.append((Severity.WARNING, f"last sync refused ({kind})"))
     elif enforced and status == "unreadable":
         found.append((Severity.UNKNOWN, "status unreadable"))
     elif enforced:
@@ -169,7 +163,7 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
         enforced=enforced, newest_seen=newest, lag_versions=lag_versions, lag_seconds=lag_seconds,
         entries=ls.entries if status == "read" and ls.version == enforced and enforced else None,
         last_success=ls.last_success, last_error=scrub(ls.last_error) if ls.last_error else None,
-        last_error_at=ls.last_error_at, expires=expires)
+        last_error_kind=kind, last_error_at=ls.last_error_at, expires=expires)
 
 
 def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: Mapping[str, int | None],

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from blocklist.core.digests import Scope, entry_digests, make_entry, subtree_markers
-from blocklist.core.errors import SizeError
+from blocklist.core.errors import ErrorKind, SizeError
 from blocklist.core.format.artifacts import Snapshot, diff, write_delta, write_snapshot
 from blocklist.core.format.digestset import digest_array
 from blocklist.core.format.keys import key_id
@@ -226,16 +226,16 @@ class RepositorySimulator:
         self.requests.append(Request(path, received, limit, wait))
         fault = self.faults.get(path)
         if fault == "timeout":
-            raise SyncError("timeout", f"{path}: timed out (simulated source, wait {wait:g}s)")
+            raise SyncError(ErrorKind.TIMEOUT, f"{path}: timed out (simulated source, wait {wait:g}s)")
         if fault == "network":
-            raise SyncError("network", f"{path}: ServerDisconnectedError: simulated source")
+            raise SyncError(ErrorKind.NETWORK, f"{path}: ServerDisconnectedError: simulated source")
         if isinstance(fault, int):
-            raise SyncError("http", f"{path}: HTTP {fault}")
+            raise SyncError(ErrorKind.HTTP, f"{path}: HTTP {fault}")
         if fault == "endless":
             return Fetched(200, self._read_capped(path, limit), None, self._headers(None, wait))
         data = self.overrides.get(path, self.files.get(path))
         if data is None:
-            raise SyncError("http", f"{path}: HTTP 404")
+            raise SyncError(ErrorKind.HTTP, f"{path}: HTTP 404")
         etag = etag_of(data) if self.etags else None
         if etag is not None and received.get("If-None-Match") == etag:
             return Fetched(304, b"", etag, self._headers(etag, wait))

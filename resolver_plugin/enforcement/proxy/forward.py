@@ -35,6 +35,7 @@ from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 from yarl import URL
 
+from resolver_plugin.config import ForwardedFor
 from resolver_plugin.enforcement.proxy.head import RequestError, RequestHead
 
 VIA = "1.1 blocklist"
@@ -112,8 +113,10 @@ def _connection_named(pairs: list[tuple[str, str]]) -> set[str]:
     return named
 
 
-def upstream_headers(head: RequestHead, client_ip: str, forwarded_for: str = "append") -> CIMultiDict[str]:
-    """The headers to send to the origin for `head` from `client_ip` (`forwarded_for`: config.FORWARDED_FOR)."""
+def upstream_headers(head: RequestHead, client_ip: str,
+                     forwarded_for: ForwardedFor = ForwardedFor.APPEND) -> CIMultiDict[str]:
+    """The headers to send to the origin for `head` from `client_ip`, X-Forwarded-For as `forwarded_for` says."""
+    mode = ForwardedFor(forwarded_for)  # its value names a mode too ("append")
     # Content-Length is re-added from the parsed value (its repeated or listed forms collapse to one).
     drop = HOP_BY_HOP | _connection_named(head.headers) | {"host", "expect", "content-length"}
     out: CIMultiDict[str] = CIMultiDict()
@@ -129,11 +132,11 @@ def upstream_headers(head: RequestHead, client_ip: str, forwarded_for: str = "ap
     if head.content_length is not None:
         out["Content-Length"] = str(head.content_length)
     out.add("Via", VIA)
-    if forwarded_for == "append":
+    if mode is ForwardedFor.APPEND:
         out["X-Forwarded-For"] = ", ".join([*forwarded_for_chain, client_ip])
-    elif forwarded_for == "truncate":
+    elif mode is ForwardedFor.TRUNCATE:
         out["X-Forwarded-For"] = client_ip
-    elif forwarded_for == "transparent":
+    elif mode is ForwardedFor.TRANSPARENT:
         for value in forwarded_for_chain:
             out.add("X-Forwarded-For", value)
     return out
@@ -190,7 +193,7 @@ class BodyStream:
 
 async def forward(session: aiohttp.ClientSession, head: RequestHead, url: URL,
                   body: BodyStream | None, writer: asyncio.StreamWriter, client_ip: str,
-                  timeout: aiohttp.ClientTimeout, forwarded_for: str = "append") -> Forwarded:
+                  timeout: aiohttp.ClientTimeout, forwarded_for: ForwardedFor = ForwardedFor.APPEND) -> Forwarded:
     """Send `head` to its origin and stream the answer to `writer`.
 
     Before any response byte is sent, failures raise UpstreamError (the caller

@@ -49,7 +49,7 @@ import aiohttp
 
 from blocklist.core.errors import InvalidURL
 from blocklist.core.matcher import HostAction, HostVerdict
-from resolver_plugin.cache import FAIL_CLOSED, LiveMatcher
+from resolver_plugin.cache import LiveMatcher
 from resolver_plugin.config import PluginConfig, parse_listen
 from resolver_plugin.enforcement.proxy.blockpage import BlockPage, error_response
 from resolver_plugin.enforcement.proxy.forward import (
@@ -314,7 +314,7 @@ class ProxyServer:
         if verdict is None:
             await self._error(writer, 400, client_ip, "CONNECT", "-")
             return
-        if verdict.action is HostAction.BLOCK or verdict.list == FAIL_CLOSED:
+        if verdict.action is HostAction.BLOCK or verdict.fail_closed:
             await self._block(writer, head, client_ip, verdict.list or "unknown", started)
             return
         try:

@@ -27,7 +27,6 @@ import time
 from typing import Protocol
 
 from blocklist.core.matcher import HostAction, HostVerdict
-from resolver_plugin.cache import FAIL_CLOSED
 from resolver_plugin.config import ProxyConfig
 from resolver_plugin.enforcement.proxy.blockpage import BlockPage
 from resolver_plugin.enforcement.proxy.forward import UpstreamError, local_client, open_tunnel, tunnel
@@ -79,7 +78,7 @@ async def sni_tunnel(server: TunnelServer, reader: asyncio.StreamReader, writer:
         await _deny(server, writer, client_ip, "-", 400, started, "invalid server name")
         return
     port = server.proxy.tls_origin_port
-    if verdict.action is HostAction.BLOCK or verdict.list == FAIL_CLOSED:
+    if verdict.action is HostAction.BLOCK or verdict.fail_closed:
         target = f"{host}:{port}" if server.proxy.log_blocked_urls else "-"
         await _deny(server, writer, client_ip, target, server.page.status, started,
                     f"blocked list={verdict.list or 'unknown'}")
