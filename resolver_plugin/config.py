@@ -154,35 +154,56 @@ def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
         if value is None and type(None) in args:
             return None
         hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        origin = typing.get_origin(hint)
     if origin is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: {key} must be a list of strings")
-        return tuple(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be true or false")
-        return value
-    if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
-            raise ConfigError(f"{where}: {key} must be a{'n integer' if hint is int else ' number'}")
-        if value < 0:
-            raise ConfigError(f"{where}: {key} must not be negative")
-        return hint(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key} must be a string")
-        return value
+        return _strings(where, key, value)
     if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key} must be a string")
-        try:
-            return hint(value)
-        except ValueError:
-            raise ConfigError(f"{where}: {key} must be {_choices(hint)}") from None
-    raise ConfigError(f"{where}: {key}: unsupported setting type")  # pragma: no cover
+        return _member(where, key, hint, value)
+    check = _SCALARS.get(hint)
+    if check is None:  # pragma: no cover - a dataclass field of a type this loader does not know
+        raise ConfigError(f"{where}: {key}: unsupported setting type")
+    return check(where, key, hint, value)
+
+
+def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of strings")
+    return tuple(value)
+
+
+def _flag(where: str, key: str, hint: type, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be true or false")
+    return value
+
+
+def _number(where: str, key: str, hint: type, value: Any) -> int | float:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or (hint is int and not isinstance(value, int)):
+        raise ConfigError(f"{where}: {key} must be a{'n integer' if hint is int else ' number'}")
+    if value < 0:
+        raise ConfigError(f"{where}: {key} must not be negative")
+    return hint(value)
+
+
+def _text(where: str, key: str, hint: type, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string")
+    return value
+
+
+def _member(where: str, key: str, hint: type[enum.StrEnum], value: Any) -> enum.StrEnum:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string")
+    try:
+        return hint(value)
+    except ValueError:
+        raise ConfigError(f"{where}: {key} must be {_choices(hint)}") from None
+
+
+_SCALARS: dict[Any, Any] = {bool: _flag, int: _number, float: _number, str: _text}
 
 
 def _choices(values: type[enum.StrEnum]) -> str:
@@ -215,6 +236,19 @@ def parse_listen(value: str, where: str = "config") -> tuple[str, int]:
 
 
 def _validate(cfg: PluginConfig, where: str) -> None:
+    """The rules that span keys, or that a type hint cannot say; each error names the key."""
+    _validate_top(cfg, where)
+    _validate_timeouts(cfg.timeouts, where)
+    _validate_proxy(cfg.proxy, where)
+    if cfg.admin.listen is not None:
+        parse_listen(cfg.admin.listen, f"{where}: admin.listen")
+    _validate_resolver(cfg.resolver, where)
+    s = cfg.status
+    if s.crit_lag_seconds < s.warn_lag_seconds:
+        raise ConfigError(f"{where}: status.crit_lag_seconds must be >= warn_lag_seconds")
+
+
+def _validate_top(cfg: PluginConfig, where: str) -> None:
     parts = urlsplit(cfg.source)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{where}: source must be an http(s) URL, got {cfg.source!r}")
@@ -229,12 +263,16 @@ def _validate(cfg: PluginConfig, where: str) -> None:
         raise ConfigError(f"{where}: node_id must be 1-128 printable characters without surrounding spaces")
     if cfg.poll_interval < 1:
         raise ConfigError(f"{where}: poll_interval must be at least 1 second")
-    t = cfg.timeouts
+
+
+def _validate_timeouts(t: Timeouts, where: str) -> None:
     if t.connect <= 0 or t.read <= 0 or t.retry_first <= 0:
         raise ConfigError(f"{where}: timeouts.connect, timeouts.read and timeouts.retry_first must be more than 0")
     if t.retry_max < t.retry_first:
         raise ConfigError(f"{where}: timeouts.retry_max must be at least timeouts.retry_first")
-    p = cfg.proxy
+
+
+def _validate_proxy(p: ProxyConfig, where: str) -> None:
     if not (200 <= p.block_status <= 599):
         raise ConfigError(f"{where}: proxy.block_status must be an HTTP status code")
     for net in p.allowed_clients:
@@ -250,9 +288,9 @@ def _validate(cfg: PluginConfig, where: str) -> None:
             raise ConfigError(f"{where}: proxy.{key} must be more than 0 seconds")
     if not 0 < p.tls_origin_port < 65536:
         raise ConfigError(f"{where}: proxy.tls_origin_port must be a TCP port (1-65535)")
-    if cfg.admin.listen is not None:
-        parse_listen(cfg.admin.listen, f"{where}: admin.listen")
-    r = cfg.resolver
+
+
+def _validate_resolver(r: ResolverConfig, where: str) -> None:
     for key, version in (("proxy_address", 4), ("block_address", 4), ("proxy_address6", 6), ("block_address6", 6)):
         value = getattr(r, key)
         if value is not None:
@@ -264,9 +302,6 @@ def _validate(cfg: PluginConfig, where: str) -> None:
                 raise ConfigError(f"{where}: resolver.{key} must be an IPv{version} address")
     if r.block_mode is BlockMode.ADDRESS and not (r.block_address or r.block_address6):
         raise ConfigError(f"{where}: resolver.block_mode address needs block_address or block_address6")
-    s = cfg.status
-    if s.crit_lag_seconds < s.warn_lag_seconds:
-        raise ConfigError(f"{where}: status.crit_lag_seconds must be >= warn_lag_seconds")
 
 
 def load_config(path: Path | str) -> PluginConfig:

@@ -149,7 +149,8 @@ def test_fail_closed_is_a_state_of_the_verdict(plugin) -> None:
     verdict, host = live.check("http://anything.example/"), live.check_host("anything.example")
     assert verdict.blocked and verdict.fail_closed and verdict.list == "(no list loaded: fail-closed)"
     assert host.fail_closed and host.action is HostAction.PROXY
-    expected = b'OK message="blocked by list (no list loaded: fail-closed)" log="blocklist:(no list loaded: fail-closed)"'
+    expected = (b'OK message="blocked by list (no list loaded: fail-closed)" '
+                b'log="blocklist:(no list loaded: fail-closed)"')
     helper = SquidHelper(live)
     assert helper.answer(b"http://anything.example/ -") == expected
     assert helper.answer(b"anything.example:443 -") == expected

@@ -46,6 +46,7 @@ import time
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from blocklist.core.errors import InvalidURL
 from blocklist.core.matcher import HostAction, HostVerdict
@@ -222,17 +223,9 @@ class ProxyServer:
         if head.method == "CONNECT":
             await self._connect(head, reader, writer, client_ip, started)
             return False
-        target = head.target
-        if target.startswith("/"):
-            # Origin-form: a client sent here by stage 1's DNS answer, or by interception.
-            intercepted = _intercepted_url(head)
-            if intercepted is None:
-                return await self._error(writer, 400, client_ip, head.method, "-")
-            target = intercepted
-            if any(VIA in value for value in head.values("Via")):
-                return await self._error(writer, 508, client_ip, head.method, "-")  # it came from us: a loop
-        elif not target[:8].lower().startswith(("http://", "https://")):
-            return await self._error(writer, 400, client_ip, head.method, "-")
+        target = _absolute_target(head)
+        if isinstance(target, int):
+            return await self._error(writer, target, client_ip, head.method, "-")
         try:
             t0 = time.perf_counter()
             verdict = self.live.check(target)
@@ -246,6 +239,11 @@ class ProxyServer:
         if verdict.blocked:
             await self._block(writer, head, client_ip, verdict.list or "unknown", started)
             return False
+        return await self._forward(reader, writer, head, target, url, client_ip, started)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead,
+                       target: str, url: URL, client_ip: str, started: float) -> bool:
+        """Forward an allowed request and stream its answer; True when the connection may carry another."""
         if head.content_length is not None and head.content_length > self.proxy.max_body_bytes:
             return await self._error(writer, 413, client_ip, head.method, target)
         local = local_client(client_ip)
@@ -335,6 +333,22 @@ class ProxyServer:
 
 
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]{1,5})?")
+
+
+def _absolute_target(head: RequestHead) -> str | int:
+    """The request's absolute URL, or the status that refuses it (400 malformed, 508 a loop through us)."""
+    target = head.target
+    if target.startswith("/"):
+        # Origin-form: a client sent here by stage 1's DNS answer, or by interception.
+        intercepted = _intercepted_url(head)
+        if intercepted is None:
+            return 400
+        if any(VIA in value for value in head.values("Via")):
+            return 508  # it came from us: a loop
+        return intercepted
+    if not target[:8].lower().startswith(("http://", "https://")):
+        return 400
+    return target
 
 
 def _intercepted_url(head: RequestHead) -> str | None:
