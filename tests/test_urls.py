@@ -616,7 +616,7 @@ def test_url_like_is_idempotent_or_invalid() -> None:
         _check(url, ran)
 
     prop()
-    assert ran["canonical"] > ran["invalid"], ran
+    assert ran["canonical"] and ran["invalid"], ran
 
 
 def test_host_is_idempotent_or_invalid() -> None:
