@@ -1,14 +1,15 @@
 """`blocklist`: the hotline's command line. A shell: parse, call the core, print.
 
 Exit codes: 0 success (for `check`: listed), 1 not listed / nothing done where a
-script may care, 2 usage or input error (click's convention), 3 store or key error.
+script may care / refused by a guard rail, 2 usage or input error (click's
+convention), 3 store or key error. The guard-rail commands (`protect`, `revert`)
+live in blocklist/guard_commands.py.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,37 +17,23 @@ from typing import Any
 import click
 
 from blocklist import __version__
+from blocklist.context import Context, pass_ctx, plural, when
 from blocklist.core.digests import Scope, digest, domain_keys, entry_keys, kind_of, make_entry
 from blocklist.core.errors import BlocklistError, InvalidURL, StoreError
 from blocklist.core.format.keys import public_key_text
 from blocklist.core.matcher import ListFilter, Matcher
 from blocklist.core.table import render
 from blocklist.core.urls import canonicalize
-from blocklist.home import Home, HotlineConfig, default_home
+from blocklist.guard_commands import protect, revert
+from blocklist.home import HotlineConfig, default_home
 from blocklist.importer import ImportFileError, parse_file
+from blocklist.preview import preview_list, render_text
+from blocklist.protect import guard_entries
 from blocklist.publish import publish as run_publish
-from blocklist.store import Store, default_actor
+from blocklist.store import Refused, Store, default_actor
 
 DEFAULT_LIST = "default"
 SCOPES = click.Choice([s.value for s in Scope])
-
-
-class Context:
-    def __init__(self, home: Path, actor: str) -> None:
-        self.home = Home(home)
-        self.actor = actor
-        self._store: Store | None = None
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self.home.require()
-            self._store = Store(self.home.store_path)
-        return self._store
-
-
-def _when(ts: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
 
 
 def _fail(message: str, code: int = 3) -> None:
@@ -66,15 +53,18 @@ class BlocklistGroup(click.Group):
             if len(exc.problems) > 50:
                 click.echo(f"... and {len(exc.problems) - 50} more", err=True)
             _fail(str(exc), 2)
+        except Refused as exc:
+            for line in exc.details[:50]:
+                click.echo(line, err=True)
+            if len(exc.details) > 50:
+                click.echo(f"... and {len(exc.details) - 50} more", err=True)
+            _fail(str(exc), 1)
         except InvalidURL as exc:
             _fail(str(exc), 2)
         except BlocklistError as exc:
             _fail(str(exc))
         except OSError as exc:  # a full disk, a permission: say which file, change nothing more
             _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")
-
-
-pass_ctx = click.make_pass_decorator(Context)
 
 
 @click.group(cls=BlocklistGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,6 +85,10 @@ def main(ctx: click.Context, home: Path, actor: str) -> None:
       blocklist serve --port 8080
     """
     ctx.obj = Context(home, actor)
+
+
+main.add_command(protect)
+main.add_command(revert)
 
 
 @main.command()
@@ -120,6 +114,16 @@ def init(c: Context, list_name: str, error_rate: float | None) -> None:
     click.echo(f"signing key: {c.home.key_path} (export the public key with `blocklist key export`)")
 
 
+def _force_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--force", is_flag=True, help="List it even where it blocks a protected host whole "
+                        "(needs --reason; audited).")(f)
+
+
+def _check_force(force: bool, reason: str) -> None:
+    if force and not reason.strip():
+        raise click.UsageError("--force needs --reason TEXT: say why the protection is overridden")
+
+
 def _list_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--list", "list_name", default=DEFAULT_LIST, show_default=True,
                         help="The list to change or read.")(f)
@@ -133,16 +137,21 @@ def _list_option(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--reason", default="", help="Why it is listed (kept in the store, never published).")
 @click.option("--ref", default="", help="External reference, e.g. a report number.")
 @click.option("--create-list", is_flag=True, help="Create the list if it does not exist.")
+@_force_option
 @pass_ctx
 def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, reason: str, ref: str,
-        create_list: bool) -> None:
+        create_list: bool, force: bool) -> None:
     """Add URLs to a list (all of them or none).
+
+    Refused (exit 1) when an entry would block a protected host whole
+    (`blocklist protect --help`), unless --force --reason.
 
     \b
     Example:
       blocklist add http://bad.example/a.html http://bad.example/b.html --ref R-17
       blocklist add http://bad.example/ --scope domain --reason "whole site"
     """
+    _check_force(force, reason)
     entries = [make_entry(url, Scope(scope)) for url in urls]
     with c.store.transaction():
         info = c.store.get_list(list_name)
@@ -153,7 +162,10 @@ def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, reason: s
         dupes = [e.url for e in entries if c.store.has_entry(info, e)]
         if dupes:
             raise StoreError(f"already listed in {list_name} as {scope}: {', '.join(dupes)}; nothing added")
+        notes = guard_entries(c.store, info, [("", e) for e in entries], c.actor, force, reason)
         added, _ = c.store.add_entries(info, [(e, reason, ref) for e in entries], c.actor)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     click.echo(f"added {added} {scope} entr{'y' if added == 1 else 'ies'} to {list_name}; "
                "run `blocklist publish` to distribute")
 
@@ -201,18 +213,23 @@ def remove(c: Context, urls: tuple[str, ...], list_name: str, scope: str | None)
               help="Scope of lines (or CSV rows) that do not name one.")
 @click.option("--reason", default="", help="Reason for rows that give none.")
 @click.option("--create-list", is_flag=True, help="Create the list if it does not exist.")
+@_force_option
 @pass_ctx
-def import_(c: Context, file: Path, list_name: str, scope: str, reason: str, create_list: bool) -> None:
+def import_(c: Context, file: Path, list_name: str, scope: str, reason: str, create_list: bool,
+            force: bool) -> None:
     """Import a file of URLs: all or nothing; every bad line is named as FILE:LINE.
 
     Text files hold one URL a line ("#" starts a comment). CSV files have a
-    header row with `url` and optionally `scope`, `reason`, `ref`.
+    header row with `url` and optionally `scope`, `reason`, `ref`. Refused
+    (exit 1, FILE:LINE of each) when an entry would block a protected host
+    whole, unless --force --reason.
 
     \b
     Example:
       blocklist import reports.txt --list iwf
       blocklist import reports.csv --scope folder
     """
+    _check_force(force, reason)
     total = sum(1 for _ in file.open("rb"))
     with click.progressbar(length=total, label=f"checking {file.name}", file=sys.stderr) as bar:
         items = parse_file(file, Scope(scope), bar.update)
@@ -222,9 +239,13 @@ def import_(c: Context, file: Path, list_name: str, scope: str, reason: str, cre
             if not create_list:
                 raise StoreError(f"no list named {list_name!r}; pass --create-list to create it")
             info = c.store.create_list(list_name, c.home.config().default_error_rate, c.actor)
+        notes = guard_entries(c.store, info, [(f"{file}:{i.line}", i.entry) for i in items], c.actor,
+                              force, reason)
         with click.progressbar(items, label=f"importing into {list_name}", file=sys.stderr) as bar:
             added, already = c.store.add_entries(
                 info, ((i.entry, i.reason or reason, i.ref) for i in bar), c.actor, source=str(file))
+    if notes:
+        click.echo(f"note: {plural(len(notes))} below protected hosts, e.g. {notes[0]}", err=True)
     click.echo(f"imported {added} entr{'y' if added == 1 else 'ies'} into {list_name}"
                + (f" ({already} already listed)" if already else "")
                + "; run `blocklist publish` to distribute")
@@ -248,7 +269,7 @@ def ls(c: Context, list_name: str | None, as_json: bool) -> None:
         click.echo(json.dumps([r.as_json() for r in rows], indent=1))
         return
     click.echo(render(["LIST", "SCOPE", "URL", "ADDED", "BY", "REASON", "REF"],
-                      [[r.list, r.scope.value, r.url, _when(r.added_at), r.added_by, r.reason, r.ref]
+                      [[r.list, r.scope.value, r.url, when(r.added_at), r.added_by, r.reason, r.ref]
                        for r in rows]))
     click.echo(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
 
@@ -316,24 +337,45 @@ def log(c: Context, list_name: str | None, limit: int, as_json: bool) -> None:
                                 "list": r.list, "detail": r.detail} for r in rows], indent=1))
         return
     click.echo(render(["#", "WHEN", "ACTOR", "ACTION", "LIST", "DETAIL"],
-                      [[r.id, _when(r.at), r.actor, r.action, r.list,
+                      [[r.id, when(r.at), r.actor, r.action, r.list,
                         " ".join(f"{k}={v}" for k, v in sorted(r.detail.items()))] for r in rows]))
 
 
 @main.command("publish")
 @click.option("--list", "list_names", multiple=True, help="Only these lists (repeatable; default all).")
+@click.option("--dry-run", is_flag=True, help="Show what a publish would change, per list; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: one JSON document, for scripts.")
 @pass_ctx
-def publish_cmd(c: Context, list_names: tuple[str, ...]) -> None:
+def publish_cmd(c: Context, list_names: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
     """Compile changed lists into snapshots and deltas and sign a new manifest.
 
     Prints the new version of each published list. Publishes nothing, and says
     so, when nothing changed (but renews the manifest's expiry once half of its
     lifetime has passed: run it daily from cron).
 
+    --dry-run shows, per list, the entries added and removed since the last
+    publish, hosts newly blocked whole, hosts stage 1 would newly steer to the
+    filtering proxy and protected hosts touched (plaintext: hotline-private),
+    and writes nothing.
+
     \b
     Example:
+      blocklist publish --dry-run | less
+      blocklist publish --dry-run --json | jq '.lists[].protected_touched'
       blocklist publish && rsync -a ~/.local/share/blocklist/publish/ mirror:/srv/www/
     """
+    if as_json and not dry_run:
+        raise click.UsageError("--json goes with --dry-run")
+    if dry_run:
+        with c.store.transaction():  # one consistent view; nothing is written
+            infos = [c.store.require_list(n) for n in list_names] if list_names else c.store.lists()
+            previews = [preview_list(c.store, info) for info in infos]
+        if as_json:
+            click.echo(json.dumps({"dry_run": True, "lists": [p.as_json() for p in previews]}, indent=1))
+        else:
+            click.echo(render_text(previews))
+            click.echo("dry run: nothing written", err=True)
+        return
     c.store  # noqa: B018 - opens and checks the home first
     result = run_publish(c.home, c.store, c.actor, list(list_names) or None,
                          progress=lambda msg: click.echo(msg, err=True))

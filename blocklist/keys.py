@@ -39,6 +39,7 @@ from blocklist.core.format.artifacts import Delta, read_snapshot
 from blocklist.core.format.digestset import digest_array
 from blocklist.core.format.keys import key_id, load_private_key, private_key_bytes
 from blocklist.core.format.manifest import ListRef, Manifest, read_manifest, sign_rotation, write_manifest
+from blocklist.history import carry
 from blocklist.home import Home
 from blocklist.publish import MANIFEST_NAME, prune, write_list_files
 from blocklist.store import Store
@@ -103,6 +104,7 @@ def rotate_key(home: Home, actor: str, now: int | None = None) -> str:
             for name, ref in lists.items():
                 info = store.get_list(name)
                 if info is not None and store.last_published(info) < ref.version:
+                    carry(store, info, previous.lists[name].version, ref.version)
                     store.record_publication(info, ref.version, ref.checksum, ref.entries)
             old_id, new_id = key_id(old.public_key()), key_id(new.public_key())
             store.audit(actor, "key-rotate", "", {"old_key": old_id, "new_key": new_id,

@@ -34,6 +34,7 @@ from blocklist.core.format.manifest import (
     read_manifest,
     write_manifest,
 )
+from blocklist.history import record as record_entries
 from blocklist.home import Home
 from blocklist.store import ListInfo, Store
 
@@ -128,11 +129,15 @@ def _compile(home: Home, store: Store, info: ListInfo, before: ListRef | None, k
 
 
 def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
-            now: int | None = None, progress: Progress = lambda msg: None) -> PublishResult:
+            now: int | None = None, progress: Progress = lambda msg: None,
+            prepare: Callable[[], None] | None = None) -> PublishResult:
     """Publish every list (or `only` these) that changed since its last version.
 
     The whole run holds the store's write lock, so what is published is exactly
-    what the store holds, and the publication is recorded with it.
+    what the store holds, and the publication is recorded with it, together with
+    the entries each new version holds (blocklist.history). `prepare` runs first
+    inside that transaction: a change made there (a revert) commits with its
+    publication or not at all.
     """
     config = home.config()
     key = home.signing_key()
@@ -143,6 +148,8 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
     lists = dict(previous.lists) if previous else {}
     result = PublishResult()
     with store.transaction():
+        if prepare is not None:
+            prepare()
         infos = [store.require_list(name) for name in only] if only else store.lists()
         for info in infos:
             before = lists.get(info.name)
@@ -171,6 +178,9 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
             ref = lists.get(info.name)
             if ref is not None:
                 if store.last_published(info) < ref.version:
+                    # The store holds what ref.version publishes: compiled from it just now, or
+                    # found unchanged after a crash that left the manifest ahead of the store.
+                    record_entries(store, info, ref.version)
                     store.record_publication(info, ref.version, ref.checksum, ref.entries)
                 store.clear_touched(info)
     if result.wrote_manifest:

@@ -236,7 +236,7 @@ def test_a_previous_snapshot_without_markers_is_recompiled(hotline: Hotline, plu
 def test_a_store_from_before_markers_is_upgraded(hotline: Hotline) -> None:
     import sqlite3
 
-    from blocklist.store import Store
+    from blocklist.store import SCHEMA_VERSION, Store
     hotline.run("add", "http://a.b.example/1", "http://c.b.example/2")
     hotline.run("add", "--scope", "domain", "http://d.b.example/")
     before = store_checksum(hotline)
@@ -248,7 +248,8 @@ def test_a_store_from_before_markers_is_upgraded(hotline: Hotline) -> None:
     assert store_checksum(hotline) == before  # opening it counted the markers again
     store = Store(hotline.home / "store.sqlite")
     try:
-        assert store.log()[-1].action == "upgrade-store" and store.log()[-1].detail == {"from": 1, "to": 2}
-        assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert store.log()[-1].action == "upgrade-store" and store.log()[-1].detail == {"from": 1, "to": SCHEMA_VERSION}
+        version = store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert version == (str(SCHEMA_VERSION),)
     finally:
         store.close()
