@@ -298,11 +298,11 @@ def make_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)
-    except OSError as exc:
-        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror or exc}") from None
-    except ssl.SSLError as exc:
+    except ssl.SSLError as exc:  # before OSError, its base class
         raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: not a certificate and its key: "
                           f"{exc.reason or exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror or exc}") from None
     return context
 
 

@@ -277,10 +277,10 @@ def _validate_ca(cfg: PluginConfig, scheme: str, where: str) -> None:
         raise ConfigError(f"{where}: tls_ca_file needs an https source")
     try:
         ssl.create_default_context(cafile=cfg.tls_ca_file)
+    except ssl.SSLError as exc:  # before OSError, its base class
+        raise ConfigError(f"{where}: tls_ca_file {cfg.tls_ca_file}: not PEM certificates ({exc.reason})") from None
     except OSError as exc:
         raise ConfigError(f"{where}: tls_ca_file {cfg.tls_ca_file}: {exc.strerror or exc}") from None
-    except ssl.SSLError as exc:
-        raise ConfigError(f"{where}: tls_ca_file {cfg.tls_ca_file}: not PEM certificates ({exc.reason})") from None
 
 
 def _validate_timeouts(t: Timeouts, where: str) -> None:
