@@ -8,6 +8,7 @@ fleet.sqlite exactly as they were, while still being served the manifest.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -193,7 +194,8 @@ def test_an_old_fleet_store_loses_its_unauthenticated_records(hotline: Hotline) 
     assert [n.node_id for n in FleetStore(path).nodes()] == ["isp1"]
 
 
-async def test_a_registered_node_syncing_shows_up_with_its_versions(plugin: Plugin, aiohttp_server: Any) -> None:
+async def test_a_registered_node_syncing_shows_up_with_its_versions(plugin: Plugin, aiohttp_server: Any,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """The real Syncer proves its token over HTTP; without one it syncs all the same, anonymously."""
     hotline = plugin.hotline
     hotline.run("add", "http://bad.example/1.html")
@@ -213,8 +215,39 @@ async def test_a_registered_node_syncing_shows_up_with_its_versions(plugin: Plug
         "test-node"]
 
     hotline.run("node", "remove", "test-node")
+    caplog.set_level(logging.INFO, "blocklist.plugin.sync")
     assert await sync_once(plugin.config())  # a revoked node still gets the lists
     assert json.loads(hotline.run("fleet", "--json", ok=None).output)["nodes"] == []
+    assert "fleet report not recorded node=test-node outcome=refused" in caplog.text
+    assert "blnode1." not in caplog.text
+
+
+async def test_sync_proves_each_poll_afresh(tmp_path: Path) -> None:
+    """What the Syncer sends: a proof of this poll's node and have, newer each time, never the token."""
+    from blocklist.core.protocol import parse_proof, verify_proof
+    from resolver_plugin.distribution.sync import Syncer
+    from tests.support.repository import RepositorySimulator
+
+    sim = RepositorySimulator()
+    sim.add("http://bad.example/1.html")
+    sim.publish()
+    token = new_token()
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "sim.token").write_text(token)
+    (tmp_path / "plugin" / "sim.token").chmod(0o600)
+    node = Syncer(sim.plugin_config(tmp_path / "plugin", node_token_file="sim.token"), sim)
+    for _ in range(3):
+        assert await node.sync_once()
+    polls = [r.headers for r in sim.requests if r.path == "manifest.json"]
+    proofs = [parse_proof(h[PROOF]) for h in polls]
+    assert all(p is not None and verify_proof(report_key(token), p, "sim-node", h[HAVE])
+               for p, h in zip(proofs, polls, strict=True))
+    assert [h[HAVE] for h in polls] == ["", "default=1", "default=1"]
+    millis = [p.millis for p in proofs if p is not None]
+    assert millis == sorted(set(millis)) and len({p.nonce for p in proofs if p is not None}) == 3
+    assert all(token not in str(dict(h)) for h in polls)
+    anonymous = Syncer(sim.plugin_config(tmp_path / "other"), sim)
+    assert await anonymous.sync_once() and PROOF not in sim.requests[-2].headers
 
 
 # ----------------------------------------------------------------------------- TLS

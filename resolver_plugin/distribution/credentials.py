@@ -1,5 +1,8 @@
 """What sync needs to talk to the hotline that the rest of the plugin must never need: the node token, the CA.
 
+`Reporter` adds the poll headers that name this node and prove its token
+(blocklist.core.protocol) and logs what `blocklist serve` did with the report.
+
 The node token (plugin.yaml's node_token_file, the output of `blocklist node
 add`) proves this node's fleet reports. Only `sync` reads it, when it starts:
 the enforcement processes (Squid's helper, Unbound, the proxy) run as other
@@ -9,13 +12,17 @@ enforcement. `load_node_token` refuses a file every local user can read.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import stat
+import time
 
 from blocklist.core.errors import ConfigError
-from blocklist.core.protocol import check_token
+from blocklist.core.protocol import NODE, PROOF, ReportOutcome, check_token, make_proof, report_key
 from resolver_plugin.config import PluginConfig
+
+log = logging.getLogger("blocklist.plugin.sync")
 
 MAX_TOKEN_FILE = 4096
 
@@ -59,3 +66,37 @@ def client_tls(config: PluginConfig) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=config.tls_ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{config.path}: tls_ca_file {config.tls_ca_file}: {exc}") from None
+
+
+class Reporter:
+    """The node's side of the fleet report: the headers that name and prove each poll, and what serve said."""
+
+    def __init__(self, config: PluginConfig, node_id: str | None) -> None:
+        self.node_id = node_id  # None: not a valid header value, polls stay anonymous
+        token = load_node_token(config)
+        self.key = report_key(token) if token else None
+        self.millis = 0  # proofs of this node go strictly forward in time, as serve requires
+        self.outcome: str | None = None  # what serve last said of our report (X-Blocklist-Report)
+
+    def headers(self, have: str) -> dict[str, str]:
+        """X-Blocklist-Node, and X-Blocklist-Proof of this poll with `have` when the node has a token."""
+        if self.node_id is None:
+            return {}
+        if self.key is None:
+            return {NODE: self.node_id}
+        self.millis = max(int(time.time() * 1000), self.millis + 1)
+        return {NODE: self.node_id, PROOF: make_proof(self.key, self.node_id, have, self.millis).header()}
+
+    def note(self, outcome: str | None) -> None:
+        """Log when what serve does with this node's reports changes (a source without serve says nothing)."""
+        if outcome is None or outcome == self.outcome:
+            return
+        self.outcome = outcome
+        if outcome == ReportOutcome.RECORDED:
+            log.info("fleet report recorded node=%s", self.node_id)
+        elif outcome == ReportOutcome.ANONYMOUS:
+            log.info("fleet report not sent: no node_token_file; the hotline's `blocklist fleet` does not "
+                     "show this node")
+        else:
+            log.warning("fleet report not recorded node=%s outcome=%s (refused: node not registered or wrong "
+                        "token; clock: this clock is more than 5 min off the hotline's)", self.node_id, outcome)

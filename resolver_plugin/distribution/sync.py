@@ -38,20 +38,10 @@ import time
 from blocklist.core.errors import BlocklistError, ErrorKind
 from blocklist.core.format.manifest import DeltaRef, FileRef
 from blocklist.core.matcher import ListFilter
-from blocklist.core.protocol import (
-    HAVE,
-    NODE,
-    PROOF,
-    REPORT,
-    ReportOutcome,
-    clean_node_id,
-    format_have,
-    make_proof,
-    report_key,
-)
+from blocklist.core.protocol import HAVE, REPORT, clean_node_id, format_have
 from resolver_plugin.cache import Cache, ListState
 from resolver_plugin.config import PluginConfig
-from resolver_plugin.distribution.credentials import load_node_token
+from resolver_plugin.distribution.credentials import Reporter
 from resolver_plugin.distribution.fetch import Fetcher, HttpFetcher, SyncError, http_session
 from resolver_plugin.distribution.trust import TrustedState, UpdatePlan, error_kind
 from resolver_plugin.operations.admin import start_admin
@@ -85,10 +75,7 @@ class Syncer:
         if self.node_id is None:
             log.warning("node_id %r is not a printable name of at most 128 characters; polls stay "
                         "anonymous", config.node_id[:40])
-        token = load_node_token(config)
-        self.report_key = report_key(token) if token else None
-        self._proof_millis = 0  # proofs of this node go strictly forward in time, as serve requires
-        self._report: str | None = None  # what serve last said of our report (X-Blocklist-Report)
+        self.reporter = Reporter(config, self.node_id)
         self.status = self._load_status()
         self._load_cache()
 
@@ -150,12 +137,7 @@ class Syncer:
     async def _poll(self, wait: float, now: float) -> bool:
         """Fetch and judge the manifest; False (and the error recorded) if it failed."""
         have = format_have({n: f.version for n, f in self.filters.items()})
-        headers = {"Accept-Encoding": "identity", HAVE: have}
-        if self.node_id:
-            headers[NODE] = self.node_id
-            if self.report_key is not None:
-                self._proof_millis = max(int(time.time() * 1000), self._proof_millis + 1)
-                headers[PROOF] = make_proof(self.report_key, self.node_id, have, self._proof_millis).header()
+        headers = {"Accept-Encoding": "identity", HAVE: have, **self.reporter.headers(have)}
         wait = wait if (self.etag and self.long_poll_ok) else 0.0
         if self.etag:
             headers["If-None-Match"] = self.etag
@@ -164,7 +146,7 @@ class Syncer:
         try:
             resp = await self.fetcher.get(MANIFEST, self.config.limits.max_manifest_bytes, headers, wait)
             self.long_poll_ok = "X-Blocklist-Wait" in resp.headers
-            self._note_report(resp.headers.get(REPORT))
+            self.reporter.note(resp.headers.get(REPORT))
             if resp.status == 304:
                 self.trust.check_fresh(time.time())
                 return True
@@ -290,20 +272,6 @@ class Syncer:
         action = "falling back to the snapshot" if fallback else "keeping the last good version"
         log.warning("sync failed list=%s version=%s have=%s file=%s kind=%s reason=%r; %s",
                     name or "*", target, have, file or self._file or "-", kind, reason, action)
-
-    def _note_report(self, outcome: str | None) -> None:
-        """Log when what serve does with this node's reports changes (a source without serve says nothing)."""
-        if outcome is None or outcome == self._report:
-            return
-        self._report = outcome
-        if outcome == ReportOutcome.RECORDED:
-            log.info("fleet report recorded node=%s", self.node_id)
-        elif outcome == ReportOutcome.ANONYMOUS:
-            log.info("fleet report not sent: no node_token_file; the hotline's `blocklist fleet` does not "
-                     "show this node")
-        else:
-            log.warning("fleet report not recorded node=%s outcome=%s (refused: node not registered or wrong "
-                        "token; clock: this clock is more than 5 min off the hotline's)", self.node_id, outcome)
 
     def _write_status(self) -> None:
         try:
