@@ -27,6 +27,7 @@ from blocklist.core.urls import canonicalize
 from blocklist.guard_commands import protect, revert
 from blocklist.home import HotlineConfig, default_home
 from blocklist.importer import ImportFileError, parse_file
+from blocklist.node_cmd import node, remove_nodes
 from blocklist.preview import preview_list, render_text
 from blocklist.protect import guard_entries
 from blocklist.publish import publish as run_publish
@@ -387,6 +388,9 @@ def publish_cmd(c: Context, list_names: tuple[str, ...], dry_run: bool, as_json:
                    + ("; manifest expiry renewed" if result.renewed else ""), err=True)
 
 
+main.add_command(node)
+
+
 @main.group()
 def key() -> None:
     """Signing key commands."""
@@ -409,24 +413,33 @@ def key_export(c: Context) -> None:
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 or :: for every interface).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="TCP port.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Serve HTTPS with this PEM certificate (chain included); needs --tls-key.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The PEM private key of --tls-cert.")
 @pass_ctx
-def serve(c: Context, bind: str, port: int) -> None:
-    """Serve the publish directory to plugins (ETag, long-poll) and record their polls.
+def serve(c: Context, bind: str, port: int, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Serve the publish directory to plugins (ETag, long-poll) and record registered nodes' polls.
 
     Plugins long-poll /manifest.json and learn of a publish in well under a
-    second. /fleet, /fleet.json and /metrics (loopback clients only) show which
-    node enforces which version. nginx or a CDN can serve a copy of publish/
-    instead; plugins then poll every poll_interval. Stops on SIGTERM or Ctrl-C.
+    second. A poll is recorded for the fleet only when it proves the token of a
+    node registered with `blocklist node add`. /fleet, /fleet.json and /metrics
+    (loopback clients only) show which node enforces which version. nginx or a
+    CDN can serve a copy of publish/ instead; plugins then poll every
+    poll_interval and nothing is recorded. Stops on SIGTERM or Ctrl-C.
 
     \b
     Example:
-      blocklist serve --bind 0.0.0.0 --port 8080
-      curl -s http://127.0.0.1:8080/manifest.json | head
+      blocklist serve --bind 0.0.0.0 --port 8443 --tls-cert hotline.pem --tls-key hotline.key
+      curl -s --cacert hotline.pem https://hotline.example:8443/manifest.json | head
     """
-    from blocklist.serve import run_serve
+    from blocklist.serve import make_tls_context, run_serve
 
     c.home.require()
-    sys.exit(run_serve(c.home.root, bind, port))
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    tls = make_tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    sys.exit(run_serve(c.home.root, bind, port, tls))
 
 
 @key.command("rotate")
@@ -512,16 +525,17 @@ def lists_cmd(c: Context, as_json: bool, create: str | None, error_rate: float |
 @main.command("fleet")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
 @click.option("--forget", metavar="NODE", multiple=True,
-              help="First drop this decommissioned node's record (repeatable; all or none).")
+              help="First remove this decommissioned node, as `blocklist node remove` (repeatable; all or none).")
 @pass_ctx
 def fleet_cmd(c: Context, as_json: bool, forget: tuple[str, ...]) -> None:
     """Show which version of each list every node enforces (Nagios exit codes).
 
-    Every node that polled `blocklist serve`: the versions it reported, how far
-    behind the published ones it is (LAGGING), when it last polled (SILENT past
-    fleet_silent_seconds in blocklist.yaml). Exit 0 OK; 1 WARNING: a node is
-    lagging or silent; 2 CRITICAL: nothing published, the published manifest
-    expired, or every node is silent; 3: the records cannot be read.
+    Every node registered with `blocklist node add`: the versions its last
+    verified poll reported, how far behind the published ones it is (LAGGING),
+    when it last polled (SILENT past fleet_silent_seconds in blocklist.yaml), or
+    NEVER REPORTED. Exit 0 OK; 1 WARNING: a node is lagging, silent or never
+    reported; 2 CRITICAL: nothing published, the published manifest expired, or
+    every node that reported is silent; 3: the records cannot be read.
 
     \b
     Example:
@@ -529,17 +543,10 @@ def fleet_cmd(c: Context, as_json: bool, forget: tuple[str, ...]) -> None:
       blocklist fleet --json | jq -r '.nodes[] | select(.lagging) | .node_id'
       blocklist fleet --forget old-proxy-7
     """
-    from blocklist.fleet import FleetStore, fleet_report, render_fleet
+    from blocklist.fleet import fleet_report, render_fleet
 
     if forget:
-        c.home.require()
-        records = FleetStore(c.home.fleet_path)
-        try:
-            records.forget(forget)
-        finally:
-            records.close()
-        with c.store.transaction():
-            c.store.audit(c.actor, "fleet-forget", "", {"nodes": list(forget)})
+        remove_nodes(c, forget)
     report = fleet_report(c.home)
     click.echo(json.dumps(report.as_json(), indent=1) if as_json else render_fleet(report))
     sys.exit(int(report.state))

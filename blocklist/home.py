@@ -4,7 +4,7 @@
     <home>/store.sqlite          lists, entries, audit log (blocklist.store)
     <home>/keys/signing.key      Ed25519 private key, mode 0600
     <home>/publish/              the static tree plugins sync from
-    <home>/fleet.sqlite          poll records of `blocklist serve`
+    <home>/fleet.sqlite          registered nodes and their verified polls (blocklist.nodes), mode 0600
 """
 
 from __future__ import annotations

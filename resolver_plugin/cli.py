@@ -75,8 +75,11 @@ def sync(ctx: click.Context, once: bool) -> None:
       blocklist-plugin -c plugin.yaml sync            # the daemon
       blocklist-plugin -c plugin.yaml sync --once     # cron or first install
     """
+    from resolver_plugin.distribution.credentials import load_node_token
     from resolver_plugin.distribution.sync import run_sync
-    sys.exit(run_sync(_config(ctx), once=once))
+    config = _config(ctx)
+    load_node_token(config)  # a bad node_token_file stops sync here, before it takes the cache lock
+    sys.exit(run_sync(config, once=once))
 
 
 @main.command()

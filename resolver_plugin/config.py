@@ -7,6 +7,8 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     lists: [iwf]                              # lists to enforce (required, in check order)
     cache_dir: /var/lib/blocklist-plugin      # required
     node_id: isp1-proxy-3                     # default: the host name
+    node_token_file: isp1-proxy-3.token       # `blocklist node add` output; none: polls are anonymous
+    tls_ca_file: hotline-ca.pem               # CA that signed an https source's certificate (default: system's)
     poll_interval: 30                         # seconds between polls
     long_poll: 25                             # seconds to wait on `blocklist serve`; 0 = plain polling
     fail_closed: false                        # block everything while no list is loaded
@@ -25,6 +27,7 @@ import dataclasses
 import enum
 import ipaddress
 import socket
+import ssl
 import types
 import typing
 from dataclasses import dataclass, field
@@ -137,13 +140,15 @@ class PluginConfig:
     squid: SquidConfig = SquidConfig()
     resolver: ResolverConfig = ResolverConfig()
     admin: AdminConfig = AdminConfig()
+    node_token_file: Path | None = None  # read by sync only (distribution.credentials), never kept here
+    tls_ca_file: Path | None = None
 
 
 _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
              "admin": AdminConfig}
 _TOP = {"source", "public_key", "public_key_file", "lists", "cache_dir", "node_id",
-        "poll_interval", "long_poll", "fail_closed", *_SECTIONS}
+        "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", *_SECTIONS}
 
 
 def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
@@ -263,6 +268,19 @@ def _validate_top(cfg: PluginConfig, where: str) -> None:
         raise ConfigError(f"{where}: node_id must be 1-128 printable characters without surrounding spaces")
     if cfg.poll_interval < 1:
         raise ConfigError(f"{where}: poll_interval must be at least 1 second")
+    if cfg.tls_ca_file is not None:
+        _validate_ca(cfg, parts.scheme, where)
+
+
+def _validate_ca(cfg: PluginConfig, scheme: str, where: str) -> None:
+    if scheme != "https":
+        raise ConfigError(f"{where}: tls_ca_file needs an https source")
+    try:
+        ssl.create_default_context(cafile=cfg.tls_ca_file)
+    except ssl.SSLError as exc:  # before OSError, its base class
+        raise ConfigError(f"{where}: tls_ca_file {cfg.tls_ca_file}: not PEM certificates ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: tls_ca_file {cfg.tls_ca_file}: {exc.strerror or exc}") from None
 
 
 def _validate_timeouts(t: Timeouts, where: str) -> None:
@@ -334,6 +352,9 @@ def load_config(path: Path | str) -> PluginConfig:
     values["cache_dir"] = (path.parent / cache_dir).resolve()
     for name, cls in _SECTIONS.items():
         values[name] = _section(where, name, cls, raw.get(name))
+    for key in ("node_token_file", "tls_ca_file"):
+        if key in raw:
+            values[key] = (path.parent / _coerce(where, key, str, raw[key])).resolve()
     proxy = values["proxy"]
     if proxy.block_page is not None:
         values["proxy"] = dataclasses.replace(proxy, block_page=str((path.parent / proxy.block_page).resolve()))

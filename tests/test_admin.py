@@ -205,9 +205,9 @@ async def test_the_documented_alert_rules_use_metrics_that_exist(installed: Plug
     import yaml
     from aiohttp import web
 
-    from blocklist.fleet import FleetStore
     from blocklist.fleet_web import add_fleet_routes
     from blocklist.home import Home
+    from blocklist.nodes import FleetStore
 
     docs = [p for p in (ROOT / "docs").glob("OPERATIONS*.md") if "# blocklist-alerts.yml" in p.read_text()]
     assert docs, "no sample alert rules in docs/OPERATIONS*.md"
@@ -220,7 +220,9 @@ async def test_the_documented_alert_rules_use_metrics_that_exist(installed: Plug
     lagging_with_errors(installed)
     metrics.observe_invalid("docs")
     plugin_text = await (await (await aiohttp_client(make_admin_app(installed.config()))).get("/metrics")).text()
-    FleetStore(Home(installed.hotline.home).fleet_path).record_poll("n1", {"default": 1}, "192.0.2.1")
+    fleet_store = FleetStore(Home(installed.hotline.home).fleet_path)
+    fleet_store.add_node("n1")
+    assert fleet_store.record_poll("n1", {"default": 1}, "192.0.2.1")
     hotline_app = web.Application()
     add_fleet_routes(hotline_app, installed.hotline.home)
     hotline_text = await (await (await aiohttp_client(hotline_app)).get("/metrics")).text()

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from blocklist.fleet import FleetStore
 from blocklist.home import Home
+from blocklist.nodes import FleetStore
 from blocklist.serve import MAX_WAIT, make_app
 from tests.conftest import Hotline
+from tests.support.nodes import poll_headers
 
 
 @pytest.fixture
@@ -115,17 +116,21 @@ async def test_poll_with_a_stale_etag_answers_at_once(aiohttp_client, published:
 
 
 async def test_polls_are_recorded_for_the_fleet(aiohttp_client, published: Hotline) -> None:
+    store = FleetStore(Path(published.home) / "fleet.sqlite")
+    token = store.add_node("isp1-proxy-3")
     client = await client_for(aiohttp_client, published)
-    await client.get("/manifest.json", headers={"X-Blocklist-Node": "isp1-proxy-3",
-                                                "X-Blocklist-Have": "default=1,bad=x"})
-    await client.get("/manifest.json", headers={"X-Blocklist-Node": "isp1-proxy-3",
-                                                "X-Blocklist-Have": "default=2"})
+    first = await client.get("/manifest.json", headers=poll_headers(token, "isp1-proxy-3", "default=1,bad=x"))
+    assert first.headers["X-Blocklist-Report"] == "recorded"
+    await client.get("/manifest.json", headers=poll_headers(token, "isp1-proxy-3", "default=2"))
     await client.get("/manifest.json", headers={"X-Blocklist-Node": "bad\tnode"})
     await client.get("/manifest.json", headers={"X-Blocklist-Node": "x" * 500})
-    await client.get("/lists/default/snapshot-1", headers={"X-Blocklist-Node": "file-fetcher"})
-    nodes = FleetStore(Path(published.home) / "fleet.sqlite").nodes()
+    await client.get("/lists/default/snapshot-1", headers=poll_headers(token, "isp1-proxy-3", "default=9"))
+    nodes = store.nodes()
     assert [(n.node_id, n.versions, n.polls) for n in nodes] == [("isp1-proxy-3", {"default": 2}, 2)]
     assert nodes[0].remote == "127.0.0.1"
+    anonymous = await client.get("/manifest.json", headers={"X-Blocklist-Node": "isp1-proxy-3"})
+    assert anonymous.status == 200 and anonymous.headers["X-Blocklist-Report"] == "anonymous"
+    assert store.nodes()[0].polls == 2
 
 
 async def test_routes_added_after_make_app_win_and_the_fleet_pages_are_there(aiohttp_client,

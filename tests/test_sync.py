@@ -29,8 +29,8 @@ from blocklist.core.format.digestset import digest_array
 from blocklist.core.format.keys import key_id
 from blocklist.core.format.manifest import DeltaRef, Manifest, file_ref, read_manifest, write_manifest
 from blocklist.core.format.strictjson import canonical_json
-from blocklist.fleet import FleetStore
 from blocklist.home import Home
+from blocklist.nodes import FleetStore
 from blocklist.serve import make_app
 from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.config import load_config

@@ -18,6 +18,7 @@ from yarl import URL
 from blocklist.core import __version__
 from blocklist.core.errors import ErrorKind, SizeError, TransportError
 from resolver_plugin.config import PluginConfig
+from resolver_plugin.distribution.credentials import client_tls
 
 CHUNK = 64 * 1024
 MIN_RATE = 64 * 1024  # bytes/s below which a download is abandoned (a slow-drip server)
@@ -56,11 +57,12 @@ class Fetcher(Protocol):
                   wait: float = 0.0) -> Fetched: ...
 
 
-def http_session() -> aiohttp.ClientSession:
-    """The client session HttpFetcher needs; the caller closes it."""
+def http_session(config: PluginConfig | None = None) -> aiohttp.ClientSession:
+    """The client session HttpFetcher needs (trusting `config`'s tls_ca_file); the caller closes it."""
+    tls = client_tls(config) if config is not None else True
     # auto_decompress off: the bytes hashed are the bytes received, and no decompression bomb.
     return aiohttp.ClientSession(headers={"User-Agent": f"blocklist-plugin/{__version__}"},
-                                 auto_decompress=False, connector=aiohttp.TCPConnector(limit=4))
+                                 auto_decompress=False, connector=aiohttp.TCPConnector(limit=4, ssl=tls))
 
 
 class HttpFetcher:

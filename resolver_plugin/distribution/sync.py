@@ -3,8 +3,9 @@
 A shell around resolver_plugin.distribution.trust.TrustedState, which judges every byte.
 One sync (`Syncer.sync_once`):
   1. GET <source>/manifest.json naming this node (X-Blocklist-Node), the versions
-     it enforces (X-Blocklist-Have), If-None-Match and, once the source has shown
-     it long-polls (its answers carry X-Blocklist-Wait), X-Blocklist-Wait: long_poll.
+     it enforces (X-Blocklist-Have), with node_token_file a proof of the node's
+     token for this poll (X-Blocklist-Proof), If-None-Match and, once the source
+     has shown it long-polls (its answers carry X-Blocklist-Wait), X-Blocklist-Wait: long_poll.
   2. A new manifest is judged (update_manifest), then cached: keys.json first
      after a key rotation, then manifest.json (the rollback floor on restart).
   3. Each configured list behind the trusted manifest: the delta chain when it
@@ -37,9 +38,10 @@ import time
 from blocklist.core.errors import BlocklistError, ErrorKind
 from blocklist.core.format.manifest import DeltaRef, FileRef
 from blocklist.core.matcher import ListFilter
-from blocklist.core.protocol import clean_node_id, format_have
+from blocklist.core.protocol import HAVE, REPORT, clean_node_id, format_have
 from resolver_plugin.cache import Cache, ListState
 from resolver_plugin.config import PluginConfig
+from resolver_plugin.distribution.credentials import Reporter
 from resolver_plugin.distribution.fetch import Fetcher, HttpFetcher, SyncError, http_session
 from resolver_plugin.distribution.trust import TrustedState, UpdatePlan, error_kind
 from resolver_plugin.operations.admin import start_admin
@@ -73,6 +75,7 @@ class Syncer:
         if self.node_id is None:
             log.warning("node_id %r is not a printable name of at most 128 characters; polls stay "
                         "anonymous", config.node_id[:40])
+        self.reporter = Reporter(config, self.node_id)
         self.status = self._load_status()
         self._load_cache()
 
@@ -127,16 +130,14 @@ class Syncer:
         in_sync = polled and all(self.trust.in_sync(n) for n in self.config.lists)
         for name in self.config.lists:
             if self.trust.in_sync(name) and polled:
-                self.status.lists[name].last_success = time.time()
+                self.status.lists[name].record_success(time.time())
         self._write_status()
         return in_sync
 
     async def _poll(self, wait: float, now: float) -> bool:
         """Fetch and judge the manifest; False (and the error recorded) if it failed."""
-        headers = {"Accept-Encoding": "identity",
-                   "X-Blocklist-Have": format_have({n: f.version for n, f in self.filters.items()})}
-        if self.node_id:
-            headers["X-Blocklist-Node"] = self.node_id
+        have = format_have({n: f.version for n, f in self.filters.items()})
+        headers = {"Accept-Encoding": "identity", HAVE: have, **self.reporter.headers(have)}
         wait = wait if (self.etag and self.long_poll_ok) else 0.0
         if self.etag:
             headers["If-None-Match"] = self.etag
@@ -145,6 +146,7 @@ class Syncer:
         try:
             resp = await self.fetcher.get(MANIFEST, self.config.limits.max_manifest_bytes, headers, wait)
             self.long_poll_ok = "X-Blocklist-Wait" in resp.headers
+            self.reporter.note(resp.headers.get(REPORT))
             if resp.status == 304:
                 self.trust.check_fresh(time.time())
                 return True
@@ -263,8 +265,7 @@ class Syncer:
         self.status.count_error(kind)
         names = [name] if name else list(self.config.lists)
         for n in names:
-            st = self.status.lists[n]
-            st.last_error, st.last_error_kind, st.last_error_at = f"{kind}: {reason}", kind, now
+            self.status.lists[n].record_error(kind, reason, now)
         manifest = self.trust.manifest
         target = manifest.lists[name].version if name and manifest and name in manifest.lists else "-"
         have = self.trust.enforced_version(name) if name else "-"
@@ -300,7 +301,7 @@ async def sync_once(config: PluginConfig) -> bool:
     """One sync from scratch (what `sync --once` does): True if every list is at the newest version."""
     # Imported here, not at the top: fetch imports Fetched and SyncError from this module.
 
-    async with http_session() as session:
+    async with http_session(config) as session:
         return await Syncer(config, HttpFetcher(session, config)).sync_once()
 
 
@@ -314,7 +315,7 @@ async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: 
     # Imported here, not at the top: fetch imports Fetched and SyncError from this module.
 
     backoff = Backoff(backoff_base or config.timeouts.retry_first, backoff_cap or config.timeouts.retry_max)
-    async with http_session() as session:
+    async with http_session(config) as session:
         syncer = Syncer(config, HttpFetcher(session, config))
         while not stop.is_set():
             started = time.monotonic()

@@ -12,9 +12,11 @@ Per configured list, the worst of:
               lag_versions >= warn_lag_versions for crit_lag_seconds or more;
               no successful sync for crit_lag_seconds or more
     WARNING   the same lag or silence past warn_lag_seconds;
-              the last attempt was refused by verification (ErrorKind.is_verification: bad
-              signature, rollback, expired, checksum, size, format): someone may be tampering or
-              the hotline rotated its key without a chain this node can follow;
+              a sync was refused by verification (ErrorKind.is_verification: bad
+              signature, rollback, expired, checksum, size, format) and no verified
+              sync of the list has succeeded since: someone may be tampering or the
+              hotline rotated its key without a chain this node can follow. Later
+              network errors are shown beside it and never clear it;
               a cached list with no sync record at all
     UNKNOWN   the status file is unreadable (a cached list cannot be judged)
 
@@ -66,6 +68,9 @@ class ListReport:
     last_error_kind: ErrorKind | None
     last_error_at: float
     expires: float             # 0: unknown
+    refused: str | None = None  # a verification failure not yet repaired by a verified sync
+    refused_kind: ErrorKind | None = None
+    refused_at: float = 0.0
 
     def as_json(self, now: float) -> dict[str, Any]:
         return {"list": self.name, "state": self.state.name, "reasons": list(self.reasons),
@@ -75,6 +80,7 @@ class ListReport:
                 "last_success_age": round(now - self.last_success, 3) if self.last_success else None,
                 "last_error": self.last_error, "last_error_kind": self.last_error_kind,
                 "last_error_at": self.last_error_at or None,
+                "refused": self.refused, "refused_kind": self.refused_kind, "refused_at": self.refused_at or None,
                 "expires": self.expires or None,
                 "expires_in": round(self.expires - now, 3) if self.expires else None}
 
@@ -138,6 +144,7 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
             found.append((Severity.WARNING, what))
 
     kind = ls.last_error_kind
+    refusal = ls.standing_refusal() if status == "read" else None
     if cache_error:
         found.append((Severity.CRITICAL, "cached list unreadable"))
     elif not enforced:
@@ -152,8 +159,11 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
             over(now - ls.last_success, f"no successful sync for {human_duration(now - ls.last_success)}")
         elif enforced:
             found.append((Severity.WARNING, "no successful sync recorded"))
-        if kind is not None and kind.is_verification and ls.last_error_at >= ls.last_success:
-            found.append((Severity.WARNING, f"last sync refused ({kind})"))
+        if refusal is not None:
+            later = kind if kind is not None and ls.last_error_at > refusal.at else None
+            found.append((Severity.WARNING, f"sync refused ({refusal.kind})"
+                          + (f", not repaired; latest error: {later}" if later and not later.is_verification
+                             else "")))
     elif enforced and status == "unreadable":
         found.append((Severity.UNKNOWN, "status unreadable"))
     elif enforced:
@@ -163,7 +173,9 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
         enforced=enforced, newest_seen=newest, lag_versions=lag_versions, lag_seconds=lag_seconds,
         entries=ls.entries if status == "read" and ls.version == enforced and enforced else None,
         last_success=ls.last_success, last_error=scrub(ls.last_error) if ls.last_error else None,
-        last_error_kind=kind, last_error_at=ls.last_error_at, expires=expires)
+        last_error_kind=kind, last_error_at=ls.last_error_at, expires=expires,
+        refused=scrub(refusal.error) if refusal else None, refused_kind=refusal.kind if refusal else None,
+        refused_at=refusal.at if refusal else 0.0)
 
 
 def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: Mapping[str, int | None],
@@ -237,10 +249,17 @@ def table_rows(report: Report, error_width: int = 0) -> list[list[str]]:
     return [[r.name, r.state.name, str(r.enforced) if r.enforced else "none",
              str(r.newest_seen) if r.newest_seen else "-", _lag_text(r),
              "-" if r.entries is None else str(r.entries),
-             relative(r.last_success, now) if r.last_success else "never",
-             f"{_short(r.last_error, error_width)} ({relative(r.last_error_at, now)})" if r.last_error else "-",
+             relative(r.last_success, now) if r.last_success else "never", _errors_text(r, now, error_width),
              f"{utc(r.expires)} ({relative(r.expires, now)})" if r.expires else "-"]
             for r in report.lists]
+
+
+def _errors_text(r: ListReport, now: float, width: int) -> str:
+    """The latest error, and the standing refusal when that is another one."""
+    texts = [f"{_short(r.last_error, width)} ({relative(r.last_error_at, now)})"] if r.last_error else []
+    if r.refused and (r.refused, r.refused_at) != (r.last_error, r.last_error_at):
+        texts.append(f"refused: {_short(r.refused, width)} ({relative(r.refused_at, now)})")
+    return "; ".join(texts) or "-"
 
 
 HEADERS = ("LIST", "STATE", "ENFORCED", "NEWEST SEEN", "LAG", "ENTRIES", "LAST SYNC", "LAST ERROR", "EXPIRES")
