@@ -267,6 +267,23 @@ class LiveMatcher:
                         " (fail-closed: blocking everything)" if self.fail_closed_active else "")
         return changed
 
+    def reconfigure(self, config: PluginConfig) -> None:
+        """Enforce what `config` names (lists, keys, fail_closed) from the cache, now.
+
+        A reload of plugin.yaml never lowers enforcement by accident: a list both
+        configurations name that fails to load (e.g. a key the cache was not
+        signed with) keeps the version this process enforces. Same cache_dir only.
+        """
+        with self._lock:
+            generation = self.cache.generation()
+            matcher, missing = self.cache.load_matcher(config, self.matcher)
+            self.config, self.matcher, self.missing, self._generation = config, matcher, missing, generation
+            self.loaded_at = time.time()
+        log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing")
+        if missing:
+            log.warning("no cached version of %s yet%s", ", ".join(missing),
+                        " (fail-closed: blocking everything)" if self.fail_closed_active else "")
+
     def maybe_reload(self) -> bool:
         if self.cache.generation() != self._generation:
             return self.reload()

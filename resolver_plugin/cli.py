@@ -70,6 +70,9 @@ def _config(ctx: click.Context) -> PluginConfig:
 def sync(ctx: click.Context, once: bool) -> None:
     """Fetch, verify and cache the newest lists; keep doing so (long-poll or poll).
 
+    SIGHUP (systemctl reload) re-reads plugin.yaml; a bad file is logged and the running
+    configuration kept.
+
     \b
     Example:
       blocklist-plugin -c plugin.yaml sync            # the daemon
@@ -128,6 +131,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def proxy(ctx: click.Context) -> None:
     """Run the filtering HTTP proxy (Cleanfeed stage 2) on proxy.listen.
+
+    SIGHUP (systemctl reload) re-reads plugin.yaml and reopens the access log; the lists
+    stay in force, a bad file is logged and the running configuration kept.
 
     \b
     Example:

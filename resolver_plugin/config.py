@@ -322,6 +322,25 @@ def _validate_resolver(r: ResolverConfig, where: str) -> None:
         raise ConfigError(f"{where}: resolver.block_mode address needs block_address or block_address6")
 
 
+def changed_settings(old: PluginConfig, new: PluginConfig) -> list[str]:
+    """The settings `new` sets otherwise than `old`, as dotted plugin.yaml names ("proxy.listen").
+
+    Keys are compared by key id: `public_key` changes when another key is pinned.
+    """
+    changed = []
+    for f in dataclasses.fields(PluginConfig):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if f.name == "public_keys":
+            if set(before) != set(after):
+                changed.append("public_key")
+        elif dataclasses.is_dataclass(before):
+            changed += [f"{f.name}.{g.name}" for g in dataclasses.fields(before)
+                        if getattr(before, g.name) != getattr(after, g.name)]
+        elif before != after:
+            changed.append(f.name)
+    return changed
+
+
 def load_config(path: Path | str) -> PluginConfig:
     """Read and validate plugin.yaml; raise ConfigError naming the file and the key."""
     path = Path(path)

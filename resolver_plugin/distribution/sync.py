@@ -23,7 +23,8 @@ cap and bounds each request with connect and read timeouts; tests drive the
 same Syncer through an in-memory source. Any failure keeps the last good
 state, logs one line naming list, version, file, kind and reason (never an
 entry: artifacts hold none), and the daemon retries with capped exponential
-back-off and jitter.
+back-off and jitter. On SIGHUP the daemon re-reads plugin.yaml
+(resolver_plugin.operations.reload) and goes on with a new Syncer over the same cache.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import os
 import random
 import signal
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from blocklist.core.errors import BlocklistError, ErrorKind
 from blocklist.core.format.manifest import DeltaRef, FileRef
@@ -46,11 +49,16 @@ from resolver_plugin.distribution.fetch import Fetcher, HttpFetcher, SyncError, 
 from resolver_plugin.distribution.trust import TrustedState, UpdatePlan, error_kind
 from resolver_plugin.operations.admin import start_admin
 from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status, write_status
+from resolver_plugin.operations.reload import reread, sighup_event
 
 log = logging.getLogger("blocklist.plugin.sync")
 
 MANIFEST = "manifest.json"
 MIN_CYCLE = 0.1  # seconds between long-poll cycles, so a misbehaving source cannot spin us
+# What a reload cannot change: this process holds the cache directory's writer lock, and every
+# enforcement process of the node reads that directory.
+RESTART_ONLY = ("cache_dir", "tls_ca_file")  # the HTTP session with its CA lives as long as the daemon
+
 
 def failure_kind(exc: BaseException) -> ErrorKind:
     """The kind of any failure of a sync: its own, DISK for an OSError."""
@@ -131,7 +139,7 @@ class Syncer:
         for name in self.config.lists:
             if self.trust.in_sync(name) and polled:
                 self.status.lists[name].record_success(time.time())
-        self._write_status()
+        self.write_status()
         return in_sync
 
     async def _poll(self, wait: float, now: float) -> bool:
@@ -273,7 +281,7 @@ class Syncer:
         log.warning("sync failed list=%s version=%s have=%s file=%s kind=%s reason=%r; %s",
                     name or "*", target, have, file or self._file or "-", kind, reason, action)
 
-    def _write_status(self) -> None:
+    def write_status(self) -> None:
         try:
             write_status(self.cache.status_file, self.status)
         except OSError as exc:
@@ -299,40 +307,49 @@ class Backoff:
 
 async def sync_once(config: PluginConfig) -> bool:
     """One sync from scratch (what `sync --once` does): True if every list is at the newest version."""
-    # Imported here, not at the top: fetch imports Fetched and SyncError from this module.
-
     async with http_session(config) as session:
         return await Syncer(config, HttpFetcher(session, config)).sync_once()
 
 
-async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: float | None = None,
-                    backoff_cap: float | None = None) -> None:
+async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, reload: asyncio.Event | None = None,
+                    on_reload: Callable[[PluginConfig], Awaitable[None]] | None = None,
+                    backoff_base: float | None = None, backoff_cap: float | None = None) -> None:
     """The daemon: sync, then long-poll (or sleep poll_interval), until `stop` is set.
 
     After a failed sync it retries with back-off from timeouts.retry_first up to
     timeouts.retry_max seconds (`backoff_base`/`backoff_cap` override them).
+    When `reload` is set (SIGHUP) it stops waiting, re-reads plugin.yaml, and
+    with a new configuration goes on with a new Syncer that loads the cache
+    again (what enforcement loads is never touched) and calls `on_reload`.
     """
-    # Imported here, not at the top: fetch imports Fetched and SyncError from this module.
-
-    backoff = Backoff(backoff_base or config.timeouts.retry_first, backoff_cap or config.timeouts.retry_max)
     async with http_session(config) as session:
         syncer = Syncer(config, HttpFetcher(session, config))
+        backoff = _backoff(config, backoff_base, backoff_cap)
         while not stop.is_set():
             started = time.monotonic()
             task = asyncio.ensure_future(syncer.sync_once(config.long_poll))
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if task not in done:  # stopping: cancel at an await (cache writes have none)
+            await _until(stop, reload, task)
+            if not task.done():  # stopping or reloading: cancel at an await (cache writes have none)
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                break
-            try:
-                ok = task.result()
-            except Exception as exc:  # noqa: BLE001 - a bug must not end the daemon; retry later
-                log.error("sync crashed kind=internal reason=%r; retrying", exc)
-                log.debug("sync crash", exc_info=True)
+                if stop.is_set():
+                    break
+                syncer.write_status()  # the errors this cycle counted, before another Syncer reads them
                 ok = False
+            else:
+                ok = _result(task)
+            if stop.is_set():
+                break
+            if reload is not None and reload.is_set():
+                reload.clear()
+                new = reread(config, RESTART_ONLY)
+                if new is not None:
+                    config = new
+                    syncer = Syncer(config, HttpFetcher(session, config))
+                    backoff = _backoff(config, backoff_base, backoff_cap)
+                    if on_reload is not None:
+                        await on_reload(config)
+                continue  # poll at once: a new source or new lists take effect now
             if ok:
                 backoff.reset()
                 long_poll = config.long_poll > 0 and syncer.long_poll_ok
@@ -342,10 +359,34 @@ async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: 
                 delay = backoff.next_delay()
                 log.info("sync retry in=%.2fs attempt=%d", delay, backoff.failures)
             if delay > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
+                sleeper = asyncio.ensure_future(asyncio.sleep(delay))
+                await _until(stop, reload, sleeper)
+                sleeper.cancel()
+                await asyncio.gather(sleeper, return_exceptions=True)
+
+
+def _backoff(config: PluginConfig, base: float | None, cap: float | None) -> Backoff:
+    return Backoff(base or config.timeouts.retry_first, cap or config.timeouts.retry_max)
+
+
+async def _until(stop: asyncio.Event, reload: asyncio.Event | None, task: asyncio.Future[Any]) -> None:
+    """Wait for `task`, `stop` or `reload`, whichever comes first; `task` is left as it is."""
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if reload is not None:
+        waiters.append(asyncio.ensure_future(reload.wait()))
+    await asyncio.wait({task, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+
+
+def _result(task: asyncio.Future[bool]) -> bool:
+    try:
+        return task.result()
+    except Exception as exc:  # noqa: BLE001 - a bug must not end the daemon; retry later
+        log.error("sync crashed kind=internal reason=%r; retrying", exc)
+        log.debug("sync crash", exc_info=True)
+        return False
 
 
 async def _main(config: PluginConfig, once: bool) -> int:
@@ -357,11 +398,20 @@ async def _main(config: PluginConfig, once: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reload = sighup_event()
         log.info("sync started node=%s lists=%s long_poll=%g poll_interval=%g", config.node_id,
                  ",".join(config.lists), config.long_poll, config.poll_interval)
         admin = await start_admin(config)
+
+        async def restart_admin(new: PluginConfig) -> None:
+            # The admin pages judge by the configuration (lists, thresholds, node_id): serve the new one.
+            nonlocal admin
+            if admin is not None:
+                await admin.cleanup()
+            admin = await start_admin(new)
+
         try:
-            await sync_loop(config, stop)
+            await sync_loop(config, stop, reload=reload, on_reload=restart_admin)
         finally:
             if admin is not None:
                 await admin.cleanup()

@@ -28,6 +28,10 @@ block or the client closes:
 With `proxy.tls_listen`, a second listener takes the HTTPS that stage 1 steers
 here and tunnels it by the host it names (resolver_plugin.enforcement.proxy.tls).
 
+SIGHUP re-reads plugin.yaml (resolver_plugin.operations.reload): the matcher and
+then the server take the new settings between two requests, and the access log is
+reopened.
+
 Privacy: the access log shows blocked requests as `- blocked list=NAME`
 without their URL unless `proxy.log_blocked_urls`; the error log never names
 URLs or hosts.
@@ -70,6 +74,7 @@ from resolver_plugin.enforcement.proxy.head import RequestError, RequestHead, it
 from resolver_plugin.enforcement.proxy.tls import sni_tunnel
 from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
 from resolver_plugin.operations import metrics
+from resolver_plugin.operations.reload import reread, sighup_event
 
 log = logging.getLogger("blocklist.plugin.proxy")
 access_log = logging.getLogger("blocklist.plugin.proxy.access")
@@ -78,6 +83,9 @@ COMPONENT = "proxy"
 RELOAD_INTERVAL = 1.0    # seconds between checks for a new cached list version
 LINGER_SECONDS = 2.0     # lingering close: how long to drain a client after our last answer
 LINGER_BYTES = 1 << 20
+# What a reload cannot change: the listening sockets, bound at start and carrying connections, and
+# the cache directory, the one every process of the node shares.
+RESTART_ONLY = ("cache_dir", "proxy.listen", "proxy.tls_listen")
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -87,25 +95,35 @@ class ProxyServer:
 
     def __init__(self, config: PluginConfig, live: LiveMatcher, *, header_timeout: float | None = None,
                  idle_timeout: float | None = None) -> None:
-        self.config = config
-        self.proxy = config.proxy
         self.live = live
-        self.page = BlockPage(config.proxy)
-        self.header_timeout = header_timeout or self.proxy.header_timeout
-        self.idle_timeout = idle_timeout or self.proxy.idle_timeout
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in self.proxy.allowed_clients]
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.proxy.connect_timeout,
-                                             sock_read=self.proxy.upstream_timeout)
+        self._timeouts = (header_timeout, idle_timeout)  # a test's overrides of the configured ones
+        self.reconfigure(config)
         self.open_connections = 0
-        # where stage 1 points listed hosts: an origin resolving there is a loop back to us
-        r = config.resolver
-        self.own_addresses = frozenset(str(ipaddress.ip_address(a)) for a in (r.proxy_address, r.proxy_address6) if a)
         self._loop_warned = -math.inf
         self.server: asyncio.Server | None = None
         self.tls_server: asyncio.Server | None = None
         self.session: aiohttp.ClientSession | None = None         # for clients on this host
         self.public_session: aiohttp.ClientSession | None = None  # for all others: no internal addresses
         self._handlers: set[asyncio.Task[Any]] = set()
+
+    def reconfigure(self, config: PluginConfig) -> None:
+        """Take every setting from `config`; ConfigError (and nothing changed) if its block page is unusable.
+
+        Used at start and on a reload: a request already being served finishes with the settings it
+        started with, the next one gets the new ones. The listening addresses and the upstream
+        connection pools stay as they were started.
+        """
+        page = BlockPage(config.proxy)
+        header_timeout, idle_timeout = self._timeouts
+        self.config, self.proxy, self.page = config, config.proxy, page
+        self.header_timeout = header_timeout or config.proxy.header_timeout
+        self.idle_timeout = idle_timeout or config.proxy.idle_timeout
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in config.proxy.allowed_clients]
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.proxy.connect_timeout,
+                                             sock_read=config.proxy.upstream_timeout)
+        # where stage 1 points listed hosts: an origin resolving there is a loop back to us
+        r = config.resolver
+        self.own_addresses = frozenset(str(ipaddress.ip_address(a)) for a in (r.proxy_address, r.proxy_address6) if a)
 
     # -- lifecycle
 
@@ -380,16 +398,19 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 
 def setup_access_log(path: str | None) -> None:
-    """Send access lines to `path` (one line per request), or nowhere."""
+    """Send access lines to `path` (one line per request), or nowhere; OSError if it cannot be
+    opened, and the current destination stays."""
+    handler = None
+    if path is not None:
+        handler = logging.FileHandler(path)  # first: a path that cannot be opened changes nothing
+        handler.setFormatter(logging.Formatter("%(message)s"))
     access_log.propagate = False
-    for handler in list(access_log.handlers):
-        access_log.removeHandler(handler)
-        handler.close()
-    if path is None:
+    for old in list(access_log.handlers):
+        access_log.removeHandler(old)
+        old.close()
+    if handler is None:
         access_log.setLevel(logging.CRITICAL + 1)
         return
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(message)s"))
     access_log.addHandler(handler)
     access_log.setLevel(logging.INFO)
 
@@ -417,7 +438,7 @@ async def _start_admin(config: PluginConfig, live: LiveMatcher) -> Any:
 
 
 async def serve(config: PluginConfig) -> int:
-    """Run the proxy until SIGTERM/SIGINT; the exit code."""
+    """Run the proxy until SIGTERM/SIGINT, re-reading plugin.yaml on SIGHUP; the exit code."""
     # check_interval=inf: requests never reload inline; _reload_loop does it in a thread.
     live = LiveMatcher(config, check_interval=math.inf)
     server = ProxyServer(config, live)
@@ -440,19 +461,49 @@ async def serve(config: PluginConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reload = sighup_event()
     reloader = asyncio.create_task(_reload_loop(live))
     metrics.share_counters(config.cache_dir, live)  # for whichever process serves the admin endpoint
     admin = await _start_admin(config, live)
     log.info("proxy: listening on %s:%d, enforcing %s", host, server.port,
              ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet")
-    await stop.wait()
+    while await _next_event(stop, reload) is reload:
+        reload.clear()
+        new = reread(server.config, RESTART_ONLY, check=lambda c: BlockPage(c.proxy))
+        if new is not None:
+            # The lists first, in a thread (a big list takes a while to verify); the old ones
+            # answer until the new matcher is complete, and a list that fails to load keeps its
+            # current version.
+            await loop.run_in_executor(None, live.reconfigure, new)
+            server.reconfigure(new)
+            await _stop_admin(admin)
+            admin = await _start_admin(new, live)
+        try:
+            setup_access_log(server.proxy.access_log)  # reopened on every SIGHUP, for logrotate
+        except OSError as exc:
+            log.error("proxy: cannot open the access log %s: %s; logging on where it did",
+                      server.proxy.access_log, exc.strerror)
     log.info("proxy: stopping")
     reloader.cancel()
+    await _stop_admin(admin)
+    await server.close()
+    return 0
+
+
+async def _next_event(*events: asyncio.Event) -> asyncio.Event:
+    """Wait until one of `events` is set; the first that is."""
+    waiters = {asyncio.ensure_future(e.wait()): e for e in events}
+    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in pending:
+        waiter.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return next(e for e in events if e.is_set())
+
+
+async def _stop_admin(admin: Any) -> None:
     cleanup = getattr(admin, "cleanup", None)
     if cleanup is not None:
         await cleanup()
-    await server.close()
-    return 0
 
 
 def run_proxy(config: PluginConfig) -> int:
