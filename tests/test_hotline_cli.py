@@ -9,15 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from blocklist.core.format.keys import load_public_key
+from blocklist.core.format.keys import key_id, load_private_key
+from blocklist.core.format.root import read_anchor
 from tests.conftest import Hotline
 
 
-def test_init_makes_a_private_key_and_is_idempotent(hotline: Hotline) -> None:
+def test_init_makes_a_private_key_and_root_keys_outside_the_home_and_is_idempotent(hotline: Hotline) -> None:
     key = hotline.home / "keys" / "signing.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert "already initialized" in hotline.run("init").output
-    load_public_key(hotline.run("key", "export").output)
+    root_dir = hotline.home.parent / "hotline-root-keys"
+    [root_key] = root_dir.glob("root-*.key")
+    assert stat.S_IMODE(root_key.stat().st_mode) == 0o600 and stat.S_IMODE(root_dir.stat().st_mode) == 0o700
+    assert not list(hotline.home.rglob("root-*.key"))  # never inside the home
+    again = hotline.run("init").output
+    assert "already initialized" in again and "root keys:" not in again
+    anchor = read_anchor(hotline.run("key", "export").output.encode())
+    assert anchor.version == 1 and not anchor.bare_key
+    assert set(anchor.online_keys) == {key_id(load_private_key(key.read_bytes()).public_key())}
+    assert set(anchor.root_keys) == {key_id(load_private_key(root_key.read_bytes()).public_key())}
 
 
 def test_commands_without_init_say_what_to_do(tmp_path: Path) -> None:
