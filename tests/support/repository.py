@@ -197,6 +197,20 @@ class RepositorySimulator:
         self.publish(now=now, reissue=True)
         return new
 
+    def forge_list(self, name: str, version: int, key: Ed25519PrivateKey, *urls: str) -> ListRef:
+        """A snapshot of `urls` (none: an empty list) at `version`, signed by `key` and served at
+        its path: what someone holding an online key publishes. The hotline's record is untouched."""
+        info = self.infos[name]
+        hosts = {entry_digests(info.salt, make_entry(u, Scope.PAGE))[1] for u in urls}
+        pages = {entry_digests(info.salt, make_entry(u, Scope.PAGE))[0] for u in urls}
+        now = int(time.time())
+        snap = compile_snapshot(info, digest_array(d for d in pages if d is not None), digest_array(hosts),
+                                {"page": len(urls)}, version, now, now + self.lifetime)
+        data = write_snapshot(snap, key)
+        ref = file_ref(f"lists/{name}/snapshot-{version}", data)
+        self.serve(ref.path, data)
+        return ListRef(version, snap.checksum, len(urls), ref)
+
     def rotate_root(self, count: int = 1, threshold: int = 1) -> list[Ed25519PrivateKey]:
         """What `blocklist key rotate-root` does: new root keys named by root N+1, signed by the old
         root keys and the new ones, and the manifest's next version under root N+1."""
@@ -310,6 +324,26 @@ class RepositorySimulator:
                "long_poll": 0, "admin": {"listen": None}, **extra}
         (folder / "plugin.yaml").write_text(yaml.safe_dump(doc))
         return load_config(folder / "plugin.yaml")
+
+
+class DirectorySource:
+    """A static mirror of a publish directory for Syncer (a Fetcher): files read when asked, ETag, 304."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    async def get(self, path: str, limit: int, headers: Mapping[str, str] | None = None,
+                  wait: float = 0.0) -> Fetched:
+        try:
+            data = (self.root / path).read_bytes()
+        except OSError:
+            raise SyncError(ErrorKind.HTTP, f"{path}: HTTP 404") from None
+        etag = etag_of(data)
+        if CIMultiDict(headers or {}).get("If-None-Match") == etag:
+            return Fetched(304, b"", etag, CIMultiDictProxy(CIMultiDict(ETag=etag)))
+        if len(data) > limit:
+            raise SizeError(f"{path}: {len(data)} bytes, more than the {limit} expected")
+        return Fetched(200, data, etag, CIMultiDictProxy(CIMultiDict(ETag=etag)))
 
 
 def _endless() -> Iterator[bytes]:

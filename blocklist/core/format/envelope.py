@@ -1,11 +1,11 @@
 """Signed JSON documents: {"signed": ..., "signatures": [...]}, written, opened and counted against a threshold.
 
 Each signature is an Ed25519 signature over the canonical JSON of "signed",
-however the file itself is laid out. A reader reads at most MAX_SIGNATURES
-entries, each at most MAX_SIG_TEXT characters, and tries each key at most
-once: an entry naming a key that is not asked for, or one already tried, costs
-no signature check. A crafted document therefore costs at most one check per
-key of the role it is judged against, and its errors are one short line.
+however the file itself is laid out. A reader refuses a document with more
+than MAX_SIGNATURES entries before it checks any, and checks only entries of
+at most MAX_SIG_TEXT characters naming a key it asks for that no earlier entry
+proved, each distinct entry once: a crafted document costs at most
+MAX_SIGNATURES checks, and its errors are one short line.
 """
 
 from __future__ import annotations
@@ -69,18 +69,18 @@ def open_envelope(data: bytes, what: str, max_size: int) -> Envelope:
 
 
 def count_signers(envelope: Envelope, keys: Keyring) -> frozenset[str]:
-    """The ids of `keys` with a valid signature in `envelope`: one check per key at most."""
-    tried: set[str] = set()
+    """The ids of `keys` with a valid signature in `envelope` (at most MAX_SIGNATURES checks)."""
+    tried: set[tuple[str, str]] = set()
     valid: set[str] = set()
     for item in envelope.signatures:
         if not isinstance(item, dict):
             continue
         kid, sig = item.get("key_id"), item.get("sig")
-        if not isinstance(kid, str) or kid not in keys or kid in tried:
+        if not isinstance(kid, str) or kid not in keys or kid in valid:
             continue
-        tried.add(kid)
-        if not isinstance(sig, str) or len(sig) > MAX_SIG_TEXT:
+        if not isinstance(sig, str) or len(sig) > MAX_SIG_TEXT or (kid, sig) in tried:
             continue
+        tried.add((kid, sig))
         try:
             verify_signature(keys, kid, base64.b64decode(sig, validate=True), envelope.message)
         except (SignatureError, binascii.Error, ValueError):
