@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import signal
 import time
 
@@ -44,7 +43,7 @@ from blocklist.core.matcher import ListFilter
 from blocklist.core.protocol import clean_node_id, format_have
 from resolver_plugin.cache import Cache, ListState
 from resolver_plugin.config import PluginConfig
-from resolver_plugin.distribution.fetch import Fetcher, HttpFetcher, SyncError, http_session
+from resolver_plugin.distribution.fetch import Backoff, Fetcher, HttpFetcher, SyncError, http_session
 from resolver_plugin.distribution.trust import TrustedState, UpdatePlan, error_kind
 from resolver_plugin.operations.admin import start_admin
 from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status, write_status
@@ -315,26 +314,8 @@ class Syncer:
                       exc.strerror)
 
 
-class Backoff:
-    """Capped exponential back-off with "equal jitter": delay n lies in [d/2, d], d = min(cap, base*2^n)."""
-
-    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
-        self.base, self.cap, self.failures = base, cap, 0
-        self.rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        d = min(self.cap, self.base * 2.0 ** min(self.failures, 32))
-        self.failures += 1
-        return d / 2 + self.rng.random() * d / 2
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
 async def sync_once(config: PluginConfig) -> bool:
     """One sync from scratch (what `sync --once` does): True if every list is at the newest version."""
-    # Imported here, not at the top: fetch imports Fetched and SyncError from this module.
-
     async with http_session() as session:
         return await Syncer(config, HttpFetcher(session, config)).sync_once()
 
@@ -346,8 +327,6 @@ async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: 
     After a failed sync it retries with back-off from timeouts.retry_first up to
     timeouts.retry_max seconds (`backoff_base`/`backoff_cap` override them).
     """
-    # Imported here, not at the top: fetch imports Fetched and SyncError from this module.
-
     backoff = Backoff(backoff_base or config.timeouts.retry_first, backoff_cap or config.timeouts.retry_max)
     async with http_session() as session:
         syncer = Syncer(config, HttpFetcher(session, config))
