@@ -20,7 +20,6 @@ from blocklist import __version__
 from blocklist.context import Context, pass_ctx, plural, when
 from blocklist.core.digests import Scope, digest, domain_keys, entry_keys, kind_of, make_entry
 from blocklist.core.errors import BlocklistError, InvalidURL, StoreError
-from blocklist.core.format.keys import public_key_text
 from blocklist.core.matcher import ListFilter, Matcher
 from blocklist.core.table import render
 from blocklist.core.urls import canonicalize
@@ -32,6 +31,7 @@ from blocklist.preview import preview_list, render_text
 from blocklist.protect import guard_entries
 from blocklist.publish import publish as run_publish
 from blocklist.store import Refused, Store, default_actor
+from blocklist.trust_cli import expires_in_option, key, refresh_cmd, threshold_options
 
 DEFAULT_LIST = "default"
 SCOPES = click.Choice([s.value for s in Scope])
@@ -95,14 +95,24 @@ main.add_command(revert)
 @main.command()
 @click.option("--list", "list_name", default=DEFAULT_LIST, show_default=True, help="First list to create.")
 @click.option("--error-rate", type=float, default=None, help="Its Bloom false-positive rate (default 1e-6).")
+@click.option("--root-dir", "root_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the root keys go, outside the home (default: <home>-root-keys beside it).")
+@threshold_options
 @pass_ctx
-def init(c: Context, list_name: str, error_rate: float | None) -> None:
-    """Create the home: store, signing key (mode 0600), config and a first list.
+def init(c: Context, list_name: str, error_rate: float | None, root_dir: Path | None, root_keys: int,
+         threshold: int) -> None:
+    """Create the home: store, online key (mode 0600), config, a first list, and the root keys.
+
+    The root keys (k of n) sign root version 1, which names the online key;
+    they belong offline. On a home from before root keys, it adds them.
 
     \b
     Example:
-      blocklist --home /srv/hotline init --list iwf
+      blocklist --home /srv/hotline init --list iwf --root-dir /media/usb/root-keys --root-keys 3 --threshold 2
     """
+    from blocklist.keys import check_threshold, init_root
+
+    check_threshold(root_keys, threshold)
     created = c.home.init(HotlineConfig())
     config = c.home.config()
     with c.store.transaction():
@@ -112,7 +122,14 @@ def init(c: Context, list_name: str, error_rate: float | None) -> None:
             c.store.audit(c.actor, "init", "", {"home": str(c.home.root)})
     click.echo(f"{'initialized' if created else 'already initialized'}: {c.home.root}")
     click.echo(f"lists: {', '.join(info.name for info in c.store.lists())}")
-    click.echo(f"signing key: {c.home.key_path} (export the public key with `blocklist key export`)")
+    click.echo(f"online key: {c.home.key_path}")
+    if not c.home.root_version():
+        root_dir = root_dir or c.home.default_root_dir()
+        init_root(c.home, root_dir, root_keys, threshold, c.actor)
+        click.echo(f"root keys: {root_dir} ({threshold} of {root_keys} sign a new root). They belong "
+                   "OFFLINE: move them to offline media now; only `blocklist key rotate` and "
+                   "`key rotate-root` need them")
+    click.echo("trust anchor for plugins: `blocklist key export > hotline-root.json`")
 
 
 def _force_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -346,13 +363,15 @@ def log(c: Context, list_name: str | None, limit: int, as_json: bool) -> None:
 @click.option("--list", "list_names", multiple=True, help="Only these lists (repeatable; default all).")
 @click.option("--dry-run", is_flag=True, help="Show what a publish would change, per list; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: one JSON document, for scripts.")
+@expires_in_option
 @pass_ctx
-def publish_cmd(c: Context, list_names: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+def publish_cmd(c: Context, list_names: tuple[str, ...], dry_run: bool, as_json: bool,
+                expires_in: int | None) -> None:
     """Compile changed lists into snapshots and deltas and sign a new manifest.
 
     Prints the new version of each published list. Publishes nothing, and says
-    so, when nothing changed (but renews the manifest's expiry once half of its
-    lifetime has passed: run it daily from cron).
+    so, when nothing changed (but re-signs the manifest with a fresh expiry once
+    half of its lifetime has passed; see also `blocklist refresh`).
 
     --dry-run shows, per list, the entries added and removed since the last
     publish, hosts newly blocked whole, hosts stage 1 would newly steer to the
@@ -379,7 +398,7 @@ def publish_cmd(c: Context, list_names: tuple[str, ...], dry_run: bool, as_json:
         return
     c.store  # noqa: B018 - opens and checks the home first
     result = run_publish(c.home, c.store, c.actor, list(list_names) or None,
-                         progress=lambda msg: click.echo(msg, err=True))
+                         progress=lambda msg: click.echo(msg, err=True), expires_in=expires_in)
     for name, version in sorted(result.published.items()):
         click.echo(f"{name} {version}")
     if not result.published:
@@ -389,24 +408,8 @@ def publish_cmd(c: Context, list_names: tuple[str, ...], dry_run: bool, as_json:
 
 
 main.add_command(node)
-
-
-@main.group()
-def key() -> None:
-    """Signing key commands."""
-
-
-@key.command("export")
-@pass_ctx
-def key_export(c: Context) -> None:
-    """Print the public key, in the form plugin.yaml's public_key_file reads.
-
-    \b
-    Example:
-      blocklist key export > hotline.pub    # then public_key_file: hotline.pub
-    """
-    c.home.require()
-    click.echo(public_key_text(c.home.signing_key().public_key()), nl=False)
+main.add_command(key)
+main.add_command(refresh_cmd)
 
 
 @main.command()
@@ -440,28 +443,6 @@ def serve(c: Context, bind: str, port: int, tls_cert: Path | None, tls_key: Path
         raise click.UsageError("--tls-cert and --tls-key go together")
     tls = make_tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
     sys.exit(run_serve(c.home.root, bind, port, tls))
-
-
-@key.command("rotate")
-@pass_ctx
-def key_rotate(c: Context) -> None:
-    """Replace the signing key; plugins follow it through the manifest's key chain.
-
-    The old key is kept as keys/signing-<id>.key. The new manifest carries a
-    link "new key replaces old key" signed by the old key and is signed by the
-    new one; every list is re-issued unchanged as a new version (an empty
-    delta). Plugins that pin the old key follow; give new installs the output
-    of `blocklist key export`. Re-run it if it was interrupted.
-
-    \b
-    Example:
-      blocklist key rotate && blocklist key export > hotline.pub
-    """
-    from blocklist.keys import rotate_key
-
-    c.home.require()
-    new_id = rotate_key(c.home, c.actor)
-    click.echo(f"signing key is now {new_id}; manifest re-signed, lists re-issued")
 
 
 @main.command()

@@ -31,7 +31,9 @@ network in the clear (a proof is good for one poll, but who polls is private).
 The semantics are those of a plain static server, so the same directory copied
 to nginx, an object store or a CDN works unchanged (plugins then poll).
 One shared task stats manifest.json every WATCH_INTERVAL seconds and wakes the
-waiting long-polls when it changes; publish replaces it atomically.
+waiting long-polls when it changes; publish replaces it atomically. Another
+(blocklist.refresh.run_refresher) re-signs it before it expires: serve runs in
+the hotline home, which holds the online key.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from blocklist.core.protocol import HAVE, NODE, PROOF, REPORT, ReportOutcome
 from blocklist.fleet_web import METRICS_REGISTRY, add_fleet_routes
 from blocklist.home import Home
 from blocklist.nodes import FleetStore
+from blocklist.refresh import REFRESH_CHECK, run_refresher
 
 log = logging.getLogger("blocklist.serve")
 
@@ -172,6 +175,7 @@ HOME = web.AppKey("home", Home)
 WATCHER = web.AppKey("manifest_watcher", ManifestWatcher)
 FLEET = web.AppKey("fleet", FleetRecorder)
 WATCH_EVERY = web.AppKey("watch_interval", float)
+REFRESH_EVERY = web.AppKey("refresh_interval", float)
 
 
 def _matches(if_none_match: str | None, etag: str | None) -> bool:
@@ -275,17 +279,31 @@ async def _watch(app: web.Application) -> AsyncIterator[None]:
     app[FLEET].close()
 
 
+async def _refresh(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(run_refresher(app[HOME], app[REFRESH_EVERY]))
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def _wake_waiters(app: web.Application) -> None:
     app[WATCHER].close()
 
 
 def make_app(home: Home, *, watch_interval: float = WATCH_INTERVAL,
-             fleet_allowed: Sequence[str] = ("127.0.0.0/8", "::1/128")) -> web.Application:
-    """The distribution server of `home`; more routes may be added before it starts."""
+             fleet_allowed: Sequence[str] = ("127.0.0.0/8", "::1/128"),
+             refresh_interval: float | None = REFRESH_CHECK) -> web.Application:
+    """The distribution server of `home`; more routes may be added before it starts.
+
+    `refresh_interval` None: no refresher (the manifest is re-signed elsewhere).
+    """
     app = web.Application(middlewares=[publish_tree])
     app[HOME] = home
     app[WATCH_EVERY] = watch_interval
     app.cleanup_ctx.append(_watch)
+    if refresh_interval is not None:
+        app[REFRESH_EVERY] = refresh_interval
+        app.cleanup_ctx.append(_refresh)
     app.on_shutdown.append(_wake_waiters)
     app.router.add_get("/" + MANIFEST, manifest)
     add_fleet_routes(app, home, fleet_allowed)

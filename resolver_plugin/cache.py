@@ -3,7 +3,9 @@
 Layout under `cache_dir` (written only by `sync`, read by every enforcement process):
 
     manifest.json               the last verified manifest, bytes as fetched
-    keys.json                   every key of the followed key chain, old and new
+    root.json                   the newest verified root document, bytes as fetched
+    keys.json                   the keys that verify the cached files: the trusted root's online
+                                keys, and a retired one while files it signed are in force
     sync.lock                   flock held by the one `sync` that writes this cache
     lists/<name>/snapshot-N     a verified snapshot, bytes as fetched (signed)
     lists/<name>/delta-M-N      verified deltas applied on top of it, in order
@@ -41,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from blocklist.core import atomic
 from blocklist.core.errors import BlocklistError, ChecksumError, ConfigError, FormatError
 from blocklist.core.format.artifacts import read_delta, read_snapshot
+from blocklist.core.format.container import MAX_HEADER, PREFIX, signer_of
 from blocklist.core.format.keys import Keyring, key_id
 from blocklist.core.format.strictjson import check_list_name
 from blocklist.core.matcher import (
@@ -122,7 +125,7 @@ class Cache:
     # -- keys
 
     def trusted_keys(self, pinned: Keyring) -> dict[str, Ed25519PublicKey]:
-        """The pinned keys, replaced by the result of a followed rotation if one was saved."""
+        """The keys that verify the cached files: keys.json as sync saved it, else the pinned ones."""
         path = self.root / "keys.json"
         if not path.exists():
             return dict(pinned)
@@ -143,6 +146,30 @@ class Cache:
                 for k in keys.values()]
         self.root.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(self.root / "keys.json", json.dumps({"keys": raws}).encode())
+
+    def write_root(self, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(self.root / "root.json", data)
+
+    def root_bytes(self) -> bytes | None:
+        try:
+            return (self.root / "root.json").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def list_signers(self, name: str) -> frozenset[str]:
+        """The key ids that signed list `name`'s cached files (read from their headers, not verified)."""
+        state = self.state(name)
+        if state is None:
+            return frozenset()
+        signers = set()
+        for file_name in (state.snapshot, *state.deltas):
+            try:
+                with open(self.list_dir(name) / file_name, "rb") as f:
+                    signers.add(signer_of(f.read(PREFIX.size + MAX_HEADER)))
+            except OSError as exc:
+                raise FormatError(f"cache: {name}: {exc.strerror}: {file_name}") from None
+        return frozenset(signers)
 
     # -- state
 
@@ -174,6 +201,10 @@ class Cache:
     def write_manifest(self, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(self.root / "manifest.json", data)
+
+    def forget_manifest(self) -> None:
+        """Drop the cached manifest: a retired online key signed it (fast-forward recovery)."""
+        (self.root / "manifest.json").unlink(missing_ok=True)
 
     def manifest_bytes(self) -> bytes | None:
         try:

@@ -3,7 +3,8 @@
 Nothing else in the plugin reads YAML or the environment; shells get a PluginConfig.
 
     source: http://hotline.example:8080/      # base URL of the publish directory (required)
-    public_key_file: hotline.pub              # or public_key: <base64 of the 32 raw bytes>
+    public_key_file: hotline-root.json        # the root `blocklist key export` prints (or, from before
+                                              # root keys, a bare key; or public_key: <base64 raw key>)
     lists: [iwf]                              # lists to enforce (required, in check order)
     cache_dir: /var/lib/blocklist-plugin      # required
     node_id: isp1-proxy-3                     # default: the host name
@@ -12,7 +13,8 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     poll_interval: 30                         # seconds between polls
     long_poll: 25                             # seconds to wait on `blocklist serve`; 0 = plain polling
     fail_closed: false                        # block everything while no list is loaded
-    limits: {max_snapshot_bytes, max_delta_bytes, max_manifest_bytes}
+    clock_skew: 0                             # seconds a manifest is still fresh past its expiry
+    limits: {max_snapshot_bytes, max_delta_bytes, max_manifest_bytes, max_manifest_lifetime}
     timeouts: {connect: 5, read: 30, retry_first: 1, retry_max: 300}
     status: {warn_lag_seconds: 3600, crit_lag_seconds: 86400, warn_lag_versions: 1}
     proxy: {listen, allowed_clients, block_status, block_page, appeal_url, tls_listen, ...}
@@ -38,8 +40,9 @@ from urllib.parse import urlsplit
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from blocklist.core.errors import ConfigError, FormatError, SignatureError
-from blocklist.core.format.keys import key_id, load_public_key
+from blocklist.core.errors import ConfigError, FormatError
+from blocklist.core.format.keys import load_public_key
+from blocklist.core.format.root import MAX_ROOT, Root, bare_key_root, read_anchor
 from blocklist.core.format.strictjson import check_list_name
 
 
@@ -64,6 +67,7 @@ class Limits:
     max_snapshot_bytes: int = 512 * 1024 * 1024
     max_delta_bytes: int = 64 * 1024 * 1024
     max_manifest_bytes: int = 4 * 1024 * 1024
+    max_manifest_lifetime: int = 7 * 86400  # a manifest is stale this long after its `created`, whatever its expiry
 
 
 @dataclass(frozen=True)
@@ -126,13 +130,14 @@ class AdminConfig:
 class PluginConfig:
     path: Path
     source: str
-    public_keys: dict[str, Ed25519PublicKey]
+    anchor: Root            # the pinned root (public_key_file / public_key)
     lists: tuple[str, ...]
     cache_dir: Path
     node_id: str = field(default_factory=socket.gethostname)
     poll_interval: float = 30.0
     long_poll: float = 25.0
     fail_closed: bool = False
+    clock_skew: float = 0.0
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
     status: StatusThresholds = StatusThresholds()
@@ -143,12 +148,17 @@ class PluginConfig:
     node_token_file: Path | None = None  # read by sync only (distribution.credentials), never kept here
     tls_ca_file: Path | None = None
 
+    @property
+    def public_keys(self) -> dict[str, Ed25519PublicKey]:
+        """The online keys of the pinned root: what signs manifests and lists until a rotation."""
+        return self.anchor.online_keys
+
 
 _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
              "admin": AdminConfig}
 _TOP = {"source", "public_key", "public_key_file", "lists", "cache_dir", "node_id",
-        "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", *_SECTIONS}
+        "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", "clock_skew", *_SECTIONS}
 
 
 def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
@@ -268,6 +278,10 @@ def _validate_top(cfg: PluginConfig, where: str) -> None:
         raise ConfigError(f"{where}: node_id must be 1-128 printable characters without surrounding spaces")
     if cfg.poll_interval < 1:
         raise ConfigError(f"{where}: poll_interval must be at least 1 second")
+    if cfg.clock_skew > 3600:
+        raise ConfigError(f"{where}: clock_skew must be at most 3600 seconds (fix the clock instead)")
+    if not 60 <= cfg.limits.max_manifest_lifetime <= 366 * 86400:
+        raise ConfigError(f"{where}: limits.max_manifest_lifetime must be 60 to 31622400 seconds")
     if cfg.tls_ca_file is not None:
         _validate_ca(cfg, parts.scheme, where)
 
@@ -325,13 +339,13 @@ def _validate_resolver(r: ResolverConfig, where: str) -> None:
 def changed_settings(old: PluginConfig, new: PluginConfig) -> list[str]:
     """The settings `new` sets otherwise than `old`, as dotted plugin.yaml names ("proxy.listen").
 
-    Keys are compared by key id: `public_key` changes when another key is pinned.
+    The pinned root is one setting: `public_key` changes when another root is pinned.
     """
     changed = []
     for f in dataclasses.fields(PluginConfig):
         before, after = getattr(old, f.name), getattr(new, f.name)
-        if f.name == "public_keys":
-            if set(before) != set(after):
+        if f.name == "anchor":  # the pinned root, from public_key_file or public_key
+            if before != after:
                 changed.append("public_key")
         elif dataclasses.is_dataclass(before):
             changed += [f"{f.name}.{g.name}" for g in dataclasses.fields(before)
@@ -359,10 +373,10 @@ def load_config(path: Path | str) -> PluginConfig:
     for key in ("source", "lists", "cache_dir"):
         if key not in raw:
             raise ConfigError(f"{where}: missing required key {key!r}")
-    keys = _public_keys(raw, path)
+    anchor = _anchor(raw, path)
     hints = typing.get_type_hints(PluginConfig)
     values: dict[str, Any] = {}
-    for key in ("source", "node_id", "poll_interval", "long_poll", "fail_closed"):
+    for key in ("source", "node_id", "poll_interval", "long_poll", "fail_closed", "clock_skew"):
         if key in raw:
             values[key] = _coerce(where, key, hints[key], raw[key])
     lists = raw["lists"]
@@ -377,12 +391,13 @@ def load_config(path: Path | str) -> PluginConfig:
     proxy = values["proxy"]
     if proxy.block_page is not None:
         values["proxy"] = dataclasses.replace(proxy, block_page=str((path.parent / proxy.block_page).resolve()))
-    cfg = PluginConfig(path=path, public_keys=keys, **values)
+    cfg = PluginConfig(path=path, anchor=anchor, **values)
     _validate(cfg, where)
     return cfg
 
 
-def _public_keys(raw: dict[str, Any], path: Path) -> dict[str, Ed25519PublicKey]:
+def _anchor(raw: dict[str, Any], path: Path) -> Root:
+    """The pinned root: the file `blocklist key export` printed, or a bare key from before root keys."""
     where = str(path)
     if ("public_key" in raw) == ("public_key_file" in raw):
         raise ConfigError(f"{where}: give exactly one of public_key and public_key_file")
@@ -390,15 +405,14 @@ def _public_keys(raw: dict[str, Any], path: Path) -> dict[str, Ed25519PublicKey]
         if "public_key" in raw:
             if not isinstance(raw["public_key"], str):
                 raise ConfigError(f"{where}: public_key must be a string")
-            key = load_public_key(raw["public_key"])
-        else:
-            if not isinstance(raw["public_key_file"], str):
-                raise ConfigError(f"{where}: public_key_file must be a path")
-            key_path = path.parent / raw["public_key_file"]
-            try:
-                key = load_public_key(key_path.read_bytes())
-            except OSError as exc:
-                raise ConfigError(f"{where}: public_key_file {key_path}: {exc.strerror}") from None
-    except SignatureError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return {key_id(key): key}
+            return bare_key_root(load_public_key(raw["public_key"]))
+        if not isinstance(raw["public_key_file"], str):
+            raise ConfigError(f"{where}: public_key_file must be a path")
+        key_path = path.parent / raw["public_key_file"]
+        try:
+            data = key_path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{where}: public_key_file {key_path}: {exc.strerror}") from None
+        return read_anchor(data[:MAX_ROOT + 1])
+    except FormatError as exc:
+        raise ConfigError(f"{where}: {'public_key' if 'public_key' in raw else 'public_key_file'}: {exc}") from None

@@ -254,10 +254,10 @@ def stopped(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
 
 
-def set_expires_days(hotline: Hotline, days: float) -> None:
+def set_expires_hours(hotline: Hotline, hours: float) -> None:
     path = hotline.home / "blocklist.yaml"
     settings = yaml.safe_load(path.read_text())
-    settings["expires_days"] = days
+    settings["expires_hours"] = hours
     path.write_text(yaml.safe_dump(settings))
 
 
@@ -297,19 +297,19 @@ def test_prometheus_sees_stale_lagging_and_refusing_nodes_and_their_recovery(
                    "BlocklistFleetNodeSilent", "BlocklistAdminEndpointDown", "BlocklistServeDown"}
         assert [a["labels"] for a in prometheus.alerts() if a["labels"]["alertname"] in watched] == []
 
-        # Stale: the hotline publishes a manifest that lives 12 hours; the node enforces it.
-        set_expires_days(hotline, 0.5)
+        # Stale: the hotline publishes a manifest that lives 5 hours; the node enforces it.
+        set_expires_hours(hotline, 5)
         publish(plugin, "http://bad.example/2.html")
         wait_for("stale alerts firing", lambda: prometheus.state("BlocklistListExpiresSoon", **node) == "firing"
                  and prometheus.state("BlocklistPublishedManifestExpiring") == "firing")
         assert state_version(plugin) == 2
 
-        # Lagging and refusing: version 3 (a 7-day manifest) with its files tampered on the mirror
+        # Lagging and refusing: version 3 (a 24-hour manifest) with its files tampered on the mirror
         # before the node could fetch them (the daemon is paused meanwhile).
         os.kill(sync.pid, signal.SIGSTOP)
         try:
             wait_for("the daemon paused", lambda: stopped(sync.pid), 10)
-            set_expires_days(hotline, 7)
+            set_expires_hours(hotline, 24)
             publish(plugin, "http://bad.example/3.html")
             genuine = {}
             for name in ("snapshot-3", "delta-2-3"):

@@ -322,7 +322,7 @@ def test_every_version_can_be_restored_exactly(hotline: Hotline) -> None:
     for version in range(1, 8):
         if version == 4:  # a key rotation re-issues version 3 unchanged as version 4
             hotline.run("add", "http://pending.example/p.html")  # and this change stays for version 5
-            hotline.run("key", "rotate")
+            hotline.run("key", "rotate", "--root-dir", str(Home(hotline.home).default_root_dir()))
             snapshots[4] = snapshots[3]
             continue
         hotline.run("add", *[f"http://h{version}.example/{i}.html" for i in range(3)])

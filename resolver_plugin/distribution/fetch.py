@@ -1,12 +1,13 @@
-"""Where sync gets its bytes: the Fetcher interface, and HttpFetcher over aiohttp.
+"""Where sync gets its bytes and when it asks again: the Fetcher interface, HttpFetcher, Backoff.
 
 HttpFetcher GETs paths below the source URL with timeouts and a cap on every
 body; tests drive the same Syncer through an in-memory repository instead
-(tests/support/repository.py).
+(tests/support/repository.py). Backoff paces the retries after a failure.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -102,3 +103,19 @@ class HttpFetcher:
                                        f"read {self.timeouts.read + wait:g}s, total {total:g}s)") from None
         except aiohttp.ClientError as exc:
             raise SyncError(ErrorKind.NETWORK, f"{path}: {exc.__class__.__name__}: {exc}") from None
+
+
+class Backoff:
+    """Capped exponential back-off with "equal jitter": delay n lies in [d/2, d], d = min(cap, base*2^n)."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+        self.rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        d = min(self.cap, self.base * 2.0 ** min(self.failures, 32))
+        self.failures += 1
+        return d / 2 + self.rng.random() * d / 2
+
+    def reset(self) -> None:
+        self.failures = 0

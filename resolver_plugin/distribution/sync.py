@@ -6,11 +6,14 @@ One sync (`Syncer.sync_once`):
      it enforces (X-Blocklist-Have), with node_token_file a proof of the node's
      token for this poll (X-Blocklist-Proof), If-None-Match and, once the source
      has shown it long-polls (its answers carry X-Blocklist-Wait), X-Blocklist-Wait: long_poll.
-  2. A new manifest is judged (update_manifest), then cached: keys.json first
-     after a key rotation, then manifest.json (the rollback floor on restart).
+  2. A new manifest names its root version: the roots up to it are fetched
+     (root/<N>.json), judged (update_root) and cached one by one, with
+     keys.json; then the manifest is judged (update_manifest) and cached
+     (manifest.json: the rollback floor on restart).
   3. Each configured list behind the trusted manifest: the delta chain when it
      is listed and smaller than a snapshot, each delta verified and applied;
-     on any failure of the chain, the snapshot. The result is judged
+     on any failure of the chain, the snapshot. A list whose cached files a
+     retired online key signed takes the snapshot. The result is judged
      (check_list), written with Cache.write_list, which bumps `generation` so
      enforcement processes (LiveMatcher) reload, and only then trusted as the
      enforced version (accept_list): a failed write is retried next time.
@@ -32,20 +35,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from blocklist.core.errors import BlocklistError, ErrorKind
-from blocklist.core.format.manifest import DeltaRef, FileRef
+from blocklist.core.format.manifest import DeltaRef, FileRef, root_version_hint
+from blocklist.core.format.root import MAX_ROOT
 from blocklist.core.matcher import ListFilter
 from blocklist.core.protocol import HAVE, REPORT, clean_node_id, format_have
 from resolver_plugin.cache import Cache, ListState
 from resolver_plugin.config import PluginConfig
 from resolver_plugin.distribution.credentials import Reporter
-from resolver_plugin.distribution.fetch import Fetcher, HttpFetcher, SyncError, http_session
+from resolver_plugin.distribution.fetch import Backoff, Fetcher, HttpFetcher, SyncError, http_session
 from resolver_plugin.distribution.trust import TrustedState, UpdatePlan, error_kind
 from resolver_plugin.operations.admin import start_admin
 from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status, write_status
@@ -72,7 +75,7 @@ class Syncer:
         self.config = config
         self.fetcher = fetcher
         self.cache = Cache(config.cache_dir)
-        self.trust = TrustedState(config.public_keys, config.limits)
+        self.trust = TrustedState(config.anchor, config.limits, config.clock_skew)
         self.filters: dict[str, ListFilter] = {}
         self.etag: str | None = None
         self.long_poll_ok = False  # the source sends X-Blocklist-Wait: it long-polls
@@ -99,23 +102,27 @@ class Syncer:
         return status
 
     def _load_cache(self) -> None:
-        try:
-            data = self.cache.manifest_bytes()
-            if data is not None:
-                self.trust.load_trusted_manifest(data)
-        except (BlocklistError, OSError) as exc:
-            log.error("cache refused file=manifest.json kind=%s reason=%r", failure_kind(exc), str(exc))
-        keys = {**self.cache.trusted_keys(self.config.public_keys), **self.trust.artifact_keys}
+        for file, read, load in (("root.json", self.cache.root_bytes, self.trust.load_trusted_root),
+                                 (MANIFEST, self.cache.manifest_bytes, self.trust.load_trusted_manifest)):
+            try:
+                data = read()
+                if data is not None:
+                    load(data)
+            except (BlocklistError, OSError) as exc:
+                log.error("cache refused file=%s kind=%s reason=%r", file, failure_kind(exc), str(exc))
+        keys = {**self.cache.trusted_keys(self.config.public_keys), **self.trust.seen_keys}
+        self.trust.seen_keys.update(keys)
         for name in self.config.lists:
             try:
                 loaded = self.cache.load_list(name, keys, self.config.limits.max_snapshot_bytes)
+                vouched = self.cache.list_signers(name) <= set(self.trust.online_keys)
             except BlocklistError as exc:
                 log.error("cache refused list=%s kind=%s reason=%r; fetching it again",
                           name, error_kind(exc), str(exc))
                 continue
             if loaded is not None:
                 self.filters[name] = loaded
-                self.trust.set_enforced(name, loaded.version, loaded.checksum)
+                self.trust.set_enforced(name, loaded.version, loaded.checksum, vouched=vouched)
                 st = self.status.lists[name]
                 st.version, st.checksum = loaded.version, loaded.checksum
         if self.trust.manifest is not None:
@@ -158,17 +165,13 @@ class Syncer:
             if resp.status == 304:
                 self.trust.check_fresh(time.time())
                 return True
+            await self._walk_roots(root_version_hint(resp.body, self.config.limits.max_manifest_bytes))
             before = self.trust.manifest
             manifest = self.trust.update_manifest(resp.body, time.time())
             if manifest is not before:
                 self._manifest_saved = False
                 self._record_manifest(now)
-            if not self._manifest_saved:  # keys first: they verify what the new manifest names
-                if set(self.trust.artifact_keys) != self._saved_keys:
-                    self.cache.save_keys(self.trust.artifact_keys)
-                    self._saved_keys = set(self.trust.artifact_keys)
-                    log.info("key rotation followed manifest=%d signed_by=%s", manifest.version,
-                             manifest.signed_by)
+            if not self._manifest_saved:
                 self.cache.write_manifest(self.trust.manifest_bytes or resp.body)
                 self._manifest_saved = True
             self.etag = resp.etag
@@ -177,12 +180,41 @@ class Syncer:
             self._record_error(None, exc, MANIFEST)
             return False
 
+    async def _walk_roots(self, hint: int) -> None:
+        """Fetch, judge and cache each root version up to `hint`; keys.json before any file they verify."""
+        for version in self.trust.root_steps(hint):
+            self._file = f"root/{version}.json"
+            resp = await self.fetcher.get(self._file, MAX_ROOT, {"Accept-Encoding": "identity"})
+            rotated = self.trust.update_root(resp.body)
+            self.cache.write_root(resp.body)
+            if rotated:
+                self.cache.forget_manifest()
+                log.info("online key rotated root=%d online=%s: versions the retired key vouched for "
+                         "are forgotten", version, ",".join(self.trust.online_keys))
+            self._save_keys()
+        self._file = ""
+
+    def _save_keys(self) -> None:
+        """keys.json: the online keys, and a retired key while a cached list still holds its files."""
+        wanted = set(self.trust.online_keys)
+        for name in self.config.lists:
+            try:
+                wanted |= self.cache.list_signers(name)
+            except BlocklistError:
+                continue
+        keys = {kid: key for kid, key in self.trust.seen_keys.items() if kid in wanted}
+        if set(keys) != self._saved_keys:
+            self.cache.save_keys(keys)
+            self._saved_keys = set(keys)
+
     async def _sync_list(self, name: str) -> None:
         current = self.filters.get(name)
         cached_deltas = self._cached_delta_bytes(name) if current is not None else None
         plan = self.trust.plan(name, cached_deltas or 0)
         if plan is None:
             return
+        if cached_deltas is not None and not self.cache.list_signers(name) <= set(self.trust.online_keys):
+            cached_deltas = None  # a retired key signed the cached files: the new key's snapshot replaces them
         if cached_deltas is None:  # no usable cached state: deltas need a base
             plan = UpdatePlan(plan.list, plan.version, (), plan.snapshot)
         if plan.deltas and current is not None:
@@ -209,6 +241,7 @@ class Syncer:
         self.cache.write_list(name, ListState(result.version, result.checksum, state.snapshot,
                                               state.deltas + tuple(files)), files)
         self.trust.accept_list(name, result)  # only once the cache holds it
+        self._save_keys()
         self._enforce(name, result, "delta", sum(len(d) for d in files.values()), started)
 
     async def _fetch_snapshot(self, name: str, ref: FileRef) -> None:
@@ -220,6 +253,7 @@ class Syncer:
         file_name = f"snapshot-{snap.version}"
         self.cache.write_list(name, ListState(snap.version, snap.checksum, file_name, ()), {file_name: data})
         self.trust.accept_list(name, result)
+        self._save_keys()
         self._enforce(name, result, "snapshot", len(data), started)
 
     async def _fetch_file(self, ref: FileRef) -> bytes:
@@ -247,7 +281,7 @@ class Syncer:
         ref = manifest.lists[name]  # type: ignore[union-attr]
         st = self.status.lists[name]
         st.version, st.checksum, st.entries = result.version, result.checksum, ref.entries
-        st.expires = float(manifest.expires)  # type: ignore[union-attr]
+        st.expires = self.trust.deadline(manifest)  # type: ignore[arg-type]
         log.info("updated list=%s version=%d from=%s via=%s bytes=%d took_ms=%d", name, result.version,
                  previous.version if previous else 0, via, size, (time.monotonic() - started) * 1000)
 
@@ -255,7 +289,7 @@ class Syncer:
         manifest = self.trust.manifest
         assert manifest is not None
         ms = self.status.manifest
-        ms.version, ms.expires, ms.signed_by, ms.fetched_at = (manifest.version, float(manifest.expires),
+        ms.version, ms.expires, ms.signed_by, ms.fetched_at = (manifest.version, self.trust.deadline(manifest),
                                                                manifest.signed_by, now)
         for name in self.config.lists:
             ref = manifest.lists.get(name)
@@ -263,7 +297,7 @@ class Syncer:
             if ref is not None and ref.version != st.newest_seen:
                 st.newest_seen, st.newest_seen_at = ref.version, now
             if ref is not None and self.trust.in_sync(name):
-                st.expires = float(manifest.expires)
+                st.expires = self.trust.deadline(manifest)
 
     def _record_error(self, name: str | None, exc: BaseException, file: str = "",
                       fallback: bool = False) -> None:
@@ -287,22 +321,6 @@ class Syncer:
         except OSError as exc:
             log.error("status not written file=%s kind=%s reason=%r", self.cache.status_file, ErrorKind.DISK,
                       exc.strerror)
-
-
-class Backoff:
-    """Capped exponential back-off with "equal jitter": delay n lies in [d/2, d], d = min(cap, base*2^n)."""
-
-    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
-        self.base, self.cap, self.failures = base, cap, 0
-        self.rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        d = min(self.cap, self.base * 2.0 ** min(self.failures, 32))
-        self.failures += 1
-        return d / 2 + self.rng.random() * d / 2
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 async def sync_once(config: PluginConfig) -> bool:

@@ -15,9 +15,10 @@ Per configured list, the worst of:
               a sync was refused by verification (ErrorKind.is_verification: bad
               signature, rollback, expired, checksum, size, format) and no verified
               sync of the list has succeeded since: someone may be tampering or the
-              hotline rotated its key without a chain this node can follow. Later
+              hotline rotated its keys in a way this node cannot follow. Later
               network errors are shown beside it and never clear it;
-              a cached list with no sync record at all
+              a cached list with no sync record at all;
+              plugin.yaml pins a bare public key (from before root keys), not a root
     UNKNOWN   the status file is unreadable (a cached list cannot be judged)
 
 and overall the worst list (UNKNOWN outranks WARNING, CRITICAL outranks all).
@@ -45,6 +46,7 @@ from resolver_plugin.cache import Cache
 from resolver_plugin.config import PluginConfig, load_config
 from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status
 
+BARE_KEY = "plugin.yaml pins a bare key, not a root: pin the output of `blocklist key export`"
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
 
 
@@ -168,6 +170,8 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
         found.append((Severity.UNKNOWN, "status unreadable"))
     elif enforced:
         found.append((Severity.WARNING, "no sync status yet (has `sync` run?)"))
+    if config.anchor.bare_key:
+        found.append((Severity.WARNING, BARE_KEY))
     return ListReport(
         name=name, state=worst(s for s, _ in found), reasons=tuple(r for _, r in found),
         enforced=enforced, newest_seen=newest, lag_versions=lag_versions, lag_seconds=lag_seconds,
