@@ -19,6 +19,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     squid: {}
     resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
     admin: {listen: 127.0.0.1:9150}
+    logging: {format: text, level: info}      # or json: one object per line (--log-format overrides)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from blocklist.core.errors import ConfigError, FormatError, SignatureError
 from blocklist.core.format.keys import key_id, load_public_key
 from blocklist.core.format.strictjson import check_list_name
+from blocklist.core.logs import LogFormat, LogLevel
 
 
 class ForwardedFor(enum.StrEnum):
@@ -123,6 +125,12 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    format: LogFormat = LogFormat.TEXT   # the CLI's --log-format and --log-level win over these
+    level: LogLevel = LogLevel.INFO
+
+
+@dataclass(frozen=True)
 class PluginConfig:
     path: Path
     source: str
@@ -140,13 +148,14 @@ class PluginConfig:
     squid: SquidConfig = SquidConfig()
     resolver: ResolverConfig = ResolverConfig()
     admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
     node_token_file: Path | None = None  # read by sync only (distribution.credentials), never kept here
     tls_ca_file: Path | None = None
 
 
 _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
-             "admin": AdminConfig}
+             "admin": AdminConfig, "logging": LoggingConfig}
 _TOP = {"source", "public_key", "public_key_file", "lists", "cache_dir", "node_id",
         "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", *_SECTIONS}
 
