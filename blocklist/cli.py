@@ -20,6 +20,7 @@ from blocklist import __version__
 from blocklist.context import Context, pass_ctx, plural, when
 from blocklist.core.digests import Scope, digest, domain_keys, entry_keys, kind_of, make_entry
 from blocklist.core.errors import BlocklistError, InvalidURL, StoreError
+from blocklist.core.logs import LogFormat, LogLevel, setup_logging
 from blocklist.core.matcher import ListFilter, Matcher
 from blocklist.core.table import render
 from blocklist.core.urls import canonicalize
@@ -73,9 +74,14 @@ class BlocklistGroup(click.Group):
               show_default="$BLOCKLIST_HOME or ~/.local/share/blocklist", help="Hotline home directory.")
 @click.option("--actor", default=default_actor, show_default="$BLOCKLIST_ACTOR or $USER",
               help="Who makes the change, for the audit log.")
+@click.option("--log-format", type=click.Choice([f.value for f in LogFormat]), default=LogFormat.TEXT.value,
+              show_default=True, help="`serve`'s log lines as text, or as JSON objects one a line for a SIEM "
+                                      "(docs/OPERATIONS.md, Logs).")
+@click.option("--log-level", type=click.Choice([v.value for v in LogLevel]), default=LogLevel.INFO.value,
+              show_default=True, help="`serve` logs this level and above.")
 @click.version_option(__version__)
 @click.pass_context
-def main(ctx: click.Context, home: Path, actor: str) -> None:
+def main(ctx: click.Context, home: Path, actor: str, log_format: str, log_level: str) -> None:
     """Maintain and publish URL blocklists (the hotline side).
 
     \b
@@ -85,7 +91,7 @@ def main(ctx: click.Context, home: Path, actor: str) -> None:
       blocklist publish
       blocklist serve --port 8080
     """
-    ctx.obj = Context(home, actor)
+    ctx.obj = Context(home, actor, LogFormat(log_format), LogLevel(log_level))
 
 
 main.add_command(protect)
@@ -435,6 +441,7 @@ def serve(c: Context, bind: str, port: int, tls_cert: Path | None, tls_key: Path
     Example:
       blocklist serve --bind 0.0.0.0 --port 8443 --tls-cert hotline.pem --tls-key hotline.key
       curl -s --cacert hotline.pem https://hotline.example:8443/manifest.json | head
+      blocklist --log-format json serve --port 8080      # JSON log lines for a SIEM
     """
     from blocklist.serve import make_tls_context, run_serve
 
@@ -442,6 +449,7 @@ def serve(c: Context, bind: str, port: int, tls_cert: Path | None, tls_key: Path
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     tls = make_tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    setup_logging(c.log_format, c.log_level)
     sys.exit(run_serve(c.home.root, bind, port, tls))
 
 

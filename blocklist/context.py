@@ -1,4 +1,5 @@
-"""What every `blocklist` command gets: the home, the actor for the audit log, the store opened on first use."""
+"""What every `blocklist` command gets: the home, the actor for the audit log, the log settings, the store
+opened on first use."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from pathlib import Path
 
 import click
 
+from blocklist.core.logs import LogFormat, LogLevel
 from blocklist.home import Home
 from blocklist.store import Store
 
 
 class Context:
-    def __init__(self, home: Path, actor: str) -> None:
+    def __init__(self, home: Path, actor: str, log_format: LogFormat = LogFormat.TEXT,
+                 log_level: LogLevel = LogLevel.INFO) -> None:
         self.home = Home(home)
         self.actor = actor
+        self.log_format, self.log_level = log_format, log_level  # for the commands that log (`serve`)
         self._store: Store | None = None
 
     @property

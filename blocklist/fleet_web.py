@@ -100,7 +100,7 @@ class FleetCollector(Collector):
         try:
             report = fleet_report(self.home)
         except BlocklistError as exc:
-            log.error("fleet: %s", exc)
+            log.error("fleet: %s", exc, extra={"event": "fleet_unreadable", "reason": str(exc)})
             up.add_metric([], 0)
             yield up
             return
@@ -160,7 +160,7 @@ async def _report(request: web.Request) -> FleetReport:
     try:
         return await asyncio.to_thread(fleet_report, request.app[FLEET_HOME])
     except BlocklistError as exc:
-        log.error("fleet: %s", exc)
+        log.error("fleet: %s", exc, extra={"event": "fleet_unreadable", "reason": str(exc)})
         raise web.HTTPServiceUnavailable(text="fleet records unavailable\n") from None
 
 

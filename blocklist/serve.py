@@ -93,7 +93,8 @@ class ManifestWatcher:
         except FileNotFoundError:
             key, data = None, None
         except OSError as exc:
-            log.error("manifest unreadable file=%s reason=%r", self.path, exc.strerror)
+            log.error("manifest unreadable file=%s reason=%r", self.path, exc.strerror,
+                      extra={"event": "manifest_unreadable", "file": str(self.path), "reason": exc.strerror})
             return
         self._key, self.data = key, data
         self.etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"' if data is not None else None
@@ -142,7 +143,8 @@ class FleetRecorder(Collector):
                 outcome = await asyncio.to_thread(self._accept, headers[NODE], headers.get(HAVE, ""),
                                                   headers[PROOF], request.remote or "")
             except (sqlite3.Error, StoreError) as exc:
-                log.warning("fleet record failed reason=%r", str(exc))
+                log.warning("fleet record failed reason=%r", str(exc),
+                            extra={"event": "fleet_record_failed", "reason": str(exc)})
                 return ReportOutcome.REFUSED
         self._count(outcome)
         return outcome
@@ -155,7 +157,8 @@ class FleetRecorder(Collector):
         now = time.monotonic()
         if now - self._logged_at >= self.LOG_EVERY:
             log.warning("fleet polls not recorded: %s (unregistered node, bad or replayed proof, or a clock "
-                        "more than 5 min off)", " ".join(f"{k}={v}" for k, v in sorted(self._unlogged.items())))
+                        "more than 5 min off)", " ".join(f"{k}={v}" for k, v in sorted(self._unlogged.items())),
+                        extra={"event": "fleet_poll_refused", "counts": {str(k): v for k, v in self._unlogged.items()}})
             self._unlogged.clear()
             self._logged_at = now
 
@@ -330,11 +333,15 @@ def run_serve(home_path: Path, bind: str, port: int, tls: ssl.SSLContext | None 
     home.publish_dir.mkdir(exist_ok=True)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("serving dir=%s on=%s://%s:%d/", home.publish_dir, "https" if tls else "http", bind, port)
+    log.info("serving dir=%s on=%s://%s:%d/", home.publish_dir, "https" if tls else "http", bind, port,
+             extra={"event": "serve_started", "file": str(home.publish_dir), "listen": f"{bind}:{port}",
+                    "source": f"{'https' if tls else 'http'}://{bind}:{port}/"})
     try:
         web.run_app(make_app(home), host=bind, port=port, print=None, shutdown_timeout=2.0,
                     access_log=None, ssl_context=tls)
     except OSError as exc:
-        log.error("cannot listen on=%s:%d reason=%r", bind, port, exc.strerror or str(exc))
+        log.error("cannot listen on=%s:%d reason=%r", bind, port, exc.strerror or str(exc),
+                  extra={"event": "serve_listen_failed", "listen": f"{bind}:{port}",
+                         "reason": exc.strerror or str(exc)})
         return 1
     return 0

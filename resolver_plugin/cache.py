@@ -136,7 +136,8 @@ class Cache:
                 key = Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded, validate=True))
                 keys[key_id(key)] = key
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("cache: keys.json unreadable (%s); using the pinned key", exc)
+            log.error("cache: keys.json unreadable (%s); using the pinned key", exc,
+                      extra={"event": "cache_refused", "file": "keys.json", "kind": "cache", "reason": str(exc)})
             return dict(pinned)
         return keys or dict(pinned)
 
@@ -251,7 +252,8 @@ class Cache:
             try:
                 loaded = self.load_list(name, keys, config.limits.max_snapshot_bytes)
             except BlocklistError as exc:
-                log.error("cache: list %s refused, keeping the last good version: %s", name, exc)
+                log.error("cache: list %s refused, keeping the last good version: %s", name, exc,
+                          extra={"event": "cache_refused", "list": name, "kind": exc.kind, "reason": str(exc)})
                 loaded = old.get(name)
             if loaded is None:
                 missing.append(name)
@@ -292,10 +294,12 @@ class LiveMatcher:
             self.matcher, self.missing, self._generation = matcher, missing, generation
             self.loaded_at = time.time()
         if changed:
-            log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing")
+            log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
+                     extra={"event": "lists_enforced", "versions": matcher.versions()})
         if missing:
             log.warning("no cached version of %s yet%s", ", ".join(missing),
-                        " (fail-closed: blocking everything)" if self.fail_closed_active else "")
+                        " (fail-closed: blocking everything)" if self.fail_closed_active else "",
+                        extra={"event": "lists_missing", "missing": missing})
         return changed
 
     def reconfigure(self, config: PluginConfig) -> None:
@@ -310,10 +314,12 @@ class LiveMatcher:
             matcher, missing = self.cache.load_matcher(config, self.matcher)
             self.config, self.matcher, self.missing, self._generation = config, matcher, missing, generation
             self.loaded_at = time.time()
-        log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing")
+        log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
+                 extra={"event": "lists_enforced", "versions": matcher.versions()})
         if missing:
             log.warning("no cached version of %s yet%s", ", ".join(missing),
-                        " (fail-closed: blocking everything)" if self.fail_closed_active else "")
+                        " (fail-closed: blocking everything)" if self.fail_closed_active else "",
+                        extra={"event": "lists_missing", "missing": missing})
 
     def maybe_reload(self) -> bool:
         if self.cache.generation() != self._generation:
@@ -327,7 +333,8 @@ class LiveMatcher:
             try:
                 self.maybe_reload()
             except Exception:  # noqa: BLE001 - never let a reload break a request
-                log.exception("cache: reload failed; keeping the current lists")
+                log.exception("cache: reload failed; keeping the current lists",
+                              extra={"event": "cache_reload_failed"})
         return self.matcher
 
     @property

@@ -21,6 +21,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     squid: {}
     resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
     admin: {listen: 127.0.0.1:9150}
+    logging: {format: text, level: info}      # or json: one object per line (--log-format overrides)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from blocklist.core.errors import ConfigError, FormatError
 from blocklist.core.format.keys import load_public_key
 from blocklist.core.format.root import MAX_ROOT, Root, bare_key_root, read_anchor
 from blocklist.core.format.strictjson import check_list_name
+from blocklist.core.logs import LogFormat, LogLevel
 
 
 class ForwardedFor(enum.StrEnum):
@@ -127,6 +129,12 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    format: LogFormat = LogFormat.TEXT   # the CLI's --log-format and --log-level win over these
+    level: LogLevel = LogLevel.INFO
+
+
+@dataclass(frozen=True)
 class PluginConfig:
     path: Path
     source: str
@@ -145,6 +153,7 @@ class PluginConfig:
     squid: SquidConfig = SquidConfig()
     resolver: ResolverConfig = ResolverConfig()
     admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
     node_token_file: Path | None = None  # read by sync only (distribution.credentials), never kept here
     tls_ca_file: Path | None = None
 
@@ -156,7 +165,7 @@ class PluginConfig:
 
 _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
-             "admin": AdminConfig}
+             "admin": AdminConfig, "logging": LoggingConfig}
 _TOP = {"source", "public_key", "public_key_file", "lists", "cache_dir", "node_id",
         "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", "clock_skew", *_SECTIONS}
 

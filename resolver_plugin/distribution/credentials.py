@@ -93,10 +93,12 @@ class Reporter:
             return
         self.outcome = outcome
         if outcome == ReportOutcome.RECORDED:
-            log.info("fleet report recorded node=%s", self.node_id)
+            log.info("fleet report recorded node=%s", self.node_id,
+                     extra={"event": "fleet_report_recorded", "node": self.node_id})
         elif outcome == ReportOutcome.ANONYMOUS:
             log.info("fleet report not sent: no node_token_file; the hotline's `blocklist fleet` does not "
-                     "show this node")
+                     "show this node", extra={"event": "fleet_report_anonymous"})
         else:
             log.warning("fleet report not recorded node=%s outcome=%s (refused: node not registered or wrong "
-                        "token; clock: this clock is more than 5 min off the hotline's)", self.node_id, outcome)
+                        "token; clock: this clock is more than 5 min off the hotline's)", self.node_id, outcome,
+                        extra={"event": "fleet_report_refused", "node": self.node_id, "outcome": str(outcome)})

@@ -85,7 +85,7 @@ class Syncer:
         self.node_id = clean_node_id(config.node_id)  # a header value: printable, bounded
         if self.node_id is None:
             log.warning("node_id %r is not a printable name of at most 128 characters; polls stay "
-                        "anonymous", config.node_id[:40])
+                        "anonymous", config.node_id[:40], extra={"event": "node_id_unusable"})
         self.reporter = Reporter(config, self.node_id)
         self.status = self._load_status()
         self._load_cache()
@@ -109,7 +109,9 @@ class Syncer:
                 if data is not None:
                     load(data)
             except (BlocklistError, OSError) as exc:
-                log.error("cache refused file=%s kind=%s reason=%r", file, failure_kind(exc), str(exc))
+                log.error("cache refused file=%s kind=%s reason=%r", file, failure_kind(exc), str(exc),
+                          extra={"event": "cache_refused", "file": file, "kind": failure_kind(exc),
+                                 "reason": str(exc)})
         keys = {**self.cache.trusted_keys(self.config.public_keys), **self.trust.seen_keys}
         self.trust.seen_keys.update(keys)
         for name in self.config.lists:
@@ -118,7 +120,8 @@ class Syncer:
                 vouched = self.cache.list_signers(name) <= set(self.trust.online_keys)
             except BlocklistError as exc:
                 log.error("cache refused list=%s kind=%s reason=%r; fetching it again",
-                          name, error_kind(exc), str(exc))
+                          name, error_kind(exc), str(exc),
+                          extra={"event": "cache_refused", "list": name, "kind": error_kind(exc), "reason": str(exc)})
                 continue
             if loaded is not None:
                 self.filters[name] = loaded
@@ -190,7 +193,9 @@ class Syncer:
             if rotated:
                 self.cache.forget_manifest()
                 log.info("online key rotated root=%d online=%s: versions the retired key vouched for "
-                         "are forgotten", version, ",".join(self.trust.online_keys))
+                         "are forgotten", version, ",".join(self.trust.online_keys),
+                         extra={"event": "key_rotation_followed", "version": version,
+                                "signed_by": ",".join(self.trust.online_keys)})
             self._save_keys()
         self._file = ""
 
@@ -282,8 +287,11 @@ class Syncer:
         st = self.status.lists[name]
         st.version, st.checksum, st.entries = result.version, result.checksum, ref.entries
         st.expires = self.trust.deadline(manifest)  # type: ignore[arg-type]
+        took_ms = (time.monotonic() - started) * 1000
         log.info("updated list=%s version=%d from=%s via=%s bytes=%d took_ms=%d", name, result.version,
-                 previous.version if previous else 0, via, size, (time.monotonic() - started) * 1000)
+                 previous.version if previous else 0, via, size, took_ms,
+                 extra={"event": "sync_updated", "list": name, "version": result.version, "via": via, "bytes": size,
+                        "have": previous.version if previous else 0, "duration_ms": round(took_ms, 3)})
 
     def _record_manifest(self, now: float) -> None:
         manifest = self.trust.manifest
@@ -313,14 +321,18 @@ class Syncer:
         have = self.trust.enforced_version(name) if name else "-"
         action = "falling back to the snapshot" if fallback else "keeping the last good version"
         log.warning("sync failed list=%s version=%s have=%s file=%s kind=%s reason=%r; %s",
-                    name or "*", target, have, file or self._file or "-", kind, reason, action)
+                    name or "*", target, have, file or self._file or "-", kind, reason, action,
+                    extra={"event": "sync_failed", "list": name, "version": target if target != "-" else None,
+                           "have": have if have != "-" else None, "file": file or self._file or None,
+                           "kind": kind, "reason": reason, "outcome": "fallback" if fallback else "kept"})
 
     def write_status(self) -> None:
         try:
             write_status(self.cache.status_file, self.status)
         except OSError as exc:
             log.error("status not written file=%s kind=%s reason=%r", self.cache.status_file, ErrorKind.DISK,
-                      exc.strerror)
+                      exc.strerror, extra={"event": "status_write_failed", "file": str(self.cache.status_file),
+                                           "kind": ErrorKind.DISK, "reason": exc.strerror})
 
 
 async def sync_once(config: PluginConfig) -> bool:
@@ -375,7 +387,8 @@ async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, reload: asynci
                          else config.poll_interval)
             else:
                 delay = backoff.next_delay()
-                log.info("sync retry in=%.2fs attempt=%d", delay, backoff.failures)
+                log.info("sync retry in=%.2fs attempt=%d", delay, backoff.failures,
+                         extra={"event": "sync_retry", "delay_ms": round(delay * 1000), "attempt": backoff.failures})
             if delay > 0:
                 sleeper = asyncio.ensure_future(asyncio.sleep(delay))
                 await _until(stop, reload, sleeper)
@@ -402,7 +415,8 @@ def _result(task: asyncio.Future[bool]) -> bool:
     try:
         return task.result()
     except Exception as exc:  # noqa: BLE001 - a bug must not end the daemon; retry later
-        log.error("sync crashed kind=internal reason=%r; retrying", exc)
+        log.error("sync crashed kind=internal reason=%r; retrying", exc,
+                  extra={"event": "sync_crashed", "kind": "internal", "reason": repr(exc)})
         log.debug("sync crash", exc_info=True)
         return False
 
@@ -418,7 +432,9 @@ async def _main(config: PluginConfig, once: bool) -> int:
             loop.add_signal_handler(sig, stop.set)
         reload = sighup_event()
         log.info("sync started node=%s lists=%s long_poll=%g poll_interval=%g", config.node_id,
-                 ",".join(config.lists), config.long_poll, config.poll_interval)
+                 ",".join(config.lists), config.long_poll, config.poll_interval,
+                 extra={"event": "sync_started", "node": config.node_id, "lists": config.lists,
+                        "source": config.source})
         admin = await start_admin(config)
 
         async def restart_admin(new: PluginConfig) -> None:
@@ -433,7 +449,7 @@ async def _main(config: PluginConfig, once: bool) -> int:
         finally:
             if admin is not None:
                 await admin.cleanup()
-        log.info("sync stopped node=%s", config.node_id)
+        log.info("sync stopped node=%s", config.node_id, extra={"event": "sync_stopped", "node": config.node_id})
         return 0
     finally:
         os.close(lock)

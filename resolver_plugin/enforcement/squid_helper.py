@@ -118,7 +118,8 @@ class SquidHelper:
             return prefix + b"ERR"
         self._blocks[verdict.list or ""] += 1
         if self.log_blocked_urls:
-            log.info("blocked list=%s url=%s", verdict.list, uri)
+            log.info("blocked list=%s url=%s", verdict.list, uri,
+                     extra={"event": "squid_blocked", "list": verdict.list, "version": verdict.version, "url": uri})
         return prefix + self._ok(verdict.list, verdict.version)
 
     def overlong(self, head: bytes) -> bytes:
@@ -140,12 +141,14 @@ class SquidHelper:
         if not verdict.blocked:
             return b"ERR"
         if self.log_blocked_urls:
-            log.info("blocked list=%s url=%s", verdict.list, uri)
+            log.info("blocked list=%s url=%s", verdict.list, uri,
+                     extra={"event": "squid_blocked", "list": verdict.list, "version": verdict.version, "url": uri})
         return self._ok(verdict.list, verdict.version)
 
     def _internal_error(self, exc: Exception) -> bytes:
         # The exception text may quote the URL: log only its type (privacy).
-        log.error("squid-helper: internal error %s while checking a URL", type(exc).__name__)
+        log.error("squid-helper: internal error %s while checking a URL", type(exc).__name__,
+                  extra={"event": "squid_internal_error", "kind": "internal", "reason": type(exc).__name__})
         metrics.observe_invalid(COMPONENT)
         return b'BH message="internal error"'
 
@@ -215,9 +218,12 @@ def run_helper(config: PluginConfig, stdin: BinaryIO, stdout: BinaryIO) -> int:
     """`blocklist-plugin squid-helper`: serve Squid until it closes our stdin; exit code."""
     live = LiveMatcher(config)
     metrics.share_counters(config.cache_dir, live)  # our counters reach the admin endpoint's /metrics
+    log.info("squid-helper: started, enforcing %s",
+             ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet",
+             extra={"event": "squid_helper_started", "node": config.node_id, "lists": list(live.matcher.versions())})
     if live.missing:
         log.warning("squid-helper: no cached version of %s: those lists are not enforced yet",
-                    ", ".join(live.missing))
+                    ", ".join(live.missing), extra={"event": "lists_missing", "missing": live.missing})
     helper = SquidHelper(live, config.squid.log_blocked_urls)
     try:
         serve(helper, stdin, stdout)

@@ -225,8 +225,11 @@ async def start_admin(config: PluginConfig, live: LiveMatcher | None = None) -> 
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         log.warning("admin: cannot listen on %s (%s); another process of this node may serve it",
-                    config.admin.listen, exc.strerror or exc)
+                    config.admin.listen, exc.strerror or exc,
+                    extra={"event": "admin_listen_failed", "listen": config.admin.listen,
+                           "reason": str(exc.strerror or exc)})
         await runner.cleanup()
         return None
-    log.info("admin: /healthz, /status and /metrics on %s", config.admin.listen)
+    log.info("admin: /healthz, /status and /metrics on %s", config.admin.listen,
+             extra={"event": "admin_started", "listen": config.admin.listen})
     return runner

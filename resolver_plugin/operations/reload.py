@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection
 
 from blocklist.core.errors import BlocklistError
 from resolver_plugin.config import PluginConfig, changed_settings, load_config
+from resolver_plugin.operations import logsetup
 
 log = logging.getLogger("blocklist.plugin.reload")
 
@@ -43,16 +44,21 @@ def reread(current: PluginConfig, restart_only: Collection[str],
             check(new)
     except BlocklistError as exc:
         # One line: a YAML parser's message spans several.
-        log.error("reload refused: %s; keeping the running configuration", " ".join(str(exc).split()))
+        log.error("reload refused: %s; keeping the running configuration", " ".join(str(exc).split()),
+                  extra={"event": "reload_refused", "config": str(current.path)})
         return None
     changed = changed_settings(current, new)
     frozen = [name for name in changed if name in restart_only]
     if frozen:
         log.error("reload refused: %s: %s cannot change without a restart; keeping the running "
-                  "configuration", current.path, ", ".join(frozen))
+                  "configuration", current.path, ", ".join(frozen),
+                  extra={"event": "reload_refused", "config": str(current.path), "changed": frozen})
         return None
     if not changed:
-        log.info("reload: %s unchanged", current.path)
+        log.info("reload: %s unchanged", current.path,
+                 extra={"event": "reload_unchanged", "config": str(current.path)})
         return None
-    log.info("reload: %s applied, changed: %s", current.path, ", ".join(changed))
+    logsetup.apply(new)  # a new logging section takes effect from this line on
+    log.info("reload: %s applied, changed: %s", current.path, ", ".join(changed),
+             extra={"event": "reload_applied", "config": str(current.path), "changed": changed})
     return new

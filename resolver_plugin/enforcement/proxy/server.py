@@ -73,7 +73,7 @@ from resolver_plugin.enforcement.proxy.forward import (
 from resolver_plugin.enforcement.proxy.head import RequestError, RequestHead, iter_body, read_head
 from resolver_plugin.enforcement.proxy.tls import sni_tunnel
 from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
-from resolver_plugin.operations import metrics
+from resolver_plugin.operations import logsetup, metrics
 from resolver_plugin.operations.reload import reread, sighup_event
 
 log = logging.getLogger("blocklist.plugin.proxy")
@@ -184,7 +184,8 @@ class ProxyServer:
         if now - self._loop_warned >= 60:
             self._loop_warned = now
             log.error("proxy: an origin resolves to the proxy's own address (resolver.proxy_address): "
-                      "this host must resolve names with a resolver other than the filtering Unbound")
+                      "this host must resolve names with a resolver other than the filtering Unbound",
+                      extra={"event": "proxy_loop"})
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                           tls: bool = False) -> None:
@@ -212,7 +213,9 @@ class ProxyServer:
             pass  # shutting down
         except Exception as exc:  # noqa: BLE001 - the edge: no traceback to a client, the server goes on
             # Close without a word: we cannot know how much of a response was already sent.
-            log.error("proxy: internal error %s on a connection from %s", type(exc).__name__, client_ip)
+            log.error("proxy: internal error %s on a connection from %s", type(exc).__name__, client_ip,
+                      extra={"event": "proxy_internal_error", "kind": "internal", "reason": type(exc).__name__,
+                             "client": client_ip})
             log.debug("proxy: internal error", exc_info=True)
         finally:
             self.open_connections -= 1
@@ -278,7 +281,9 @@ class ProxyServer:
             result = await forward(session, head, url, body, writer, client_ip, self.timeout,
                                    self.proxy.forwarded_for)
         except UpstreamError as exc:
-            log.warning("proxy: upstream %s (%s) for a request from %s", exc.status, exc, client_ip)
+            log.warning("proxy: upstream %s (%s) for a request from %s", exc.status, exc, client_ip,
+                        extra={"event": "proxy_upstream_error", "status": exc.status, "reason": str(exc),
+                               "client": client_ip})
             return await self._error(writer, exc.status, client_ip, head.method, target)
         except RequestError as exc:
             return await self._error(writer, exc.status, client_ip, head.method, target)
@@ -346,8 +351,12 @@ class ProxyServer:
     def access(self, client_ip: str, method: str, target: str, status: int, size: int, seconds: float,
                 outcome: str) -> None:
         if access_log.isEnabledFor(logging.INFO):
+            what, _, listed = outcome.partition(" list=")  # "blocked list=NAME": the JSON keeps both apart
             access_log.info("%s %s %s %s %d %d %.3f %s", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            client_ip, method, target, status, size, seconds, outcome)
+                            client_ip, method, target, status, size, seconds, outcome,
+                            extra={"event": "proxy_access", "client": client_ip, "method": method, "target": target,
+                                   "status": status, "bytes": size, "duration_ms": round(seconds * 1000, 3),
+                                   "outcome": what, "list": listed or None})
 
 
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]{1,5})?")
@@ -403,7 +412,7 @@ def setup_access_log(path: str | None) -> None:
     handler = None
     if path is not None:
         handler = logging.FileHandler(path)  # first: a path that cannot be opened changes nothing
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(logsetup.access_formatter())
     access_log.propagate = False
     for old in list(access_log.handlers):
         access_log.removeHandler(old)
@@ -423,7 +432,7 @@ async def _reload_loop(live: LiveMatcher) -> None:
         try:
             await loop.run_in_executor(None, live.maybe_reload)
         except Exception:  # noqa: BLE001 - keep enforcing the current lists whatever happens
-            log.exception("proxy: reload failed; keeping the current lists")
+            log.exception("proxy: reload failed; keeping the current lists", extra={"event": "cache_reload_failed"})
 
 
 async def _start_admin(config: PluginConfig, live: LiveMatcher) -> Any:
@@ -446,17 +455,20 @@ async def serve(config: PluginConfig) -> int:
     try:
         await server.start(host, port)
     except OSError as exc:
-        log.error("proxy: cannot listen on %s: %s", config.proxy.listen, exc.strerror)
+        log.error("proxy: cannot listen on %s: %s", config.proxy.listen, exc.strerror,
+                  extra={"event": "proxy_listen_failed", "listen": config.proxy.listen, "reason": exc.strerror})
         await server.close()
         return 1
     if config.proxy.tls_listen is not None:
         try:
             await server.start_tls()
         except OSError as exc:
-            log.error("proxy: cannot listen on %s: %s", config.proxy.tls_listen, exc.strerror)
+            log.error("proxy: cannot listen on %s: %s", config.proxy.tls_listen, exc.strerror,
+                      extra={"event": "proxy_listen_failed", "listen": config.proxy.tls_listen, "reason": exc.strerror})
             await server.close()
             return 1
-        log.info("proxy: TLS (SNI tunnel) on %s", config.proxy.tls_listen)
+        log.info("proxy: TLS (SNI tunnel) on %s", config.proxy.tls_listen,
+                 extra={"event": "proxy_tls_started", "listen": config.proxy.tls_listen})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -466,7 +478,9 @@ async def serve(config: PluginConfig) -> int:
     metrics.share_counters(config.cache_dir, live)  # for whichever process serves the admin endpoint
     admin = await _start_admin(config, live)
     log.info("proxy: listening on %s:%d, enforcing %s", host, server.port,
-             ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet")
+             ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet",
+             extra={"event": "proxy_started", "node": config.node_id, "listen": f"{host}:{server.port}",
+                    "versions": live.matcher.versions()})
     while await _next_event(stop, reload) is reload:
         reload.clear()
         new = reread(server.config, RESTART_ONLY, check=lambda c: BlockPage(c.proxy))
@@ -482,8 +496,9 @@ async def serve(config: PluginConfig) -> int:
             setup_access_log(server.proxy.access_log)  # reopened on every SIGHUP, for logrotate
         except OSError as exc:
             log.error("proxy: cannot open the access log %s: %s; logging on where it did",
-                      server.proxy.access_log, exc.strerror)
-    log.info("proxy: stopping")
+                      server.proxy.access_log, exc.strerror,
+                      extra={"event": "access_log_failed", "file": server.proxy.access_log, "reason": exc.strerror})
+    log.info("proxy: stopping", extra={"event": "proxy_stopping"})
     reloader.cancel()
     await _stop_admin(admin)
     await server.close()
