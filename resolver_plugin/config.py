@@ -4,7 +4,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
 
     source: http://hotline.example:8080/      # base URL of the publish directory (required)
     public_key_file: hotline.pub              # or public_key: <base64 of the 32 raw bytes>
-    lists: [iwf]                              # lists to enforce (required, in check order)
+    lists: [iwf, {name: trial, mode: monitor}] # lists (required, in check order); a monitored one never blocks
     cache_dir: /var/lib/blocklist-plugin      # required
     node_id: isp1-proxy-3                     # default: the host name
     node_token_file: isp1-proxy-3.token       # `blocklist node add` output; none: polls are anonymous
@@ -19,6 +19,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     squid: {}
     resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
     admin: {listen: 127.0.0.1:9150}
+    local: {allow: [{url, scope}], block: [{url, scope}]}   # resolver_plugin.local_policy
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from blocklist.core.errors import ConfigError, FormatError, SignatureError
 from blocklist.core.format.keys import key_id, load_public_key
 from blocklist.core.format.strictjson import check_list_name
+from resolver_plugin.local_policy import Lines, LocalPolicyConfig, parse_lists, parse_local
 
 
 class ForwardedFor(enum.StrEnum):
@@ -142,13 +144,15 @@ class PluginConfig:
     admin: AdminConfig = AdminConfig()
     node_token_file: Path | None = None  # read by sync only (distribution.credentials), never kept here
     tls_ca_file: Path | None = None
+    monitored: frozenset[str] = frozenset()  # lists in mode monitor (also in `lists`, for sync)
+    local: LocalPolicyConfig = LocalPolicyConfig()
 
 
 _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
              "admin": AdminConfig}
 _TOP = {"source", "public_key", "public_key_file", "lists", "cache_dir", "node_id",
-        "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", *_SECTIONS}
+        "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", "local", *_SECTIONS}
 
 
 def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
@@ -346,16 +350,19 @@ def load_config(path: Path | str) -> PluginConfig:
     path = Path(path)
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        raw = yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"{where}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of settings")
-    unknown = set(raw) - _TOP
+    lines = Lines(text)
+    unknown = sorted(set(raw) - _TOP)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP))})")
+        raise ConfigError(f"{where}:{lines.line(unknown[0]) or 1}: unknown key {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(_TOP))})")
     for key in ("source", "lists", "cache_dir"):
         if key not in raw:
             raise ConfigError(f"{where}: missing required key {key!r}")
@@ -365,8 +372,8 @@ def load_config(path: Path | str) -> PluginConfig:
     for key in ("source", "node_id", "poll_interval", "long_poll", "fail_closed"):
         if key in raw:
             values[key] = _coerce(where, key, hints[key], raw[key])
-    lists = raw["lists"]
-    values["lists"] = _coerce(where, "lists", tuple[str, ...], lists)
+    values["lists"], values["monitored"] = parse_lists(where, lines, raw["lists"])
+    values["local"] = parse_local(where, lines, raw.get("local"))
     cache_dir = _coerce(where, "cache_dir", str, raw["cache_dir"])
     values["cache_dir"] = (path.parent / cache_dir).resolve()
     for name, cls in _SECTIONS.items():
