@@ -33,6 +33,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from blocklist.core.matcher import (
     Matcher,
     Verdict,
 )
+from blocklist.core.policy import Note, Policy
 from resolver_plugin.config import PluginConfig
 
 log = logging.getLogger("blocklist.plugin.cache")
@@ -273,8 +275,13 @@ class LiveMatcher:
     new one, never a mix.
     """
 
-    def __init__(self, config: PluginConfig, check_interval: float = 1.0) -> None:
+    def __init__(self, config: PluginConfig, check_interval: float = 1.0, component: str = "check") -> None:
         self.config = config
+        self.component = component  # the stage, in the local policy's and monitored lists' counts and logs
+        # (component, "allow"|"block") and (component, list): taken by operations.metrics
+        self.local_counts: Counter[tuple[str, str]] = Counter()
+        self.monitor_counts: Counter[tuple[str, str]] = Counter()
+        self._policy: Policy | None = None  # None: no local policy and no monitored list
         self.cache = Cache(config.cache_dir)
         self.check_interval = check_interval
         self._lock = threading.Lock()
@@ -291,6 +298,8 @@ class LiveMatcher:
             generation = self.cache.generation()
             matcher, missing = self.cache.load_matcher(self.config, self.matcher)
             changed = matcher.versions() != self.matcher.versions()
+            # the policy before the matcher: see clear_suffix
+            self._policy = _policy(self.config, matcher)
             self.matcher, self.missing, self._generation = matcher, missing, generation
             self.loaded_at = time.time()
         if changed:
@@ -312,6 +321,7 @@ class LiveMatcher:
         with self._lock:
             generation = self.cache.generation()
             matcher, missing = self.cache.load_matcher(config, self.matcher)
+            self._policy = _policy(config, matcher)
             self.config, self.matcher, self.missing, self._generation = config, matcher, missing, generation
             self.loaded_at = time.time()
         log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
@@ -341,15 +351,73 @@ class LiveMatcher:
     def fail_closed_active(self) -> bool:
         return self.config.fail_closed and not self.matcher
 
+    @property
+    def policy(self) -> Policy | None:
+        return self._policy
+
     def check(self, url: str) -> Verdict:
-        """Matcher.check, or a block when fail_closed and nothing is loaded; raises InvalidURL."""
+        """Matcher.check, or a block when fail_closed and nothing is loaded; raises InvalidURL.
+
+        With a local policy or a monitored list, blocklist.core.policy decides and its notes
+        are counted and logged here, for every stage.
+        """
         matcher = self.current()
         if not matcher and self.config.fail_closed:
             return FAIL_CLOSED_VERDICT
-        return matcher.check(url)
+        policy = self._policy
+        if policy is None:
+            return matcher.check(url)
+        notes: list[Note] = []
+        verdict = policy.check(url, notes)
+        if notes:
+            self._noted(notes, url)
+        return verdict
 
     def check_host(self, host: str) -> HostVerdict:
         matcher = self.current()
         if not matcher and self.config.fail_closed:
             return FAIL_CLOSED_HOST_VERDICT
-        return matcher.check_host(host) if matcher else HOST_PASS
+        policy = self._policy
+        if policy is None:
+            return matcher.check_host(host) if matcher else HOST_PASS
+        notes: list[Note] = []
+        verdict = policy.check_host(host, notes)
+        if notes:
+            self._noted(notes, None)
+        return verdict
+
+    def clear_suffix(self, matcher: Matcher, host: str) -> str | None:
+        """`matcher.clear_suffix(host)`, narrowed by the local policy and the monitored lists.
+
+        `matcher` is the `self.matcher` the caller read. A reload sets the policy before
+        the matcher, so a policy that does not belong to it means "mid-swap": None.
+        """
+        policy = self._policy
+        if policy is None:
+            return matcher.clear_suffix(host)
+        return policy.clear_suffix(host) if policy.owner is matcher else None
+
+    def _noted(self, notes: list[Note], url: str | None) -> None:
+        """Count and log what the policy noted; the URL only where the stage logs blocked URLs."""
+        show = url is not None and (self.config.proxy.log_blocked_urls if self.component == "proxy"
+                                    else self.config.squid.log_blocked_urls if self.component == "squid"
+                                    else False)
+        for note in notes:
+            where = f" url={url}" if show else ""
+            if note.kind == "monitor":
+                self.monitor_counts[(self.component, note.list or "")] += 1
+                would = "have blocked" if note.action is HostAction.BLOCK else "have sent to the proxy"
+                log.info("monitor: list=%s would %s scope=%s stage=%s%s", note.list, would,
+                         note.scope or "-", self.component, where)
+            else:
+                self.local_counts[(self.component, note.kind)] += 1
+                log.info("local %s: scope=%s stage=%s%s", note.kind, note.scope or "-", self.component, where)
+
+
+def _policy(config: PluginConfig, matcher: Matcher) -> Policy | None:
+    """The policy over `matcher`'s lists, or None when the node has no local entry and no monitored list."""
+    if not config.local and not config.monitored:
+        return None
+    enforced = Matcher([f for f in matcher.filters if f.name not in config.monitored])
+    monitored = [f for f in matcher.filters if f.name in config.monitored]
+    return Policy(enforced, monitored, config.local.allow, config.local.block, owner=matcher)

@@ -5,7 +5,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     source: http://hotline.example:8080/      # base URL of the publish directory (required)
     public_key_file: hotline-root.json        # the root `blocklist key export` prints (or, from before
                                               # root keys, a bare key; or public_key: <base64 raw key>)
-    lists: [iwf]                              # lists to enforce (required, in check order)
+    lists: [iwf, {name: trial, mode: monitor}] # lists (required, in check order); a monitored one never blocks
     cache_dir: /var/lib/blocklist-plugin      # required
     node_id: isp1-proxy-3                     # default: the host name
     node_token_file: isp1-proxy-3.token       # `blocklist node add` output; none: polls are anonymous
@@ -22,6 +22,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
     admin: {listen: 127.0.0.1:9150}
     logging: {format: text, level: info}      # or json: one object per line (--log-format overrides)
+    local: {allow: [{url, scope}], block: [{url, scope}]}   # resolver_plugin.local_policy
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from blocklist.core.format.keys import load_public_key
 from blocklist.core.format.root import MAX_ROOT, Root, bare_key_root, read_anchor
 from blocklist.core.format.strictjson import check_list_name
 from blocklist.core.logs import LogFormat, LogLevel
+from resolver_plugin.local_policy import Lines, LocalPolicyConfig, parse_lists, parse_local
 
 
 class ForwardedFor(enum.StrEnum):
@@ -156,6 +158,8 @@ class PluginConfig:
     logging: LoggingConfig = LoggingConfig()
     node_token_file: Path | None = None  # read by sync only (distribution.credentials), never kept here
     tls_ca_file: Path | None = None
+    monitored: frozenset[str] = frozenset()  # lists in mode monitor (also in `lists`, for sync)
+    local: LocalPolicyConfig = LocalPolicyConfig()
 
     @property
     def public_keys(self) -> dict[str, Ed25519PublicKey]:
@@ -167,7 +171,8 @@ _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
              "admin": AdminConfig, "logging": LoggingConfig}
 _TOP = {"source", "public_key", "public_key_file", "lists", "cache_dir", "node_id",
-        "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", "clock_skew", *_SECTIONS}
+        "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", "clock_skew", "local",
+        *_SECTIONS}
 
 
 def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
@@ -369,16 +374,19 @@ def load_config(path: Path | str) -> PluginConfig:
     path = Path(path)
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        raw = yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"{where}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of settings")
-    unknown = set(raw) - _TOP
+    lines = Lines(text)
+    unknown = sorted(set(raw) - _TOP)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP))})")
+        raise ConfigError(f"{where}:{lines.line(unknown[0]) or 1}: unknown key {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(_TOP))})")
     for key in ("source", "lists", "cache_dir"):
         if key not in raw:
             raise ConfigError(f"{where}: missing required key {key!r}")
@@ -388,8 +396,8 @@ def load_config(path: Path | str) -> PluginConfig:
     for key in ("source", "node_id", "poll_interval", "long_poll", "fail_closed", "clock_skew"):
         if key in raw:
             values[key] = _coerce(where, key, hints[key], raw[key])
-    lists = raw["lists"]
-    values["lists"] = _coerce(where, "lists", tuple[str, ...], lists)
+    values["lists"], values["monitored"] = parse_lists(where, lines, raw["lists"])
+    values["local"] = parse_local(where, lines, raw.get("local"))
     cache_dir = _coerce(where, "cache_dir", str, raw["cache_dir"])
     values["cache_dir"] = (path.parent / cache_dir).resolve()
     for name, cls in _SECTIONS.items():

@@ -48,7 +48,7 @@ from tests.conftest import Hotline, Plugin, require_program
 from tests.support.net import free_port
 from tests.support.plugin import state_version
 from tests.support.processes import PLUGIN, Program, connect_when_listening, launch
-from tests.support.status import HOUR, node_status, publish
+from tests.support.status import HOUR, SOURCE, node_status, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "contrib" / "prometheus" / "blocklist-rules.yml"
@@ -135,6 +135,12 @@ def series_names(expr: str) -> set[str]:
 
 async def test_rules_and_dashboard_read_only_metrics_that_exist(installed: Plugin, aiohttp_client: Any) -> None:
     now = time.time()
+    # a monitored list and a local allow, so that their counters have samples too
+    installed.hotline.run("add", "http://trial.example/", "--list", "trial", "--create-list")
+    installed.hotline.run("publish")
+    installed.write_config(source=SOURCE, lists=["default", {"name": "trial", "mode": "monitor"}],
+                           local={"allow": [{"url": "http://bad.example/b.html"}]})
+    installed.install_published()
     write_status(Cache(installed.config().cache_dir).status_file,
                  node_status(now, {"network": 7, "signature": 1}, newest_seen=3, newest_seen_at=now - 2 * HOUR,
                              last_success=now - 2 * HOUR, last_error="network: refused", last_error_at=now - 3))
@@ -142,6 +148,7 @@ async def test_rules_and_dashboard_read_only_metrics_that_exist(installed: Plugi
     metrics.observe_check("names", live.check("http://bad.example/a.html"), 1e-5)  # a Bloom hit too
     metrics.observe_host_check("names", live.check_host("bad.example"), 1e-5)
     metrics.observe_invalid("names")
+    assert not live.check("http://bad.example/b.html").blocked and not live.check("http://trial.example/").blocked
     app = make_admin_app(installed.config(), live)
     plugin_text = await (await (await aiohttp_client(app)).get("/metrics")).text()
     fleet_store = FleetStore(Home(installed.hotline.home).fleet_path)

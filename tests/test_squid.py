@@ -259,3 +259,20 @@ async def test_squid_connect_checks_the_host(squid: Squid, origin: str) -> None:
     # %URI of a CONNECT is "host:port": the helper answers with check_host.
     assert (await connect_status(squid.port, "www.evil.test:443")).startswith(b"HTTP/1.1 451 ")
     assert (await connect_status(squid.port, origin)).startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.fixture
+def squid_with_policy(request: pytest.FixtureRequest, plugin, origin: str) -> Squid:
+    """The squid fixture with a local policy: the listed page allowed, an unlisted folder blocked."""
+    plugin.extra["local"] = {"allow": [{"url": f"http://{origin}/blocked.html"}],
+                             "block": [{"url": f"http://{origin}/order/", "scope": "folder"}]}
+    return request.getfixturevalue("squid")
+
+
+async def test_squid_applies_the_local_policy(squid_with_policy: Squid, origin: str) -> None:
+    code, body = await curl(squid_with_policy.port, f"http://{origin}/blocked.html")
+    assert (code, body) == (200, "origin content at /blocked.html")
+    code, body = await curl(squid_with_policy.port, f"http://{origin}/order/x.html")
+    assert code == 451 and "blocked by list local" in body
+    code, _ = await curl(squid_with_policy.port, f"http://{origin}/fine.html")
+    assert code == 200

@@ -216,7 +216,7 @@ def serve(helper: SquidHelper, stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 def run_helper(config: PluginConfig, stdin: BinaryIO, stdout: BinaryIO) -> int:
     """`blocklist-plugin squid-helper`: serve Squid until it closes our stdin; exit code."""
-    live = LiveMatcher(config)
+    live = LiveMatcher(config, component=COMPONENT)
     metrics.share_counters(config.cache_dir, live)  # our counters reach the admin endpoint's /metrics
     log.info("squid-helper: started, enforcing %s",
              ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet",

@@ -449,7 +449,7 @@ async def _start_admin(config: PluginConfig, live: LiveMatcher) -> Any:
 async def serve(config: PluginConfig) -> int:
     """Run the proxy until SIGTERM/SIGINT, re-reading plugin.yaml on SIGHUP; the exit code."""
     # check_interval=inf: requests never reload inline; _reload_loop does it in a thread.
-    live = LiveMatcher(config, check_interval=math.inf)
+    live = LiveMatcher(config, check_interval=math.inf, component=COMPONENT)
     server = ProxyServer(config, live)
     host, port = parse_listen(config.proxy.listen, "proxy.listen")
     try:
