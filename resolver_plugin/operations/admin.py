@@ -113,6 +113,8 @@ class PluginCollector(Collector):
                        ["component", "list", "action"], tally.blocks)
         yield _counter("blocklist_invalid_requests", "Requests that could not be checked",
                        ["component"], tally.invalid)
+        yield _counter("blocklist_refused_requests", "Requests refused by a rule other than a list "
+                       "(reason: connect_port, not_tls, destination)", ["component", "reason"], tally.refused)
         yield _counter("blocklist_bloom_hits", "Bloom filter hits the exact digests confirmed or refuted",
                        ["list", "outcome"], tally.bloom)
         histogram = HistogramMetricFamily("blocklist_check_seconds", "Time to answer one check",
