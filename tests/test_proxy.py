@@ -519,3 +519,37 @@ async def test_other_schemes_and_refusals_in_process(listed: str, plugin) -> Non
                for reason in ("connect_port", "destination", "not_tls")}
     assert counted == {"connect_port": 1, "destination": 2, "not_tls": 1}
     assert received in ([], [b""])  # the refused tunnel's origin got nothing
+
+
+async def test_every_resolved_address_is_judged_at_each_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name is judged by what it resolves to each time it is resolved (DNS rebinding), and of a
+    name with several addresses only the allowed ones are kept."""
+    import socket
+
+    from resolver_plugin.enforcement.proxy.destinations import DestinationRefused, Destinations, PolicyResolver
+    from resolver_plugin.enforcement.proxy.forward import UpstreamError, open_tunnel
+
+    answers = {"rebind.test": ["127.0.0.1"], "mixed.test": ["10.0.0.1", "8.8.8.8", "fe80::1"]}
+    real = socket.getaddrinfo
+
+    def fake(host, port, *args, **kwargs):  # no name leaves this machine
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (a, port or 0, 0, 0) if ":" in a else (a, port or 0)) for a in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    policy = Destinations(False)
+    resolver = PolicyResolver(policy)
+    with pytest.raises(DestinationRefused):
+        await resolver.resolve("rebind.test", 80, socket.AF_UNSPEC)
+    assert [r["host"] for r in await resolver.resolve("mixed.test", 80, socket.AF_UNSPEC)] == ["8.8.8.8"]
+    answers["rebind.test"] = ["8.8.8.8"]
+    assert [r["host"] for r in await resolver.resolve("rebind.test", 80, socket.AF_UNSPEC)] == ["8.8.8.8"]
+    answers["rebind.test"] = ["127.0.0.1"]
+    with pytest.raises(DestinationRefused):
+        await resolver.resolve("rebind.test", 80, socket.AF_UNSPEC)
+    with pytest.raises(UpstreamError) as caught:  # a tunnel: refused before any connection
+        await open_tunnel("rebind.test", 443, 2, policy)
+    assert caught.value.status == 403
+    await resolver.close()
