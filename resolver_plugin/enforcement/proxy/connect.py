@@ -96,8 +96,13 @@ async def serve_connect(server: ConnectServer, head: RequestHead, reader: asynci
                            "refused destination" if refused else "error", DESTINATION_REFUSED if refused else None)
         return
     writer.write(ESTABLISHED)
-    if verdict.action is HostAction.PROXY and not await _tls_first(server, reader, writer, up_writer,
-                                                                    client_ip, head.target, started):
+    try:
+        passed = verdict.action is not HostAction.PROXY or await _tls_first(server, reader, writer, up_writer,
+                                                                            client_ip, head.target, started)
+    except BaseException:  # the client went away, a shutdown: the origin connection goes too
+        up_writer.close()
+        raise
+    if not passed:
         up_writer.close()
         return
     _, received = await tunnel(reader, writer, up_reader, up_writer, server.proxy.upstream_timeout)
