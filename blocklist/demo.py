@@ -160,6 +160,8 @@ class Demo:
             f"cache_dir: cache\nnode_id: demo-isp-1\nnode_token_file: demo-isp-1.token\n"
             f"poll_interval: 5\nlong_poll: 20\n"
             f"proxy:\n  listen: 127.0.0.1:{proxy_port}\n  appeal_url: https://hotline.example/appeal\n"
+            # the demo's "internet" is on loopback, which a proxy does not connect to unless told
+            f"  allow_private_destinations: [127.0.0.0/8]\n"
             f"admin:\n  listen: 127.0.0.1:{admin_port}\n")
 
     def proxy_step(self, proxy_port: int) -> None:

@@ -42,12 +42,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from blocklist.core import atomic
+from blocklist.core.digests import Scope
 from blocklist.core.errors import BlocklistError, ChecksumError, ConfigError, FormatError
 from blocklist.core.format.artifacts import read_delta, read_snapshot
 from blocklist.core.format.container import MAX_HEADER, PREFIX, signer_of
 from blocklist.core.format.keys import Keyring, key_id
 from blocklist.core.format.strictjson import check_list_name
 from blocklist.core.matcher import (
+    ALLOWED,
     HOST_PASS,
     FailClosedHostVerdict,
     FailClosedVerdict,
@@ -58,6 +60,7 @@ from blocklist.core.matcher import (
     Verdict,
 )
 from blocklist.core.policy import Note, Policy
+from blocklist.core.urls import canonicalize, web_form
 from resolver_plugin.config import PluginConfig
 
 log = logging.getLogger("blocklist.plugin.cache")
@@ -372,6 +375,19 @@ class LiveMatcher:
         if notes:
             self._noted(notes, url)
         return verdict
+
+    def check_any_scheme(self, url: str) -> Verdict:
+        """check() for a URL of any scheme, read as blocklist.core.urls.web_form says: ws and wss
+        as http and https, another scheme (ftp, ...) blocked only where its host is listed whole."""
+        target, host_only = web_form(url)
+        if not host_only:
+            return self.check(target)
+        verdict = self.check_host(canonicalize(target).host)
+        if verdict.fail_closed:
+            return FAIL_CLOSED_VERDICT
+        if verdict.action is HostAction.BLOCK:
+            return Verdict(True, verdict.list, verdict.version, Scope.DOMAIN)
+        return ALLOWED
 
     def check_host(self, host: str) -> HostVerdict:
         matcher = self.current()

@@ -17,7 +17,8 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     limits: {max_snapshot_bytes, max_delta_bytes, max_manifest_bytes, max_manifest_lifetime}
     timeouts: {connect: 5, read: 30, retry_first: 1, retry_max: 300}
     status: {warn_lag_seconds: 3600, crit_lag_seconds: 86400, warn_lag_versions: 1}
-    proxy: {listen, allowed_clients, block_status, block_page, appeal_url, tls_listen, ...}
+    proxy: {listen, allowed_clients, block_status, block_page, appeal_url, tls_listen,
+            connect_ports, allow_private_destinations, ...}
     squid: {}
     resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
     admin: {listen: 127.0.0.1:9150}
@@ -108,6 +109,10 @@ class ProxyConfig:
     log_blocked_urls: bool = False     # privacy: blocked requests are logged without their URL
     tls_listen: str | None = None      # host:port for HTTPS that stage 1 steers here (SNI tunnel); None: off
     tls_origin_port: int = 443         # the port the SNI tunnel connects to at the origin
+    connect_ports: tuple[int, ...] = (443,)  # CONNECT to any other port: 403
+    # Destinations that are not global unicast (loopback, private, link-local, the proxy's own
+    # addresses, ...): refused; true lets every one through, a list of networks those.
+    allow_private_destinations: bool | tuple[str, ...] = False
 
 
 @dataclass(frozen=True)
@@ -182,10 +187,13 @@ def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        options = [a for a in args if a is not type(None)]
+        if len(options) > 1:
+            return _flag_or_strings(where, key, options, value)
+        hint = options[0]
         origin = typing.get_origin(hint)
     if origin is tuple:
-        return _strings(where, key, value)
+        return _integers(where, key, value) if typing.get_args(hint)[0] is int else _strings(where, key, value)
     if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
         return _member(where, key, hint, value)
     check = _SCALARS.get(hint)
@@ -200,6 +208,25 @@ def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: {key} must be a list of strings")
     return tuple(value)
+
+
+def _integers(where: str, key: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of integers")
+    return tuple(value)
+
+
+def _flag_or_strings(where: str, key: str, options: list[Any], value: Any) -> bool | tuple[str, ...]:
+    """A setting that is true, false or a list (`bool | tuple[str, ...]`)."""
+    if options != [bool, tuple[str, ...]]:  # pragma: no cover - a union this loader does not know
+        raise ConfigError(f"{where}: {key}: unsupported setting type")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list | str):
+        return _strings(where, key, value)
+    raise ConfigError(f"{where}: {key} must be true, false or a list")
 
 
 def _flag(where: str, key: str, hint: type, value: Any) -> bool:
@@ -334,6 +361,14 @@ def _validate_proxy(p: ProxyConfig, where: str) -> None:
             raise ConfigError(f"{where}: proxy.{key} must be more than 0 seconds")
     if not 0 < p.tls_origin_port < 65536:
         raise ConfigError(f"{where}: proxy.tls_origin_port must be a TCP port (1-65535)")
+    if not all(0 < port < 65536 for port in p.connect_ports):
+        raise ConfigError(f"{where}: proxy.connect_ports must be TCP ports (1-65535)")
+    if not isinstance(p.allow_private_destinations, bool):
+        for net in p.allow_private_destinations:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}: proxy.allow_private_destinations: {net!r} is not a network") from None
 
 
 def _validate_resolver(r: ResolverConfig, where: str) -> None:

@@ -157,7 +157,10 @@ def installed(plugin: Plugin) -> Plugin:
 
 @pytest.fixture
 async def origin() -> AsyncIterator[str]:
-    """The local origin of tests.support.proxy.make_origin on 127.0.0.1; its "host:port"."""
+    """The local origin of tests.support.proxy.make_origin on 127.0.0.1; its "host:port".
+
+    A proxy reaches it only when its config allows loopback destinations
+    (tests.support.proxy.LOOPBACK_DESTINATIONS, which start_proxy sets)."""
     runner = web.AppRunner(make_origin(), access_log=None)
     await runner.setup()
     port = free_port()

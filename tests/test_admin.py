@@ -111,8 +111,10 @@ async def test_checks_blocks_latency_and_bloom_counters(installed: Plugin, aioht
         metrics.observe_check(component, verdict, time.perf_counter() - started)
     metrics.observe_host_check(component, live.check_host("bad.example"), 1e-6)
     metrics.observe_invalid(component)
+    metrics.observe_refused(component, "connect_port")
     got = samples(await (await client.get("/metrics")).text())
     c = ("component", component)
+    assert got[("blocklist_refused_requests_total", (c, ("reason", "connect_port")))] == 1
     assert got[("blocklist_checks_total", (c, ("kind", "url")))] == 3
     assert got[("blocklist_checks_total", (c, ("kind", "host")))] == 1
     assert got[("blocklist_blocks_total", (("action", "block"), c, ("list", "default")))] == 1

@@ -19,6 +19,18 @@ def test_proxy_defaults(plugin: Plugin) -> None:
     proxy = plugin.config().proxy
     assert (proxy.tls_listen, proxy.tls_origin_port) == (None, 443)
     assert (proxy.header_timeout, proxy.idle_timeout, proxy.forwarded_for) == (15.0, 30.0, "append")
+    assert (proxy.connect_ports, proxy.allow_private_destinations) == ((443,), False)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (True, True), (False, False), (["127.0.0.0/8", "10.0.0.0/8"], ("127.0.0.0/8", "10.0.0.0/8")),
+    ("fe80::/10", ("fe80::/10",)), ([], ()),
+])
+def test_allow_private_destinations_is_a_flag_or_networks(plugin: Plugin, value: object, expected: object) -> None:
+    plugin.write_config(proxy={"allow_private_destinations": value, "connect_ports": [443, 8443]})
+    proxy = plugin.config().proxy
+    assert proxy.allow_private_destinations == expected
+    assert proxy.connect_ports == (443, 8443)
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -32,6 +44,15 @@ def test_proxy_defaults(plugin: Plugin) -> None:
     ({"forwarded_for": "on"}, "proxy.forwarded_for must be one of append, truncate, transparent, delete"),
     ({"forwarded_for": True}, "proxy.forwarded_for must be a string"),  # YAML reads a bare on as true
     ({"tls": "yes"}, "unknown key proxy.tls"),
+    ({"connect_ports": [443, 0]}, "proxy.connect_ports must be TCP ports"),
+    ({"connect_ports": [443, 70000]}, "proxy.connect_ports must be TCP ports"),
+    ({"connect_ports": ["443"]}, "proxy.connect_ports must be a list of integers"),
+    ({"connect_ports": [True]}, "proxy.connect_ports must be a list of integers"),
+    ({"allow_private_destinations": ["10.0.0.0/8", "intranet"]},
+     "proxy.allow_private_destinations: 'intranet' is not a network"),
+    ({"allow_private_destinations": "yes please"}, "proxy.allow_private_destinations: 'yes please' is not a network"),
+    ({"allow_private_destinations": 1}, "proxy.allow_private_destinations must be true, false or a list"),
+    ({"allow_private_destinations": [10]}, "proxy.allow_private_destinations must be a list of strings"),
 ])
 def test_bad_proxy_settings_name_the_file_and_key(plugin: Plugin, settings: dict, message: str) -> None:
     plugin.write_config(proxy=settings)

@@ -34,7 +34,7 @@ from tests.conftest import Plugin
 from tests.support.net import ServerThread
 from tests.support.plugin import state_version
 from tests.support.processes import PLUGIN, Program, launch
-from tests.support.proxy import RunningProxy, make_origin, start_proxy
+from tests.support.proxy import LOOPBACK_DESTINATIONS, RunningProxy, make_origin, start_proxy
 from tests.support.status import publish
 
 FAST = {"connect": 2, "retry_first": 0.1, "retry_max": 0.5}
@@ -213,7 +213,8 @@ def test_proxy_reloads_on_sighup_without_dropping_enforcement(installed: Plugin,
         installed.install_published()
         proxy = start_proxy(installed, tmp_path)
         listed, allowed = f"http://{host}/blocked.html", f"http://{host}/fine.html"
-        base = {"listen": f"127.0.0.1:{proxy.port}", "access_log": str(proxy.access_log)}
+        base = {"listen": f"127.0.0.1:{proxy.port}", "access_log": str(proxy.access_log),
+                "allow_private_destinations": LOOPBACK_DESTINATIONS}  # restart-only: kept as started
         try:
             with Listed(proxy.port, listed) as client:
                 wait_for("a first answer", lambda: client.statuses)

@@ -18,8 +18,10 @@ Protocol (squid.conf.documented, `external_acl_type`, Squid 3.2 to 7):
   acl line has no arguments). We unescape the URI once and ignore the rest.
 - For CONNECT, %URI is the authority "host:port": there is no path to check,
   so the host is checked (`check_host`): a host listed whole (domain scope)
-  gets OK, anything else ERR. A URL of another scheme (ftp://...) gets ERR:
-  lists only hold http(s) entries.
+  gets OK, anything else ERR. A URL of another scheme is read as
+  `LiveMatcher.check_any_scheme` says, as the proxy reads it: ws:// and wss://
+  as http:// and https://, any other (ftp://, whois://, ...) by its host alone,
+  OK where the host is listed whole.
 - OK means "listed" (squid.conf: `http_access deny <acl>` with `deny_info`),
   with `message=` (Squid's %o in error pages) and `log=` (%ea in logformat)
   naming the list and its version, never the URL or the entry.
@@ -60,7 +62,6 @@ _MAX_CHANNEL = 10  # digits of a channel-ID; longer means "not a channel-ID"
 
 # "host:port" or "[v6]:port" with nothing else: the %URI of a CONNECT request.
 _AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s/?#@\[\]:]+):[0-9]{1,5}")
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def _quote(value: str) -> str:
@@ -130,13 +131,10 @@ class SquidHelper:
         return prefix + b'BH message="request line too long"'
 
     def _other(self, uri: str, started: float) -> bytes:
-        """The rare shapes: CONNECT's host:port, another scheme, an upper-case or missing scheme."""
-        end = uri.find("://")
-        if end < 0 and _AUTHORITY.fullmatch(uri):
+        """The rare shapes: CONNECT's host:port, another scheme (ftp, ws), an upper-case or missing one."""
+        if "://" not in uri and _AUTHORITY.fullmatch(uri):
             return self._host_result(uri, started)
-        if end >= 0 and uri[:end].lower() not in ("http", "https") and _SCHEME.match(uri):
-            return b"ERR"  # lists only hold http(s) entries
-        verdict = self.live.check(uri)
+        verdict = self.live.check_any_scheme(uri)
         metrics.observe_check(COMPONENT, verdict, time.perf_counter() - started)
         if not verdict.blocked:
             return b"ERR"

@@ -117,6 +117,8 @@ class PluginCollector(Collector):
                        "block: blocked what no list blocks)", ["component", "policy"], tally.local)
         yield _counter("blocklist_monitor_hits", "Checks a monitored list would have blocked (or, at stage 1, "
                        "sent to the proxy); it blocked nothing", ["component", "list"], tally.monitor)
+        yield _counter("blocklist_refused_requests", "Requests refused by a rule other than a list "
+                       "(reason: connect_port, not_tls, destination)", ["component", "reason"], tally.refused)
         yield _counter("blocklist_bloom_hits", "Bloom filter hits the exact digests confirmed or refuted",
                        ["list", "outcome"], tally.bloom)
         histogram = HistogramMetricFamily("blocklist_check_seconds", "Time to answer one check",

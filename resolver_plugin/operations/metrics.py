@@ -57,9 +57,10 @@ class Tally:
         self.bloom: Counter[tuple[str, ...]] = Counter()    # (list, outcome)
         self.local: Counter[tuple[str, ...]] = Counter()    # (component, policy): local allow/block decisions
         self.monitor: Counter[tuple[str, ...]] = Counter()  # (component, list): a monitored list's would-be blocks
+        self.refused: Counter[tuple[str, ...]] = Counter()  # (component, reason): refused by a rule, not a list
         self.latency: dict[str, list[float]] = {}           # component -> per-bucket counts, +Inf, sum
 
-    _COUNTERS = ("checks", "blocks", "invalid", "bloom", "local", "monitor")
+    _COUNTERS = ("checks", "blocks", "invalid", "bloom", "local", "monitor", "refused")
 
     def add(self, other: Tally) -> None:
         for name in self._COUNTERS:
@@ -87,7 +88,7 @@ class Tally:
         out = cls()
         for name in cls._COUNTERS:
             counter = getattr(out, name)
-            for labels, value in doc.get(name, []):  # local, monitor: absent from older releases' files
+            for labels, value in doc.get(name, ()):  # a counter newer than the file's writer: none yet
                 if not all(isinstance(label, str) for label in labels) or float(value) < 0:
                     raise ValueError(f"bad {name} sample")
                 counter[tuple(labels)] += float(value)
@@ -159,6 +160,14 @@ def observe_invalid(component: str) -> None:
     with _lock:
         _changes += 1
         _tally.invalid[(component,)] += 1
+
+
+def observe_refused(component: str, reason: str) -> None:
+    """A request refused by a rule that is not a list (a CONNECT port, a destination, not TLS)."""
+    global _changes
+    with _lock:
+        _changes += 1
+        _tally.refused[(component, reason)] += 1
 
 
 def watch(live: LiveMatcher) -> None:
