@@ -29,6 +29,7 @@ from blocklist.core.format.artifacts import read_snapshot  # noqa: E402
 from blocklist.core.format.keys import key_id  # noqa: E402
 from blocklist.core.matcher import ListFilter, Matcher  # noqa: E402
 from blocklist.home import Home, HotlineConfig  # noqa: E402
+from blocklist.keys import init_root  # noqa: E402
 from blocklist.publish import publish  # noqa: E402
 from blocklist.store import Store  # noqa: E402
 from tools.datagen import listed_rows, request_stream  # noqa: E402
@@ -37,6 +38,7 @@ from tools.datagen import listed_rows, request_stream  # noqa: E402
 def build_home(root: Path, n: int, rate: float) -> tuple[Home, Store, list[tuple[str, str]]]:
     home = Home(root)
     home.init(HotlineConfig())
+    init_root(home, home.default_root_dir(), 1, 1, "bench")  # what `blocklist init` does
     store = Store(home.store_path)
     rows = list(listed_rows(n))
     with store.transaction():
@@ -47,14 +49,13 @@ def build_home(root: Path, n: int, rate: float) -> tuple[Home, Store, list[tuple
 
 def install_plugin_cache(home: Home, folder: Path, extra_yaml: str = "") -> Path:
     """A plugin.yaml in `folder` trusting `home`'s key, with its published list "bench" in the cache."""
-    from blocklist.core.format.keys import public_key_text
     from blocklist.core.format.manifest import read_manifest
     from resolver_plugin.cache import Cache, ListState
     folder.mkdir(parents=True)
     key = home.signing_key().public_key()
-    (folder / "hotline.pub").write_text(public_key_text(key))
+    (folder / "hotline-root.json").write_bytes(home.current_root()[1])  # what `blocklist key export` prints
     config = folder / "plugin.yaml"
-    config.write_text("source: http://127.0.0.1:9/\npublic_key_file: hotline.pub\nlists: [bench]\n"
+    config.write_text("source: http://127.0.0.1:9/\npublic_key_file: hotline-root.json\nlists: [bench]\n"
                       "cache_dir: cache\nadmin: {listen: null}\n" + extra_yaml)
     data = (home.publish_dir / "manifest.json").read_bytes()
     ref = read_manifest(data, {key_id(key): key}).lists["bench"]
