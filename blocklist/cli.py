@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from blocklist import __version__
-from blocklist.core.digests import Scope, digest, domain_keys, entry_keys, kind_of, make_entry
+from blocklist.core.digests import Entry, Reach, Scope, lookup_digests, make_entry, make_new_entry
 from blocklist.core.errors import BlocklistError, InvalidURL, StoreError
 from blocklist.core.format.keys import public_key_text
 from blocklist.core.matcher import ListFilter, Matcher
@@ -125,25 +125,50 @@ def _list_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="The list to change or read.")(f)
 
 
+def _reach_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--subdomains and --exact-host: the hosts a page or folder entry applies on."""
+    f = click.option("--exact-host", is_flag=True,
+                     help="Page and folder entries apply on the host as written only, not its www. twin "
+                          "(for a twin that serves other content).")(f)
+    return click.option("--subdomains", is_flag=True,
+                        help="Page and folder entries apply on every subdomain too, as Safe Browsing's "
+                             "host suffixes do. Overblocks on a shared host (one name, many sites).")(f)
+
+
+def _reach(subdomains: bool, exact_host: bool) -> Reach:
+    if subdomains and exact_host:
+        raise click.UsageError("--subdomains and --exact-host exclude each other")
+    return Reach.SUBDOMAINS if subdomains else Reach.EXACT if exact_host else Reach.TWIN
+
+
 @main.command()
 @click.argument("urls", nargs=-1, required=True)
 @_list_option
 @click.option("--scope", type=SCOPES, default="page", show_default=True,
               help="page: that page; folder: that path and below; domain: the host and subdomains.")
+@_reach_options
 @click.option("--reason", default="", help="Why it is listed (kept in the store, never published).")
 @click.option("--ref", default="", help="External reference, e.g. a report number.")
 @click.option("--create-list", is_flag=True, help="Create the list if it does not exist.")
 @pass_ctx
-def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, reason: str, ref: str,
-        create_list: bool) -> None:
+def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, subdomains: bool, exact_host: bool,
+        reason: str, ref: str, create_list: bool) -> None:
     """Add URLs to a list (all of them or none).
+
+    A page or folder entry applies on its host and the host's www. twin
+    (example.org and www.example.org, either way round): a twin that serves
+    other content is blocked too, unless --exact-host. --subdomains extends it
+    to every name below the host, which on a shared host (many sites under one
+    name) blocks the same path on every one of them.
 
     \b
     Example:
       blocklist add http://bad.example/a.html http://bad.example/b.html --ref R-17
       blocklist add http://bad.example/ --scope domain --reason "whole site"
+      blocklist add http://bad.example/kit/ --scope folder --subdomains
     """
-    entries = [make_entry(url, Scope(scope)) for url in urls]
+    reach = _reach(subdomains, exact_host)
+    entries = [make_new_entry(url, Scope(scope), reach) for url in urls]
     with c.store.transaction():
         info = c.store.get_list(list_name)
         if info is None:
@@ -166,7 +191,8 @@ def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, reason: s
 def remove(c: Context, urls: tuple[str, ...], list_name: str, scope: str | None) -> None:
     """Remove URLs from a list (all of them or none).
 
-    Without --scope, every entry of the URL in any scope is removed.
+    Without --scope, every entry of the URL in any scope is removed, of any
+    reach: removing www.example.org/a removes the twin entry example.org/a.
 
     \b
     Example:
@@ -177,10 +203,11 @@ def remove(c: Context, urls: tuple[str, ...], list_name: str, scope: str | None)
         info = c.store.require_list(list_name)
         missing, removed = [], 0
         for url in urls:
-            candidates = []
+            candidates: list[Entry] = []
             for s in scopes:
                 try:
-                    candidates.append(make_entry(url, s))
+                    candidates.extend({make_entry(url, s, r) for r in Reach if not (
+                        s is Scope.DOMAIN and r is Reach.SUBDOMAINS)})
                 except InvalidURL:
                     if scope:
                         raise
@@ -199,14 +226,19 @@ def remove(c: Context, urls: tuple[str, ...], list_name: str, scope: str | None)
 @_list_option
 @click.option("--scope", type=SCOPES, default="page", show_default=True,
               help="Scope of lines (or CSV rows) that do not name one.")
+@_reach_options
 @click.option("--reason", default="", help="Reason for rows that give none.")
 @click.option("--create-list", is_flag=True, help="Create the list if it does not exist.")
 @pass_ctx
-def import_(c: Context, file: Path, list_name: str, scope: str, reason: str, create_list: bool) -> None:
+def import_(c: Context, file: Path, list_name: str, scope: str, subdomains: bool, exact_host: bool,
+            reason: str, create_list: bool) -> None:
     """Import a file of URLs: all or nothing; every bad line is named as FILE:LINE.
 
     Text files hold one URL a line ("#" starts a comment). CSV files have a
-    header row with `url` and optionally `scope`, `reason`, `ref`.
+    header row with `url` and optionally `scope`, `subdomains` (true/false: that
+    row's page or folder entry applies on every subdomain), `reason`, `ref`.
+    Entries apply on the host and its www. twin unless --exact-host; see
+    `blocklist add --help` for what twins and subdomains overblock.
 
     \b
     Example:
@@ -215,7 +247,7 @@ def import_(c: Context, file: Path, list_name: str, scope: str, reason: str, cre
     """
     total = sum(1 for _ in file.open("rb"))
     with click.progressbar(length=total, label=f"checking {file.name}", file=sys.stderr) as bar:
-        items = parse_file(file, Scope(scope), bar.update)
+        items = parse_file(file, Scope(scope), bar.update, _reach(subdomains, exact_host))
     with c.store.transaction():
         info = c.store.get_list(list_name)
         if info is None:
@@ -247,9 +279,9 @@ def ls(c: Context, list_name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.as_json() for r in rows], indent=1))
         return
-    click.echo(render(["LIST", "SCOPE", "URL", "ADDED", "BY", "REASON", "REF"],
-                      [[r.list, r.scope.value, r.url, _when(r.added_at), r.added_by, r.reason, r.ref]
-                       for r in rows]))
+    click.echo(render(["LIST", "SCOPE", "REACH", "URL", "ADDED", "BY", "REASON", "REF"],
+                      [[r.list, r.scope.value, "-" if r.scope is Scope.DOMAIN else r.reach.value, r.url,
+                        _when(r.added_at), r.added_by, r.reason, r.ref] for r in rows]))
     click.echo(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
 
 
@@ -278,9 +310,11 @@ def check(c: Context, url: str, list_name: str | None, as_json: bool) -> None:
         matched = [r.as_json() for r in _explain(c.store, info, url)]
     if as_json:
         click.echo(json.dumps({"url": url, "listed": verdict.blocked, "list": verdict.list,
-                               "scope": verdict.scope and verdict.scope.value, "entries": matched}))
+                               "scope": verdict.scope and verdict.scope.value,
+                               "reach": verdict.reach and verdict.reach.value, "entries": matched}))
     elif verdict.blocked and verdict.scope is not None:
         click.echo(f"listed in {verdict.list} ({verdict.scope.value} entry"
+                   + (f", {verdict.reach.value}" if verdict.reach is not None else "")
                    + (f" {matched[0]['url']}" if matched else "") + ")")
     else:
         click.echo("not listed")
@@ -289,11 +323,8 @@ def check(c: Context, url: str, list_name: str | None, as_json: bool) -> None:
 
 def _explain(store: Store, info: Any, url: str) -> list[Any]:
     """The store rows behind a match (the hotline may see its own plaintext)."""
-    cu = canonicalize(url)
-    values = [digest(info.salt, kind_of(Scope.DOMAIN), h) for h in domain_keys(cu.host)]
-    values += [digest(info.salt, kind_of(s), k) for s, k in entry_keys(cu)]
     rows = []
-    for value in values:
+    for value in lookup_digests(info.salt, canonicalize(url)):
         rows.extend(store.entries_with_digest(info, value))
     return rows
 

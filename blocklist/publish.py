@@ -24,6 +24,7 @@ from pybloom_live import BloomFilter
 from blocklist.core import atomic
 from blocklist.core.format.artifacts import Delta, Snapshot, diff, read_snapshot, write_delta, write_snapshot
 from blocklist.core.format.bloom import build_bloom, grow_bloom
+from blocklist.core.format.container import FORMAT_VERSION
 from blocklist.core.format.digestset import contains, digest_array, merge_sorted, set_checksum
 from blocklist.core.format.keys import key_id
 from blocklist.core.format.manifest import (
@@ -104,8 +105,10 @@ def _compile(home: Home, store: Store, info: ListInfo, before: ListRef | None, k
         old = read_snapshot((home.publish_dir / before.snapshot.path).read_bytes(), keys)
     counts = store.count(info)
     # The journal path needs a previous snapshot of the current layout; one written
-    # before subtree markers existed is recompiled in full (its delta adds them).
-    if old is not None and before is not None and old.subtree_markers and store.last_published(info) == before.version:
+    # before subtree markers or the current format existed is recompiled in full (its
+    # delta brings the new digests).
+    if (old is not None and before is not None and old.subtree_markers and old.format_version == FORMAT_VERSION
+            and store.last_published(info) == before.version):
         e_add, e_rem, h_add, h_rem = _changes(store, info, old)
         if not (e_add or e_rem or h_add or h_rem):
             return None

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blocklist.core.digests import Entry, Scope, entry_digests, subtree_markers
+from blocklist.core.digests import Entry, Reach, Scope, entry_digests, subtree_markers
 from blocklist.core.errors import FormatError, StoreError
 from blocklist.core.format.strictjson import check_list_name
 
-SCHEMA_VERSION = 2  # 2: the subtrees table
+SCHEMA_VERSION = 3  # 2: the subtrees table; 3: entries' reach (blocklist.store_upgrade), list_meta
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS lists (
@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,
     list_id INTEGER NOT NULL REFERENCES lists(id),
     scope TEXT NOT NULL CHECK (scope IN ('page', 'folder', 'domain')),
+    reach TEXT NOT NULL CHECK (reach IN ('exact', 'twin', 'subdomains')),
     key TEXT NOT NULL,
     url TEXT NOT NULL,
     digest BLOB,          -- page/folder entry digest; NULL for domain entries
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS entries (
     added_at INTEGER NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     ref TEXT NOT NULL DEFAULT '',
-    UNIQUE (list_id, scope, key)
+    UNIQUE (list_id, scope, reach, key)
 );
 CREATE INDEX IF NOT EXISTS entries_digest ON entries(list_id, digest);
 CREATE INDEX IF NOT EXISTS entries_host_digest ON entries(list_id, host_digest);
@@ -107,9 +108,10 @@ class EntryRow:
     added_at: int
     reason: str
     ref: str
+    reach: Reach = Reach.EXACT
 
     def as_json(self) -> dict[str, Any]:
-        return {"list": self.list, "scope": self.scope.value, "url": self.url,
+        return {"list": self.list, "scope": self.scope.value, "reach": self.reach.value, "url": self.url,
                 "added_by": self.added_by, "added_at": self.added_at,
                 "reason": self.reason, "ref": self.ref}
 
@@ -150,14 +152,15 @@ class Store:
 
     def _upgrade(self, version: int) -> None:
         """Bring a store of an older schema up to date, in one transaction (audited)."""
+        from blocklist.store_upgrade import upgrade_entries
+
         with self.transaction():
-            if version < 2:  # subtree markers: count them from the entries already listed
-                salts = dict(self.db.execute("SELECT id, salt FROM lists"))
-                for list_id, scope, key in self.db.execute("SELECT list_id, scope, key FROM entries").fetchall():
-                    host = key if scope == Scope.DOMAIN.value else key[:key.index("/")]
-                    self._count_markers(list_id, subtree_markers(salts[list_id], host), 1)
+            detail: dict[str, Any] = {"from": version, "to": SCHEMA_VERSION}
+            if version < 3:  # reach: every entry re-keyed, its digests and the markers computed again
+                detail.update(upgrade_entries(self.db, lambda list_id, markers: self._count_markers(
+                    list_id, markers, 1)))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-            self.audit("blocklist", "upgrade-store", "", {"from": version, "to": SCHEMA_VERSION})
+            self.audit("blocklist", "upgrade-store", "", detail)
 
     def close(self) -> None:
         self.db.close()
@@ -233,8 +236,8 @@ class Store:
     # -- entries
 
     def has_entry(self, info: ListInfo, entry: Entry) -> bool:
-        return self.db.execute("SELECT 1 FROM entries WHERE list_id = ? AND scope = ? AND key = ?",
-                               (info.id, entry.scope.value, entry.key)).fetchone() is not None
+        return self.db.execute("SELECT 1 FROM entries WHERE list_id = ? AND scope = ? AND reach = ? AND key = ?",
+                               (info.id, entry.scope.value, entry.reach.value, entry.key)).fetchone() is not None
 
     def add_entries(self, info: ListInfo, items: Iterable[tuple[Entry, str, str]], actor: str,
                     source: str = "") -> tuple[int, int]:
@@ -244,9 +247,9 @@ class Store:
         for entry, reason, ref in items:
             digest, host_digest = entry_digests(info.salt, entry)
             cur = self.db.execute(
-                "INSERT OR IGNORE INTO entries (list_id, scope, key, url, digest, host_digest, "
-                "added_by, added_at, reason, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (info.id, entry.scope.value, entry.key, entry.url,
+                "INSERT OR IGNORE INTO entries (list_id, scope, reach, key, url, digest, host_digest, "
+                "added_by, added_at, reason, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (info.id, entry.scope.value, entry.reach.value, entry.key, entry.url,
                  None if digest is None else _blob(digest), _blob(host_digest),
                  actor, now, reason, ref))
             if cur.rowcount:
@@ -256,8 +259,8 @@ class Store:
                 if journal:
                     self._touch(info, digest, host_digest, markers)
                 if not source:
-                    self.audit(actor, "add", info.name, {"scope": entry.scope.value, "url": entry.url,
-                                                        "reason": reason, "ref": ref})
+                    self.audit(actor, "add", info.name, {"scope": entry.scope.value, "reach": entry.reach.value,
+                                                        "url": entry.url, "reason": reason, "ref": ref})
             else:
                 already += 1
         if source:  # one audit row for a whole import, naming the file
@@ -280,24 +283,25 @@ class Store:
             self.db.executemany("UPDATE subtrees SET entries = entries - 1 WHERE list_id = ? AND digest = ?", rows)
 
     def remove_entry(self, info: ListInfo, entry: Entry, actor: str) -> bool:
-        cur = self.db.execute("DELETE FROM entries WHERE list_id = ? AND scope = ? AND key = ?",
-                              (info.id, entry.scope.value, entry.key))
+        cur = self.db.execute("DELETE FROM entries WHERE list_id = ? AND scope = ? AND reach = ? AND key = ?",
+                              (info.id, entry.scope.value, entry.reach.value, entry.key))
         if cur.rowcount:
             markers = subtree_markers(info.salt, entry.host)
             self._count_markers(info.id, markers, -1)
             if self.last_published(info) > 0:
                 self._touch(info, *entry_digests(info.salt, entry), markers)
-            self.audit(actor, "remove", info.name, {"scope": entry.scope.value, "url": entry.url})
+            self.audit(actor, "remove", info.name, {"scope": entry.scope.value, "reach": entry.reach.value,
+                                                    "url": entry.url})
         return bool(cur.rowcount)
 
     def entries(self, list_name: str | None = None) -> Iterator[EntryRow]:
-        sql = ("SELECT l.name, e.scope, e.url, e.added_by, e.added_at, e.reason, e.ref "
+        sql = ("SELECT l.name, e.scope, e.url, e.added_by, e.added_at, e.reason, e.ref, e.reach "
                "FROM entries e JOIN lists l ON l.id = e.list_id")
         args: tuple[Any, ...] = ()
         if list_name is not None:
             sql, args = sql + " WHERE l.name = ?", (list_name,)
-        for name, scope, url, by, at, reason, ref in self.db.execute(sql + " ORDER BY l.name, e.url", args):
-            yield EntryRow(name, Scope(scope), url, by, at, reason, ref)
+        for name, scope, url, by, at, reason, ref, reach in self.db.execute(sql + " ORDER BY l.name, e.url", args):
+            yield EntryRow(name, Scope(scope), url, by, at, reason, ref, Reach(reach))
 
     def count(self, info: ListInfo) -> dict[str, int]:
         rows = self.db.execute("SELECT scope, COUNT(*) FROM entries WHERE list_id = ? GROUP BY scope",
@@ -343,10 +347,10 @@ class Store:
         """The entries behind a digest: how the hotline explains a match to its staff."""
         blob = _blob(value)
         rows = self.db.execute(
-            "SELECT scope, url, added_by, added_at, reason, ref FROM entries "
+            "SELECT scope, url, added_by, added_at, reason, ref, reach FROM entries "
             "WHERE list_id = ? AND (digest = ? OR (digest IS NULL AND host_digest = ?))",
             (info.id, blob, blob))
-        return [EntryRow(info.name, Scope(s), u, b, a, r, f) for s, u, b, a, r, f in rows]
+        return [EntryRow(info.name, Scope(s), u, b, a, r, f, Reach(h)) for s, u, b, a, r, f, h in rows]
 
     # -- audit and publications
 

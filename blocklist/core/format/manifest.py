@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from blocklist.core.errors import ChecksumError, FormatError, SignatureError, SizeError
-from blocklist.core.format.container import FORMAT_VERSION
 from blocklist.core.format.keys import Keyring, key_id, verify_signature
 from blocklist.core.format.strictjson import (
     canonical_json,
@@ -44,6 +43,7 @@ __all__ = [
 ]
 
 MAX_MANIFEST = 4 * 1024 * 1024
+SPEC_VERSION = 1  # of the manifest; snapshots and deltas have their own (container.FORMAT_VERSION)
 MANIFEST_TYPE = "blocklist/manifest"
 ROTATION_CONTEXT = b"blocklist key rotation v1\x00"
 
@@ -99,7 +99,7 @@ def _ref_json(ref: FileRef) -> dict[str, Any]:
 
 def manifest_signed(manifest: Manifest) -> dict[str, Any]:
     return {
-        "type": MANIFEST_TYPE, "spec_version": FORMAT_VERSION, "version": manifest.version,
+        "type": MANIFEST_TYPE, "spec_version": SPEC_VERSION, "version": manifest.version,
         "created": manifest.created, "expires": manifest.expires,
         "lists": {name: {"version": ref.version, "checksum": ref.checksum, "entries": ref.entries,
                          "snapshot": _ref_json(ref.snapshot),
@@ -156,8 +156,8 @@ def read_manifest(data: bytes, keys: Keyring, max_size: int = MAX_MANIFEST) -> M
     doc = strict_loads(data, what)
     signed = typed_field(doc, "signed", dict, what)
     signatures = typed_field(doc, "signatures", list, what)
-    if signed.get("type") != MANIFEST_TYPE or signed.get("spec_version") != FORMAT_VERSION:
-        raise FormatError(f"{what}: not a version {FORMAT_VERSION} blocklist manifest")
+    if signed.get("type") != MANIFEST_TYPE or signed.get("spec_version") != SPEC_VERSION:
+        raise FormatError(f"{what}: not a version {SPEC_VERSION} blocklist manifest")
     chain = tuple(_rotation(item, what) for item in typed_field(signed, "key_chain", list, what))
     trusted = follow_key_chain(keys, chain)
     message = canonical_json(signed)
