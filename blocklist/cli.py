@@ -370,7 +370,9 @@ def publish_cmd(c: Context, list_names: tuple[str, ...]) -> None:
                          progress=lambda msg: click.echo(msg, err=True))
     for name, version in sorted(result.published.items()):
         click.echo(f"{name} {version}")
-    if not result.published:
+    for name in result.retitled:
+        click.echo(f"{name}: metadata published", err=True)
+    if not result.published and not result.retitled:
         versions = ", ".join(f"{n} {v}" for n, v in sorted(result.unchanged.items())) or "no lists"
         click.echo(f"nothing changed ({versions})"
                    + ("; manifest expiry renewed" if result.renewed else ""), err=True)
@@ -462,7 +464,7 @@ def demo(workdir: Path | None) -> None:
     sys.exit(run_demo(workdir or Path(tempfile.mkdtemp(prefix="blocklist-demo-"))))
 
 
-@main.command("lists")
+@main.group("lists", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
 @click.option("--create", "create", default=None, metavar="NAME", help="Create a list.")
 @click.option("--error-rate", type=float, default=None, help="Bloom false-positive rate for --create "
@@ -473,11 +475,15 @@ def lists_cmd(c: Context, as_json: bool, create: str | None, error_rate: float |
               list_name: str | None) -> None:
     """Show lists (entries, version, Bloom error rate), create one or change its rate.
 
+    `blocklist lists set` changes what block pages say about a list.
+
     \b
     Example:
       blocklist lists --create iwf --error-rate 1e-6
       blocklist lists --list iwf --error-rate 1e-7
     """
+    if click.get_current_context().invoked_subcommand:
+        return
     if create or (list_name and error_rate):
         with c.store.transaction():
             if create:
@@ -489,13 +495,44 @@ def lists_cmd(c: Context, as_json: bool, create: str | None, error_rate: float |
         counts = c.store.count(info)
         rows.append({"list": info.name, "entries": sum(counts.values()),
                      **{s.value: counts.get(s.value, 0) for s in Scope},
-                     "published_version": c.store.last_published(info), "error_rate": info.error_rate})
+                     "published_version": c.store.last_published(info), "error_rate": info.error_rate,
+                     "meta": c.store.list_meta(info).as_json()})
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
     click.echo(render(["LIST", "ENTRIES", "PAGE", "FOLDER", "DOMAIN", "PUBLISHED", "ERROR RATE"],
                       [[r["list"], r["entries"], r["page"], r["folder"], r["domain"],
                         r["published_version"], f"{r['error_rate']:g}"] for r in rows]))
+
+
+@lists_cmd.command("set")
+@click.argument("list_name", metavar="LIST")
+@click.option("--title", default=None, help="Who blocks, as block pages name it (plain text, at most 200).")
+@click.option("--legal-basis", default=None, help="The law or order the list is enforced under (plain text).")
+@click.option("--appeal-url", default=None, help="Where to appeal or read more: an http(s) URL; block pages "
+              "link it and send it as Link: <URL>; rel=\"blocked-by\".")
+@pass_ctx
+def lists_set(c: Context, list_name: str, title: str | None, legal_basis: str | None,
+              appeal_url: str | None) -> None:
+    """Set what block pages show about a list; "" clears a field. Audited, signed at the next publish.
+
+    The proxy's 451 page and Squid's deny page show the text of the list that
+    blocked (escaped: plain text, never markup). Nothing in it is secret: it is
+    published in the manifest.
+
+    \b
+    Example:
+      blocklist lists set iwf --title "Internet Watch Foundation" \\
+          --legal-basis "Protection of Children Act 1978" --appeal-url https://hotline.example/appeal
+      blocklist publish
+    """
+    changes = {k: v for k, v in (("title", title), ("legal_basis", legal_basis), ("appeal_url", appeal_url))
+               if v is not None}
+    if not changes:
+        raise click.UsageError("give --title, --legal-basis or --appeal-url")
+    with c.store.transaction():
+        meta = c.store.set_list_meta(list_name, changes, c.actor)
+    click.echo(f"{list_name}: {json.dumps(meta.as_json(), ensure_ascii=False)}; run `blocklist publish` to distribute")
 
 
 @main.command("fleet")

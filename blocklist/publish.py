@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -49,10 +49,11 @@ class PublishResult:
     unchanged: dict[str, int] = field(default_factory=dict)   # list -> current version
     manifest_version: int = 0
     renewed: bool = False  # nothing changed, but the manifest's expiry was renewed
+    retitled: list[str] = field(default_factory=list)  # lists whose metadata alone changed
 
     @property
     def wrote_manifest(self) -> bool:
-        return bool(self.published) or self.renewed
+        return bool(self.published) or self.renewed or bool(self.retitled)
 
 
 def compile_snapshot(info: ListInfo, entries: array, hosts: array, counts: dict[str, int],
@@ -157,19 +158,26 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
             snap, delta = compiled
             lists[info.name] = write_list_files(home, key, snap, delta, before, config.keep_versions)
             result.published[info.name] = version
+        for info in infos:  # who blocks with each list, signed with the manifest
+            ref, meta = lists.get(info.name), store.list_meta(info)
+            if ref is not None and ref.meta != meta:
+                lists[info.name] = replace(ref, meta=meta)
+                if info.name not in result.published:
+                    result.retitled.append(info.name)
 
         lifetime = expires - now
-        if not result.published and previous is not None and previous.expires - now > lifetime / 2:
+        if (not result.published and not result.retitled and previous is not None
+                and previous.expires - now > lifetime / 2):
             result.manifest_version = previous.version
         else:
-            result.renewed = not result.published
+            result.renewed = not result.published and not result.retitled
             manifest = Manifest(version=(previous.version if previous else 0) + 1, created=now,
                                 expires=expires, lists=lists,
                                 key_chain=previous.key_chain if previous else ())
             atomic.write_bytes(home.publish_dir / MANIFEST_NAME, write_manifest(manifest, [key]))
             result.manifest_version = manifest.version
             store.audit(actor, "publish", "", {"manifest": manifest.version, "published": result.published,
-                                               "renewed": result.renewed})
+                                               "renewed": result.renewed, "retitled": result.retitled})
         for info in infos:
             ref = lists.get(info.name)
             if ref is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from blocklist.core.digests import Entry, Reach, Scope, entry_digests, subtree_markers
 from blocklist.core.errors import FormatError, StoreError
+from blocklist.core.format.listmeta import ListMeta, meta_problem
 from blocklist.core.format.strictjson import check_list_name
 
 SCHEMA_VERSION = 3  # 2: the subtrees table; 3: entries' reach (blocklist.store_upgrade), list_meta
@@ -79,6 +80,13 @@ CREATE TABLE IF NOT EXISTS subtrees (
     entries INTEGER NOT NULL CHECK (entries >= 0),
     PRIMARY KEY (list_id, digest)
 ) WITHOUT ROWID;
+-- Who blocks with a list (blocklist.core.format.listmeta), published in the signed manifest.
+CREATE TABLE IF NOT EXISTS list_meta (
+    list_id INTEGER PRIMARY KEY REFERENCES lists(id),
+    title TEXT NOT NULL DEFAULT '',
+    legal_basis TEXT NOT NULL DEFAULT '',
+    appeal_url TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS publications (
     list_id INTEGER NOT NULL REFERENCES lists(id),
     version INTEGER NOT NULL,
@@ -232,6 +240,24 @@ class Store:
             raise StoreError(f"error rate {error_rate} must be between 0 and 0.5")
         self.db.execute("UPDATE lists SET error_rate = ? WHERE id = ?", (error_rate, info.id))
         self.audit(actor, "set-error-rate", name, {"from": info.error_rate, "to": error_rate})
+
+    def list_meta(self, info: ListInfo) -> ListMeta:
+        row = self.db.execute("SELECT title, legal_basis, appeal_url FROM list_meta WHERE list_id = ?",
+                              (info.id,)).fetchone()
+        return ListMeta(*row) if row else ListMeta()
+
+    def set_list_meta(self, name: str, changes: dict[str, str], actor: str) -> ListMeta:
+        """Change some fields of a list's metadata ("" clears one); StoreError if out of bounds."""
+        info = self.require_list(name)
+        old = self.list_meta(info)
+        new = ListMeta(**{**old.__dict__, **changes})
+        problem = meta_problem(new)
+        if problem is not None:
+            raise StoreError(f"list {name}: {problem}; nothing changed")
+        self.db.execute("INSERT OR REPLACE INTO list_meta VALUES (?, ?, ?, ?)",
+                        (info.id, new.title, new.legal_basis, new.appeal_url))
+        self.audit(actor, "set-list-meta", name, {"from": old.as_json(), "to": new.as_json()})
+        return new
 
     # -- entries
 

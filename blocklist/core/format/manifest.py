@@ -1,7 +1,7 @@
 """The signed manifest: canonical JSON of the lists' files, sizes and hashes, and the key chain.
 
     {"signed": {"type", "spec_version", "version", "created", "expires",
-                "lists": {name: {"version", "checksum", "entries", "snapshot", "deltas"}},
+                "lists": {name: {"version", "checksum", "entries", "snapshot", "deltas", ["meta"]}},
                 "key_chain": [{"new_key", "signed_by", "sig"}]},
      "signatures": [{"key_id", "sig"}]}
 
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from blocklist.core.errors import ChecksumError, FormatError, SignatureError, SizeError
 from blocklist.core.format.keys import Keyring, key_id, verify_signature
+from blocklist.core.format.listmeta import ListMeta, meta_from_json
 from blocklist.core.format.strictjson import (
     canonical_json,
     check_list_name,
@@ -68,6 +69,7 @@ class ListRef:
     entries: int
     snapshot: FileRef
     deltas: tuple[DeltaRef, ...] = ()
+    meta: ListMeta = ListMeta()  # who blocks with it (blocklist.core.format.listmeta); optional
 
 
 @dataclass(frozen=True)
@@ -101,14 +103,19 @@ def manifest_signed(manifest: Manifest) -> dict[str, Any]:
     return {
         "type": MANIFEST_TYPE, "spec_version": SPEC_VERSION, "version": manifest.version,
         "created": manifest.created, "expires": manifest.expires,
-        "lists": {name: {"version": ref.version, "checksum": ref.checksum, "entries": ref.entries,
-                         "snapshot": _ref_json(ref.snapshot),
-                         "deltas": [dict(_ref_json(d), **{"from": d.from_version, "to": d.to_version})
-                                    for d in ref.deltas]}
-                  for name, ref in sorted(manifest.lists.items())},
+        "lists": {name: _list_json(ref) for name, ref in sorted(manifest.lists.items())},
         "key_chain": [{"new_key": r.new_key, "signed_by": r.signed_by, "sig": r.sig}
                       for r in manifest.key_chain],
     }
+
+
+def _list_json(ref: ListRef) -> dict[str, Any]:
+    out = {"version": ref.version, "checksum": ref.checksum, "entries": ref.entries,
+           "snapshot": _ref_json(ref.snapshot),
+           "deltas": [dict(_ref_json(d), **{"from": d.from_version, "to": d.to_version}) for d in ref.deltas]}
+    if ref.meta:
+        out["meta"] = ref.meta.as_json()
+    return out
 
 
 def write_manifest(manifest: Manifest, private_keys: list[Ed25519PrivateKey]) -> bytes:
@@ -210,7 +217,7 @@ def _list_ref(item: Any, what: str) -> ListRef:
                    checksum=typed_field(item, "checksum", str, what),
                    entries=count_field(item, "entries", what),
                    snapshot=_file_ref(typed_field(item, "snapshot", dict, what), what),
-                   deltas=tuple(deltas))
+                   deltas=tuple(deltas), meta=meta_from_json(item["meta"], what) if "meta" in item else ListMeta())
 
 
 def check_file(ref: FileRef, data: bytes, what: str) -> None:

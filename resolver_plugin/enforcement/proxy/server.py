@@ -90,7 +90,7 @@ class ProxyServer:
         self.config = config
         self.proxy = config.proxy
         self.live = live
-        self.page = BlockPage(config.proxy)
+        self.page = BlockPage(config.proxy, live.list_meta)
         self.header_timeout = header_timeout or self.proxy.header_timeout
         self.idle_timeout = idle_timeout or self.proxy.idle_timeout
         self.networks = [ipaddress.ip_network(n, strict=False) for n in self.proxy.allowed_clients]
