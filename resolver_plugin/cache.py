@@ -282,6 +282,7 @@ class LiveMatcher:
         self._generation = -1
         self._meta_generation = -1
         self.meta: dict[str, ListMeta] = {}  # who blocks with each list, from the verified manifest
+        self._messages: dict[str, tuple[ListMeta, str]] = {}  # block_message's, by list
         self._next_check = 0.0
         self.matcher = Matcher()
         self.missing: list[str] = list(config.lists)
@@ -321,13 +322,17 @@ class LiveMatcher:
 
     def block_message(self, name: str) -> str:
         """What a Squid deny page shows (%o) for a block by list `name`: plain text, one line."""
-        meta = self.meta.get(name)
-        text = f"blocked by list {name}"
-        if meta:
-            text += "".join(part for part in (
-                f": {meta.title}" if meta.title else "",
-                f"; legal basis: {meta.legal_basis}" if meta.legal_basis else "",
-                f"; appeal: {meta.appeal_url}" if meta.appeal_url else ""))
+        meta = self.meta.get(name, _NO_META)
+        cached = self._messages.get(name)
+        if cached is not None and cached[0] is meta:  # made from the metadata in force now
+            return cached[1]
+        text = f"blocked by list {name}" + "".join([
+            f": {meta.title}" if meta.title else "",
+            f"; legal basis: {meta.legal_basis}" if meta.legal_basis else "",
+            f"; appeal: {meta.appeal_url}" if meta.appeal_url else ""])
+        if len(self._messages) > 256:
+            self._messages.clear()
+        self._messages[name] = (meta, text)
         return text
 
     def current(self) -> Matcher:

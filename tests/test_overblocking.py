@@ -2,7 +2,8 @@
 
 The list mixes the three scopes (85 % pages, a seventh of them with a query,
 10 % folders, 5 % domains) over entries/5 hosts, and the three reaches of page and
-folder entries (two thirds www. twin, a sixth exact host, a sixth subdomains). It is built as the publisher
+folder entries (one per host: two thirds of the hosts www. twin, a sixth exact host,
+a sixth subdomains). It is built as the publisher
 would hash it (salted SHA-256 keys of blocklist.core.digests, Bloom filters of
 blocklist.core.format.bloom), straight into a ListFilter without the SQLite store; a
 sample is checked against `make_entry` so the keys are the real ones.
@@ -53,13 +54,13 @@ def host_of(i: int, hosts: int) -> str:
     return f"h{(i * 7919) % hosts}.listed.test"
 
 
-def reach_of(i: int) -> Reach:
-    """The reach of entry i if it is a page or folder entry."""
-    return (Reach.TWIN, Reach.TWIN, Reach.TWIN, Reach.TWIN, Reach.EXACT, Reach.SUBDOMAINS)[i % 6]
+def reach_of(i: int, hosts: int) -> Reach:
+    """The reach of entry i if it is a page or folder entry: one per host, as hotlines list a site."""
+    return (Reach.TWIN, Reach.TWIN, Reach.TWIN, Reach.TWIN, Reach.EXACT, Reach.SUBDOMAINS)[(i * 7919) % hosts % 6]
 
 
 def entry_of(i: int, hosts: int) -> tuple[Scope, str]:
-    """(scope, canonical key) of entry i (of reach_of(i)). Keys are canonical by construction."""
+    """(scope, canonical key) of entry i (of reach_of(i, hosts)). Keys are canonical by construction."""
     host = host_of(i, hosts)
     kind = i % 20
     if kind == 0:
@@ -95,7 +96,7 @@ def build_list(n: int) -> CountingFilter:
     host_prefix = {reach: SALT + host_kind(reach) + b"\x00" for reach in Reach}
     for i in range(n):
         scope, key = entry_of(i, hosts)
-        reach = Reach.EXACT if scope is Scope.DOMAIN else reach_of(i)
+        reach = Reach.EXACT if scope is Scope.DOMAIN else reach_of(i, hosts)
         d = int.from_bytes(sha(prefix[scope, reach] + key.encode()).digest()[:8], "big")
         if scope is Scope.DOMAIN:
             host_digests.add(d)
@@ -107,7 +108,7 @@ def build_list(n: int) -> CountingFilter:
     for i in range(0, n, max(1, n // 200)):
         scope, key = entry_of(i, hosts)
         d, hd = entry_digests(SALT, make_entry(url_of(scope, key), scope,
-                                               Reach.TWIN if scope is Scope.DOMAIN else reach_of(i)))
+                                               Reach.TWIN if scope is Scope.DOMAIN else reach_of(i, hosts)))
         assert (d if d is not None else hd) in (set(entries) if d is not None else host_digests)
     ea, ha = array("Q", sorted(set(entries))), array("Q", sorted(host_digests))
     return CountingFilter("big", 1, SALT, ea, ha, build_bloom(ea, RATE), build_bloom(ha, RATE))
@@ -145,9 +146,9 @@ def unlisted_urls(n_entries: int, count: int, seed: int = 5) -> list[tuple[str, 
             scope, key = entry_of(i, hosts)
             path = key.split("/", 1)[1]
             near = [f"http://a.{host}/{path}", f"http://www1.{host}/{path}", f"http://{host}.www.example/{path}"]
-            if reach_of(i) is Reach.EXACT:
+            if reach_of(i, hosts) is Reach.EXACT:
                 near += [f"http://www.{host}/{path}", f"http://www.www.{host}/{path}"]
-            if reach_of(i) is not Reach.SUBDOMAINS:
+            if reach_of(i, hosts) is not Reach.SUBDOMAINS:
                 out.append(("twin near-miss", rng.choice(near)))
         else:  # a page listed without a query: its folder, a longer name, another case
             out.append(("page near-miss", rng.choice([
@@ -207,7 +208,7 @@ def test_the_listed_urls_themselves_are_blocked() -> None:
             url = url.replace("http://", "http://www.") + "x"
         verdict = m.check(url)
         assert verdict.blocked and verdict.scope is scope, url
-        if scope is not Scope.DOMAIN and reach_of(i) is not Reach.EXACT:  # its twin, and below with subdomains
-            twin = url.replace("http://", "http://www.www." if reach_of(i) is Reach.TWIN else "http://q.www.")
+        if scope is not Scope.DOMAIN and reach_of(i, hosts) is not Reach.EXACT:  # its twin, and below with subdomains
+            twin = url.replace("http://", "http://www.www." if reach_of(i, hosts) is Reach.TWIN else "http://q.www.")
             verdict = m.check(twin)
-            assert verdict.blocked and verdict.scope is scope and verdict.reach is reach_of(i), twin
+            assert verdict.blocked and verdict.scope is scope and verdict.reach is reach_of(i, hosts), twin

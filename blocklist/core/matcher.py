@@ -44,7 +44,6 @@ from blocklist.core.digests import (
     folder_tails,
     host_kind,
     kind_of,
-    page_tails,
     www_base,
 )
 from blocklist.core.errors import ChecksumError, FormatError
@@ -88,7 +87,8 @@ def _carrier(reach: Reach, name: str) -> Carrier:
 
 
 # What check_entries found: one constant per scope and reach, so a block allocates nothing more.
-_FOUND = {(scope, reach): (scope, reach) for scope in (Scope.PAGE, Scope.FOLDER) for reach in Reach}
+_PAGE_FOUND = {reach: (Scope.PAGE, reach) for reach in Reach}
+_FOLDER_FOUND = {reach: (Scope.FOLDER, reach) for reach in Reach}
 # How specific a scope is, for naming one list when several block a URL.
 _RANK = {Scope.DOMAIN: 0, Scope.FOLDER: 1, Scope.PAGE: 2}
 
@@ -295,17 +295,18 @@ class ListFilter:
 
     def check_entries(self, url: CanonicalURL, carriers: tuple[Carrier, ...]) -> tuple[Scope, Reach] | None:
         """Stage 2 for a host that carries entries: the page, else the folder entry covering `url`."""
-        tails = page_tails(url)
-        for carrier in carriers:
-            for tail in tails:
-                if self._member(self.entry_bloom, self.entries, self._digest(carrier.page_kind, carrier.name + tail)):
-                    return _FOUND[Scope.PAGE, carrier.reach]
+        member, digest, bloom, entries = self._member, self._digest, self.entry_bloom, self.entries
+        path, query = url.path, url.query
+        for page_kind, _, name, reach in carriers:
+            if query is not None and member(bloom, entries, digest(page_kind, f"{name}{path}?{query}")):
+                return _PAGE_FOUND[reach]
+            if member(bloom, entries, digest(page_kind, name + path)):
+                return _PAGE_FOUND[reach]
         tails = folder_tails(url)
-        for carrier in carriers:
+        for _, folder_kind, name, reach in carriers:
             for tail in tails:
-                if self._member(self.entry_bloom, self.entries,
-                                self._digest(carrier.folder_kind, carrier.name + tail)):
-                    return _FOUND[Scope.FOLDER, carrier.reach]
+                if member(bloom, entries, digest(folder_kind, name + tail)):
+                    return _FOLDER_FOUND[reach]
         return None
 
 
