@@ -1,14 +1,15 @@
 """`blocklist`: the hotline's command line. A shell: parse, call the core, print.
 
 Exit codes: 0 success (for `check`: listed), 1 not listed / nothing done where a
-script may care, 2 usage or input error (click's convention), 3 store or key error.
+script may care / refused by a guard rail, 2 usage or input error (click's
+convention), 3 store or key error. The guard-rail commands (`protect`, `revert`)
+live in blocklist/guard_commands.py.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,37 +17,25 @@ from typing import Any
 import click
 
 from blocklist import __version__
+from blocklist.context import Context, pass_ctx, plural, when
 from blocklist.core.digests import Entry, Reach, Scope, lookup_digests, make_entry, make_new_entry
 from blocklist.core.errors import BlocklistError, InvalidURL, StoreError
-from blocklist.core.format.keys import public_key_text
+from blocklist.core.logs import LogFormat, LogLevel, setup_logging
 from blocklist.core.matcher import ListFilter, Matcher
 from blocklist.core.table import render
 from blocklist.core.urls import canonicalize
-from blocklist.home import Home, HotlineConfig, default_home
+from blocklist.guard_commands import protect, revert
+from blocklist.home import HotlineConfig, default_home
 from blocklist.importer import ImportFileError, parse_file
+from blocklist.node_cmd import node, remove_nodes
+from blocklist.preview import preview_list, render_text
+from blocklist.protect import guard_entries
 from blocklist.publish import publish as run_publish
-from blocklist.store import Store, default_actor
+from blocklist.store import Refused, Store, default_actor
+from blocklist.trust_cli import expires_in_option, key, refresh_cmd, threshold_options
 
 DEFAULT_LIST = "default"
 SCOPES = click.Choice([s.value for s in Scope])
-
-
-class Context:
-    def __init__(self, home: Path, actor: str) -> None:
-        self.home = Home(home)
-        self.actor = actor
-        self._store: Store | None = None
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self.home.require()
-            self._store = Store(self.home.store_path)
-        return self._store
-
-
-def _when(ts: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
 
 
 def _fail(message: str, code: int = 3) -> None:
@@ -66,6 +55,12 @@ class BlocklistGroup(click.Group):
             if len(exc.problems) > 50:
                 click.echo(f"... and {len(exc.problems) - 50} more", err=True)
             _fail(str(exc), 2)
+        except Refused as exc:
+            for line in exc.details[:50]:
+                click.echo(line, err=True)
+            if len(exc.details) > 50:
+                click.echo(f"... and {len(exc.details) - 50} more", err=True)
+            _fail(str(exc), 1)
         except InvalidURL as exc:
             _fail(str(exc), 2)
         except BlocklistError as exc:
@@ -74,17 +69,19 @@ class BlocklistGroup(click.Group):
             _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")
 
 
-pass_ctx = click.make_pass_decorator(Context)
-
-
 @click.group(cls=BlocklistGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=default_home,
               show_default="$BLOCKLIST_HOME or ~/.local/share/blocklist", help="Hotline home directory.")
 @click.option("--actor", default=default_actor, show_default="$BLOCKLIST_ACTOR or $USER",
               help="Who makes the change, for the audit log.")
+@click.option("--log-format", type=click.Choice([f.value for f in LogFormat]), default=LogFormat.TEXT.value,
+              show_default=True, help="`serve`'s log lines as text, or as JSON objects one a line for a SIEM "
+                                      "(docs/OPERATIONS.md, Logs).")
+@click.option("--log-level", type=click.Choice([v.value for v in LogLevel]), default=LogLevel.INFO.value,
+              show_default=True, help="`serve` logs this level and above.")
 @click.version_option(__version__)
 @click.pass_context
-def main(ctx: click.Context, home: Path, actor: str) -> None:
+def main(ctx: click.Context, home: Path, actor: str, log_format: str, log_level: str) -> None:
     """Maintain and publish URL blocklists (the hotline side).
 
     \b
@@ -94,20 +91,34 @@ def main(ctx: click.Context, home: Path, actor: str) -> None:
       blocklist publish
       blocklist serve --port 8080
     """
-    ctx.obj = Context(home, actor)
+    ctx.obj = Context(home, actor, LogFormat(log_format), LogLevel(log_level))
+
+
+main.add_command(protect)
+main.add_command(revert)
 
 
 @main.command()
 @click.option("--list", "list_name", default=DEFAULT_LIST, show_default=True, help="First list to create.")
 @click.option("--error-rate", type=float, default=None, help="Its Bloom false-positive rate (default 1e-6).")
+@click.option("--root-dir", "root_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the root keys go, outside the home (default: <home>-root-keys beside it).")
+@threshold_options
 @pass_ctx
-def init(c: Context, list_name: str, error_rate: float | None) -> None:
-    """Create the home: store, signing key (mode 0600), config and a first list.
+def init(c: Context, list_name: str, error_rate: float | None, root_dir: Path | None, root_keys: int,
+         threshold: int) -> None:
+    """Create the home: store, online key (mode 0600), config, a first list, and the root keys.
+
+    The root keys (k of n) sign root version 1, which names the online key;
+    they belong offline. On a home from before root keys, it adds them.
 
     \b
     Example:
-      blocklist --home /srv/hotline init --list iwf
+      blocklist --home /srv/hotline init --list iwf --root-dir /media/usb/root-keys --root-keys 3 --threshold 2
     """
+    from blocklist.keys import check_threshold, init_root
+
+    check_threshold(root_keys, threshold)
     created = c.home.init(HotlineConfig())
     config = c.home.config()
     with c.store.transaction():
@@ -117,7 +128,24 @@ def init(c: Context, list_name: str, error_rate: float | None) -> None:
             c.store.audit(c.actor, "init", "", {"home": str(c.home.root)})
     click.echo(f"{'initialized' if created else 'already initialized'}: {c.home.root}")
     click.echo(f"lists: {', '.join(info.name for info in c.store.lists())}")
-    click.echo(f"signing key: {c.home.key_path} (export the public key with `blocklist key export`)")
+    click.echo(f"online key: {c.home.key_path}")
+    if not c.home.root_version():
+        root_dir = root_dir or c.home.default_root_dir()
+        init_root(c.home, root_dir, root_keys, threshold, c.actor)
+        click.echo(f"root keys: {root_dir} ({threshold} of {root_keys} sign a new root). They belong "
+                   "OFFLINE: move them to offline media now; only `blocklist key rotate` and "
+                   "`key rotate-root` need them")
+    click.echo("trust anchor for plugins: `blocklist key export > hotline-root.json`")
+
+
+def _force_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--force", is_flag=True, help="List it even where it blocks a protected host whole "
+                        "(needs --reason; audited).")(f)
+
+
+def _check_force(force: bool, reason: str) -> None:
+    if force and not reason.strip():
+        raise click.UsageError("--force needs --reason TEXT: say why the protection is overridden")
 
 
 def _list_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -150,9 +178,10 @@ def _reach(subdomains: bool, exact_host: bool) -> Reach:
 @click.option("--reason", default="", help="Why it is listed (kept in the store, never published).")
 @click.option("--ref", default="", help="External reference, e.g. a report number.")
 @click.option("--create-list", is_flag=True, help="Create the list if it does not exist.")
+@_force_option
 @pass_ctx
 def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, subdomains: bool, exact_host: bool,
-        reason: str, ref: str, create_list: bool) -> None:
+        reason: str, ref: str, create_list: bool, force: bool) -> None:
     """Add URLs to a list (all of them or none).
 
     A page or folder entry applies on its host and the host's www. twin
@@ -161,12 +190,16 @@ def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, subdomain
     to every name below the host, which on a shared host (many sites under one
     name) blocks the same path on every one of them.
 
+    Refused (exit 1) when an entry would block a protected host whole
+    (`blocklist protect --help`), unless --force --reason.
+
     \b
     Example:
       blocklist add http://bad.example/a.html http://bad.example/b.html --ref R-17
       blocklist add http://bad.example/ --scope domain --reason "whole site"
       blocklist add http://bad.example/kit/ --scope folder --subdomains
     """
+    _check_force(force, reason)
     reach = _reach(subdomains, exact_host)
     entries = [make_new_entry(url, Scope(scope), reach) for url in urls]
     with c.store.transaction():
@@ -178,7 +211,10 @@ def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, subdomain
         dupes = [e.url for e in entries if c.store.has_entry(info, e)]
         if dupes:
             raise StoreError(f"already listed in {list_name} as {scope}: {', '.join(dupes)}; nothing added")
+        notes = guard_entries(c.store, info, [("", e) for e in entries], c.actor, force, reason)
         added, _ = c.store.add_entries(info, [(e, reason, ref) for e in entries], c.actor)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     click.echo(f"added {added} {scope} entr{'y' if added == 1 else 'ies'} to {list_name}; "
                "run `blocklist publish` to distribute")
 
@@ -229,22 +265,26 @@ def remove(c: Context, urls: tuple[str, ...], list_name: str, scope: str | None)
 @_reach_options
 @click.option("--reason", default="", help="Reason for rows that give none.")
 @click.option("--create-list", is_flag=True, help="Create the list if it does not exist.")
+@_force_option
 @pass_ctx
 def import_(c: Context, file: Path, list_name: str, scope: str, subdomains: bool, exact_host: bool,
-            reason: str, create_list: bool) -> None:
+            reason: str, create_list: bool, force: bool) -> None:
     """Import a file of URLs: all or nothing; every bad line is named as FILE:LINE.
 
     Text files hold one URL a line ("#" starts a comment). CSV files have a
     header row with `url` and optionally `scope`, `subdomains` (true/false: that
     row's page or folder entry applies on every subdomain), `reason`, `ref`.
     Entries apply on the host and its www. twin unless --exact-host; see
-    `blocklist add --help` for what twins and subdomains overblock.
+    `blocklist add --help` for what twins and subdomains overblock. Refused
+    (exit 1, FILE:LINE of each) when an entry would block a protected host
+    whole, unless --force --reason.
 
     \b
     Example:
       blocklist import reports.txt --list iwf
       blocklist import reports.csv --scope folder
     """
+    _check_force(force, reason)
     total = sum(1 for _ in file.open("rb"))
     with click.progressbar(length=total, label=f"checking {file.name}", file=sys.stderr) as bar:
         items = parse_file(file, Scope(scope), bar.update, _reach(subdomains, exact_host))
@@ -254,9 +294,13 @@ def import_(c: Context, file: Path, list_name: str, scope: str, subdomains: bool
             if not create_list:
                 raise StoreError(f"no list named {list_name!r}; pass --create-list to create it")
             info = c.store.create_list(list_name, c.home.config().default_error_rate, c.actor)
+        notes = guard_entries(c.store, info, [(f"{file}:{i.line}", i.entry) for i in items], c.actor,
+                              force, reason)
         with click.progressbar(items, label=f"importing into {list_name}", file=sys.stderr) as bar:
             added, already = c.store.add_entries(
                 info, ((i.entry, i.reason or reason, i.ref) for i in bar), c.actor, source=str(file))
+    if notes:
+        click.echo(f"note: {plural(len(notes))} below protected hosts, e.g. {notes[0]}", err=True)
     click.echo(f"imported {added} entr{'y' if added == 1 else 'ies'} into {list_name}"
                + (f" ({already} already listed)" if already else "")
                + "; run `blocklist publish` to distribute")
@@ -281,7 +325,7 @@ def ls(c: Context, list_name: str | None, as_json: bool) -> None:
         return
     click.echo(render(["LIST", "SCOPE", "REACH", "URL", "ADDED", "BY", "REASON", "REF"],
                       [[r.list, r.scope.value, "-" if r.scope is Scope.DOMAIN else r.reach.value, r.url,
-                        _when(r.added_at), r.added_by, r.reason, r.ref] for r in rows]))
+                        when(r.added_at), r.added_by, r.reason, r.ref] for r in rows]))
     click.echo(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
 
 
@@ -347,27 +391,50 @@ def log(c: Context, list_name: str | None, limit: int, as_json: bool) -> None:
                                 "list": r.list, "detail": r.detail} for r in rows], indent=1))
         return
     click.echo(render(["#", "WHEN", "ACTOR", "ACTION", "LIST", "DETAIL"],
-                      [[r.id, _when(r.at), r.actor, r.action, r.list,
+                      [[r.id, when(r.at), r.actor, r.action, r.list,
                         " ".join(f"{k}={v}" for k, v in sorted(r.detail.items()))] for r in rows]))
 
 
 @main.command("publish")
 @click.option("--list", "list_names", multiple=True, help="Only these lists (repeatable; default all).")
+@click.option("--dry-run", is_flag=True, help="Show what a publish would change, per list; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: one JSON document, for scripts.")
+@expires_in_option
 @pass_ctx
-def publish_cmd(c: Context, list_names: tuple[str, ...]) -> None:
+def publish_cmd(c: Context, list_names: tuple[str, ...], dry_run: bool, as_json: bool,
+                expires_in: int | None) -> None:
     """Compile changed lists into snapshots and deltas and sign a new manifest.
 
     Prints the new version of each published list. Publishes nothing, and says
-    so, when nothing changed (but renews the manifest's expiry once half of its
-    lifetime has passed: run it daily from cron).
+    so, when nothing changed (but re-signs the manifest with a fresh expiry once
+    half of its lifetime has passed; see also `blocklist refresh`).
+
+    --dry-run shows, per list, the entries added and removed since the last
+    publish, hosts newly blocked whole, hosts stage 1 would newly steer to the
+    filtering proxy and protected hosts touched (plaintext: hotline-private),
+    and writes nothing.
 
     \b
     Example:
+      blocklist publish --dry-run | less
+      blocklist publish --dry-run --json | jq '.lists[].protected_touched'
       blocklist publish && rsync -a ~/.local/share/blocklist/publish/ mirror:/srv/www/
     """
+    if as_json and not dry_run:
+        raise click.UsageError("--json goes with --dry-run")
+    if dry_run:
+        with c.store.transaction():  # one consistent view; nothing is written
+            infos = [c.store.require_list(n) for n in list_names] if list_names else c.store.lists()
+            previews = [preview_list(c.store, info) for info in infos]
+        if as_json:
+            click.echo(json.dumps({"dry_run": True, "lists": [p.as_json() for p in previews]}, indent=1))
+        else:
+            click.echo(render_text(previews))
+            click.echo("dry run: nothing written", err=True)
+        return
     c.store  # noqa: B018 - opens and checks the home first
     result = run_publish(c.home, c.store, c.actor, list(list_names) or None,
-                         progress=lambda msg: click.echo(msg, err=True))
+                         progress=lambda msg: click.echo(msg, err=True), expires_in=expires_in)
     for name, version in sorted(result.published.items()):
         click.echo(f"{name} {version}")
     for name in result.retitled:
@@ -378,68 +445,44 @@ def publish_cmd(c: Context, list_names: tuple[str, ...]) -> None:
                    + ("; manifest expiry renewed" if result.renewed else ""), err=True)
 
 
-@main.group()
-def key() -> None:
-    """Signing key commands."""
-
-
-@key.command("export")
-@pass_ctx
-def key_export(c: Context) -> None:
-    """Print the public key, in the form plugin.yaml's public_key_file reads.
-
-    \b
-    Example:
-      blocklist key export > hotline.pub    # then public_key_file: hotline.pub
-    """
-    c.home.require()
-    click.echo(public_key_text(c.home.signing_key().public_key()), nl=False)
+main.add_command(node)
+main.add_command(key)
+main.add_command(refresh_cmd)
 
 
 @main.command()
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 or :: for every interface).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="TCP port.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Serve HTTPS with this PEM certificate (chain included); needs --tls-key.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The PEM private key of --tls-cert.")
 @pass_ctx
-def serve(c: Context, bind: str, port: int) -> None:
-    """Serve the publish directory to plugins (ETag, long-poll) and record their polls.
+def serve(c: Context, bind: str, port: int, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Serve the publish directory to plugins (ETag, long-poll) and record registered nodes' polls.
 
     Plugins long-poll /manifest.json and learn of a publish in well under a
-    second. /fleet, /fleet.json and /metrics (loopback clients only) show which
-    node enforces which version. nginx or a CDN can serve a copy of publish/
-    instead; plugins then poll every poll_interval. Stops on SIGTERM or Ctrl-C.
+    second. A poll is recorded for the fleet only when it proves the token of a
+    node registered with `blocklist node add`. /fleet, /fleet.json and /metrics
+    (loopback clients only) show which node enforces which version. nginx or a
+    CDN can serve a copy of publish/ instead; plugins then poll every
+    poll_interval and nothing is recorded. Stops on SIGTERM or Ctrl-C.
 
     \b
     Example:
-      blocklist serve --bind 0.0.0.0 --port 8080
-      curl -s http://127.0.0.1:8080/manifest.json | head
+      blocklist serve --bind 0.0.0.0 --port 8443 --tls-cert hotline.pem --tls-key hotline.key
+      curl -s --cacert hotline.pem https://hotline.example:8443/manifest.json | head
+      blocklist --log-format json serve --port 8080      # JSON log lines for a SIEM
     """
-    from blocklist.serve import run_serve
+    from blocklist.serve import make_tls_context, run_serve
 
     c.home.require()
-    sys.exit(run_serve(c.home.root, bind, port))
-
-
-@key.command("rotate")
-@pass_ctx
-def key_rotate(c: Context) -> None:
-    """Replace the signing key; plugins follow it through the manifest's key chain.
-
-    The old key is kept as keys/signing-<id>.key. The new manifest carries a
-    link "new key replaces old key" signed by the old key and is signed by the
-    new one; every list is re-issued unchanged as a new version (an empty
-    delta). Plugins that pin the old key follow; give new installs the output
-    of `blocklist key export`. Re-run it if it was interrupted.
-
-    \b
-    Example:
-      blocklist key rotate && blocklist key export > hotline.pub
-    """
-    from blocklist.keys import rotate_key
-
-    c.home.require()
-    new_id = rotate_key(c.home, c.actor)
-    click.echo(f"signing key is now {new_id}; manifest re-signed, lists re-issued")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    tls = make_tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    setup_logging(c.log_format, c.log_level)
+    sys.exit(run_serve(c.home.root, bind, port, tls))
 
 
 @main.command()
@@ -538,16 +581,17 @@ def lists_set(c: Context, list_name: str, title: str | None, legal_basis: str | 
 @main.command("fleet")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
 @click.option("--forget", metavar="NODE", multiple=True,
-              help="First drop this decommissioned node's record (repeatable; all or none).")
+              help="First remove this decommissioned node, as `blocklist node remove` (repeatable; all or none).")
 @pass_ctx
 def fleet_cmd(c: Context, as_json: bool, forget: tuple[str, ...]) -> None:
     """Show which version of each list every node enforces (Nagios exit codes).
 
-    Every node that polled `blocklist serve`: the versions it reported, how far
-    behind the published ones it is (LAGGING), when it last polled (SILENT past
-    fleet_silent_seconds in blocklist.yaml). Exit 0 OK; 1 WARNING: a node is
-    lagging or silent; 2 CRITICAL: nothing published, the published manifest
-    expired, or every node is silent; 3: the records cannot be read.
+    Every node registered with `blocklist node add`: the versions its last
+    verified poll reported, how far behind the published ones it is (LAGGING),
+    when it last polled (SILENT past fleet_silent_seconds in blocklist.yaml), or
+    NEVER REPORTED. Exit 0 OK; 1 WARNING: a node is lagging, silent or never
+    reported; 2 CRITICAL: nothing published, the published manifest expired, or
+    every node that reported is silent; 3: the records cannot be read.
 
     \b
     Example:
@@ -555,17 +599,10 @@ def fleet_cmd(c: Context, as_json: bool, forget: tuple[str, ...]) -> None:
       blocklist fleet --json | jq -r '.nodes[] | select(.lagging) | .node_id'
       blocklist fleet --forget old-proxy-7
     """
-    from blocklist.fleet import FleetStore, fleet_report, render_fleet
+    from blocklist.fleet import fleet_report, render_fleet
 
     if forget:
-        c.home.require()
-        records = FleetStore(c.home.fleet_path)
-        try:
-            records.forget(forget)
-        finally:
-            records.close()
-        with c.store.transaction():
-            c.store.audit(c.actor, "fleet-forget", "", {"nodes": list(forget)})
+        remove_nodes(c, forget)
     report = fleet_report(c.home)
     click.echo(json.dumps(report.as_json(), indent=1) if as_json else render_fleet(report))
     sys.exit(int(report.state))

@@ -142,18 +142,26 @@ class Demo:
         self.echo(status.stdout.rstrip())
         self.expect(status.returncode == 0, "status OK")
         self.section("operators: blocklist fleet (which node enforces which version)")
+        self.wait_for(lambda: self.hotline("fleet", check=False).returncode == 0, 10, "fleet OK")
         fleet = self.hotline("fleet", check=False)
         self.echo(fleet.stdout.rstrip())
+        self.expect(fleet.returncode == 0 and "demo-isp-1" in fleet.stdout, "fleet shows the node in sync")
         self.echo(f"admin endpoint: {self.admin_url}/status  /metrics  /healthz")
         return 0
 
     def write_plugin_config(self, port: int, proxy_port: int, admin_port: int) -> None:
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
         (self.plugin_dir / "hotline.pub").write_text(self.hotline("key", "export").stdout)
+        token = self.plugin_dir / "demo-isp-1.token"  # registered: the fleet records its polls
+        token.touch(mode=0o600)
+        token.write_text(self.hotline("node", "add", "demo-isp-1").stdout)
         (self.plugin_dir / "plugin.yaml").write_text(
             f"source: http://127.0.0.1:{port}/\npublic_key_file: hotline.pub\nlists: [iwf]\n"
-            f"cache_dir: cache\nnode_id: demo-isp-1\npoll_interval: 5\nlong_poll: 20\n"
+            f"cache_dir: cache\nnode_id: demo-isp-1\nnode_token_file: demo-isp-1.token\n"
+            f"poll_interval: 5\nlong_poll: 20\n"
             f"proxy:\n  listen: 127.0.0.1:{proxy_port}\n  appeal_url: https://hotline.example/appeal\n"
+            # the demo's "internet" is on loopback, which a proxy does not connect to unless told
+            f"  allow_private_destinations: [127.0.0.0/8]\n"
             f"admin:\n  listen: 127.0.0.1:{admin_port}\n")
 
     def proxy_step(self, proxy_port: int) -> None:

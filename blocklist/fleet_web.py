@@ -83,7 +83,7 @@ def fleet_page(report: FleetReport) -> str:
                  *(f"<td>{e(cell)}</td>" for cell in row[2:])]
         body.append(f"<tr>{''.join(cells)}</tr>")
     if not rows:
-        body.append(f'<tr><td colspan="{len(headers)}">no node has polled yet</td></tr>')
+        body.append(f'<tr><td colspan="{len(headers)}">no node registered</td></tr>')
     return PAGE.substitute(refresh=REFRESH_SECONDS, state=report.state.name, summary=e(report.summary),
                            checked_at=utc(report.now), published=e(published_line(report)),
                            headers="".join(f"<th>{e(h)}</th>" for h in headers), rows="\n".join(body))
@@ -100,7 +100,7 @@ class FleetCollector(Collector):
         try:
             report = fleet_report(self.home)
         except BlocklistError as exc:
-            log.error("fleet: %s", exc)
+            log.error("fleet: %s", exc, extra={"event": "fleet_unreadable", "reason": str(exc)})
             up.add_metric([], 0)
             yield up
             return
@@ -109,8 +109,10 @@ class FleetCollector(Collector):
         families = {
             "state": GaugeMetricFamily("blocklist_fleet_state", "As `blocklist fleet` exits: 0 OK, "
                                        "1 WARNING, 2 CRITICAL"),
-            "nodes": GaugeMetricFamily("blocklist_fleet_nodes", "Nodes that ever polled"),
+            "nodes": GaugeMetricFamily("blocklist_fleet_nodes", "Registered nodes"),
             "silent": GaugeMetricFamily("blocklist_fleet_nodes_silent", "Nodes silent past fleet_silent_seconds"),
+            "never": GaugeMetricFamily("blocklist_fleet_nodes_never_reported",
+                                       "Registered nodes without a verified poll yet"),
             "published": GaugeMetricFamily("blocklist_published_version", "Published version", labels=["list"]),
             "expiry": GaugeMetricFamily("blocklist_published_manifest_expiry_timestamp_seconds",
                                         "Expiry of the published manifest"),
@@ -126,12 +128,14 @@ class FleetCollector(Collector):
         families["state"].add_metric([], int(report.state))
         families["nodes"].add_metric([], len(report.nodes))
         families["silent"].add_metric([], sum(n.silent for n in report.nodes))
+        families["never"].add_metric([], sum(not n.reported for n in report.nodes))
         for name, version in report.published.items():
             families["published"].add_metric([name], version)
         if report.manifest_expires:
             families["expiry"].add_metric([], report.manifest_expires)
         for node in report.nodes:
-            families["seen"].add_metric([node.node_id], node.last_seen)
+            if node.reported:
+                families["seen"].add_metric([node.node_id], node.last_seen)
             families["is_silent"].add_metric([node.node_id], int(node.silent))
             for name, version in node.versions.items():
                 families["version"].add_metric([node.node_id, name], version)
@@ -156,7 +160,7 @@ async def _report(request: web.Request) -> FleetReport:
     try:
         return await asyncio.to_thread(fleet_report, request.app[FLEET_HOME])
     except BlocklistError as exc:
-        log.error("fleet: %s", exc)
+        log.error("fleet: %s", exc, extra={"event": "fleet_unreadable", "reason": str(exc)})
         raise web.HTTPServiceUnavailable(text="fleet records unavailable\n") from None
 
 

@@ -35,6 +35,7 @@ from blocklist.core.format.manifest import (
     read_manifest,
     write_manifest,
 )
+from blocklist.history import record as record_entries
 from blocklist.home import Home
 from blocklist.store import ListInfo, Store
 
@@ -65,11 +66,24 @@ def compile_snapshot(info: ListInfo, entries: array, hosts: array, counts: dict[
                     entries=entries, hosts=hosts, counts=counts, subtree_markers=True)
 
 
-def current_manifest(home: Home, key: Ed25519PrivateKey) -> Manifest | None:
+def current_manifest(home: Home, key: Ed25519PrivateKey, *, allow_format_1: bool = False) -> Manifest | None:
+    """The published manifest, verified with the online key `key`; None before the first publish."""
     path = home.publish_dir / MANIFEST_NAME
     if not path.exists():
         return None
-    return read_manifest(path.read_bytes(), {key_id(key.public_key()): key.public_key()})
+    return read_manifest(path.read_bytes(), {key_id(key.public_key()): key.public_key()},
+                         allow_format_1=allow_format_1)
+
+
+def resign(home: Home, key: Ed25519PrivateKey, previous: Manifest, root_version: int, now: int,
+           expires: int) -> Manifest:
+    """Write `previous` again, fresh: the same version when only created and expires change (a
+    plugin takes it as no change), the next one when it moves to another root."""
+    version = previous.version + (previous.root_version != root_version)
+    manifest = Manifest(version=version, created=max(now, previous.created), expires=expires,
+                        lists=previous.lists, root_version=root_version)
+    atomic.write_bytes(home.publish_dir / MANIFEST_NAME, write_manifest(manifest, [key]))
+    return manifest
 
 
 def _grown_bloom(bloom: BloomFilter, added: array, values: array, rate: float) -> BloomFilter:
@@ -132,21 +146,28 @@ def _compile(home: Home, store: Store, info: ListInfo, before: ListRef | None, k
 
 
 def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
-            now: int | None = None, progress: Progress = lambda msg: None) -> PublishResult:
+            now: int | None = None, progress: Progress = lambda msg: None,
+            prepare: Callable[[], None] | None = None, expires_in: int | None = None) -> PublishResult:
     """Publish every list (or `only` these) that changed since its last version.
 
     The whole run holds the store's write lock, so what is published is exactly
-    what the store holds, and the publication is recorded with it.
+    what the store holds, and the publication is recorded with it, together with
+    the entries each new version holds (blocklist.history). `prepare` runs first
+    inside that transaction: a change made there (a revert) commits with its
+    publication or not at all. The manifest lives `expires_in` seconds (default:
+    expires_hours of blocklist.yaml).
     """
     config = home.config()
-    key = home.signing_key()
+    key, root = home.online_key()
     keys = {key_id(key.public_key()): key.public_key()}
     now = int(time.time()) if now is None else now
-    expires = now + int(config.expires_days * 86400)
+    expires = now + (expires_in or int(config.expires_hours * 3600))
     previous = current_manifest(home, key)
     lists = dict(previous.lists) if previous else {}
     result = PublishResult()
     with store.transaction():
+        if prepare is not None:
+            prepare()
         infos = [store.require_list(name) for name in only] if only else store.lists()
         for info in infos:
             before = lists.get(info.name)
@@ -169,11 +190,14 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
         if (not result.published and not result.retitled and previous is not None
                 and previous.expires - now > lifetime / 2):
             result.manifest_version = previous.version
+        elif not result.published and not result.retitled and previous is not None:
+            result.renewed = True  # nothing changed: the same version, re-signed with a fresh expiry
+            manifest = resign(home, key, previous, root.version, now, expires)
+            result.manifest_version = manifest.version
+            store.audit(actor, "publish", "", {"manifest": manifest.version, "published": {}, "renewed": True})
         else:
-            result.renewed = not result.published and not result.retitled
             manifest = Manifest(version=(previous.version if previous else 0) + 1, created=now,
-                                expires=expires, lists=lists,
-                                key_chain=previous.key_chain if previous else ())
+                                expires=expires, lists=lists, root_version=root.version)
             atomic.write_bytes(home.publish_dir / MANIFEST_NAME, write_manifest(manifest, [key]))
             result.manifest_version = manifest.version
             store.audit(actor, "publish", "", {"manifest": manifest.version, "published": result.published,
@@ -182,6 +206,9 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
             ref = lists.get(info.name)
             if ref is not None:
                 if store.last_published(info) < ref.version:
+                    # The store holds what ref.version publishes: compiled from it just now, or
+                    # found unchanged after a crash that left the manifest ahead of the store.
+                    record_entries(store, info, ref.version)
                     store.record_publication(info, ref.version, ref.checksum, ref.entries)
                 store.clear_touched(info)
     if result.wrote_manifest:

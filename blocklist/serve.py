@@ -10,8 +10,11 @@ What the application `make_app` builds answers:
                               answer carries X-Blocklist-Wait (the wait applied,
                               0 if none): it tells a plugin that this source
                               long-polls (nginx never sends it).
-                              A request naming X-Blocklist-Node is recorded in
-                              <home>/fleet.sqlite for `blocklist fleet`.
+                              A poll whose X-Blocklist-Proof verifies for a
+                              registered node is recorded in <home>/fleet.sqlite
+                              for `blocklist fleet` (blocklist.nodes); any other
+                              is served alike and never recorded. Every answer
+                              says which in X-Blocklist-Report.
     /fleet, /fleet.json, /metrics   blocklist.fleet_web (loopback clients only)
     GET|HEAD /<path>          any other path: a regular file below publish/,
                               strong ETag, If-None-Match -> 304, Content-Length,
@@ -21,10 +24,16 @@ What the application `make_app` builds answers:
                               no route matched, so routes added to the app
                               after make_app still win.
 
+With --tls-cert and --tls-key (`run_serve(..., tls=make_tls_context(...))`)
+it serves HTTPS only, so node ids and reported versions never cross the
+network in the clear (a proof is good for one poll, but who polls is private).
+
 The semantics are those of a plain static server, so the same directory copied
 to nginx, an object store or a CDN works unchanged (plugins then poll).
 One shared task stats manifest.json every WATCH_INTERVAL seconds and wakes the
-waiting long-polls when it changes; publish replaces it atomically.
+waiting long-polls when it changes; publish replaces it atomically. Another
+(blocklist.refresh.run_refresher) re-signs it before it expires: serve runs in
+the hotline home, which holds the online key.
 """
 
 from __future__ import annotations
@@ -34,18 +43,24 @@ import hashlib
 import logging
 import os
 import sqlite3
+import ssl
 import stat
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from blocklist.core.errors import StoreError
-from blocklist.core.protocol import clean_node_id, parse_have
-from blocklist.fleet import FleetStore
-from blocklist.fleet_web import add_fleet_routes
+from blocklist.core.errors import ConfigError, StoreError
+from blocklist.core.protocol import HAVE, NODE, PROOF, REPORT, ReportOutcome
+from blocklist.fleet_web import METRICS_REGISTRY, add_fleet_routes
 from blocklist.home import Home
+from blocklist.nodes import FleetStore
+from blocklist.refresh import REFRESH_CHECK, run_refresher
 
 log = logging.getLogger("blocklist.serve")
 
@@ -78,7 +93,8 @@ class ManifestWatcher:
         except FileNotFoundError:
             key, data = None, None
         except OSError as exc:
-            log.error("manifest unreadable file=%s reason=%r", self.path, exc.strerror)
+            log.error("manifest unreadable file=%s reason=%r", self.path, exc.strerror,
+                      extra={"event": "manifest_unreadable", "file": str(self.path), "reason": exc.strerror})
             return
         self._key, self.data = key, data
         self.etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"' if data is not None else None
@@ -96,26 +112,62 @@ class ManifestWatcher:
         self.changed.set()
 
 
-class FleetRecorder:
-    """Writes poll records off the event loop; a failure is logged, never fails the poll."""
+class FleetRecorder(Collector):
+    """Judges each poll's proof and records the verified ones off the event loop.
+
+    A failure is logged, never fails the poll. What was done with each poll is
+    counted (blocklist_fleet_polls_total{outcome}) and summed up in one log line
+    per LOG_EVERY seconds at most: a flood of forged polls must not flood the
+    log either, and no log line repeats a header a stranger sent.
+    """
+
+    LOG_EVERY = 60.0
 
     def __init__(self, path: Path) -> None:
         self.store = FleetStore(path)
         self.lock = threading.Lock()
+        self.outcomes: Counter[ReportOutcome] = Counter()
+        self._unlogged: Counter[ReportOutcome] = Counter()
+        self._logged_at = 0.0
 
-    def _record(self, node: str, have: dict[str, int], remote: str) -> None:
+    def _accept(self, node: str, have: str, proof: str, remote: str) -> ReportOutcome:
         with self.lock:
-            self.store.record_poll(node, have, remote)
+            return self.store.accept(node, have, proof, remote)
 
-    async def record(self, request: web.Request) -> None:
-        node = clean_node_id(request.headers.get("X-Blocklist-Node", ""))
-        if node is None:
+    async def record(self, request: web.Request) -> ReportOutcome:
+        headers = request.headers
+        if NODE not in headers or PROOF not in headers:
+            outcome = ReportOutcome.ANONYMOUS
+        else:
+            try:
+                outcome = await asyncio.to_thread(self._accept, headers[NODE], headers.get(HAVE, ""),
+                                                  headers[PROOF], request.remote or "")
+            except (sqlite3.Error, StoreError) as exc:
+                log.warning("fleet record failed reason=%r", str(exc),
+                            extra={"event": "fleet_record_failed", "reason": str(exc)})
+                return ReportOutcome.REFUSED
+        self._count(outcome)
+        return outcome
+
+    def _count(self, outcome: ReportOutcome) -> None:
+        self.outcomes[outcome] += 1
+        if outcome in (ReportOutcome.RECORDED, ReportOutcome.ANONYMOUS):
             return
-        have = parse_have(request.headers.get("X-Blocklist-Have", ""))
-        try:
-            await asyncio.to_thread(self._record, node, have, request.remote or "")
-        except (sqlite3.Error, StoreError) as exc:
-            log.warning("fleet record failed node=%r reason=%r", node, str(exc))
+        self._unlogged[outcome] += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self.LOG_EVERY:
+            log.warning("fleet polls not recorded: %s (unregistered node, bad or replayed proof, or a clock "
+                        "more than 5 min off)", " ".join(f"{k}={v}" for k, v in sorted(self._unlogged.items())),
+                        extra={"event": "fleet_poll_refused", "counts": {str(k): v for k, v in self._unlogged.items()}})
+            self._unlogged.clear()
+            self._logged_at = now
+
+    def collect(self) -> Iterator[Metric]:
+        polls = CounterMetricFamily("blocklist_fleet_polls", "Manifest polls by what serve did with their report",
+                                    labels=["outcome"])
+        for outcome in ReportOutcome:
+            polls.add_metric([outcome.value], self.outcomes[outcome])
+        yield polls
 
     def close(self) -> None:
         with self.lock:
@@ -126,6 +178,7 @@ HOME = web.AppKey("home", Home)
 WATCHER = web.AppKey("manifest_watcher", ManifestWatcher)
 FLEET = web.AppKey("fleet", FleetRecorder)
 WATCH_EVERY = web.AppKey("watch_interval", float)
+REFRESH_EVERY = web.AppKey("refresh_interval", float)
 
 
 def _matches(if_none_match: str | None, etag: str | None) -> bool:
@@ -147,7 +200,7 @@ def _wait_seconds(request: web.Request) -> float:
 async def manifest(request: web.Request) -> web.StreamResponse:
     watcher = request.app[WATCHER]
     watcher.refresh()
-    await request.app[FLEET].record(request)
+    outcome = await request.app[FLEET].record(request)
     wait = _wait_seconds(request)
     inm = request.headers.get("If-None-Match")
     if wait > 0 and _matches(inm, watcher.etag) and not watcher.closing:
@@ -157,7 +210,8 @@ async def manifest(request: web.Request) -> web.StreamResponse:
             pass
         watcher.refresh()
     # Always present (the wait applied, 0 if none asked): tells a plugin this source long-polls.
-    headers = {"Cache-Control": "no-cache", "Accept-Ranges": "none", "X-Blocklist-Wait": f"{wait:g}"}
+    headers = {"Cache-Control": "no-cache", "Accept-Ranges": "none", "X-Blocklist-Wait": f"{wait:g}",
+               REPORT: outcome.value}
     if watcher.data is None:
         raise web.HTTPNotFound(text="nothing published yet\n", headers=headers)
     headers["ETag"] = watcher.etag  # type: ignore[assignment]
@@ -219,11 +273,20 @@ async def _watch(app: web.Application) -> AsyncIterator[None]:
     watcher.refresh()
     app[WATCHER] = watcher
     app[FLEET] = FleetRecorder(home.fleet_path)
+    app[METRICS_REGISTRY].register(app[FLEET])
     task = asyncio.create_task(watcher.run(app[WATCH_EVERY]))
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    app[METRICS_REGISTRY].unregister(app[FLEET])
     app[FLEET].close()
+
+
+async def _refresh(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(run_refresher(app[HOME], app[REFRESH_EVERY]))
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _wake_waiters(app: web.Application) -> None:
@@ -231,29 +294,54 @@ async def _wake_waiters(app: web.Application) -> None:
 
 
 def make_app(home: Home, *, watch_interval: float = WATCH_INTERVAL,
-             fleet_allowed: Sequence[str] = ("127.0.0.0/8", "::1/128")) -> web.Application:
-    """The distribution server of `home`; more routes may be added before it starts."""
+             fleet_allowed: Sequence[str] = ("127.0.0.0/8", "::1/128"),
+             refresh_interval: float | None = REFRESH_CHECK) -> web.Application:
+    """The distribution server of `home`; more routes may be added before it starts.
+
+    `refresh_interval` None: no refresher (the manifest is re-signed elsewhere).
+    """
     app = web.Application(middlewares=[publish_tree])
     app[HOME] = home
     app[WATCH_EVERY] = watch_interval
     app.cleanup_ctx.append(_watch)
+    if refresh_interval is not None:
+        app[REFRESH_EVERY] = refresh_interval
+        app.cleanup_ctx.append(_refresh)
     app.on_shutdown.append(_wake_waiters)
     app.router.add_get("/" + MANIFEST, manifest)
     add_fleet_routes(app, home, fleet_allowed)
     return app
 
 
-def run_serve(home_path: Path, bind: str, port: int) -> int:
+def make_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context for `cert` (PEM, chain included) and its `key`; ConfigError naming them if unusable."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:  # before OSError, its base class
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: not a certificate and its key: "
+                          f"{exc.reason or exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror or exc}") from None
+    return context
+
+
+def run_serve(home_path: Path, bind: str, port: int, tls: ssl.SSLContext | None = None) -> int:
     """`blocklist serve`: serve until SIGTERM/SIGINT; 0 on a clean stop, 1 if it cannot listen."""
     home = Home(home_path).require()
     home.publish_dir.mkdir(exist_ok=True)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("serving dir=%s on=http://%s:%d/", home.publish_dir, bind, port)
+    log.info("serving dir=%s on=%s://%s:%d/", home.publish_dir, "https" if tls else "http", bind, port,
+             extra={"event": "serve_started", "file": str(home.publish_dir), "listen": f"{bind}:{port}",
+                    "source": f"{'https' if tls else 'http'}://{bind}:{port}/"})
     try:
         web.run_app(make_app(home), host=bind, port=port, print=None, shutdown_timeout=2.0,
-                    access_log=None)
+                    access_log=None, ssl_context=tls)
     except OSError as exc:
-        log.error("cannot listen on=%s:%d reason=%r", bind, port, exc.strerror or str(exc))
+        log.error("cannot listen on=%s:%d reason=%r", bind, port, exc.strerror or str(exc),
+                  extra={"event": "serve_listen_failed", "listen": f"{bind}:{port}",
+                         "reason": exc.strerror or str(exc)})
         return 1
     return 0

@@ -1,5 +1,8 @@
 """The hotline store: lists, entries and the append-only audit log, in SQLite (WAL).
 
+It also holds the protected hosts (blocklist.protect) and what each published
+version of a list held (blocklist.history); those modules own the queries.
+
 Every change runs inside `Store.transaction()` (BEGIN IMMEDIATE ... COMMIT), so a
 command either changes the store completely, audit rows included, or not at all;
 a crash or kill -9 at any point leaves the last committed state. The plaintext
@@ -22,10 +25,12 @@ from typing import Any
 
 from blocklist.core.digests import Entry, Reach, Scope, entry_digests, subtree_markers
 from blocklist.core.errors import FormatError, StoreError
+from blocklist.core.format.digestset import set_checksum
 from blocklist.core.format.listmeta import ListMeta, meta_problem
 from blocklist.core.format.strictjson import check_list_name
 
-SCHEMA_VERSION = 3  # 2: the subtrees table; 3: entries' reach (blocklist.store_upgrade), list_meta
+SCHEMA_VERSION = 4  # 2: the subtrees table; 3: protected hosts and what each version held;
+#                     4: entries' reach (blocklist.store_upgrade), list_meta
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS lists (
@@ -95,7 +100,54 @@ CREATE TABLE IF NOT EXISTS publications (
     entries INTEGER NOT NULL,
     PRIMARY KEY (list_id, version)
 );
+-- Hosts no entry may block whole (blocklist.protect). rhost is the host reversed, so the
+-- names below a host are one index range.
+CREATE TABLE IF NOT EXISTS protected (
+    host TEXT PRIMARY KEY,
+    rhost TEXT NOT NULL UNIQUE,
+    reason TEXT NOT NULL,
+    added_by TEXT NOT NULL,
+    added_at INTEGER NOT NULL
+);
+-- What each published version of a list held (blocklist.history): a row is in version v
+-- when since_version <= v and (until_version IS NULL or v < until_version).
+CREATE TABLE IF NOT EXISTS history (
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    url TEXT NOT NULL,
+    added_by TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    since_version INTEGER NOT NULL,
+    until_version INTEGER CHECK (until_version > since_version),
+    reach TEXT NOT NULL DEFAULT 'exact' CHECK (reach IN ('exact', 'twin', 'subdomains'))
+);
+CREATE UNIQUE INDEX IF NOT EXISTS history_open ON history(list_id, scope, reach, key) WHERE until_version IS NULL;
+CREATE TABLE IF NOT EXISTS recorded_versions (
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    version INTEGER NOT NULL,
+    PRIMARY KEY (list_id, version)
+) WITHOUT ROWID;
+-- Entries added or removed since the list's last publish: the next record of what the list
+-- holds looks at just these (like `touched` for the digests).
+CREATE TABLE IF NOT EXISTS changed (
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    scope TEXT NOT NULL,
+    reach TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (list_id, scope, reach, key)
+) WITHOUT ROWID;
 """
+
+
+class Refused(StoreError):
+    """A guard rail refused a change, or it would change nothing; `details` say why, a line each."""
+
+    def __init__(self, message: str, details: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.details = list(details)
 
 
 @dataclass(frozen=True)
@@ -134,6 +186,10 @@ class AuditRow:
     detail: dict[str, Any]
 
 
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
 def _blob(value: int) -> bytes:
     return value.to_bytes(8, "big")
 
@@ -164,7 +220,27 @@ class Store:
 
         with self.transaction():
             detail: dict[str, Any] = {"from": version, "to": SCHEMA_VERSION}
-            if version < 3:  # reach: every entry re-keyed, its digests and the markers computed again
+            if version < 2:  # subtree markers: count them from the entries already listed
+                salts = dict(self.db.execute("SELECT id, salt FROM lists"))
+                for list_id, scope, key in self.db.execute("SELECT list_id, scope, key FROM entries").fetchall():
+                    host = key if scope == Scope.DOMAIN.value else key[:key.index("/")]
+                    self._count_markers(list_id, subtree_markers(salts[list_id], host), 1)
+            if version < 3:  # a list at rest holds exactly its last published version: record it
+                columns = "list_id, scope, key, url, added_by, added_at, reason, ref, since_version"
+                if {"reach"} <= _columns(self.db, "entries") & _columns(self.db, "history"):
+                    columns += ", reach"
+                for info in self.lists():
+                    last = self.last_published(info)
+                    row = self.db.execute("SELECT checksum FROM publications WHERE list_id = ? AND version = ?",
+                                          (info.id, last)).fetchone()
+                    recorded = self.db.execute("SELECT 1 FROM recorded_versions WHERE list_id = ? AND version = ?",
+                                               (info.id, last)).fetchone()
+                    if row and not recorded and row[0] == set_checksum(*self.digest_sets(info)):
+                        values = columns.replace("since_version", "?")
+                        self.db.execute(f"INSERT INTO history ({columns}) SELECT {values} FROM entries "
+                                        "WHERE list_id = ?", (last, info.id))
+                        self.db.execute("INSERT INTO recorded_versions VALUES (?, ?)", (info.id, last))
+            if version < 4:  # reach: every entry re-keyed, its digests, markers and history rows with it
                 detail.update(upgrade_entries(self.db, lambda list_id, markers: self._count_markers(
                     list_id, markers, 1)))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
@@ -271,19 +347,8 @@ class Store:
         now, added, already = int(time.time()), 0, 0
         journal = self.last_published(info) > 0
         for entry, reason, ref in items:
-            digest, host_digest = entry_digests(info.salt, entry)
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO entries (list_id, scope, reach, key, url, digest, host_digest, "
-                "added_by, added_at, reason, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (info.id, entry.scope.value, entry.reach.value, entry.key, entry.url,
-                 None if digest is None else _blob(digest), _blob(host_digest),
-                 actor, now, reason, ref))
-            if cur.rowcount:
+            if self._insert(info, entry, actor, now, reason, ref, journal):
                 added += 1
-                markers = subtree_markers(info.salt, entry.host)
-                self._count_markers(info.id, markers, 1)
-                if journal:
-                    self._touch(info, digest, host_digest, markers)
                 if not source:
                     self.audit(actor, "add", info.name, {"scope": entry.scope.value, "reach": entry.reach.value,
                                                         "url": entry.url, "reason": reason, "ref": ref})
@@ -294,7 +359,30 @@ class Store:
                                                     "already_listed": already})
         return added, already
 
-    def _touch(self, info: ListInfo, digest: int | None, host_digest: int, markers: list[int]) -> None:
+    def restore_entries(self, info: ListInfo, rows: Iterable[tuple[Entry, str, int, str, str]]) -> int:
+        """Re-add (entry, added_by, added_at, reason, ref) rows as they were; the caller audits."""
+        journal = self.last_published(info) > 0
+        return sum(self._insert(info, entry, by, at, reason, ref, journal) for entry, by, at, reason, ref in rows)
+
+    def _insert(self, info: ListInfo, entry: Entry, by: str, at: int, reason: str, ref: str, journal: bool) -> bool:
+        digest, host_digest = entry_digests(info.salt, entry)
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO entries (list_id, scope, reach, key, url, digest, host_digest, "
+            "added_by, added_at, reason, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (info.id, entry.scope.value, entry.reach.value, entry.key, entry.url,
+             None if digest is None else _blob(digest), _blob(host_digest), by, at, reason, ref))
+        if not cur.rowcount:
+            return False
+        markers = subtree_markers(info.salt, entry.host)
+        self._count_markers(info.id, markers, 1)
+        if journal:
+            self._touch(info, digest, host_digest, markers, entry)
+        return True
+
+    def _touch(self, info: ListInfo, digest: int | None, host_digest: int, markers: list[int],
+               entry: Entry) -> None:
+        self.db.execute("INSERT OR IGNORE INTO changed (list_id, scope, reach, key) VALUES (?, ?, ?, ?)",
+                        (info.id, entry.scope.value, entry.reach.value, entry.key))
         if digest is not None:
             self.db.execute("INSERT OR IGNORE INTO touched VALUES (?, 'entry', ?)", (info.id, _blob(digest)))
         self.db.executemany("INSERT OR IGNORE INTO touched VALUES (?, 'host', ?)",
@@ -308,16 +396,17 @@ class Store:
         else:
             self.db.executemany("UPDATE subtrees SET entries = entries - 1 WHERE list_id = ? AND digest = ?", rows)
 
-    def remove_entry(self, info: ListInfo, entry: Entry, actor: str) -> bool:
+    def remove_entry(self, info: ListInfo, entry: Entry, actor: str, audit: bool = True) -> bool:
         cur = self.db.execute("DELETE FROM entries WHERE list_id = ? AND scope = ? AND reach = ? AND key = ?",
                               (info.id, entry.scope.value, entry.reach.value, entry.key))
         if cur.rowcount:
             markers = subtree_markers(info.salt, entry.host)
             self._count_markers(info.id, markers, -1)
             if self.last_published(info) > 0:
-                self._touch(info, *entry_digests(info.salt, entry), markers)
-            self.audit(actor, "remove", info.name, {"scope": entry.scope.value, "reach": entry.reach.value,
-                                                    "url": entry.url})
+                self._touch(info, *entry_digests(info.salt, entry), markers, entry)
+            if audit:
+                self.audit(actor, "remove", info.name, {"scope": entry.scope.value, "reach": entry.reach.value,
+                                                        "url": entry.url})
         return bool(cur.rowcount)
 
     def entries(self, list_name: str | None = None) -> Iterator[EntryRow]:

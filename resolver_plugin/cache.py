@@ -4,7 +4,9 @@ Layout under `cache_dir` (written only by `sync`, read by every enforcement proc
 
     manifest.json               the last verified manifest, bytes as fetched
     meta.json                   {"lists": {name: meta}}: who blocks with each list, from that manifest
-    keys.json                   every key of the followed key chain, old and new
+    root.json                   the newest verified root document, bytes as fetched
+    keys.json                   the keys that verify the cached files: the trusted root's online
+                                keys, and a retired one while files it signed are in force
     sync.lock                   flock held by the one `sync` that writes this cache
     lists/<name>/snapshot-N     a verified snapshot, bytes as fetched (signed)
     lists/<name>/delta-M-N      verified deltas applied on top of it, in order
@@ -32,6 +34,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +43,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from blocklist.core import atomic
+from blocklist.core.digests import Scope
 from blocklist.core.errors import BlocklistError, ChecksumError, ConfigError, FormatError
 from blocklist.core.format.artifacts import read_delta, read_snapshot
+from blocklist.core.format.container import MAX_HEADER, PREFIX, signer_of
 from blocklist.core.format.keys import Keyring, key_id
 from blocklist.core.format.listmeta import ListMeta, meta_from_json
 from blocklist.core.format.strictjson import check_list_name
 from blocklist.core.matcher import (
+    ALLOWED,
     HOST_PASS,
     FailClosedHostVerdict,
     FailClosedVerdict,
@@ -55,6 +61,8 @@ from blocklist.core.matcher import (
     Matcher,
     Verdict,
 )
+from blocklist.core.policy import Note, Policy
+from blocklist.core.urls import canonicalize, web_form
 from resolver_plugin.config import PluginConfig
 
 log = logging.getLogger("blocklist.plugin.cache")
@@ -125,7 +133,7 @@ class Cache:
     # -- keys
 
     def trusted_keys(self, pinned: Keyring) -> dict[str, Ed25519PublicKey]:
-        """The pinned keys, replaced by the result of a followed rotation if one was saved."""
+        """The keys that verify the cached files: keys.json as sync saved it, else the pinned ones."""
         path = self.root / "keys.json"
         if not path.exists():
             return dict(pinned)
@@ -136,7 +144,8 @@ class Cache:
                 key = Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded, validate=True))
                 keys[key_id(key)] = key
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("cache: keys.json unreadable (%s); using the pinned key", exc)
+            log.error("cache: keys.json unreadable (%s); using the pinned key", exc,
+                      extra={"event": "cache_refused", "file": "keys.json", "kind": "cache", "reason": str(exc)})
             return dict(pinned)
         return keys or dict(pinned)
 
@@ -146,6 +155,30 @@ class Cache:
                 for k in keys.values()]
         self.root.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(self.root / "keys.json", json.dumps({"keys": raws}).encode())
+
+    def write_root(self, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(self.root / "root.json", data)
+
+    def root_bytes(self) -> bytes | None:
+        try:
+            return (self.root / "root.json").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def list_signers(self, name: str) -> frozenset[str]:
+        """The key ids that signed list `name`'s cached files (read from their headers, not verified)."""
+        state = self.state(name)
+        if state is None:
+            return frozenset()
+        signers = set()
+        for file_name in (state.snapshot, *state.deltas):
+            try:
+                with open(self.list_dir(name) / file_name, "rb") as f:
+                    signers.add(signer_of(f.read(PREFIX.size + MAX_HEADER)))
+            except OSError as exc:
+                raise FormatError(f"cache: {name}: {exc.strerror}: {file_name}") from None
+        return frozenset(signers)
 
     # -- state
 
@@ -209,6 +242,10 @@ class Cache:
         except OSError:
             return 0
 
+    def forget_manifest(self) -> None:
+        """Drop the cached manifest: a retired online key signed it (fast-forward recovery)."""
+        (self.root / "manifest.json").unlink(missing_ok=True)
+
     def manifest_bytes(self) -> bytes | None:
         try:
             return (self.root / "manifest.json").read_bytes()
@@ -254,7 +291,8 @@ class Cache:
             try:
                 loaded = self.load_list(name, keys, config.limits.max_snapshot_bytes)
             except BlocklistError as exc:
-                log.error("cache: list %s refused, keeping the last good version: %s", name, exc)
+                log.error("cache: list %s refused, keeping the last good version: %s", name, exc,
+                          extra={"event": "cache_refused", "list": name, "kind": exc.kind, "reason": str(exc)})
                 loaded = old.get(name)
             if loaded is None:
                 missing.append(name)
@@ -274,8 +312,13 @@ class LiveMatcher:
     new one, never a mix.
     """
 
-    def __init__(self, config: PluginConfig, check_interval: float = 1.0) -> None:
+    def __init__(self, config: PluginConfig, check_interval: float = 1.0, component: str = "check") -> None:
         self.config = config
+        self.component = component  # the stage, in the local policy's and monitored lists' counts and logs
+        # (component, "allow"|"block") and (component, list): taken by operations.metrics
+        self.local_counts: Counter[tuple[str, str]] = Counter()
+        self.monitor_counts: Counter[tuple[str, str]] = Counter()
+        self._policy: Policy | None = None  # None: no local policy and no monitored list
         self.cache = Cache(config.cache_dir)
         self.check_interval = check_interval
         self._lock = threading.Lock()
@@ -296,14 +339,38 @@ class LiveMatcher:
             generation = self.cache.generation()
             matcher, missing = self.cache.load_matcher(self.config, self.matcher)
             changed = matcher.versions() != self.matcher.versions()
+            # the policy before the matcher: see clear_suffix
+            self._policy = _policy(self.config, matcher)
             self.matcher, self.missing, self._generation = matcher, missing, generation
             self.loaded_at = time.time()
         if changed:
-            log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing")
+            log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
+                     extra={"event": "lists_enforced", "versions": matcher.versions()})
         if missing:
             log.warning("no cached version of %s yet%s", ", ".join(missing),
-                        " (fail-closed: blocking everything)" if self.fail_closed_active else "")
+                        " (fail-closed: blocking everything)" if self.fail_closed_active else "",
+                        extra={"event": "lists_missing", "missing": missing})
         return changed
+
+    def reconfigure(self, config: PluginConfig) -> None:
+        """Enforce what `config` names (lists, keys, fail_closed) from the cache, now.
+
+        A reload of plugin.yaml never lowers enforcement by accident: a list both
+        configurations name that fails to load (e.g. a key the cache was not
+        signed with) keeps the version this process enforces. Same cache_dir only.
+        """
+        with self._lock:
+            generation = self.cache.generation()
+            matcher, missing = self.cache.load_matcher(config, self.matcher)
+            self._policy = _policy(config, matcher)
+            self.config, self.matcher, self.missing, self._generation = config, matcher, missing, generation
+            self.loaded_at = time.time()
+        log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
+                 extra={"event": "lists_enforced", "versions": matcher.versions()})
+        if missing:
+            log.warning("no cached version of %s yet%s", ", ".join(missing),
+                        " (fail-closed: blocking everything)" if self.fail_closed_active else "",
+                        extra={"event": "lists_missing", "missing": missing})
 
     def maybe_reload(self) -> bool:
         if self.cache.meta_generation() != self._meta_generation:
@@ -342,22 +409,94 @@ class LiveMatcher:
             try:
                 self.maybe_reload()
             except Exception:  # noqa: BLE001 - never let a reload break a request
-                log.exception("cache: reload failed; keeping the current lists")
+                log.exception("cache: reload failed; keeping the current lists",
+                              extra={"event": "cache_reload_failed"})
         return self.matcher
 
     @property
     def fail_closed_active(self) -> bool:
         return self.config.fail_closed and not self.matcher
 
+    @property
+    def policy(self) -> Policy | None:
+        return self._policy
+
     def check(self, url: str) -> Verdict:
-        """Matcher.check, or a block when fail_closed and nothing is loaded; raises InvalidURL."""
+        """Matcher.check, or a block when fail_closed and nothing is loaded; raises InvalidURL.
+
+        With a local policy or a monitored list, blocklist.core.policy decides and its notes
+        are counted and logged here, for every stage.
+        """
         matcher = self.current()
         if not matcher and self.config.fail_closed:
             return FAIL_CLOSED_VERDICT
-        return matcher.check(url)
+        policy = self._policy
+        if policy is None:
+            return matcher.check(url)
+        notes: list[Note] = []
+        verdict = policy.check(url, notes)
+        if notes:
+            self._noted(notes, url)
+        return verdict
+
+    def check_any_scheme(self, url: str) -> Verdict:
+        """check() for a URL of any scheme, read as blocklist.core.urls.web_form says: ws and wss
+        as http and https, another scheme (ftp, ...) blocked only where its host is listed whole."""
+        target, host_only = web_form(url)
+        if not host_only:
+            return self.check(target)
+        verdict = self.check_host(canonicalize(target).host)
+        if verdict.fail_closed:
+            return FAIL_CLOSED_VERDICT
+        if verdict.action is HostAction.BLOCK:
+            return Verdict(True, verdict.list, verdict.version, Scope.DOMAIN)
+        return ALLOWED
 
     def check_host(self, host: str) -> HostVerdict:
         matcher = self.current()
         if not matcher and self.config.fail_closed:
             return FAIL_CLOSED_HOST_VERDICT
-        return matcher.check_host(host) if matcher else HOST_PASS
+        policy = self._policy
+        if policy is None:
+            return matcher.check_host(host) if matcher else HOST_PASS
+        notes: list[Note] = []
+        verdict = policy.check_host(host, notes)
+        if notes:
+            self._noted(notes, None)
+        return verdict
+
+    def clear_suffix(self, matcher: Matcher, host: str) -> str | None:
+        """`matcher.clear_suffix(host)`, narrowed by the local policy and the monitored lists.
+
+        `matcher` is the `self.matcher` the caller read. A reload sets the policy before
+        the matcher, so a policy that does not belong to it means "mid-swap": None.
+        """
+        policy = self._policy
+        if policy is None:
+            return matcher.clear_suffix(host)
+        return policy.clear_suffix(host) if policy.owner is matcher else None
+
+    def _noted(self, notes: list[Note], url: str | None) -> None:
+        """Count and log what the policy noted; the URL only where the stage logs blocked URLs."""
+        show = url is not None and (self.config.proxy.log_blocked_urls if self.component == "proxy"
+                                    else self.config.squid.log_blocked_urls if self.component == "squid"
+                                    else False)
+        for note in notes:
+            where = f" url={url}" if show else ""
+            if note.kind == "monitor":
+                self.monitor_counts[(self.component, note.list or "")] += 1
+                would = "have blocked" if note.action is HostAction.BLOCK else "have sent to the proxy"
+                log.info("monitor: list=%s would %s scope=%s stage=%s%s", note.list, would,
+                         note.scope or "-", self.component, where)
+            else:
+                self.local_counts[(self.component, note.kind)] += 1
+                log.info("local %s: scope=%s stage=%s%s", note.kind, note.scope or "-", self.component, where)
+
+
+def _policy(config: PluginConfig, matcher: Matcher) -> Policy | None:
+    """The policy over `matcher`'s lists, or None when the node has no local entry and no monitored list."""
+    if not config.local and not config.monitored:
+        return None
+    enforced = Matcher([f for f in matcher.filters if f.name not in config.monitored])
+    monitored = [f for f in matcher.filters if f.name in config.monitored]
+    return Policy(enforced, monitored, config.local.allow, config.local.block, owner=matcher)

@@ -7,7 +7,6 @@ Exit codes: `check` 0 blocked / 1 allowed; `status` Nagios 0/1/2/3; others 0 ok,
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ import click
 
 from blocklist.core import __version__
 from blocklist.core.errors import BlocklistError, ConfigError, InvalidURL
+from blocklist.core.logs import LogFormat, LogLevel
 from resolver_plugin.config import PluginConfig, load_config
 
 if TYPE_CHECKING:
@@ -39,19 +39,29 @@ class PluginGroup(click.Group):
             sys.exit(1)
 
 
-def setup_logging(verbose: bool) -> None:
-    """Structured, greppable log lines on stderr: time level logger key=value message."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def setup_logging(verbose: bool, log_format: str | None = None, log_level: str | None = None) -> None:
+    """Log lines on stderr: text (time level logger: key=value message) or JSON, one object per line.
+
+    The flags win over plugin.yaml's `logging` section, which `_config` applies once loaded.
+    """
+    from resolver_plugin.operations import logsetup
+    level = LogLevel(log_level) if log_level else (LogLevel.DEBUG if verbose else None)
+    logsetup.set_overrides(LogFormat(log_format) if log_format else None, level)
 
 
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               default="/etc/blocklist/plugin.yaml", show_default=True, help="plugin.yaml")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (--log-level debug).")
+@click.option("--log-format", type=click.Choice([f.value for f in LogFormat]), default=None,
+              help="Log lines as text, or as JSON objects one a line for a SIEM (docs/OPERATIONS.md, Logs). "
+                   "Overrides plugin.yaml's logging.format  [default: text]")
+@click.option("--log-level", type=click.Choice([v.value for v in LogLevel]), default=None,
+              help="Log this level and above. Overrides plugin.yaml's logging.level and -v  [default: info]")
 @click.version_option(__version__)
 @click.pass_context
-def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
+def main(ctx: click.Context, config_path: Path, verbose: bool, log_format: str | None,
+         log_level: str | None) -> None:
     """Sync and enforce URL blocklists at an ISP (the plugin side).
 
     \b
@@ -59,13 +69,17 @@ def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
       blocklist-plugin -c plugin.yaml sync --once
       blocklist-plugin -c plugin.yaml check http://bad.example/page.html
       blocklist-plugin -c plugin.yaml status
+      blocklist-plugin -c plugin.yaml --log-format json sync
     """
-    setup_logging(verbose)
+    setup_logging(verbose, log_format, log_level)
     ctx.obj = config_path
 
 
 def _config(ctx: click.Context) -> PluginConfig:
-    return load_config(ctx.obj)
+    from resolver_plugin.operations import logsetup
+    config = load_config(ctx.obj)
+    logsetup.apply(config)  # plugin.yaml's logging section, under the flags
+    return config
 
 
 @main.command()
@@ -74,13 +88,19 @@ def _config(ctx: click.Context) -> PluginConfig:
 def sync(ctx: click.Context, once: bool) -> None:
     """Fetch, verify and cache the newest lists; keep doing so (long-poll or poll).
 
+    SIGHUP (systemctl reload) re-reads plugin.yaml; a bad file is logged and the running
+    configuration kept.
+
     \b
     Example:
       blocklist-plugin -c plugin.yaml sync            # the daemon
       blocklist-plugin -c plugin.yaml sync --once     # cron or first install
     """
+    from resolver_plugin.distribution.credentials import load_node_token
     from resolver_plugin.distribution.sync import run_sync
-    sys.exit(run_sync(_config(ctx), once=once))
+    config = _config(ctx)
+    load_node_token(config)  # a bad node_token_file stops sync here, before it takes the cache lock
+    sys.exit(run_sync(config, once=once))
 
 
 @main.command()
@@ -157,6 +177,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def proxy(ctx: click.Context) -> None:
     """Run the filtering HTTP proxy (Cleanfeed stage 2) on proxy.listen.
+
+    SIGHUP (systemctl reload) re-reads plugin.yaml and reopens the access log; the lists
+    stay in force, a bad file is logged and the running configuration kept.
 
     \b
     Example:

@@ -3,20 +3,27 @@
 Nothing else in the plugin reads YAML or the environment; shells get a PluginConfig.
 
     source: http://hotline.example:8080/      # base URL of the publish directory (required)
-    public_key_file: hotline.pub              # or public_key: <base64 of the 32 raw bytes>
-    lists: [iwf]                              # lists to enforce (required, in check order)
+    public_key_file: hotline-root.json        # the root `blocklist key export` prints (or, from before
+                                              # root keys, a bare key; or public_key: <base64 raw key>)
+    lists: [iwf, {name: trial, mode: monitor}] # lists (required, in check order); a monitored one never blocks
     cache_dir: /var/lib/blocklist-plugin      # required
     node_id: isp1-proxy-3                     # default: the host name
+    node_token_file: isp1-proxy-3.token       # `blocklist node add` output; none: polls are anonymous
+    tls_ca_file: hotline-ca.pem               # CA that signed an https source's certificate (default: system's)
     poll_interval: 30                         # seconds between polls
     long_poll: 25                             # seconds to wait on `blocklist serve`; 0 = plain polling
     fail_closed: false                        # block everything while no list is loaded
-    limits: {max_snapshot_bytes, max_delta_bytes, max_manifest_bytes}
+    clock_skew: 0                             # seconds a manifest is still fresh past its expiry
+    limits: {max_snapshot_bytes, max_delta_bytes, max_manifest_bytes, max_manifest_lifetime}
     timeouts: {connect: 5, read: 30, retry_first: 1, retry_max: 300}
     status: {warn_lag_seconds: 3600, crit_lag_seconds: 86400, warn_lag_versions: 1}
-    proxy: {listen, allowed_clients, block_status, block_page, appeal_url, tls_listen, ...}
+    proxy: {listen, allowed_clients, block_status, block_page, appeal_url, tls_listen,
+            connect_ports, allow_private_destinations, ...}
     squid: {}
     resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
     admin: {listen: 127.0.0.1:9150}
+    logging: {format: text, level: info}      # or json: one object per line (--log-format overrides)
+    local: {allow: [{url, scope}], block: [{url, scope}]}   # resolver_plugin.local_policy
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import dataclasses
 import enum
 import ipaddress
 import socket
+import ssl
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,9 +43,12 @@ from urllib.parse import urlsplit
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from blocklist.core.errors import ConfigError, FormatError, SignatureError
-from blocklist.core.format.keys import key_id, load_public_key
+from blocklist.core.errors import ConfigError, FormatError
+from blocklist.core.format.keys import load_public_key
+from blocklist.core.format.root import MAX_ROOT, Root, bare_key_root, read_anchor
 from blocklist.core.format.strictjson import check_list_name
+from blocklist.core.logs import LogFormat, LogLevel
+from resolver_plugin.local_policy import Lines, LocalPolicyConfig, parse_lists, parse_local
 
 
 class ForwardedFor(enum.StrEnum):
@@ -61,6 +72,7 @@ class Limits:
     max_snapshot_bytes: int = 512 * 1024 * 1024
     max_delta_bytes: int = 64 * 1024 * 1024
     max_manifest_bytes: int = 4 * 1024 * 1024
+    max_manifest_lifetime: int = 7 * 86400  # a manifest is stale this long after its `created`, whatever its expiry
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,10 @@ class ProxyConfig:
     log_blocked_urls: bool = False     # privacy: blocked requests are logged without their URL
     tls_listen: str | None = None      # host:port for HTTPS that stage 1 steers here (SNI tunnel); None: off
     tls_origin_port: int = 443         # the port the SNI tunnel connects to at the origin
+    connect_ports: tuple[int, ...] = (443,)  # CONNECT to any other port: 403
+    # Destinations that are not global unicast (loopback, private, link-local, the proxy's own
+    # addresses, ...): refused; true lets every one through, a list of networks those.
+    allow_private_destinations: bool | tuple[str, ...] = False
 
 
 @dataclass(frozen=True)
@@ -120,16 +136,23 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    format: LogFormat = LogFormat.TEXT   # the CLI's --log-format and --log-level win over these
+    level: LogLevel = LogLevel.INFO
+
+
+@dataclass(frozen=True)
 class PluginConfig:
     path: Path
     source: str
-    public_keys: dict[str, Ed25519PublicKey]
+    anchor: Root            # the pinned root (public_key_file / public_key)
     lists: tuple[str, ...]
     cache_dir: Path
     node_id: str = field(default_factory=socket.gethostname)
     poll_interval: float = 30.0
     long_poll: float = 25.0
     fail_closed: bool = False
+    clock_skew: float = 0.0
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
     status: StatusThresholds = StatusThresholds()
@@ -137,13 +160,24 @@ class PluginConfig:
     squid: SquidConfig = SquidConfig()
     resolver: ResolverConfig = ResolverConfig()
     admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+    node_token_file: Path | None = None  # read by sync only (distribution.credentials), never kept here
+    tls_ca_file: Path | None = None
+    monitored: frozenset[str] = frozenset()  # lists in mode monitor (also in `lists`, for sync)
+    local: LocalPolicyConfig = LocalPolicyConfig()
+
+    @property
+    def public_keys(self) -> dict[str, Ed25519PublicKey]:
+        """The online keys of the pinned root: what signs manifests and lists until a rotation."""
+        return self.anchor.online_keys
 
 
 _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
-             "admin": AdminConfig}
+             "admin": AdminConfig, "logging": LoggingConfig}
 _TOP = {"source", "public_key", "public_key_file", "lists", "cache_dir", "node_id",
-        "poll_interval", "long_poll", "fail_closed", *_SECTIONS}
+        "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", "clock_skew", "local",
+        *_SECTIONS}
 
 
 def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
@@ -153,10 +187,13 @@ def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        options = [a for a in args if a is not type(None)]
+        if len(options) > 1:
+            return _flag_or_strings(where, key, options, value)
+        hint = options[0]
         origin = typing.get_origin(hint)
     if origin is tuple:
-        return _strings(where, key, value)
+        return _integers(where, key, value) if typing.get_args(hint)[0] is int else _strings(where, key, value)
     if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
         return _member(where, key, hint, value)
     check = _SCALARS.get(hint)
@@ -171,6 +208,25 @@ def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: {key} must be a list of strings")
     return tuple(value)
+
+
+def _integers(where: str, key: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of integers")
+    return tuple(value)
+
+
+def _flag_or_strings(where: str, key: str, options: list[Any], value: Any) -> bool | tuple[str, ...]:
+    """A setting that is true, false or a list (`bool | tuple[str, ...]`)."""
+    if options != [bool, tuple[str, ...]]:  # pragma: no cover - a union this loader does not know
+        raise ConfigError(f"{where}: {key}: unsupported setting type")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list | str):
+        return _strings(where, key, value)
+    raise ConfigError(f"{where}: {key} must be true, false or a list")
 
 
 def _flag(where: str, key: str, hint: type, value: Any) -> bool:
@@ -263,6 +319,23 @@ def _validate_top(cfg: PluginConfig, where: str) -> None:
         raise ConfigError(f"{where}: node_id must be 1-128 printable characters without surrounding spaces")
     if cfg.poll_interval < 1:
         raise ConfigError(f"{where}: poll_interval must be at least 1 second")
+    if cfg.clock_skew > 3600:
+        raise ConfigError(f"{where}: clock_skew must be at most 3600 seconds (fix the clock instead)")
+    if not 60 <= cfg.limits.max_manifest_lifetime <= 366 * 86400:
+        raise ConfigError(f"{where}: limits.max_manifest_lifetime must be 60 to 31622400 seconds")
+    if cfg.tls_ca_file is not None:
+        _validate_ca(cfg, parts.scheme, where)
+
+
+def _validate_ca(cfg: PluginConfig, scheme: str, where: str) -> None:
+    if scheme != "https":
+        raise ConfigError(f"{where}: tls_ca_file needs an https source")
+    try:
+        ssl.create_default_context(cafile=cfg.tls_ca_file)
+    except ssl.SSLError as exc:  # before OSError, its base class
+        raise ConfigError(f"{where}: tls_ca_file {cfg.tls_ca_file}: not PEM certificates ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: tls_ca_file {cfg.tls_ca_file}: {exc.strerror or exc}") from None
 
 
 def _validate_timeouts(t: Timeouts, where: str) -> None:
@@ -288,6 +361,14 @@ def _validate_proxy(p: ProxyConfig, where: str) -> None:
             raise ConfigError(f"{where}: proxy.{key} must be more than 0 seconds")
     if not 0 < p.tls_origin_port < 65536:
         raise ConfigError(f"{where}: proxy.tls_origin_port must be a TCP port (1-65535)")
+    if not all(0 < port < 65536 for port in p.connect_ports):
+        raise ConfigError(f"{where}: proxy.connect_ports must be TCP ports (1-65535)")
+    if not isinstance(p.allow_private_destinations, bool):
+        for net in p.allow_private_destinations:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}: proxy.allow_private_destinations: {net!r} is not a network") from None
 
 
 def _validate_resolver(r: ResolverConfig, where: str) -> None:
@@ -304,45 +385,71 @@ def _validate_resolver(r: ResolverConfig, where: str) -> None:
         raise ConfigError(f"{where}: resolver.block_mode address needs block_address or block_address6")
 
 
+def changed_settings(old: PluginConfig, new: PluginConfig) -> list[str]:
+    """The settings `new` sets otherwise than `old`, as dotted plugin.yaml names ("proxy.listen").
+
+    The pinned root is one setting: `public_key` changes when another root is pinned.
+    """
+    changed = []
+    for f in dataclasses.fields(PluginConfig):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if f.name == "anchor":  # the pinned root, from public_key_file or public_key
+            if before != after:
+                changed.append("public_key")
+        elif dataclasses.is_dataclass(before):
+            changed += [f"{f.name}.{g.name}" for g in dataclasses.fields(before)
+                        if getattr(before, g.name) != getattr(after, g.name)]
+        elif before != after:
+            changed.append(f.name)
+    return changed
+
+
 def load_config(path: Path | str) -> PluginConfig:
     """Read and validate plugin.yaml; raise ConfigError naming the file and the key."""
     path = Path(path)
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        raw = yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"{where}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of settings")
-    unknown = set(raw) - _TOP
+    lines = Lines(text)
+    unknown = sorted(set(raw) - _TOP)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP))})")
+        raise ConfigError(f"{where}:{lines.line(unknown[0]) or 1}: unknown key {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(_TOP))})")
     for key in ("source", "lists", "cache_dir"):
         if key not in raw:
             raise ConfigError(f"{where}: missing required key {key!r}")
-    keys = _public_keys(raw, path)
+    anchor = _anchor(raw, path)
     hints = typing.get_type_hints(PluginConfig)
     values: dict[str, Any] = {}
-    for key in ("source", "node_id", "poll_interval", "long_poll", "fail_closed"):
+    for key in ("source", "node_id", "poll_interval", "long_poll", "fail_closed", "clock_skew"):
         if key in raw:
             values[key] = _coerce(where, key, hints[key], raw[key])
-    lists = raw["lists"]
-    values["lists"] = _coerce(where, "lists", tuple[str, ...], lists)
+    values["lists"], values["monitored"] = parse_lists(where, lines, raw["lists"])
+    values["local"] = parse_local(where, lines, raw.get("local"))
     cache_dir = _coerce(where, "cache_dir", str, raw["cache_dir"])
     values["cache_dir"] = (path.parent / cache_dir).resolve()
     for name, cls in _SECTIONS.items():
         values[name] = _section(where, name, cls, raw.get(name))
+    for key in ("node_token_file", "tls_ca_file"):
+        if key in raw:
+            values[key] = (path.parent / _coerce(where, key, str, raw[key])).resolve()
     proxy = values["proxy"]
     if proxy.block_page is not None:
         values["proxy"] = dataclasses.replace(proxy, block_page=str((path.parent / proxy.block_page).resolve()))
-    cfg = PluginConfig(path=path, public_keys=keys, **values)
+    cfg = PluginConfig(path=path, anchor=anchor, **values)
     _validate(cfg, where)
     return cfg
 
 
-def _public_keys(raw: dict[str, Any], path: Path) -> dict[str, Ed25519PublicKey]:
+def _anchor(raw: dict[str, Any], path: Path) -> Root:
+    """The pinned root: the file `blocklist key export` printed, or a bare key from before root keys."""
     where = str(path)
     if ("public_key" in raw) == ("public_key_file" in raw):
         raise ConfigError(f"{where}: give exactly one of public_key and public_key_file")
@@ -350,15 +457,14 @@ def _public_keys(raw: dict[str, Any], path: Path) -> dict[str, Ed25519PublicKey]
         if "public_key" in raw:
             if not isinstance(raw["public_key"], str):
                 raise ConfigError(f"{where}: public_key must be a string")
-            key = load_public_key(raw["public_key"])
-        else:
-            if not isinstance(raw["public_key_file"], str):
-                raise ConfigError(f"{where}: public_key_file must be a path")
-            key_path = path.parent / raw["public_key_file"]
-            try:
-                key = load_public_key(key_path.read_bytes())
-            except OSError as exc:
-                raise ConfigError(f"{where}: public_key_file {key_path}: {exc.strerror}") from None
-    except SignatureError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return {key_id(key): key}
+            return bare_key_root(load_public_key(raw["public_key"]))
+        if not isinstance(raw["public_key_file"], str):
+            raise ConfigError(f"{where}: public_key_file must be a path")
+        key_path = path.parent / raw["public_key_file"]
+        try:
+            data = key_path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{where}: public_key_file {key_path}: {exc.strerror}") from None
+        return read_anchor(data[:MAX_ROOT + 1])
+    except FormatError as exc:
+        raise ConfigError(f"{where}: {'public_key' if 'public_key' in raw else 'public_key_file'}: {exc}") from None

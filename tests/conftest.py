@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 
 from blocklist.cli import main as blocklist_main
 from tests.support.net import free_port
+from tests.support.nodes import enroll
 from tests.support.proxy import make_origin
 from tests.support.status import SOURCE, publish
 
@@ -91,6 +92,8 @@ class Plugin:
 
     def write_config(self, source: str = "http://127.0.0.1:9/", lists: tuple[str, ...] = ("default",),
                      **extra: object) -> Path:
+        """plugin.yaml; unless it says node_token_file, its node is registered with the hotline
+        and the token given to it (`blocklist node add`, then node_token_file), as an operator does."""
         import yaml
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +104,10 @@ class Plugin:
                "admin": {"listen": None}}
         doc.update(self.extra)
         doc.update(extra)
+        if "node_token_file" not in doc:
+            doc["node_token_file"] = enroll(self.hotline.home, str(doc["node_id"]), self.dir).name
+        elif doc["node_token_file"] is None:
+            del doc["node_token_file"]  # an anonymous node
         self.config_path.write_text(yaml.safe_dump(doc))
         return self.config_path
 
@@ -151,7 +158,10 @@ def installed(plugin: Plugin) -> Plugin:
 
 @pytest.fixture
 async def origin() -> AsyncIterator[str]:
-    """The local origin of tests.support.proxy.make_origin on 127.0.0.1; its "host:port"."""
+    """The local origin of tests.support.proxy.make_origin on 127.0.0.1; its "host:port".
+
+    A proxy reaches it only when its config allows loopback destinations
+    (tests.support.proxy.LOOPBACK_DESTINATIONS, which start_proxy sets)."""
     runner = web.AppRunner(make_origin(), access_log=None)
     await runner.setup()
     port = free_port()

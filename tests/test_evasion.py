@@ -25,6 +25,9 @@ of the rules shows up here):
 - IPv4-compatible (::a.b.c.d) and 6to4 IPv6 forms: other addresses on the wire.
 - Another subdomain of a page or folder entry's host ("a.bad.example"): only its
   www. twins are the same site, unless the entry was listed with --subdomains.
+- A page or folder entry under another scheme than http(s) and ws(s): "ftp://host/page.html"
+  names a file of an FTP server, not the listed web page; only a host listed whole blocks
+  other schemes.
 
 Parser differentials (the proxy must fetch what it checked) found here and
 fixed in the core; see docs/RELIABILITY.md:
@@ -640,6 +643,41 @@ def test_squid_helper_blocks_a_sample_of_the_corpus(hotline, plugin, tmp_path: P
         assert helper.ask(b"1 http://bad.example/path/other.html -") == b"1 ERR"
     finally:
         assert helper.close() == 0
+    assert "Traceback" not in helper.stderr
+
+
+def scheme_forms(variants: list[Variant]) -> list[tuple[str, bool]]:
+    """Each http(s) variant as a WebSocket URL (blocked as its http(s) form is) and as an ftp:// URL
+    (blocked only for an entry listed whole: ftp names a host, not a web page); (URL, blocked)."""
+    out = []
+    for v in variants:
+        match = re.match(r"(https?)://", v.url, re.IGNORECASE)
+        if match is None:
+            continue
+        rest = v.url[match.end():]
+        out.append((("wss" if match[1].lower() == "https" else "ws") + "://" + rest, True))
+        out.append(("ftp://" + rest, v.listed.scope is Scope.DOMAIN))
+    return out
+
+
+def test_squid_helper_blocks_the_corpus_in_other_schemes(hotline, plugin, tmp_path: Path) -> None:
+    """The red team's ws://, wss:// and ftp:// URLs of listed entries, through the real helper."""
+    for e in LISTED:
+        hotline.run("add", *e.add_args())
+    hotline.run("publish")
+    plugin.write_config()
+    plugin.install_published()
+    forms = scheme_forms(sample(CORPUS, 600, seed=5))
+    assert sum(blocked for _, blocked in forms) > 600 and sum(not blocked for _, blocked in forms) > 100
+    helper = Helper(plugin.config_path, tmp_path)
+    try:
+        helper.send(b"".join(b"%d %s -\n" % (i, squid_escape(url)) for i, (url, _) in enumerate(forms)))
+        answers = helper.read_lines(len(forms), timeout=60)
+    finally:
+        assert helper.close() == 0
+    wrong = [(url, blocked, answer) for i, ((url, blocked), answer) in enumerate(zip(forms, answers, strict=True))
+             if answer.startswith(b"%d OK " % i) != blocked]
+    assert wrong == []
     assert "Traceback" not in helper.stderr
 
 

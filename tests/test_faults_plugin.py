@@ -48,6 +48,7 @@ from tests.conftest import Hotline, Plugin, mounted_tmpfs, resize_tmpfs
 from tests.support.net import ServerThread, free_port
 from tests.support.plugin import plugin_cli, state_version
 from tests.support.processes import PLUGIN, Program, connect_when_listening, launch, launch_proxy
+from tests.support.proxy import LOOPBACK_DESTINATIONS
 
 # The sync daemon's back-off in the tests that restart a source: 0.1 s .. 0.5 s (production: 1 s .. 300 s).
 FAST_RETRY = {"retry_first": 0.1, "retry_max": 0.5}
@@ -215,7 +216,8 @@ def test_proxy_killed_mid_traffic_blocks_from_its_first_answer(hotline: Hotline,
     hotline.run("add", *listed)
     hotline.run("publish")
     port = free_port()
-    plugin.write_config(proxy={"listen": f"127.0.0.1:{port}", "connect_timeout": 2, "upstream_timeout": 5})
+    plugin.write_config(proxy={"listen": f"127.0.0.1:{port}", "connect_timeout": 2, "upstream_timeout": 5,
+                                      "allow_private_destinations": LOOPBACK_DESTINATIONS})
     plugin.install_published()
     proxy: Program | None = None
     answers = cut = 0
@@ -335,7 +337,8 @@ def test_cache_and_an_unreachable_source_start_closed(hotline: Hotline, plugin: 
     hotline.run("publish")
     port = free_port()
     plugin.write_config(source=f"http://127.0.0.1:{free_port()}/", long_poll=0, timeouts=FAST_RETRY,
-                        proxy={"listen": f"127.0.0.1:{port}"})
+                        proxy={"listen": f"127.0.0.1:{port}",
+                               "allow_private_destinations": LOOPBACK_DESTINATIONS})
     plugin.install_published()
     sync = proxy = helper = None
     try:
@@ -367,7 +370,8 @@ def test_fail_closed_without_a_cache_blocks_everything(hotline: Hotline, plugin:
     """fail_closed: true and nothing cached yet (first install, hotline down): nothing gets through."""
     port = free_port()
     plugin.write_config(source=f"http://127.0.0.1:{free_port()}/", fail_closed=True,
-                        proxy={"listen": f"127.0.0.1:{port}"})
+                        proxy={"listen": f"127.0.0.1:{port}",
+                               "allow_private_destinations": LOOPBACK_DESTINATIONS})
     proxy = helper = None
     try:
         proxy = launch_proxy(plugin, tmp_path)
@@ -457,7 +461,8 @@ def test_sync_killed_while_the_proxy_enforces(hotline: Hotline, plugin: Plugin, 
     hotline.run("publish")
     serve_port, port = free_port(), free_port()
     plugin.write_config(source=f"http://127.0.0.1:{serve_port}/", long_poll=5,
-                        proxy={"listen": f"127.0.0.1:{port}"})
+                        proxy={"listen": f"127.0.0.1:{port}",
+                               "allow_private_destinations": LOOPBACK_DESTINATIONS})
     probe = VersionProbe(port, origin, base, [f"http://{origin}/free/{i}.html" for i in range(20)])
     serve = sync = proxy = None
     checker = threading.Thread(target=probe.run, daemon=True)

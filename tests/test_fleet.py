@@ -13,9 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from blocklist.cli import main as blocklist_main
 from blocklist.core.errors import StoreError
 from blocklist.core.severity import Severity
-from blocklist.fleet import FleetStore, fleet_report, judge, render_fleet
+from blocklist.fleet import fleet_report, judge, render_fleet
 from blocklist.fleet_web import add_fleet_routes
 from blocklist.home import Home
+from blocklist.nodes import FleetStore
 from tests.conftest import Hotline
 
 NOW = time.time()
@@ -32,6 +33,8 @@ def fleet(hotline: Hotline) -> Hotline:
     """Three versions of "default" published; three nodes: current, two behind, one behind and silent."""
     publish_versions(hotline, 3)
     store = FleetStore(Home(hotline.home).fleet_path)
+    for node in ("isp1-proxy-1", "isp2-squid", "isp3-unbound"):
+        store.add_node(node, now=NOW - 86400)
     store.record_poll("isp1-proxy-1", {"default": 3}, "192.0.2.1", at=NOW - 20)
     store.record_poll("isp1-proxy-1", {"default": 3}, "192.0.2.1", at=NOW - 5)
     store.record_poll("isp2-squid", {"default": 1}, "198.51.100.7", at=NOW - 12)
@@ -64,30 +67,30 @@ def test_fleet_report_lists_three_nodes_at_their_versions(fleet: Hotline) -> Non
 
 def test_fleet_states() -> None:
     def record(node: str, version: int, age: float) -> Any:
-        from blocklist.fleet import NodeRecord
+        from blocklist.nodes import NodeRecord
         return NodeRecord(node, NOW - 99999, NOW - age, "", {"default": version}, 1)
 
     future = NOW + 86400
     assert judge([], {}, 900, NOW).state is Severity.CRITICAL  # nothing published
     ok = judge([record("a", 2, 5), record("b", 2, 50)], {"default": 2}, 900, NOW, 7, future)
     assert (ok.state, ok.summary) == (Severity.OK, "2 nodes, all in sync")
-    assert judge([], {"default": 2}, 900, NOW, 7, future).summary == "no node has polled yet"
+    assert judge([], {"default": 2}, 900, NOW, 7, future).summary == "no node registered (`blocklist node add`)"
     expired = judge([record("a", 2, 5)], {"default": 2}, 900, NOW, 7, NOW - 60)
     assert expired.state is Severity.CRITICAL and "published manifest expired 1m ago" in expired.summary
     all_silent = judge([record("a", 2, 1000), record("b", 2, 2000)], {"default": 2}, 900, NOW, 7, future)
-    assert all_silent.state is Severity.CRITICAL and "all 2 nodes silent" in all_silent.summary
+    assert all_silent.state is Severity.CRITICAL and "all 2 reporting nodes silent" in all_silent.summary
     ahead = judge([record("a", 3, 5)], {"default": 2}, 900, NOW, 7, future)  # e.g. a restored hotline
     assert ahead.state is Severity.OK
     many = judge([record(f"n{i}", 1, 5) for i in range(7)], {"default": 2}, 900, NOW, 7, future)
     assert many.summary.endswith("n4 LAGGING (default 1 behind); and 2 more nodes")
 
 
-def test_forget_is_all_or_nothing(fleet: Hotline) -> None:
+def test_remove_is_all_or_nothing(fleet: Hotline) -> None:
     store = FleetStore(Home(fleet.home).fleet_path)
-    with pytest.raises(StoreError, match="nothing forgotten"):
-        store.forget(["isp3-unbound", "no-such-node"])
+    with pytest.raises(StoreError, match="nothing removed"):
+        store.remove_nodes(["isp3-unbound", "no-such-node"])
     assert len(store.nodes()) == 3
-    store.forget(["isp3-unbound"])
+    store.remove_nodes(["isp3-unbound"])
     assert [n.node_id for n in store.nodes()] == ["isp1-proxy-1", "isp2-squid"]
     store.close()
 
@@ -111,7 +114,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_serve_pages_and_metrics(fleet: Hotline, aiohttp_client: Any) -> None:
-    FleetStore(Home(fleet.home).fleet_path).record_poll("<b>evil</b>", {"default": 3}, "192.0.2.66")
+    store = FleetStore(Home(fleet.home).fleet_path)
+    store.add_node("<b>evil</b>")
+    assert store.record_poll("<b>evil</b>", {"default": 3}, "192.0.2.66")
     app = web.Application()
     add_fleet_routes(app, fleet.home)
     client = await aiohttp_client(app)

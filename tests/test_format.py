@@ -17,16 +17,19 @@ from blocklist.core.format.artifacts import (
     write_snapshot,
 )
 from blocklist.core.format.digestset import digest_array, set_checksum
+from blocklist.core.format.envelope import MAX_SIGNATURES, seal
 from blocklist.core.format.keys import key_id, load_public_key, public_key_text
 from blocklist.core.format.manifest import (
     ListRef,
     Manifest,
     check_file,
     file_ref,
+    manifest_signed,
     read_manifest,
-    sign_rotation,
+    root_version_hint,
     write_manifest,
 )
+from blocklist.core.format.root import bare_key_root, make_root, read_anchor, read_next_root, read_root, write_root
 from tests.support.artifacts import KEY, KEYS, make_snapshot, manifest
 
 
@@ -134,28 +137,64 @@ def test_manifest_unsafe_path_is_rejected() -> None:
     assert m.lists
 
 
-def test_key_rotation_is_followed_and_revokes_the_old_key() -> None:
-    new = Ed25519PrivateKey.generate()
-    chain = (sign_rotation(KEY, new.public_key()),)
-    back = read_manifest(write_manifest(manifest(2, chain), [new]), KEYS)
-    assert back.signed_by == key_id(new.public_key())
-    # after the rotation the old key alone no longer signs a valid manifest
-    with pytest.raises(SignatureError):
-        read_manifest(write_manifest(manifest(3, chain), [KEY]), KEYS)
-
-
 def test_manifest_signed_only_by_unknown_key_is_refused() -> None:
     stranger = Ed25519PrivateKey.generate()
     with pytest.raises(SignatureError, match="no valid signature"):
         read_manifest(write_manifest(manifest(), [stranger]), KEYS)
 
 
-def test_forged_rotation_is_refused() -> None:
-    stranger, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    forged = sign_rotation(stranger, new.public_key())
-    # a link signed by a key we never trusted is ignored: the manifest needs our key
-    with pytest.raises(SignatureError):
-        read_manifest(write_manifest(manifest(2, (forged,)), [new]), KEYS)
+def test_a_manifest_names_its_root_version_and_a_format_1_manifest_says_what_to_do() -> None:
+    data = write_manifest(manifest(2), [KEY])
+    assert root_version_hint(data) == 1 and read_manifest(data, KEYS).root_version == 1
+    assert json.loads(data)["signed"]["spec_version"] == 2  # a format-1 reader refuses it by its version
+    old = manifest_signed(manifest(2)) | {"spec_version": 1, "key_chain": []}
+    del old["root_version"]
+    with pytest.raises(FormatError, match="format 1, from a hotline older than root keys"):
+        read_manifest(seal(old, [KEY]), KEYS)
+    assert read_manifest(seal(old, [KEY]), KEYS, allow_format_1=True).root_version == 0  # the hotline's upgrade
+
+
+def test_root_round_trip_and_the_rules_of_the_next_root() -> None:
+    old_keys = [Ed25519PrivateKey.generate() for _ in range(3)]
+    root = make_root(1, 5, [k.public_key() for k in old_keys], 2, [KEY.public_key()])
+    data = write_root(root, old_keys[:2])
+    assert read_root(data) == root and read_anchor(b"\n " + data) == root
+    assert read_root(data).online_keys.keys() == KEYS.keys()
+    with pytest.raises(SignatureError, match="1 valid of the 2 signatures needed"):
+        read_root(write_root(root, old_keys[:1]))
+    new_keys = [Ed25519PrivateKey.generate() for _ in range(2)]
+    nxt = make_root(2, 6, [k.public_key() for k in new_keys], 2, [KEY.public_key()])
+    assert read_next_root(root, write_root(nxt, [*old_keys[1:], *new_keys])) == nxt
+    with pytest.raises(SignatureError, match="root keys of version 1"):  # too few of the old
+        read_next_root(root, write_root(nxt, [old_keys[0], *new_keys]))
+    with pytest.raises(SignatureError, match="its own root keys"):      # too few of its own
+        read_next_root(root, write_root(nxt, [*old_keys, new_keys[0]]))
+    with pytest.raises(FormatError, match="expected root version 3"):   # no replay, no skipping
+        read_next_root(nxt, write_root(nxt, [*old_keys, *new_keys]))
+
+
+def test_a_damaged_root_is_refused() -> None:
+    root_key = Ed25519PrivateKey.generate()
+    doc = json.loads(write_root(make_root(1, 5, [root_key.public_key()], 1, [KEY.public_key()]), [root_key]))
+    swapped = json.loads(json.dumps(doc))
+    swapped["signed"]["keys"][key_id(KEY.public_key())] = swapped["signed"]["keys"][key_id(root_key.public_key())]
+    with pytest.raises(FormatError, match="does not match its key"):
+        read_root(json.dumps(swapped).encode())
+    doc["signed"]["roles"]["online"]["threshold"] = 0
+    with pytest.raises(FormatError, match="threshold 0"):
+        read_root(json.dumps(doc).encode())
+    doc["signed"]["roles"]["online"]["threshold"] = 1
+    doc["signatures"] = doc["signatures"] * (MAX_SIGNATURES + 1)
+    with pytest.raises(SignatureError, match="more than the 32"):
+        read_root(json.dumps(doc).encode())
+
+
+def test_a_bare_key_is_a_root_of_version_0_with_one_key_for_both_roles() -> None:
+    root = read_anchor(public_key_text(KEY.public_key()).encode())
+    assert root == bare_key_root(KEY.public_key()) and root.version == 0 and root.bare_key
+    assert root.online_keys == root.root_keys == KEYS
+    with pytest.raises(SignatureError, match="neither a root document"):
+        read_anchor(b"hello")
 
 
 def test_check_file_detects_mix_and_match() -> None:

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
+from tests.support.proxy import LOOPBACK_DESTINATIONS
 from tests.support.squid import ANSWER, Helper
 from tests.support.tls import client_hello, reframe, sni_extension, with_extensions
 
@@ -323,7 +324,8 @@ def background_proxy(hotline, plugin, monkeypatch):
     with socket.socket() as closed:  # where TLS tunnels go: a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         closed_port = closed.getsockname()[1]
-    plugin.write_config(proxy={"connect_timeout": 2, "upstream_timeout": 5, "tls_origin_port": closed_port})
+    plugin.write_config(proxy={"connect_timeout": 2, "upstream_timeout": 5, "tls_origin_port": closed_port,
+                               "allow_private_destinations": LOOPBACK_DESTINATIONS})
     plugin.install_published()
     records: list[logging.LogRecord] = []
 

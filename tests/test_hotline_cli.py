@@ -9,15 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from blocklist.core.format.keys import load_public_key
+from blocklist.core.format.keys import key_id, load_private_key
+from blocklist.core.format.root import read_anchor
 from tests.conftest import Hotline
 
 
-def test_init_makes_a_private_key_and_is_idempotent(hotline: Hotline) -> None:
+def test_init_makes_a_private_key_and_root_keys_outside_the_home_and_is_idempotent(hotline: Hotline) -> None:
     key = hotline.home / "keys" / "signing.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert "already initialized" in hotline.run("init").output
-    load_public_key(hotline.run("key", "export").output)
+    root_dir = hotline.home.parent / "hotline-root-keys"
+    [root_key] = root_dir.glob("root-*.key")
+    assert stat.S_IMODE(root_key.stat().st_mode) == 0o600 and stat.S_IMODE(root_dir.stat().st_mode) == 0o700
+    assert not list(hotline.home.rglob("root-*.key"))  # never inside the home
+    again = hotline.run("init").output
+    assert "already initialized" in again and "root keys:" not in again
+    anchor = read_anchor(hotline.run("key", "export").output.encode())
+    assert anchor.version == 1 and not anchor.bare_key
+    assert set(anchor.online_keys) == {key_id(load_private_key(key.read_bytes()).public_key())}
+    assert set(anchor.root_keys) == {key_id(load_private_key(root_key.read_bytes()).public_key())}
 
 
 def test_commands_without_init_say_what_to_do(tmp_path: Path) -> None:
@@ -169,7 +178,45 @@ def test_lists_create_and_error_rate(hotline: Hotline) -> None:
 
 
 @pytest.mark.parametrize("args", [[], ["init"], ["add"], ["remove"], ["import"], ["ls"], ["check"],
-                                  ["log"], ["publish"], ["key", "export"], ["lists"]])
+                                  ["log"], ["publish"], ["key", "export"], ["lists"],
+                                  ["key", "rotate"], ["key", "rotate-root"], ["refresh"]])
 def test_every_command_has_help_with_an_example(hotline: Hotline, args: list[str]) -> None:
     out = hotline.run(*args, "--help").output
     assert "Usage:" in out and ("Example" in out or args == [])
+
+
+def test_expiry_durations_for_publish_and_refresh(hotline: Hotline) -> None:
+    hotline.run("add", "http://a.example/x")
+    hotline.run("publish", "--expires-in", "90s")
+    signed = json.loads((hotline.publish_dir / "manifest.json").read_text())["signed"]
+    assert signed["expires"] - signed["created"] == 90
+    assert "fresh for 30 minutes" in hotline.run("refresh", "--expires-in", "30m").output
+    again = json.loads((hotline.publish_dir / "manifest.json").read_text())["signed"]
+    assert again["version"] == signed["version"] and again["expires"] - again["created"] == 1800
+    assert "fresh for 1440 minutes" in hotline.run("refresh").output  # the 24 h of blocklist.yaml
+    for bad in ("10s", "9d", "1w", "soon"):
+        result = hotline.run("refresh", "--expires-in", bad, ok=None)
+        assert result.exit_code == 2 and "--expires-in" in result.output
+    config = hotline.home / "blocklist.yaml"
+    config.write_text("expires_days: 7\n")
+    result = hotline.run("publish", ok=None)
+    assert result.exit_code == 3 and "expires_days was replaced by expires_hours" in result.output
+
+
+def test_root_rotation_from_the_cli_with_a_threshold(hotline: Hotline, tmp_path: Path) -> None:
+    hotline.run("add", "http://a.example/x")
+    hotline.run("publish")
+    old_dir, new_dir = hotline.home.parent / "hotline-root-keys", tmp_path / "new-root"
+    out = hotline.run("key", "rotate-root", "--root-dir", str(old_dir), "--new-root-dir", str(new_dir),
+                      "--root-keys", "3", "--threshold", "2").output
+    assert "root version 2: 3 root keys" in out and len(list(new_dir.glob("root-*.key"))) == 3
+    anchor = read_anchor(hotline.run("key", "export").output.encode())
+    assert (anchor.version, anchor.root.threshold, len(anchor.root_keys)) == (2, 2, 3)
+    assert json.loads((hotline.publish_dir / "manifest.json").read_text())["signed"]["root_version"] == 2
+    inside = hotline.run("key", "rotate-root", "--root-dir", str(new_dir), "--new-root-dir",
+                         str(hotline.home / "keys" / "root"), ok=None)
+    assert inside.exit_code == 3 and "never go inside the home" in inside.output
+    bad = hotline.run("key", "rotate-root", "--root-dir", str(new_dir), "--new-root-dir", str(tmp_path / "x"),
+                      "--root-keys", "2", "--threshold", "3", ok=None)
+    assert bad.exit_code == 3 and "threshold (3) <= keys (2)" in bad.output
+    assert "root version 3" in hotline.run("key", "rotate", "--root-dir", str(new_dir)).output

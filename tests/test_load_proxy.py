@@ -37,6 +37,7 @@ from blocklist.store import Store
 from tests.conftest import Hotline, Plugin
 from tests.support.net import free_port
 from tests.support.processes import Program, connect_when_listening, launch, launch_proxy
+from tests.support.proxy import LOOPBACK_DESTINATIONS
 
 CLIENTS = 200
 EVERY_S = 2.0          # a new version lands this often
@@ -184,7 +185,7 @@ def test_proxy_under_load_while_versions_land(hotline: Hotline, plugin: Plugin, 
     unlisted = [f"http://{origin}/free/{i}.html?q={i % 7}" for i in range(1000)]
     hotline.run("add", *tally.listed)
     hotline.run("publish")
-    plugin.write_config(proxy={"listen": f"127.0.0.1:{port}"})
+    plugin.write_config(proxy={"listen": f"127.0.0.1:{port}", "allow_private_destinations": LOOPBACK_DESTINATIONS})
     plugin.install_published()
     stop = threading.Event()
     errors: list[str] = []

@@ -25,6 +25,10 @@ Every Bloom hit the exact digests refute is counted (ListFilter.bloom_refuted);
 zero URLs may be blocked. The measured false-positive rate per Bloom probe of a
 non-member is reported next to the configured 1e-3.
 
+URLs of other schemes are read as blocklist.core.urls.web_form says: an ftp:// URL of a
+listed page, or a ws:// URL of an unlisted one, is not blocked (only a host listed whole
+blocks other schemes).
+
 Size: the full 1,000,000 entries and 1,000,000 unlisted URLs by default (about
 40 s on the 2-core development machine: 7 s to hash and build the filters,
 30 s of checks), since that is under the one-minute budget; `--soak` checks
@@ -212,3 +216,23 @@ def test_the_listed_urls_themselves_are_blocked() -> None:
             twin = url.replace("http://", "http://www.www." if reach_of(i, hosts) is Reach.TWIN else "http://q.www.")
             verdict = m.check(twin)
             assert verdict.blocked and verdict.scope is scope and verdict.reach is reach_of(i, hosts), twin
+
+
+def test_other_schemes_block_no_more_than_their_host_listing(hotline, plugin) -> None:
+    """ws/wss are checked as http/https and any other scheme by its host only: page and folder
+    entries never block an ftp:// URL, and an unlisted WebSocket URL passes."""
+    from resolver_plugin.cache import LiveMatcher
+
+    hotline.run("add", "http://pages.example/secret.html")
+    hotline.run("add", "--scope", "folder", "http://pages.example/dir/")
+    hotline.run("add", "--scope", "domain", "http://whole.example/")
+    hotline.run("publish")
+    plugin.write_config()
+    plugin.install_published()
+    live = LiveMatcher(plugin.config())
+    for url in ("ftp://pages.example/secret.html", "ftp://pages.example/dir/x", "gopher://pages.example/1",
+                "ws://pages.example/other.html", "wss://pages.example/dirx/", "ws://example.test/dir/",
+                "ftp://notwhole.example/", "ftp://whole.example.test/", "ws://pages.example/secret.htm"):
+        assert not live.check_any_scheme(url).blocked, url
+    for url in ("ws://pages.example/secret.html", "wss://pages.example/dir/a/b", "ftp://a.whole.example/x"):
+        assert live.check_any_scheme(url).blocked, url

@@ -173,7 +173,10 @@ async def test_no_plaintext_listed_url_anywhere(hotline: Hotline, plugin: Plugin
                 run.save(f"proxy-{method}", answer)
         for target in ("CONNECT secret-whole-site-w5c.example:443 HTTP/1.1\r\nHost: secret-whole-site-w5c.example:443",
                        "GET http://secret-pages-q7z.example:99999/hidden-k3w/page-x9v.html HTTP/1.1\r\nHost: x",
-                       "GET /hidden-k3w/page-x9v.html HTTP/1.1\r\nHost: secret-pages-q7z.example"):
+                       "GET /hidden-k3w/page-x9v.html HTTP/1.1\r\nHost: secret-pages-q7z.example",
+                       "CONNECT secret-pages-q7z.example:80 HTTP/1.1\r\nHost: secret-pages-q7z.example:80",
+                       "GET ftp://www.secret-whole-site-w5c.example/hidden HTTP/1.1\r\nHost: x",
+                       "GET ws://secret-pages-q7z.example/hidden-k3w/page-x9v.html HTTP/1.1\r\nHost: x"):
             run.save("proxy-other", await raw_exchange(proxy.port, (target + "\r\n\r\n").encode()))
         for path in ("/fine.html", "/ok/page.html?x=1", "/status/404"):
             answer = await raw_exchange(proxy.port, f"GET http://{origin}{path} HTTP/1.1\r\nHost: {origin}\r\n"

@@ -185,22 +185,83 @@ async def test_large_bodies_stream_both_ways(proxy: RunningProxy, listed: str, t
     assert grown_mib < 30, f"proxy peak RSS grew by {grown_mib:.0f} MiB while moving 4 x 50 MiB"
 
 
-async def test_connect_tunnels_to_an_allowed_host(proxy: RunningProxy, listed: str) -> None:
+async def test_connect_tunnels_to_an_allowed_host(listed: str, plugin, tmp_path: Path) -> None:
+    """`localhost` carries no entries (they name 127.0.0.1): its tunnels carry anything, unread."""
     server, port = await start_echo()
+    origin_port = int(listed.rsplit(":", 1)[1])
+    running = start_proxy(plugin, tmp_path, connect_ports=[port, origin_port])
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        writer.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
         assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == \
             b"HTTP/1.1 200 Connection established\r\n\r\n"
         for message in (b"ping\n", os.urandom(200_000)):
             writer.write(message)
             assert await asyncio.wait_for(reader.readexactly(len(message)), 5) == message
         writer.close()
+        # curl --proxytunnel: a real client speaking HTTP through a CONNECT tunnel.
+        _, out = await curl("-p", "-x", running.url, f"http://localhost:{origin_port}/tunnelled")
+        assert out == b"origin content at /tunnelled"
     finally:
         server.close()
-    # curl --proxytunnel: a real client speaking HTTP through a CONNECT tunnel.
-    _, out = await curl("-p", "-x", proxy.url, f"http://{listed}/tunnelled")
-    assert out == b"origin content at /tunnelled"
+        running.stop()
+
+
+async def start_recorder() -> tuple[asyncio.Server, int, list[bytes]]:
+    """A TCP server that keeps every byte it receives (one entry per connection, at its end)."""
+    received: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(-1))
+        writer.close()
+
+    server = await asyncio.start_server(record, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], received
+
+
+async def test_connect_carries_no_plain_http_past_page_entries(listed: str, plugin, tmp_path: Path) -> None:
+    """The red team's way around a page entry: CONNECT to its host on port 80, then GET inside the tunnel."""
+    server, port, received = await start_recorder()
+    try:
+        running = start_proxy(plugin, tmp_path)  # connect_ports: the default, 443
+        try:
+            for target in ("127.0.0.1:80", listed, f"localhost:{port}"):
+                answer = await raw_exchange(running.port, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+                                            "GET /blocked.html HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n"), (target, answer[:80])
+                assert len(answer) < 1024 and b"origin content" not in answer
+                assert b"opens tunnels to a few ports only" in answer
+        finally:
+            running.stop()
+        log_text = running.access_log.read_text()
+        assert log_text.count(" CONNECT - 403 0 ") == 3 and "refused port=80" in log_text, log_text
+        assert "127.0.0.1:80" not in log_text
+
+        # Even where the port is allowed: 127.0.0.1 carries listed pages, so its tunnels carry TLS only.
+        running = start_proxy(plugin, tmp_path, connect_ports=[port, 443])
+        try:
+            for inside in (b"GET /blocked.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                           b"GET /fine.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"SSH-2.0-x\r\n"):
+                answer = await raw_exchange(running.port, f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode()
+                                            + inside)
+                established, _, rest = answer.partition(b"\r\n\r\n")
+                assert established == b"HTTP/1.1 200 Connection established"
+                assert rest.startswith(b"HTTP/1.1 403 Forbidden\r\n"), rest[:80]
+                assert b"Only TLS may pass" in rest and len(rest) < 1024
+            _, out = await curl("-p", "-x", running.url, "-o", "/dev/null", "-w", "%{http_code}",
+                                f"http://127.0.0.1:{port}/blocked.html")
+            assert out == b"403"
+            deadline = time.monotonic() + 5
+            while len(received) < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)  # the proxy closes its side of each refused tunnel
+        finally:
+            running.stop()
+        assert received == [b""] * 4  # connected, and not one byte reached the origin
+        log_text = running.access_log.read_text()
+        assert log_text.count(f" CONNECT 127.0.0.1:{port} 403 0 ") == 4, log_text
+        assert log_text.count("refused not-tls") == 4
+    finally:
+        server.close()
 
 
 async def test_connect_to_a_host_listed_whole_is_refused(proxy: RunningProxy) -> None:
@@ -242,7 +303,7 @@ async def test_new_publish_is_enforced_without_restart(proxy: RunningProxy, list
     assert proxy.proc.poll() is None
 
 
-async def test_upstream_failures_give_502_and_504(proxy: RunningProxy, listed: str) -> None:
+async def test_upstream_failures_give_502_and_504(proxy: RunningProxy, listed: str, plugin, tmp_path: Path) -> None:
     closed = free_port()
     _, out = await curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{closed}/x")
     assert out == b"502"
@@ -250,8 +311,15 @@ async def test_upstream_failures_give_502_and_504(proxy: RunningProxy, listed: s
     _, out = await curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code}", f"http://{listed}/stall?s=3")
     assert out == b"504"
     assert time.monotonic() - started < 5
-    answer = await raw_exchange(proxy.port, f"CONNECT 127.0.0.1:{closed} HTTP/1.1\r\n\r\n".encode())
-    assert answer.startswith(b"HTTP/1.1 502 ")
+    answer = await raw_exchange(proxy.port, f"CONNECT localhost:{closed} HTTP/1.1\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 403 ")  # not a port of connect_ports
+    (tmp_path / "ports").mkdir()
+    running = start_proxy(plugin, tmp_path / "ports", connect_ports=[closed])
+    try:
+        answer = await raw_exchange(running.port, f"CONNECT localhost:{closed} HTTP/1.1\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 502 ")
+    finally:
+        running.stop()
 
 
 async def test_keep_alive_serves_several_requests(proxy: RunningProxy, listed: str) -> None:
@@ -311,30 +379,89 @@ async def test_connections_over_the_limit_get_503(listed: str, plugin, tmp_path:
         running.stop()
 
 
-async def test_internal_destinations_only_for_clients_on_the_proxy_host() -> None:
-    """A subscriber must not reach the proxy host's own services (admin port, metadata, ...)."""
-    from resolver_plugin.enforcement.proxy.forward import (
-        PublicResolver,
-        UpstreamError,
-        internal_address,
-        local_client,
-        open_tunnel,
-    )
+def test_destination_policy_refuses_what_is_not_global_unicast() -> None:
+    from resolver_plugin.enforcement.proxy.destinations import Destinations, local_addresses
 
-    assert local_client("127.0.0.1") and local_client("::1") and local_client("::ffff:127.0.0.2")
-    assert not local_client("192.0.2.7") and not local_client("garbage")
-    for host in ("127.0.0.1", "[::1]", "::ffff:127.0.0.1", "169.254.169.254", "0.0.0.0", "fe80::1%eth0", "224.0.0.1"):
-        assert internal_address(host), host
-    for host in ("192.0.2.1", "10.1.2.3", "2001:db8::1", "example.test", "2130706433"):
-        assert not internal_address(host), host
-    with pytest.raises(OSError):
-        await PublicResolver().resolve("localhost", 80)
-    with pytest.raises(OSError):
-        await PublicResolver().resolve("2130706433", 80)  # 127.0.0.1 in inet_aton's decimal form
-    for host in ("127.0.0.1", "localhost"):
-        with pytest.raises(UpstreamError) as caught:
-            await open_tunnel(host, 9, 2, public_only=True)
-        assert caught.value.status == 403
+    default = Destinations(False, own=["8.8.4.4"])
+    refused = ["127.0.0.1", "127.9.9.9", "::1", "[::1]", "::ffff:127.0.0.1", "169.254.169.254", "10.1.2.3",
+               "172.16.0.1", "192.168.1.1", "100.64.0.1", "0.0.0.0", "::", "224.0.0.1", "ff02::1", "fe80::1",
+               "fe80::1%eth0", "fc00::1", "fd00::2", "fec0::1", "192.0.2.1", "2001:db8::1", "240.0.0.1",
+               "255.255.255.255", "64:ff9b::a00:1", "64:ff9b::7f00:1", "2002:7f00:1::1", "64:ff9b:1::1",
+               "8.8.4.4", "localhost", "garbage", ""]
+    for address in refused:
+        assert not default.allowed(address), address
+    for address in ("8.8.8.8", "2606:4700::1111", "64:ff9b::808:808", "::ffff:1.1.1.1", "2002:808:808::1"):
+        assert default.allowed(address), address
+    assert not default.allowed("::ffff:8.8.4.4")  # the own address, however it is written
+    # every local address of this host is refused, whatever its range
+    assert all(not default.allowed(a) for a in local_addresses()) and "127.0.0.1" in local_addresses()
+
+    some = Destinations(["127.0.0.0/8", "10.0.0.0/8", "fe80::/10"], own=["8.8.4.4"])
+    for address in ("127.0.0.1", "::ffff:127.0.0.2", "10.1.2.3", "fe80::1%eth0", "8.8.8.8"):
+        assert some.allowed(address), address
+    for address in ("::1", "169.254.169.254", "192.168.1.1", "8.8.4.4"):
+        assert not some.allowed(address), address
+    everything = Destinations(True, own=["8.8.4.4"])
+    assert all(everything.allowed(a) for a in ("127.0.0.1", "::1", "169.254.169.254", "8.8.4.4"))
+    # URL hosts: an IP literal is judged at once (aiohttp would not resolve it), a name when resolved
+    assert not default.host_allowed("127.0.0.1") and not default.host_allowed("::1")
+    assert not default.host_allowed("0177.0.0.1") and default.host_allowed("localhost")
+    assert some.host_allowed("10.9.9.9") and everything.host_allowed("127.0.0.1")
+
+
+def test_the_proxys_own_addresses_are_refused_destinations(plugin) -> None:
+    from resolver_plugin.cache import LiveMatcher
+    from resolver_plugin.enforcement.proxy.server import ProxyServer
+
+    plugin.write_config(resolver={"proxy_address": "8.8.4.4", "proxy_address6": "2001:4860:4860::8844"},
+                        proxy={"listen": "9.9.9.9:3128"})
+    server = ProxyServer(plugin.config(), LiveMatcher(plugin.config()))
+    for address in ("8.8.4.4", "2001:4860:4860::8844", "9.9.9.9"):
+        assert not server.destinations.allowed(address), address
+    assert server.destinations.allowed("8.8.8.8")
+
+
+async def test_private_destinations_refused_by_default(listed: str, plugin, tmp_path: Path) -> None:
+    """A subscriber must not reach the proxy host's own services (admin port, metadata, ...), nor the
+    ISP's private networks, whether the client is on the proxy's host or not."""
+    from resolver_plugin.enforcement.proxy.destinations import local_addresses
+
+    port = int(listed.rsplit(":", 1)[1])
+    own = [a for a in local_addresses() if not a.startswith(("127.", "::1", "fe80:"))]
+    hosts = ["127.0.0.1", "localhost", "[::1]", "169.254.169.254", "10.1.2.3", "[fe80::1]", "0.0.0.0",
+             *(f"[{a}]" if ":" in a else a for a in own)]
+    running = start_proxy(plugin, tmp_path, allow_private_destinations=False, connect_ports=[443, port])
+    try:
+        for host in hosts:
+            answer = await raw_exchange(running.port, f"GET http://{host}:{port}/fine.html HTTP/1.1\r\n"
+                                                      "Host: x\r\n\r\n".encode())
+            assert answer.startswith(b"HTTP/1.1 403 "), (host, answer[:80])
+            assert b"does not connect to private, local or internal addresses" in answer
+            answer = await raw_exchange(running.port, f"CONNECT {host}:{port} HTTP/1.1\r\n\r\n".encode())
+            assert answer.startswith(b"HTTP/1.1 403 "), (host, answer[:80])
+        # origin-form, as stage 1 sends it: the Host names loopback
+        answer = await raw_exchange(running.port, f"GET /fine.html HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"
+                                    .encode())
+        assert answer.startswith(b"HTTP/1.1 403 ")
+    finally:
+        running.stop()
+    log_text = running.access_log.read_text()
+    assert log_text.count("refused destination") == 2 * len(hosts) + 1, log_text
+    assert "Traceback" not in running.stderr.read_text()
+
+    for allow in (True, ["127.0.0.0/8"]):
+        running = start_proxy(plugin, tmp_path, allow_private_destinations=allow)
+        try:
+            answer = await raw_exchange(running.port, f"GET http://127.0.0.1:{port}/fine.html HTTP/1.1\r\n"
+                                                      "Host: x\r\nConnection: close\r\n\r\n".encode())
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"origin content at /fine.html")
+            if allow is not True:  # only the networks listed: ::1 and 10/8 stay refused (no connection tried)
+                for host in ("[::1]", "10.1.2.3"):
+                    answer = await raw_exchange(running.port, f"GET http://{host}:{port}/ HTTP/1.1\r\n\r\n"
+                                                .encode())
+                    assert answer.startswith(b"HTTP/1.1 403 "), host
+        finally:
+            running.stop()
 
 
 async def test_origin_form_requests_sent_by_stage_one_are_checked(proxy: RunningProxy, listed: str) -> None:
@@ -352,3 +479,77 @@ async def test_origin_form_requests_sent_by_stage_one_are_checked(proxy: Running
                                           "Connection: close\r\n\r\n"
                               .encode())
     assert loop.startswith(b"HTTP/1.1 508 ")
+
+
+async def test_other_schemes_and_refusals_in_process(listed: str, plugin) -> None:
+    """Absolute targets of other schemes are checked as the Squid helper checks them, then refused
+    (only http(s) is forwarded); each refusal by port, destination or protocol is counted."""
+    import math
+
+    from resolver_plugin.cache import LiveMatcher
+    from resolver_plugin.enforcement.proxy.server import ProxyServer
+    from resolver_plugin.operations import metrics
+
+    recorder, port, received = await start_recorder()
+    plugin.write_config(proxy={"connect_ports": [443, port], "allow_private_destinations": ["127.0.0.0/8"]})
+    config = plugin.config()
+    server = ProxyServer(config, LiveMatcher(config, check_interval=math.inf))
+    await server.start("127.0.0.1", 0)
+    before = metrics.snapshot().refused.copy()
+    try:
+        async def status(request: bytes) -> bytes:
+            return (await raw_exchange(server.port, request + b"\r\nHost: x\r\n\r\n"))[9:12]
+
+        assert await status(b"GET ws://www.evil.test/socket HTTP/1.1") == b"451"
+        assert await status(b"GET ftp://u@www.evil.test/f.txt HTTP/1.1") == b"451"
+        assert await status(f"GET ws://{listed}/blocked.html HTTP/1.1".encode()) == b"451"
+        assert await status(f"GET wss://{listed}/fine.html HTTP/1.1".encode()) == b"400"
+        assert await status(f"GET ftp://{listed}/blocked.html HTTP/1.1".encode()) == b"400"  # a page: http only
+        assert await status(b"CONNECT localhost:80 HTTP/1.1") == b"403"
+        assert await status(b"CONNECT 169.254.169.254:443 HTTP/1.1") == b"403"
+        assert await status(b"GET http://10.0.0.1/ HTTP/1.1") == b"403"
+        answer = await raw_exchange(server.port, f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+                                    .encode())
+        assert b"\r\n\r\nHTTP/1.1 403 " in answer
+    finally:
+        await server.close()
+        recorder.close()
+    after = metrics.snapshot().refused
+    counted = {reason: after[("proxy", reason)] - before[("proxy", reason)]
+               for reason in ("connect_port", "destination", "not_tls")}
+    assert counted == {"connect_port": 1, "destination": 2, "not_tls": 1}
+    assert received in ([], [b""])  # the refused tunnel's origin got nothing
+
+
+async def test_every_resolved_address_is_judged_at_each_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name is judged by what it resolves to each time it is resolved (DNS rebinding), and of a
+    name with several addresses only the allowed ones are kept."""
+    import socket
+
+    from resolver_plugin.enforcement.proxy.destinations import DestinationRefused, Destinations, PolicyResolver
+    from resolver_plugin.enforcement.proxy.forward import UpstreamError, open_tunnel
+
+    answers = {"rebind.test": ["127.0.0.1"], "mixed.test": ["10.0.0.1", "8.8.8.8", "fe80::1"]}
+    real = socket.getaddrinfo
+
+    def fake(host, port, *args, **kwargs):  # no name leaves this machine
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (a, port or 0, 0, 0) if ":" in a else (a, port or 0)) for a in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    policy = Destinations(False)
+    resolver = PolicyResolver(policy)
+    with pytest.raises(DestinationRefused):
+        await resolver.resolve("rebind.test", 80, socket.AF_UNSPEC)
+    assert [r["host"] for r in await resolver.resolve("mixed.test", 80, socket.AF_UNSPEC)] == ["8.8.8.8"]
+    answers["rebind.test"] = ["8.8.8.8"]
+    assert [r["host"] for r in await resolver.resolve("rebind.test", 80, socket.AF_UNSPEC)] == ["8.8.8.8"]
+    answers["rebind.test"] = ["127.0.0.1"]
+    with pytest.raises(DestinationRefused):
+        await resolver.resolve("rebind.test", 80, socket.AF_UNSPEC)
+    with pytest.raises(UpstreamError) as caught:  # a tunnel: refused before any connection
+        await open_tunnel("rebind.test", 443, 2, policy)
+    assert caught.value.status == 403
+    await resolver.close()

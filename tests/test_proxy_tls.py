@@ -20,7 +20,7 @@ from aiohttp import web
 
 from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
 from tests.support.net import free_port
-from tests.support.proxy import RunningProxy, start_proxy
+from tests.support.proxy import RunningProxy, raw_exchange, start_proxy
 from tests.support.tls import self_signed_cert, sni_extension, with_extensions
 
 
@@ -156,3 +156,47 @@ async def test_clients_outside_allowed_clients_get_the_alert(listed, tmp_path: P
         assert refused.value.reason == "TLSV1_ALERT_ACCESS_DENIED"
     finally:
         running.stop()
+
+
+async def test_connect_to_a_host_with_listed_pages_carries_tls_only(listed, tmp_path: Path, tls_origin) -> None:
+    """`localhost` carries a listed page: a CONNECT tunnel to it passes a TLS ClientHello on, nothing else."""
+    origin_port, cafile = tls_origin
+    running = start_proxy(listed, tmp_path, connect_ports=[origin_port])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(f"CONNECT localhost:{origin_port} HTTP/1.1\r\nHost: localhost:{origin_port}\r\n\r\n".encode())
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == \
+            b"HTTP/1.1 200 Connection established\r\n\r\n"
+        await asyncio.wait_for(writer.start_tls(ssl.create_default_context(cafile=str(cafile)),
+                                                server_hostname="localhost"), 10)
+        writer.write(b"GET /innocent.html HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200") and response.endswith(
+            b"tls origin content at /innocent.html for localhost")
+        # the same tunnel asked for the listed page in plain HTTP: refused inside the tunnel
+        answer = await raw_exchange(running.port, f"CONNECT localhost:{origin_port} HTTP/1.1\r\n\r\n".encode()
+                                    + b"GET /secret.html HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 403 Forbidden\r\n")
+        # the default port list is 443 only
+        answer = await raw_exchange(running.port, b"CONNECT localhost:80 HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 403 ")
+    finally:
+        running.stop()
+    lines = access_lines(running)
+    assert any(f" CONNECT localhost:{origin_port} 200 " in line and line.endswith(" tunnel") for line in lines)
+    assert any(f" CONNECT localhost:{origin_port} 403 0 " in line and line.endswith(" refused not-tls")
+               for line in lines), lines
+    assert any(" CONNECT - 403 0 " in line and line.endswith(" refused port=80") for line in lines), lines
+
+
+async def test_tls_listener_refuses_private_destinations_by_default(listed, tmp_path: Path, tls_origin) -> None:
+    origin_port, cafile = tls_origin
+    running, tls_port = start_tls_proxy(listed, tmp_path, origin_port, allow_private_destinations=False)
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await https_get(tls_port, "localhost", cafile)  # localhost is loopback: nothing connected
+    finally:
+        running.stop()
+    assert any(f" TLS localhost:{origin_port} 403 " in line and line.endswith(" refused destination")
+               for line in access_lines(running))

@@ -285,7 +285,7 @@ def test_a_previous_snapshot_without_markers_is_recompiled(hotline: Hotline, plu
 def test_a_store_from_before_markers_is_upgraded(hotline: Hotline) -> None:
     import sqlite3
 
-    from blocklist.store import Store
+    from blocklist.store import SCHEMA_VERSION, Store
     hotline.run("add", "http://a.b.example/1", "http://c.b.example/2")
     hotline.run("add", "--scope", "domain", "http://d.b.example/")
     before = store_checksum(hotline)
@@ -297,8 +297,9 @@ def test_a_store_from_before_markers_is_upgraded(hotline: Hotline) -> None:
     assert store_checksum(hotline) == before  # opening it counted the markers again
     store = Store(hotline.home / "store.sqlite")
     try:
-        assert store.log()[-1].action == "upgrade-store" and store.log()[-1].detail == {"from": 1, "to": 3}
-        assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert store.log()[-1].action == "upgrade-store" and store.log()[-1].detail == {"from": 1, "to": SCHEMA_VERSION}
+        version = store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert version == (str(SCHEMA_VERSION),)
     finally:
         store.close()
 
@@ -314,7 +315,7 @@ def test_a_store_from_before_reaches_is_upgraded_to_twins(hotline: Hotline, plug
     is a full compile whose delta carries the new digests to the plugins."""
     import sqlite3
 
-    from blocklist.store import Store
+    from blocklist.store import SCHEMA_VERSION, Store
     hotline.run("add", "http://b.example/keep", "http://www.c.example/x")
     hotline.run("add", "--exact-host", "http://www.b.example/keep")  # two rows in schema 2: one twin in 3
     hotline.run("add", "--scope", "domain", "http://d.example/")
@@ -335,7 +336,7 @@ def test_a_store_from_before_reaches_is_upgraded_to_twins(hotline: Hotline, plug
     try:
         record = store.log()[-1]
         assert record.action == "upgrade-store"
-        assert record.detail == {"from": 2, "to": 3, "twin_entries": 2, "merged_into_a_twin": ["http://www.b.example/keep"]}
+        assert record.detail == {"from": 2, "to": SCHEMA_VERSION, "twin_entries": 2, "merged_into_a_twin": ["http://www.b.example/keep"]}
         assert [(r.url, r.reach.value) for r in store.entries()] == [
             ("http://b.example/keep", "twin"), ("http://d.example/", "exact"), ("http://www.c.example/x", "twin")]
     finally:

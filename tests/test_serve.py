@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from blocklist.fleet import FleetStore
 from blocklist.home import Home
+from blocklist.nodes import FleetStore
 from blocklist.serve import MAX_WAIT, make_app
 from tests.conftest import Hotline
+from tests.support.nodes import poll_headers
 
 
 @pytest.fixture
@@ -115,17 +116,21 @@ async def test_poll_with_a_stale_etag_answers_at_once(aiohttp_client, published:
 
 
 async def test_polls_are_recorded_for_the_fleet(aiohttp_client, published: Hotline) -> None:
+    store = FleetStore(Path(published.home) / "fleet.sqlite")
+    token = store.add_node("isp1-proxy-3")
     client = await client_for(aiohttp_client, published)
-    await client.get("/manifest.json", headers={"X-Blocklist-Node": "isp1-proxy-3",
-                                                "X-Blocklist-Have": "default=1,bad=x"})
-    await client.get("/manifest.json", headers={"X-Blocklist-Node": "isp1-proxy-3",
-                                                "X-Blocklist-Have": "default=2"})
+    first = await client.get("/manifest.json", headers=poll_headers(token, "isp1-proxy-3", "default=1,bad=x"))
+    assert first.headers["X-Blocklist-Report"] == "recorded"
+    await client.get("/manifest.json", headers=poll_headers(token, "isp1-proxy-3", "default=2"))
     await client.get("/manifest.json", headers={"X-Blocklist-Node": "bad\tnode"})
     await client.get("/manifest.json", headers={"X-Blocklist-Node": "x" * 500})
-    await client.get("/lists/default/snapshot-1", headers={"X-Blocklist-Node": "file-fetcher"})
-    nodes = FleetStore(Path(published.home) / "fleet.sqlite").nodes()
+    await client.get("/lists/default/snapshot-1", headers=poll_headers(token, "isp1-proxy-3", "default=9"))
+    nodes = store.nodes()
     assert [(n.node_id, n.versions, n.polls) for n in nodes] == [("isp1-proxy-3", {"default": 2}, 2)]
     assert nodes[0].remote == "127.0.0.1"
+    anonymous = await client.get("/manifest.json", headers={"X-Blocklist-Node": "isp1-proxy-3"})
+    assert anonymous.status == 200 and anonymous.headers["X-Blocklist-Report"] == "anonymous"
+    assert store.nodes()[0].polls == 2
 
 
 async def test_routes_added_after_make_app_win_and_the_fleet_pages_are_there(aiohttp_client,
@@ -142,3 +147,30 @@ async def test_routes_added_after_make_app_win_and_the_fleet_pages_are_there(aio
     assert await (await client.get("/lists/default/hello")).text() == "hello"
     assert (await client.get("/fleet.json")).status == 200
     assert (await client.get("/lists/default/snapshot-1")).status == 200
+
+
+async def test_serve_re_signs_the_manifest_before_it_expires_and_long_polls_see_it(aiohttp_client,
+                                                                                   hotline: Hotline) -> None:
+    """Published 40 s ago to live 60 s: past half its lifetime, so the refresher re-signs it at once,
+    same version, fresh for another 60 s; a waiting long-poll gets the new bytes."""
+    import json
+
+    from blocklist.publish import publish
+    from blocklist.store import Store
+    hotline.run("add", "http://bad.example/a.html")
+    home = Home(hotline.home)
+    publish(home, Store(home.store_path), "tester", now=int(time.time()) - 40, expires_in=60)
+    path = hotline.publish_dir / "manifest.json"
+    old = json.loads(path.read_bytes())["signed"]
+    client = await aiohttp_client(make_app(home, watch_interval=0.02, refresh_interval=0.05))
+    new = old
+    for _ in range(200):  # bounded: the first look happens as the app starts
+        new = json.loads(path.read_bytes())["signed"]
+        if new["created"] != old["created"]:
+            break
+        await asyncio.sleep(0.05)
+    assert new["version"] == old["version"] and new["lists"] == old["lists"]
+    assert new["created"] > old["created"] and new["expires"] - new["created"] == 60
+    resp = await client.get("/manifest.json")
+    assert json.loads(await resp.read())["signed"]["created"] == new["created"]
+    assert "refresh" in hotline.run("log", "-n", "1").output

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -85,6 +86,10 @@ acl blocklist_answered note log
 logformat blocklist_private %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm - %ea
 access_log stdio:{dir}/access.log squid !blocklist_answered
 access_log stdio:{dir}/blocked.log blocklist_private blocklist_answered
+
+# Squid 5 forwards no protocol upgrade unless told: WebSockets, as an ISP that allows them.
+# The name is case-sensitive: clients send "Upgrade: websocket" (RFC 6455).
+http_upgrade_request_protocols websocket allow all
 
 acl test_clients src 127.0.0.1/32
 http_access deny blocklisted
@@ -151,7 +156,15 @@ async def origin() -> AsyncIterator[str]:
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=f"origin content at {request.path_qs}")
 
+    async def socket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str(f"echo {message.data}")
+        return ws
+
     app = web.Application()
+    app.router.add_get("/socket", socket)
     app.router.add_get("/{tail:.*}", page)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -277,3 +290,70 @@ async def test_squid_deny_page_says_who_blocks(squid: Squid, origin: str, hotlin
     assert code == 451 and "blocked by list default: Hotline &lt;b&gt;&amp;&lt;/b&gt; Co" in body, body
     assert "legal basis: Act 1978 s.1; appeal: https://appeal.example/form?a=1&amp;b=2" in body
     assert "<b>" not in body and "titled.html" not in body
+
+
+@pytest.fixture
+def squid_with_policy(request: pytest.FixtureRequest, plugin, origin: str) -> Squid:
+    """The squid fixture with a local policy: the listed page allowed, an unlisted folder blocked."""
+    plugin.extra["local"] = {"allow": [{"url": f"http://{origin}/blocked.html"}],
+                             "block": [{"url": f"http://{origin}/order/", "scope": "folder"}]}
+    return request.getfixturevalue("squid")
+
+
+async def test_squid_applies_the_local_policy(squid_with_policy: Squid, origin: str) -> None:
+    code, body = await curl(squid_with_policy.port, f"http://{origin}/blocked.html")
+    assert (code, body) == (200, "origin content at /blocked.html")
+    code, body = await curl(squid_with_policy.port, f"http://{origin}/order/x.html")
+    assert code == 451 and "blocked by list local" in body
+    code, _ = await curl(squid_with_policy.port, f"http://{origin}/fine.html")
+    assert code == 200
+
+
+async def raw_status(proxy_port: int, request: bytes) -> bytes:
+    """The status line Squid answers `request` with."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    try:
+        writer.write(request)
+        return (await asyncio.wait_for(reader.readline(), 20)).strip()
+    finally:
+        writer.close()
+
+
+UPGRADE = ("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+
+
+async def test_squid_refuses_a_host_listed_whole_for_every_request_kind(squid: Squid, origin: str) -> None:
+    """What Squid sends the helper (%URI) for each kind of request, and that each is refused:
+    plain http (the URL), CONNECT (host:port), a WebSocket upgrade (the http:// URL of its
+    request) and ftp (the ftp:// URL). A ws:// URL Squid 5 refuses itself (400)."""
+    code, _ = await curl(squid.port, "http://www.evil.test/page.html")
+    assert code == 451
+    assert (await connect_status(squid.port, "www.evil.test:443")).startswith(b"HTTP/1.1 451 ")
+    assert (await connect_status(squid.port, "evil.test:80")).startswith(b"HTTP/1.1 451 ")
+    upgrade = f"GET http://www.evil.test/socket HTTP/1.1\r\nHost: www.evil.test\r\n{UPGRADE}\r\n".encode()
+    assert (await raw_status(squid.port, upgrade)).startswith(b"HTTP/1.1 451 ")
+    code, body = await curl(squid.port, "ftp://www.evil.test/pub/file.txt")
+    assert code == 451 and "blocked by list default" in body
+    code, _ = await curl(squid.port, "ftp://anonymous:x@a.b.evil.test/")
+    assert code == 451
+    for scheme in ("ws", "wss"):
+        request = f"GET {scheme}://www.evil.test/socket HTTP/1.1\r\nHost: www.evil.test\r\n{UPGRADE}\r\n".encode()
+        assert (await raw_status(squid.port, request)).startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 451 "))
+
+    deadline, blocked = time.monotonic() + 10, ""
+    while time.monotonic() < deadline and blocked.count("TCP_DENIED/451") < 6:
+        await asyncio.sleep(0.2)  # Squid writes its logs lazily
+        blocked = (squid.dir / "blocked.log").read_text()
+    assert blocked.count("TCP_DENIED/451") == 6, blocked
+    assert "evil" not in blocked and "file.txt" not in blocked
+
+
+async def test_squid_websocket_upgrade_is_checked_as_http(squid: Squid, origin: str) -> None:
+    """A WebSocket through Squid is its HTTP upgrade request: an unlisted one opens and works."""
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"http://{origin}/socket", proxy=f"http://127.0.0.1:{squid.port}") as ws:
+            await ws.send_str("hello")
+            assert (await asyncio.wait_for(ws.receive_str(), 20)) == "echo hello"
+    request = f"GET http://{origin}/blocked.html HTTP/1.1\r\nHost: {origin}\r\n{UPGRADE}\r\n".encode()
+    assert (await raw_status(squid.port, request)).startswith(b"HTTP/1.1 451 ")

@@ -70,7 +70,24 @@ def test_connect_authority_is_checked_by_host(helper: Helper) -> None:
     assert helper.ask(b"2 www.evil.test:8443 -") == b"2 " + OK_DEFAULT
     assert helper.ask(b"3 bad.example:443 -") == b"3 ERR"  # only pages listed: a tunnel cannot be judged
     assert helper.ask(b"4 [2001:db8::1]:443 -") == b"4 ERR"
-    assert helper.ask(b"5 ftp://evil.test/file -") == b"5 ERR"  # lists hold http(s) only
+
+
+def test_other_schemes_are_checked_as_the_proxy_checks_them(helper: Helper) -> None:
+    """The red team's way around a host listed whole: ws://, wss:// and ftp:// URLs of it (Squid
+    proxies ftp, and a WebSocket URL is its HTTP upgrade request)."""
+    for i, url in enumerate([b"ws://evil.test/socket", b"wss://www.evil.test/socket?x=1", b"WS://EVIL.test/",
+                             b"ftp://evil.test/file", b"ftp://user:pw@www.evil.test:21/pub/f.txt",
+                             b"FTP://a.b.evil.test/", b"gopher://evil.test/1", b"whois://evil.test/",
+                             b"ftp://evil.test%2Fx@www.evil.test/"]):
+        assert helper.ask(b"%d %s -" % (i, url)) == b"%d %s" % (i, OK_DEFAULT), url
+    # ws and wss are http and https: page entries count
+    assert helper.ask(b"20 ws://bad.example/page.html -") == b"20 " + OK_DEFAULT
+    assert helper.ask(b"21 wss://bad.example/a%2520b.html -") == b"21 " + OK_DEFAULT
+    assert helper.ask(b"22 ws://bad.example/other.html -") == b"22 ERR"
+    # another scheme names a host, not a web page: only a host listed whole blocks it
+    assert helper.ask(b"23 ftp://bad.example/page.html -") == b"23 ERR"
+    assert helper.ask(b"24 ftp://good.example/ -") == b"24 ERR"
+    assert helper.ask(b"25 ftp://[::1/ -") == b'25 BH message="invalid URL"'
 
 
 def test_malformed_lines_get_bh_and_the_helper_goes_on(helper: Helper) -> None:

@@ -42,7 +42,7 @@ STATES = [
      "OK", 0, "in sync"),
     ("bad signature seen", dict(last_error="signature: manifest: no valid signature by a trusted key",
                                 last_error_at=-5, errors={"signature": 1}),
-     "WARNING", 1, "last sync refused (signature)"),
+     "WARNING", 1, "sync refused (signature)"),
 ]
 
 
@@ -201,7 +201,7 @@ async def test_after_a_real_sync_status_and_fleet_agree(plugin: Plugin, aiohttp_
     assert not await sync_once(plugin.config())
     result = status_cli(plugin)
     assert result.exit_code == 1, result.output
-    assert result.output.startswith("BLOCKLIST WARNING - default: last sync refused (signature)")
+    assert result.output.startswith("BLOCKLIST WARNING - default: sync refused (signature)")
     assert "sync errors: signature 1" in result.output
 
 
@@ -215,7 +215,7 @@ def test_the_recorded_kind_is_judged_not_the_message(plugin: Plugin) -> None:
     refused = node_status(now, last_error="signature: bad", last_error_kind=ErrorKind.SIGNATURE,
                           last_error_at=now - 5)
     report = evaluate(plugin.config(), refused, {"default": 1}, now)
-    assert (report.state.name, report.lists[0].reasons) == ("WARNING", ("last sync refused (signature)",))
+    assert (report.state.name, report.lists[0].reasons) == ("WARNING", ("sync refused (signature)",))
     assert report.as_json()["lists"][0]["last_error_kind"] == "signature"
     unreached = node_status(now, last_error="signature: a text that only looks like a refusal",
                             last_error_kind=ErrorKind.NETWORK, last_error_at=now - 5)

@@ -29,8 +29,8 @@ from blocklist.core.format.digestset import digest_array
 from blocklist.core.format.keys import key_id
 from blocklist.core.format.manifest import DeltaRef, Manifest, file_ref, read_manifest, write_manifest
 from blocklist.core.format.strictjson import canonical_json
-from blocklist.fleet import FleetStore
 from blocklist.home import Home
+from blocklist.nodes import FleetStore
 from blocklist.serve import make_app
 from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.config import load_config
@@ -49,6 +49,7 @@ from tests.support.plugin import (
     status_of,
     sync_once,
 )
+from tests.support.processes import launch
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -298,13 +299,14 @@ def test_expired_manifest_is_refused_but_the_list_still_enforced(attacked: Sourc
     from blocklist.store import Store
     hotline.run("add", "http://bad.example/c.html")
     home = Home(hotline.home)
-    past = int(time.time()) - 30 * 86400
-    publish(home, Store(home.store_path), "tester", now=past)  # a manifest that expired long ago
+    created = json.loads(attacked.v1_manifest)["signed"]["created"]  # type: ignore[attr-defined]
+    publish(home, Store(home.store_path), "tester", now=created, expires_in=1)  # stale a second after
+    time.sleep(max(0.0, created + 1 - time.time()) + 0.01)
     before = cache_files(plugin)
     assert sync_once(plugin) == 1
     assert_last_good_kept(plugin, before, "expired")
     status = status_of(plugin)
-    assert "expired at" in status.lists["default"].last_error
+    assert "went stale at" in status.lists["default"].last_error
     assert status.manifest.version == 1 and status.manifest.expires > time.time()
     # The enforced version's own manifest is still fresh: a WARNING ("last sync refused
     # (expired)") until that one runs out too (test_frozen_source_turns_critical...).
@@ -317,9 +319,7 @@ def test_frozen_source_turns_critical_but_keeps_enforcing(hotline: Hotline, plug
     from blocklist.store import Store
     hotline.run("add", URL_A)
     home = Home(hotline.home)
-    lifetime = 1.5
-    publish(home, Store(home.store_path), "tester",
-            now=int(time.time() + lifetime) - int(home.config().expires_days * 86400))
+    publish(home, Store(home.store_path), "tester", expires_in=2)  # fresh for one to two seconds
     with ServerThread(Source(hotline.publish_dir).app()) as server:
         plugin.write_config(source=server.url, long_poll=0)
         assert sync_once(plugin) == 0
@@ -397,42 +397,48 @@ def test_no_cache_and_no_source_enforces_nothing_and_says_so(plugin: Plugin) -> 
 
 # ----------------------------------------------------------------------------- key rotation
 
-def test_key_rotation_is_followed(hotline: Hotline, plugin: Plugin) -> None:
-    """The plugin pinned the old key: it follows the chain and keeps its cached files (empty delta)."""
-    from blocklist.keys import archived_key_path, rotate_key
+def test_online_key_rotation_end_to_end_and_the_retired_key_refused(hotline: Hotline, plugin: Plugin,
+                                                                   tmp_path: Path) -> None:
+    """`blocklist serve` and `blocklist-plugin sync --once` as processes over HTTP: the hotline rotates
+    its online key with the root keys; the node walks to root 2, takes the re-issued snapshot and
+    the next publish, and refuses a manifest that the retired key signs afterwards."""
     hotline.run("add", URL_A)
     hotline.run("publish")
     home = Home(hotline.home)
     old = home.signing_key()
-    source = Source(hotline.publish_dir)
-    with ServerThread(source.app()) as server:
-        plugin.write_config(source=server.url, long_poll=0)  # pins the old key
-        assert sync_once(plugin) == 0
-        new_id = rotate_key(home, "tester")
-        assert archived_key_path(home, key_id(old.public_key())).stat().st_mode & 0o777 == 0o600
-        assert home.key_path.stat().st_mode & 0o777 == 0o600
-        assert sync_once(plugin) == 0
-        assert blocked(plugin, URL_A)  # the snapshot signed by the old key still loads
-        assert LiveMatcher(plugin.config()).matcher.versions() == {"default": 2}  # re-issued
-        state = json.loads((plugin.dir / "cache" / "lists" / "default" / "state.json").read_text())
-        assert (state["snapshot"], state["deltas"]) == ("snapshot-1", ["delta-1-2"])  # the empty delta
-        keys = Cache(plugin.config().cache_dir).trusted_keys(plugin.config().public_keys)
-        assert new_id in keys
-        assert status_of(plugin).manifest.signed_by == new_id
-        # A manifest signed only by the replaced key is refused from now on.
-        doc = json.loads((hotline.publish_dir / "manifest.json").read_bytes())
-        m = read_manifest(json.dumps(doc).encode(), {new_id: home.signing_key().public_key()})
-        forged = write_manifest(Manifest(m.version + 5, m.created, m.expires, m.lists, m.key_chain), [old])
-        source.overrides["manifest.json"] = Source.body(forged)
-        assert sync_once(plugin) == 1
-        assert status_of(plugin).lists["default"].last_error.startswith("signature:")
-        source.overrides.clear()
-        # The hotline signs later publications with the new key; the plugin follows.
+    port = free_port()
+    serve = launch([sys.executable, "-m", "blocklist", "--home", str(hotline.home), "serve", "--port", str(port)],
+                   tmp_path / "serve.stderr")
+
+    def sync() -> int:
+        return subprocess.run(plugin_argv(plugin, "sync", "--once"), env=env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=60).returncode
+
+    try:
+        wait_for_port(port)
+        plugin.write_config(source=f"http://127.0.0.1:{port}/", long_poll=0)  # pins root 1
+        assert sync() == 0 and blocked(plugin, URL_A)
+        out = hotline.run("key", "rotate", "--root-dir", str(hotline.home.parent / "hotline-root-keys")).output
+        new_id = key_id(home.signing_key().public_key())
+        assert f"online key is now {new_id} (root version 2)" in out
+        assert [p.name for p in home.key_path.parent.iterdir()] == ["signing.key"]  # the old key is gone
         hotline.run("add", URL_B)
         hotline.run("publish")
-        assert sync_once(plugin) == 0 and blocked(plugin, URL_B)
-        state = json.loads((plugin.dir / "cache" / "lists" / "default" / "state.json").read_text())
-        assert state["version"] == 3  # signed by the new key, verified with the followed chain
+        assert sync() == 0 and blocked(plugin, URL_A) and blocked(plugin, URL_B)
+        cache = Cache(plugin.config().cache_dir)
+        assert set(cache.trusted_keys(plugin.config().public_keys)) == {new_id}
+        assert status_of(plugin).manifest.signed_by == new_id and json.loads(cache.root_bytes())["signed"][
+            "version"] == 2
+        assert cache.state("default") is not None and cache.state("default").snapshot == "snapshot-3"  # the new key's
+        # Whoever kept the retired key signs a newer manifest; serve hands it out.
+        m = read_manifest((hotline.publish_dir / "manifest.json").read_bytes(),
+                          {new_id: home.signing_key().public_key()})
+        forged = Manifest(m.version + 5, m.created + 1, m.expires, {}, root_version=2)
+        (hotline.publish_dir / "manifest.json").write_bytes(write_manifest(forged, [old]))
+        assert sync() == 1 and blocked(plugin, URL_A) and blocked(plugin, URL_B)
+        assert status_of(plugin).lists["default"].last_error.startswith("signature:")
+    finally:
+        assert serve.stop() == 0
 
 
 # ----------------------------------------------------------------------------- crash safety
@@ -500,26 +506,35 @@ def test_kill_9_while_syncing_never_leaves_a_damaged_cache(hotline: Hotline, plu
         assert blocked(plugin, "http://new.example/14.html")
 
 
-def test_interrupted_key_rotation_is_completed_by_running_it_again(hotline: Hotline, plugin: Plugin) -> None:
-    from blocklist.core import atomic
-    from blocklist.core.errors import StoreError
-    from blocklist.core.format.keys import private_key_bytes
-    from blocklist.keys import archived_key_path, rotate_key
+def test_interrupted_key_rotation_is_completed_by_running_it_again(hotline: Hotline, plugin: Plugin,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from blocklist.core.errors import ConfigError, StoreError
+    from blocklist.keys import rotate_key
     home = Home(hotline.home)
+    root_dir = hotline.home.parent / "hotline-root-keys"
     with pytest.raises(StoreError, match="nothing published yet"):
-        rotate_key(home, "tester")
+        rotate_key(home, root_dir, "tester")
     hotline.run("add", URL_A)
     hotline.run("publish")
     old = home.signing_key()
-    # Steps 1 and 2 of a rotation, then a crash before the manifest was re-signed.
-    atomic.write_bytes(archived_key_path(home, key_id(old.public_key())), private_key_bytes(old), mode=0o600)
-    new = Ed25519PrivateKey.generate()
-    atomic.write_bytes(home.key_path, private_key_bytes(new), mode=0o600)
-    assert rotate_key(home, "tester") == key_id(new.public_key())
+
+    def crash(*args: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    # Root 2, the re-issued lists and the manifest are out; the crash comes before the key swap.
+    monkeypatch.setattr("blocklist.keys.swap_in", crash)
+    with pytest.raises(OSError):
+        rotate_key(home, root_dir, "tester")
+    monkeypatch.undo()
+    assert home.signing_key().private_bytes_raw() == old.private_bytes_raw()
+    with pytest.raises(ConfigError, match="interrupted `blocklist key rotate`"):
+        home.online_key()  # so `blocklist publish` refuses to sign with the retired key
+    new_id = rotate_key(home, root_dir, "tester")
+    assert home.root_version() == 2 and key_id(home.signing_key().public_key()) == new_id
     with ServerThread(Source(hotline.publish_dir).app()) as server:
-        plugin.write_config(source=server.url, long_poll=0)  # a new install: pins the new key only
+        plugin.write_config(source=server.url, long_poll=0)  # a new install: pins root 2
         assert sync_once(plugin) == 0 and blocked(plugin, URL_A)
-        assert status_of(plugin).manifest.signed_by == key_id(new.public_key())
+        assert status_of(plugin).manifest.signed_by == new_id
     assert "key-rotate" in hotline.run("log").output
 
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from blocklist.core.format.artifacts import Delta, write_delta
 from blocklist.core.format.digestset import digest_array
 from blocklist.core.format.keys import key_id
-from blocklist.core.format.manifest import DeltaRef, file_ref, sign_rotation
+from blocklist.core.format.manifest import DeltaRef, file_ref
 from blocklist.core.matcher import Matcher
 from resolver_plugin.distribution.fetch import CHUNK
 from resolver_plugin.distribution.sync import MANIFEST, Syncer
@@ -184,21 +184,25 @@ async def test_manifest_signed_by_an_unknown_key_is_refused(sim: RepositorySimul
     assert m.versions() == {"default": 1} and m.check(URL_A).blocked and not m.check(URL_B).blocked
     assert cached_version(node) == 1 and node.trust.manifest.version == 1
     error = recorded(node).lists["default"].last_error
-    assert error.startswith("signature:") and f"unknown key {key_id(impostor.public_key())!r}" in error
+    assert error.startswith("signature:") and "no valid signature by a trusted online key" in error
+    assert f"signed by {key_id(impostor.public_key())}" in error
     assert recorded(node).errors_total == {"signature": 1}
 
 
-async def test_a_key_chain_from_an_unknown_key_is_not_followed(sim: RepositorySimulator, node: Syncer) -> None:
-    """An impostor "rotates" from its own key to another: the chain starts at no key the node trusts."""
-    impostor, successor = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    chain = (sign_rotation(impostor, successor.public_key()),)
-    sim.serve(MANIFEST, sim.sign_manifest(version=99, key_chain=chain, keys=[successor]))
+async def test_a_root_from_unknown_keys_is_not_walked_to(sim: RepositorySimulator, node: Syncer) -> None:
+    """An impostor publishes root version 2 naming its own root and online keys, signed by them, and
+    a manifest under it: no trusted root key signed that root."""
+    impostor, online = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    _, forged = sim.root_document(2, [impostor.public_key()], 1, [online.public_key()], [impostor, online])
+    sim.serve("root/2.json", forged)
+    sim.serve(MANIFEST, sim.sign_manifest(version=99, root_version=2, keys=[online]))
     assert not await node.sync_once()
     m = enforced(node)
     assert m.versions() == {"default": 1} and m.check(URL_A).blocked and not m.check(URL_B).blocked
-    assert cached_version(node) == 1 and node.trust.manifest.version == 1
-    assert set(node.cache.trusted_keys(node.config.public_keys)) == set(sim.pinned)  # no key learnt
-    assert recorded(node).lists["default"].last_error.startswith("signature:")
+    assert cached_version(node) == 1 and node.trust.manifest.version == 1 and node.trust.root.version == 1
+    assert set(node.cache.trusted_keys(node.config.public_keys)) == {sim.key_id}  # no key learnt
+    error = recorded(node).lists["default"].last_error
+    assert error.startswith("signature:") and "root version 2" in error
     assert recorded(node).errors_total == {"signature": 1}
 
 
@@ -246,7 +250,7 @@ async def test_list_version_rollback_is_refused(sim: RepositorySimulator, node: 
 async def test_expired_manifest_is_refused_and_the_last_good_list_kept(sim: RepositorySimulator,
                                                                      node: Syncer) -> None:
     sim.add(URL_C)
-    sim.publish(now=int(time.time()) - 30 * DAY)  # signed long ago: the source replays stale state
+    sim.publish(expires=int(time.time()) - 60)  # already past its expiry: a stale source
     assert not await node.sync_once()
     m = enforced(node)
     assert m.versions() == {"default": 1} and m.check(URL_A).blocked and not m.check(URL_C).blocked
@@ -415,52 +419,52 @@ async def test_unreachable_manifest_keeps_the_last_good_list(sim: RepositorySimu
 # ----------------------------------------------------------------------------- key rotation
 
 async def test_key_rotation_is_followed(tmp_path: Path) -> None:
-    """The node pinned the first key; the hotline rotates (re-issuing each list) and signs on with the
-    new key. The node follows by deltas, so its cache mixes files signed by both keys."""
+    """The node pinned root 1; the hotline rotates its online key (root 2, each list re-issued) and
+    signs on with the new key. The node walks to root 2 and replaces its cached files, which the
+    retired key signed, by the new key's snapshot: nothing in force is the retired key's."""
     sim = RepositorySimulator()
     sim.add(URL_A, *[f"http://bulk.example/{i}.html" for i in range(200)])
     sim.publish()
     node = await synced_node(sim, tmp_path)
-    old_id = next(iter(sim.pinned))
+    old_id = sim.key_id
     sim.rotate_key()
     sim.requests.clear()
     assert await node.sync_once()
-    assert sim.fetched("lists/") == [DELTA_1_2]  # the re-issue is an empty delta: nothing refetched
+    assert sim.fetched() == [MANIFEST, "root/2.json", SNAPSHOT_2]
     m = enforced(node)
     assert m.versions() == {"default": 2} and m.check(URL_A).blocked and not m.check(URL_B).blocked
-    assert node.cache.state("default").snapshot == "snapshot-1"  # signed by the retired key
-    keys = node.cache.trusted_keys(node.config.public_keys)
-    assert set(keys) == {old_id, sim.key_id}
+    assert node.cache.state("default").snapshot == "snapshot-2" and node.trust.root.version == 2
+    assert set(node.cache.trusted_keys(node.config.public_keys)) == {sim.key_id} != {old_id}
     assert recorded(node).manifest.signed_by == sim.key_id
     sim.add(URL_B)
     sim.publish()
     assert await node.sync_once()
     m = enforced(node)
     assert m.versions() == {"default": 3} and m.check(URL_A).blocked and m.check(URL_B).blocked
-    assert cached_version(node) == 3 and node.cache.state("default").deltas == ("delta-1-2", "delta-2-3")
-    restarted = Syncer(node.config, sim)  # a restart verifies the cache with the followed chain
+    assert cached_version(node) == 3 and node.cache.state("default").deltas == ("delta-2-3",)
+    restarted = Syncer(node.config, sim)  # a restart starts from the cached root 2
     assert restarted.filters["default"].version == 3 and restarted.trust.in_sync("default")
+    assert restarted.trust.root.version == 2
     status = recorded(node)
     assert status.lists["default"].last_error is None and status.errors_total == {}
 
 
-@pytest.mark.parametrize("forgery", ["signed by the retired key", "key chain dropped"])
+@pytest.mark.parametrize("forgery", ["under the new root", "under the old root"])
 async def test_manifest_of_a_retired_key_is_refused_after_a_rotation(sim: RepositorySimulator, node: Syncer,
                                                                     forgery: str) -> None:
     sim.rotate_key()
     assert await node.sync_once()
     retired = sim.retired[-1]
-    chain = sim.chain if forgery == "signed by the retired key" else ()
     sim.add(URL_C)
     sim.publish()
-    sim.serve(MANIFEST, sim.sign_manifest(version=sim.version + 5, key_chain=chain, keys=[retired]))
+    root_version = sim.root.version if forgery == "under the new root" else 1
+    sim.serve(MANIFEST, sim.sign_manifest(version=sim.version + 5, root_version=root_version, keys=[retired]))
     assert not await node.sync_once()
     m = enforced(node)
     assert m.versions() == {"default": 3} and m.check(URL_B).blocked and not m.check(URL_C).blocked
     assert cached_version(node) == 3 and node.trust.manifest.signed_by == sim.key_id
     error = recorded(node).lists["default"].last_error
-    assert error.startswith("signature:")
-    assert ("does not extend" in error) == (forgery == "key chain dropped")
+    assert error.startswith("signature:") and "no valid signature by a trusted online key" in error
     assert recorded(node).errors_total == {"signature": 1}
     sim.heal()
     assert await node.sync_once() and enforced(node).check(URL_C).blocked

@@ -123,7 +123,8 @@ def test_mutated_hellos_never_raise_another_error() -> None:
         ran("incomplete" if hello is None else "parsed")
 
     prop()
-    assert ran["refused"] and ran["parsed"] and ran["incomplete"], ran
+    # A random flip or cut rarely leaves a whole hello: both outcomes without an error count.
+    assert ran["refused"] and ran["parsed"] + ran["incomplete"], ran
 
 
 def test_endless_records_are_cut_off() -> None:

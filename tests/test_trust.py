@@ -20,17 +20,11 @@ from blocklist.core.format.artifacts import Delta, Snapshot, diff, write_delta, 
 from blocklist.core.format.bloom import build_bloom
 from blocklist.core.format.digestset import digest_array, set_checksum
 from blocklist.core.format.keys import key_id
-from blocklist.core.format.manifest import (
-    DeltaRef,
-    ListRef,
-    Manifest,
-    file_ref,
-    sign_rotation,
-    write_manifest,
-)
+from blocklist.core.format.manifest import DeltaRef, ListRef, Manifest, file_ref, write_manifest
+from blocklist.core.format.root import Root, make_root, write_root
 from blocklist.core.matcher import ListFilter
 from resolver_plugin.config import Limits
-from resolver_plugin.distribution.trust import TrustedState, delta_chain, error_kind, plan_update
+from resolver_plugin.distribution.trust import MAX_ROOT_STEPS, TrustedState, delta_chain, error_kind, plan_update
 from resolver_plugin.operations.node_status import ERROR_KINDS
 
 NOW = 1_800_000_000
@@ -41,16 +35,14 @@ class Repo:
     """An in-memory publisher: the same artifacts `blocklist publish` writes."""
 
     def __init__(self, key: Ed25519PrivateKey | None = None) -> None:
-        self.key = key or Ed25519PrivateKey.generate()
+        self.key = key or Ed25519PrivateKey.generate()  # the online key
+        self.root_key = Ed25519PrivateKey.generate()
+        self.root = make_root(1, NOW, [self.root_key.public_key()], 1, [self.key.public_key()])
+        self.anchor: Root = self.root  # what a plugin pins
         self.files: dict[str, bytes] = {}
         self.lists: dict[str, ListRef] = {}
         self.snaps: dict[tuple[str, int], Snapshot] = {}
         self.version = 0
-        self.chain: tuple = ()
-
-    @property
-    def pinned(self) -> dict:
-        return {key_id(self.key.public_key()): self.key.public_key()}
 
     def snapshot(self, name: str, version: int, entries: list[int], hosts: list[int]) -> Snapshot:
         e, h = digest_array(entries), digest_array(hosts)
@@ -78,17 +70,17 @@ class Repo:
         return self.manifest(expires=expires, bump=bump)
 
     def manifest(self, *, expires: int = NOW + DAY, bump: bool = True, lists: dict | None = None,
-                 keys: list | None = None) -> bytes:
+                 keys: list | None = None, created: int = NOW) -> bytes:
         self.version += 1 if bump else 0
-        m = Manifest(version=self.version, created=NOW, expires=expires,
-                     lists=dict(self.lists if lists is None else lists), key_chain=self.chain)
+        m = Manifest(version=self.version, created=created, expires=expires,
+                     lists=dict(self.lists if lists is None else lists), root_version=self.root.version)
         return write_manifest(m, keys or [self.key])
 
-    def rotate(self) -> Ed25519PrivateKey:
-        new = Ed25519PrivateKey.generate()
-        self.chain = self.chain + (sign_rotation(self.key, new.public_key()),)
-        self.key = new
-        return new
+    def rotate(self) -> bytes:
+        """A new online key, named by the next root (signed by the root key): its bytes."""
+        self.key = Ed25519PrivateKey.generate()
+        self.root = make_root(self.root.version + 1, NOW, [self.root_key.public_key()], 1, [self.key.public_key()])
+        return write_root(self.root, [self.root_key])
 
 
 def entries(n: int, start: int = 1) -> list[int]:
@@ -101,7 +93,7 @@ def repo() -> Repo:
 
 
 def trusted(repo: Repo, limits: Limits | None = None) -> TrustedState:
-    return TrustedState(repo.pinned, limits)
+    return TrustedState(repo.anchor, limits)
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -150,8 +142,8 @@ def test_same_version_with_other_content_is_refused(repo: Repo) -> None:
     state = trusted(repo)
     state.update_manifest(repo.publish("iwf", entries(10)), NOW)
     assert state.update_manifest(state.manifest_bytes, NOW) is state.manifest  # re-served: no change
-    with pytest.raises(RollbackError, match="differs"):
-        state.update_manifest(repo.manifest(bump=False, expires=NOW + 2 * DAY), NOW)
+    with pytest.raises(RollbackError, match="names other files"):
+        state.update_manifest(repo.manifest(bump=False, lists={}), NOW)
 
 
 def test_list_version_going_backwards_is_refused(repo: Repo) -> None:
@@ -173,7 +165,7 @@ def test_list_older_than_the_enforced_version_is_refused(repo: Repo) -> None:
 def test_expired_manifest_is_refused_and_the_last_good_one_kept(repo: Repo) -> None:
     state = trusted(repo)
     good = state.update_manifest(repo.publish("iwf", entries(10)), NOW)
-    with pytest.raises(ExpiredError, match="expired at"):
+    with pytest.raises(ExpiredError, match="went stale at"):
         state.update_manifest(repo.publish("iwf", entries(11), expires=NOW - 1), NOW)
     assert state.manifest is good and state.list_ref("iwf").version == 1
     state.check_fresh(NOW)
@@ -358,33 +350,38 @@ def test_accept_list_refuses_a_result_that_is_not_the_manifests(repo: Repo) -> N
 
 # ----------------------------------------------------------------------------- keys
 
-def test_key_rotation_is_followed_and_the_old_key_revoked(repo: Repo) -> None:
+def test_online_key_rotation_is_followed_through_the_root_and_the_old_key_revoked(repo: Repo) -> None:
     old_key = repo.key
     state = trusted(repo)
-    current = _at_version_1(repo, state)
-    repo.rotate()
+    _at_version_1(repo, state)
+    assert state.update_root(repo.rotate()) is True  # another online key: the old one's word is forgotten
+    assert state.manifest is None and state.floor == {} and state.enforced_version("iwf") == 1
+    assert set(state.online_keys) == {key_id(repo.key.public_key())}
+    assert key_id(old_key.public_key()) in state.seen_keys  # the cached files it signed still load
     state.update_manifest(repo.publish("iwf", entries(201)), NOW)
-    assert key_id(repo.key.public_key()) in state.artifact_keys
-    assert key_id(old_key.public_key()) in state.artifact_keys  # files signed before stay valid
-    ref = state.list_ref("iwf").deltas[-1]
-    state.accept_list("iwf", current.apply(state.verify_delta("iwf", repo.files[ref.path], ref)))
-    # A manifest signed by the replaced key, even with a newer version, is refused.
-    impostor = Manifest(version=99, created=NOW, expires=NOW + DAY, lists=repo.lists, key_chain=repo.chain)
+    snap = state.verify_snapshot("iwf", repo.files[state.list_ref("iwf").snapshot.path])
+    state.accept_list("iwf", ListFilter.from_snapshot(snap))
+    # A manifest signed by the replaced key, even with a newer version, is refused,
+    impostor = Manifest(version=99, created=NOW, expires=NOW + DAY, lists=repo.lists, root_version=2)
     with pytest.raises(SignatureError, match="no valid signature"):
         state.update_manifest(write_manifest(impostor, [old_key]), NOW)
-    # So is one that drops the chain to undo the rotation.
-    dropped = Manifest(version=99, created=NOW, expires=NOW + DAY, lists=repo.lists)
-    with pytest.raises(SignatureError, match="does not extend"):
-        state.update_manifest(write_manifest(dropped, [old_key]), NOW)
+    # and so is one that names the root the old key belonged to.
+    with pytest.raises(SignatureError, match="names root version 1"):
+        state.update_manifest(write_manifest(dataclasses.replace(impostor, root_version=1), [repo.key]), NOW)
+    assert state.manifest is not None and state.manifest.version == 2 and state.in_sync("iwf")
 
 
 def test_two_rotations_in_a_row_are_followed(repo: Repo) -> None:
     state = trusted(repo)
     state.update_manifest(repo.publish("iwf", entries(3)), NOW)
-    repo.rotate()
-    repo.rotate()
+    first, second = repo.rotate(), repo.rotate()
+    with pytest.raises(FormatError, match="expected root version 2"):
+        state.update_root(second)
+    assert state.update_root(first) and state.update_root(second)
+    assert state.root.version == 3 and list(state.root_steps(3)) == [] and list(state.root_steps(5)) == [4, 5]
+    assert len(state.root_steps(10**9)) == MAX_ROOT_STEPS  # a lying hint costs a bounded walk
     assert state.update_manifest(repo.publish("iwf", entries(4)), NOW).version == 2
-    assert len(state.artifact_keys) == 3
+    assert len(state.seen_keys) == 3
 
 
 def test_every_error_maps_to_a_status_kind() -> None:

@@ -777,7 +777,8 @@ def test_end_to_end_with_proxy(hotline: Hotline, plugin: Plugin, start_resolver,
     port = _free_port(PROXY, ORIGIN)  # the same port on the proxy and the origin, as port 80 would be
     tls_port = _free_port(PROXY, ORIGIN)  # and as 443 would be
     plugin.write_config(resolver=RESOLVER, proxy={"listen": f"{PROXY}:{port}", "tls_listen": f"{PROXY}:{tls_port}",
-                                                  "tls_origin_port": tls_port})
+                                                  "tls_origin_port": tls_port,
+                                                  "allow_private_destinations": [f"{ORIGIN}/32"]})
     plugin.install_published()
     dns_port = start_resolver().port
 

@@ -208,7 +208,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                   {name: (home.publish_dir / ref.snapshot.path).read_bytes()})
         origin_port, proxy_port = free_port(), free_port()
         with config.open("a") as f:
-            f.write(f"proxy: {{listen: '127.0.0.1:{proxy_port}', max_connections: 4096}}\n")
+            # the origin is on loopback, which the proxy refuses as a destination unless told
+            f.write(f"proxy: {{listen: '127.0.0.1:{proxy_port}', max_connections: 4096, "
+                    "allow_private_destinations: ['127.0.0.0/8']}\n")
         origin = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-origin", str(origin_port)],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         proxy = subprocess.Popen([sys.executable, "-c", PLUGIN_MAIN, "-c", str(config), "proxy"], env=env,

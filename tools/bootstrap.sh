@@ -3,11 +3,12 @@
 #
 # Idempotent and quiet when everything is there already. As root it apt-get installs the
 # real programs the integration tests start (Squid, squidGuard, Unbound, nginx, Chromium,
-# dig, curl); as another user it skips that step and those tests skip with a reason.
+# dig, curl, Prometheus and promtool, systemd-analyze); as another user it skips that step and those tests skip with a reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS="squid squidguard unbound python3-unbound dnsutils dnsperf nginx-light chromium curl"
+# prometheus brings promtool; systemd brings systemd-analyze (the unit checks), absent from slim images.
+DEBS="squid squidguard unbound python3-unbound dnsutils dnsperf nginx-light chromium curl prometheus systemd"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=""
     for pkg in $DEBS; do

@@ -53,6 +53,12 @@ Choices where the spec is silent:
 split the query at the first ``?`` *as written* and decode ``%3F`` as a path
 character, so nginx serves ``/page.html`` for ``/x%3F/../page.html``, which the
 spec reads as path ``/x`` and query ``/../page.html``.
+
+``web_form`` says how a URL of another scheme is checked [project], before and
+outside canonicalization, which stays http(s) only: a WebSocket URL (``ws``,
+``wss``) is the HTTP(S) request that opens it; any other scheme with an
+authority (``ftp://``, ``gopher://``) names a host but no web page, so only
+its host counts.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ __all__ = [
     "host_suffixes",
     "path_prefixes",
     "server_view",
+    "web_form",
 ]
 
 MAX_URL_LENGTH = 8192
@@ -106,6 +113,8 @@ _ESCAPED = [
     chr(b) if 0x20 < b < 0x7F and b not in b"#%" else f"%{b:02X}" for b in range(256)
 ]
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_ANY_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+_WEBSOCKET = {"ws": "http://", "wss": "https://"}
 # Passes of the cheap C-level unescape before switching to the linear one.
 _QUICK_UNESCAPE_PASSES = 4
 
@@ -130,6 +139,28 @@ def canonicalize(url: str) -> CanonicalURL:
         raise InvalidURL(f"URL longer than {MAX_URL_LENGTH} characters")
     fast = _canonicalize_fast(url)
     return fast if fast is not None else _canonicalize_slow(url)
+
+
+def web_form(url: str) -> tuple[str, bool]:
+    """The http(s) URL a check reads for ``url`` of any scheme, and whether only its host counts.
+
+    http and https URLs come back as they are, and so does anything without
+    ``scheme://`` (canonicalize judges it). ``ws://`` and ``wss://`` become
+    ``http://`` and ``https://``: a WebSocket opens with an HTTP(S) request for
+    that resource. Any other ``scheme://`` URL comes back with ``http://`` in
+    place of its scheme and True: its host is what to check (a host listed
+    whole), its path names no web page.
+    """
+    match = _ANY_SCHEME_RE.match(url)
+    if match is None:
+        return url, False
+    scheme = match[1].lower()
+    if scheme in ("http", "https"):
+        return url, False
+    websocket = _WEBSOCKET.get(scheme)
+    if websocket is not None:
+        return websocket + url[match.end():], False
+    return "http://" + url[match.end():], True
 
 
 def is_canonical_name(host: str) -> bool:

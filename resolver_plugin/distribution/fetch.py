@@ -1,12 +1,13 @@
-"""Where sync gets its bytes: the Fetcher interface, and HttpFetcher over aiohttp.
+"""Where sync gets its bytes and when it asks again: the Fetcher interface, HttpFetcher, Backoff.
 
 HttpFetcher GETs paths below the source URL with timeouts and a cap on every
 body; tests drive the same Syncer through an in-memory repository instead
-(tests/support/repository.py).
+(tests/support/repository.py). Backoff paces the retries after a failure.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +19,7 @@ from yarl import URL
 from blocklist.core import __version__
 from blocklist.core.errors import ErrorKind, SizeError, TransportError
 from resolver_plugin.config import PluginConfig
+from resolver_plugin.distribution.credentials import client_tls
 
 CHUNK = 64 * 1024
 MIN_RATE = 64 * 1024  # bytes/s below which a download is abandoned (a slow-drip server)
@@ -56,11 +58,12 @@ class Fetcher(Protocol):
                   wait: float = 0.0) -> Fetched: ...
 
 
-def http_session() -> aiohttp.ClientSession:
-    """The client session HttpFetcher needs; the caller closes it."""
+def http_session(config: PluginConfig | None = None) -> aiohttp.ClientSession:
+    """The client session HttpFetcher needs (trusting `config`'s tls_ca_file); the caller closes it."""
+    tls = client_tls(config) if config is not None else True
     # auto_decompress off: the bytes hashed are the bytes received, and no decompression bomb.
     return aiohttp.ClientSession(headers={"User-Agent": f"blocklist-plugin/{__version__}"},
-                                 auto_decompress=False, connector=aiohttp.TCPConnector(limit=4))
+                                 auto_decompress=False, connector=aiohttp.TCPConnector(limit=4, ssl=tls))
 
 
 class HttpFetcher:
@@ -100,3 +103,19 @@ class HttpFetcher:
                                        f"read {self.timeouts.read + wait:g}s, total {total:g}s)") from None
         except aiohttp.ClientError as exc:
             raise SyncError(ErrorKind.NETWORK, f"{path}: {exc.__class__.__name__}: {exc}") from None
+
+
+class Backoff:
+    """Capped exponential back-off with "equal jitter": delay n lies in [d/2, d], d = min(cap, base*2^n)."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+        self.rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        d = min(self.cap, self.base * 2.0 ** min(self.failures, 32))
+        self.failures += 1
+        return d / 2 + self.rng.random() * d / 2
+
+    def reset(self) -> None:
+        self.failures = 0

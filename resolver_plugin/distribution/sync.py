@@ -3,13 +3,17 @@
 A shell around resolver_plugin.distribution.trust.TrustedState, which judges every byte.
 One sync (`Syncer.sync_once`):
   1. GET <source>/manifest.json naming this node (X-Blocklist-Node), the versions
-     it enforces (X-Blocklist-Have), If-None-Match and, once the source has shown
-     it long-polls (its answers carry X-Blocklist-Wait), X-Blocklist-Wait: long_poll.
-  2. A new manifest is judged (update_manifest), then cached: keys.json first
-     after a key rotation, then manifest.json (the rollback floor on restart).
+     it enforces (X-Blocklist-Have), with node_token_file a proof of the node's
+     token for this poll (X-Blocklist-Proof), If-None-Match and, once the source
+     has shown it long-polls (its answers carry X-Blocklist-Wait), X-Blocklist-Wait: long_poll.
+  2. A new manifest names its root version: the roots up to it are fetched
+     (root/<N>.json), judged (update_root) and cached one by one, with
+     keys.json; then the manifest is judged (update_manifest) and cached
+     (manifest.json: the rollback floor on restart).
   3. Each configured list behind the trusted manifest: the delta chain when it
      is listed and smaller than a snapshot, each delta verified and applied;
-     on any failure of the chain, the snapshot. The result is judged
+     on any failure of the chain, the snapshot. A list whose cached files a
+     retired online key signed takes the snapshot. The result is judged
      (check_list), written with Cache.write_list, which bumps `generation` so
      enforcement processes (LiveMatcher) reload, and only then trusted as the
      enforced version (accept_list): a failed write is retried next time.
@@ -22,7 +26,8 @@ cap and bounds each request with connect and read timeouts; tests drive the
 same Syncer through an in-memory source. Any failure keeps the last good
 state, logs one line naming list, version, file, kind and reason (never an
 entry: artifacts hold none), and the daemon retries with capped exponential
-back-off and jitter.
+back-off and jitter. On SIGHUP the daemon re-reads plugin.yaml
+(resolver_plugin.operations.reload) and goes on with a new Syncer over the same cache.
 """
 
 from __future__ import annotations
@@ -30,25 +35,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import signal
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from blocklist.core.errors import BlocklistError, ErrorKind
-from blocklist.core.format.manifest import DeltaRef, FileRef
+from blocklist.core.format.manifest import DeltaRef, FileRef, root_version_hint
+from blocklist.core.format.root import MAX_ROOT
 from blocklist.core.matcher import ListFilter
-from blocklist.core.protocol import clean_node_id, format_have
+from blocklist.core.protocol import HAVE, REPORT, clean_node_id, format_have
 from resolver_plugin.cache import Cache, ListState
 from resolver_plugin.config import PluginConfig
-from resolver_plugin.distribution.fetch import Fetcher, HttpFetcher, SyncError, http_session
+from resolver_plugin.distribution.credentials import Reporter
+from resolver_plugin.distribution.fetch import Backoff, Fetcher, HttpFetcher, SyncError, http_session
 from resolver_plugin.distribution.trust import TrustedState, UpdatePlan, error_kind
 from resolver_plugin.operations.admin import start_admin
 from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status, write_status
+from resolver_plugin.operations.reload import reread, sighup_event
 
 log = logging.getLogger("blocklist.plugin.sync")
 
 MANIFEST = "manifest.json"
 MIN_CYCLE = 0.1  # seconds between long-poll cycles, so a misbehaving source cannot spin us
+# What a reload cannot change: this process holds the cache directory's writer lock, and every
+# enforcement process of the node reads that directory.
+RESTART_ONLY = ("cache_dir", "tls_ca_file")  # the HTTP session with its CA lives as long as the daemon
+
 
 def failure_kind(exc: BaseException) -> ErrorKind:
     """The kind of any failure of a sync: its own, DISK for an OSError."""
@@ -62,7 +75,7 @@ class Syncer:
         self.config = config
         self.fetcher = fetcher
         self.cache = Cache(config.cache_dir)
-        self.trust = TrustedState(config.public_keys, config.limits)
+        self.trust = TrustedState(config.anchor, config.limits, config.clock_skew)
         self.filters: dict[str, ListFilter] = {}
         self.etag: str | None = None
         self.long_poll_ok = False  # the source sends X-Blocklist-Wait: it long-polls
@@ -72,7 +85,8 @@ class Syncer:
         self.node_id = clean_node_id(config.node_id)  # a header value: printable, bounded
         if self.node_id is None:
             log.warning("node_id %r is not a printable name of at most 128 characters; polls stay "
-                        "anonymous", config.node_id[:40])
+                        "anonymous", config.node_id[:40], extra={"event": "node_id_unusable"})
+        self.reporter = Reporter(config, self.node_id)
         self.status = self._load_status()
         self._load_cache()
 
@@ -88,23 +102,30 @@ class Syncer:
         return status
 
     def _load_cache(self) -> None:
-        try:
-            data = self.cache.manifest_bytes()
-            if data is not None:
-                self.trust.load_trusted_manifest(data)
-        except (BlocklistError, OSError) as exc:
-            log.error("cache refused file=manifest.json kind=%s reason=%r", failure_kind(exc), str(exc))
-        keys = {**self.cache.trusted_keys(self.config.public_keys), **self.trust.artifact_keys}
+        for file, read, load in (("root.json", self.cache.root_bytes, self.trust.load_trusted_root),
+                                 (MANIFEST, self.cache.manifest_bytes, self.trust.load_trusted_manifest)):
+            try:
+                data = read()
+                if data is not None:
+                    load(data)
+            except (BlocklistError, OSError) as exc:
+                log.error("cache refused file=%s kind=%s reason=%r", file, failure_kind(exc), str(exc),
+                          extra={"event": "cache_refused", "file": file, "kind": failure_kind(exc),
+                                 "reason": str(exc)})
+        keys = {**self.cache.trusted_keys(self.config.public_keys), **self.trust.seen_keys}
+        self.trust.seen_keys.update(keys)
         for name in self.config.lists:
             try:
                 loaded = self.cache.load_list(name, keys, self.config.limits.max_snapshot_bytes)
+                vouched = self.cache.list_signers(name) <= set(self.trust.online_keys)
             except BlocklistError as exc:
                 log.error("cache refused list=%s kind=%s reason=%r; fetching it again",
-                          name, error_kind(exc), str(exc))
+                          name, error_kind(exc), str(exc),
+                          extra={"event": "cache_refused", "list": name, "kind": error_kind(exc), "reason": str(exc)})
                 continue
             if loaded is not None:
                 self.filters[name] = loaded
-                self.trust.set_enforced(name, loaded.version, loaded.checksum)
+                self.trust.set_enforced(name, loaded.version, loaded.checksum, vouched=vouched)
                 st = self.status.lists[name]
                 st.version, st.checksum = loaded.version, loaded.checksum
         if self.trust.manifest is not None:
@@ -138,16 +159,14 @@ class Syncer:
         in_sync = polled and all(self.trust.in_sync(n) for n in self.config.lists)
         for name in self.config.lists:
             if self.trust.in_sync(name) and polled:
-                self.status.lists[name].last_success = time.time()
-        self._write_status()
+                self.status.lists[name].record_success(time.time())
+        self.write_status()
         return in_sync
 
     async def _poll(self, wait: float, now: float) -> bool:
         """Fetch and judge the manifest; False (and the error recorded) if it failed."""
-        headers = {"Accept-Encoding": "identity",
-                   "X-Blocklist-Have": format_have({n: f.version for n, f in self.filters.items()})}
-        if self.node_id:
-            headers["X-Blocklist-Node"] = self.node_id
+        have = format_have({n: f.version for n, f in self.filters.items()})
+        headers = {"Accept-Encoding": "identity", HAVE: have, **self.reporter.headers(have)}
         wait = wait if (self.etag and self.long_poll_ok) else 0.0
         if self.etag:
             headers["If-None-Match"] = self.etag
@@ -156,20 +175,17 @@ class Syncer:
         try:
             resp = await self.fetcher.get(MANIFEST, self.config.limits.max_manifest_bytes, headers, wait)
             self.long_poll_ok = "X-Blocklist-Wait" in resp.headers
+            self.reporter.note(resp.headers.get(REPORT))
             if resp.status == 304:
                 self.trust.check_fresh(time.time())
                 return True
+            await self._walk_roots(root_version_hint(resp.body, self.config.limits.max_manifest_bytes))
             before = self.trust.manifest
             manifest = self.trust.update_manifest(resp.body, time.time())
             if manifest is not before:
                 self._manifest_saved = False
                 self._record_manifest(now)
-            if not self._manifest_saved:  # keys first: they verify what the new manifest names
-                if set(self.trust.artifact_keys) != self._saved_keys:
-                    self.cache.save_keys(self.trust.artifact_keys)
-                    self._saved_keys = set(self.trust.artifact_keys)
-                    log.info("key rotation followed manifest=%d signed_by=%s", manifest.version,
-                             manifest.signed_by)
+            if not self._manifest_saved:
                 self.cache.write_manifest(self.trust.manifest_bytes or resp.body)
                 self._save_meta()
                 self._manifest_saved = True
@@ -179,12 +195,43 @@ class Syncer:
             self._record_error(None, exc, MANIFEST)
             return False
 
+    async def _walk_roots(self, hint: int) -> None:
+        """Fetch, judge and cache each root version up to `hint`; keys.json before any file they verify."""
+        for version in self.trust.root_steps(hint):
+            self._file = f"root/{version}.json"
+            resp = await self.fetcher.get(self._file, MAX_ROOT, {"Accept-Encoding": "identity"})
+            rotated = self.trust.update_root(resp.body)
+            self.cache.write_root(resp.body)
+            if rotated:
+                self.cache.forget_manifest()
+                log.info("online key rotated root=%d online=%s: versions the retired key vouched for "
+                         "are forgotten", version, ",".join(self.trust.online_keys),
+                         extra={"event": "key_rotation_followed", "version": version,
+                                "signed_by": ",".join(self.trust.online_keys)})
+            self._save_keys()
+        self._file = ""
+
+    def _save_keys(self) -> None:
+        """keys.json: the online keys, and a retired key while a cached list still holds its files."""
+        wanted = set(self.trust.online_keys)
+        for name in self.config.lists:
+            try:
+                wanted |= self.cache.list_signers(name)
+            except BlocklistError:
+                continue
+        keys = {kid: key for kid, key in self.trust.seen_keys.items() if kid in wanted}
+        if set(keys) != self._saved_keys:
+            self.cache.save_keys(keys)
+            self._saved_keys = set(keys)
+
     async def _sync_list(self, name: str) -> None:
         current = self.filters.get(name)
         cached_deltas = self._cached_delta_bytes(name) if current is not None else None
         plan = self.trust.plan(name, cached_deltas or 0)
         if plan is None:
             return
+        if cached_deltas is not None and not self.cache.list_signers(name) <= set(self.trust.online_keys):
+            cached_deltas = None  # a retired key signed the cached files: the new key's snapshot replaces them
         if cached_deltas is None:  # no usable cached state: deltas need a base
             plan = UpdatePlan(plan.list, plan.version, (), plan.snapshot)
         if plan.deltas and current is not None:
@@ -211,6 +258,7 @@ class Syncer:
         self.cache.write_list(name, ListState(result.version, result.checksum, state.snapshot,
                                               state.deltas + tuple(files)), files)
         self.trust.accept_list(name, result)  # only once the cache holds it
+        self._save_keys()
         self._enforce(name, result, "delta", sum(len(d) for d in files.values()), started)
 
     async def _fetch_snapshot(self, name: str, ref: FileRef) -> None:
@@ -222,6 +270,7 @@ class Syncer:
         file_name = f"snapshot-{snap.version}"
         self.cache.write_list(name, ListState(snap.version, snap.checksum, file_name, ()), {file_name: data})
         self.trust.accept_list(name, result)
+        self._save_keys()
         self._enforce(name, result, "snapshot", len(data), started)
 
     async def _fetch_file(self, ref: FileRef) -> bytes:
@@ -249,15 +298,18 @@ class Syncer:
         ref = manifest.lists[name]  # type: ignore[union-attr]
         st = self.status.lists[name]
         st.version, st.checksum, st.entries = result.version, result.checksum, ref.entries
-        st.expires = float(manifest.expires)  # type: ignore[union-attr]
+        st.expires = self.trust.deadline(manifest)  # type: ignore[arg-type]
+        took_ms = (time.monotonic() - started) * 1000
         log.info("updated list=%s version=%d from=%s via=%s bytes=%d took_ms=%d", name, result.version,
-                 previous.version if previous else 0, via, size, (time.monotonic() - started) * 1000)
+                 previous.version if previous else 0, via, size, took_ms,
+                 extra={"event": "sync_updated", "list": name, "version": result.version, "via": via, "bytes": size,
+                        "have": previous.version if previous else 0, "duration_ms": round(took_ms, 3)})
 
     def _record_manifest(self, now: float) -> None:
         manifest = self.trust.manifest
         assert manifest is not None
         ms = self.status.manifest
-        ms.version, ms.expires, ms.signed_by, ms.fetched_at = (manifest.version, float(manifest.expires),
+        ms.version, ms.expires, ms.signed_by, ms.fetched_at = (manifest.version, self.trust.deadline(manifest),
                                                                manifest.signed_by, now)
         for name in self.config.lists:
             ref = manifest.lists.get(name)
@@ -265,7 +317,7 @@ class Syncer:
             if ref is not None and ref.version != st.newest_seen:
                 st.newest_seen, st.newest_seen_at = ref.version, now
             if ref is not None and self.trust.in_sync(name):
-                st.expires = float(manifest.expires)
+                st.expires = self.trust.deadline(manifest)
 
     def _record_error(self, name: str | None, exc: BaseException, file: str = "",
                       fallback: bool = False) -> None:
@@ -275,75 +327,71 @@ class Syncer:
         self.status.count_error(kind)
         names = [name] if name else list(self.config.lists)
         for n in names:
-            st = self.status.lists[n]
-            st.last_error, st.last_error_kind, st.last_error_at = f"{kind}: {reason}", kind, now
+            self.status.lists[n].record_error(kind, reason, now)
         manifest = self.trust.manifest
         target = manifest.lists[name].version if name and manifest and name in manifest.lists else "-"
         have = self.trust.enforced_version(name) if name else "-"
         action = "falling back to the snapshot" if fallback else "keeping the last good version"
         log.warning("sync failed list=%s version=%s have=%s file=%s kind=%s reason=%r; %s",
-                    name or "*", target, have, file or self._file or "-", kind, reason, action)
+                    name or "*", target, have, file or self._file or "-", kind, reason, action,
+                    extra={"event": "sync_failed", "list": name, "version": target if target != "-" else None,
+                           "have": have if have != "-" else None, "file": file or self._file or None,
+                           "kind": kind, "reason": reason, "outcome": "fallback" if fallback else "kept"})
 
-    def _write_status(self) -> None:
+    def write_status(self) -> None:
         try:
             write_status(self.cache.status_file, self.status)
         except OSError as exc:
             log.error("status not written file=%s kind=%s reason=%r", self.cache.status_file, ErrorKind.DISK,
-                      exc.strerror)
-
-
-class Backoff:
-    """Capped exponential back-off with "equal jitter": delay n lies in [d/2, d], d = min(cap, base*2^n)."""
-
-    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
-        self.base, self.cap, self.failures = base, cap, 0
-        self.rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        d = min(self.cap, self.base * 2.0 ** min(self.failures, 32))
-        self.failures += 1
-        return d / 2 + self.rng.random() * d / 2
-
-    def reset(self) -> None:
-        self.failures = 0
+                      exc.strerror, extra={"event": "status_write_failed", "file": str(self.cache.status_file),
+                                           "kind": ErrorKind.DISK, "reason": exc.strerror})
 
 
 async def sync_once(config: PluginConfig) -> bool:
     """One sync from scratch (what `sync --once` does): True if every list is at the newest version."""
-    # Imported here, not at the top: fetch imports Fetched and SyncError from this module.
-
-    async with http_session() as session:
+    async with http_session(config) as session:
         return await Syncer(config, HttpFetcher(session, config)).sync_once()
 
 
-async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: float | None = None,
-                    backoff_cap: float | None = None) -> None:
+async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, reload: asyncio.Event | None = None,
+                    on_reload: Callable[[PluginConfig], Awaitable[None]] | None = None,
+                    backoff_base: float | None = None, backoff_cap: float | None = None) -> None:
     """The daemon: sync, then long-poll (or sleep poll_interval), until `stop` is set.
 
     After a failed sync it retries with back-off from timeouts.retry_first up to
     timeouts.retry_max seconds (`backoff_base`/`backoff_cap` override them).
+    When `reload` is set (SIGHUP) it stops waiting, re-reads plugin.yaml, and
+    with a new configuration goes on with a new Syncer that loads the cache
+    again (what enforcement loads is never touched) and calls `on_reload`.
     """
-    # Imported here, not at the top: fetch imports Fetched and SyncError from this module.
-
-    backoff = Backoff(backoff_base or config.timeouts.retry_first, backoff_cap or config.timeouts.retry_max)
-    async with http_session() as session:
+    async with http_session(config) as session:
         syncer = Syncer(config, HttpFetcher(session, config))
+        backoff = _backoff(config, backoff_base, backoff_cap)
         while not stop.is_set():
             started = time.monotonic()
             task = asyncio.ensure_future(syncer.sync_once(config.long_poll))
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if task not in done:  # stopping: cancel at an await (cache writes have none)
+            await _until(stop, reload, task)
+            if not task.done():  # stopping or reloading: cancel at an await (cache writes have none)
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                break
-            try:
-                ok = task.result()
-            except Exception as exc:  # noqa: BLE001 - a bug must not end the daemon; retry later
-                log.error("sync crashed kind=internal reason=%r; retrying", exc)
-                log.debug("sync crash", exc_info=True)
+                if stop.is_set():
+                    break
+                syncer.write_status()  # the errors this cycle counted, before another Syncer reads them
                 ok = False
+            else:
+                ok = _result(task)
+            if stop.is_set():
+                break
+            if reload is not None and reload.is_set():
+                reload.clear()
+                new = reread(config, RESTART_ONLY)
+                if new is not None:
+                    config = new
+                    syncer = Syncer(config, HttpFetcher(session, config))
+                    backoff = _backoff(config, backoff_base, backoff_cap)
+                    if on_reload is not None:
+                        await on_reload(config)
+                continue  # poll at once: a new source or new lists take effect now
             if ok:
                 backoff.reset()
                 long_poll = config.long_poll > 0 and syncer.long_poll_ok
@@ -351,12 +399,38 @@ async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, backoff_base: 
                          else config.poll_interval)
             else:
                 delay = backoff.next_delay()
-                log.info("sync retry in=%.2fs attempt=%d", delay, backoff.failures)
+                log.info("sync retry in=%.2fs attempt=%d", delay, backoff.failures,
+                         extra={"event": "sync_retry", "delay_ms": round(delay * 1000), "attempt": backoff.failures})
             if delay > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
+                sleeper = asyncio.ensure_future(asyncio.sleep(delay))
+                await _until(stop, reload, sleeper)
+                sleeper.cancel()
+                await asyncio.gather(sleeper, return_exceptions=True)
+
+
+def _backoff(config: PluginConfig, base: float | None, cap: float | None) -> Backoff:
+    return Backoff(base or config.timeouts.retry_first, cap or config.timeouts.retry_max)
+
+
+async def _until(stop: asyncio.Event, reload: asyncio.Event | None, task: asyncio.Future[Any]) -> None:
+    """Wait for `task`, `stop` or `reload`, whichever comes first; `task` is left as it is."""
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if reload is not None:
+        waiters.append(asyncio.ensure_future(reload.wait()))
+    await asyncio.wait({task, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+
+
+def _result(task: asyncio.Future[bool]) -> bool:
+    try:
+        return task.result()
+    except Exception as exc:  # noqa: BLE001 - a bug must not end the daemon; retry later
+        log.error("sync crashed kind=internal reason=%r; retrying", exc,
+                  extra={"event": "sync_crashed", "kind": "internal", "reason": repr(exc)})
+        log.debug("sync crash", exc_info=True)
+        return False
 
 
 async def _main(config: PluginConfig, once: bool) -> int:
@@ -368,15 +442,26 @@ async def _main(config: PluginConfig, once: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reload = sighup_event()
         log.info("sync started node=%s lists=%s long_poll=%g poll_interval=%g", config.node_id,
-                 ",".join(config.lists), config.long_poll, config.poll_interval)
+                 ",".join(config.lists), config.long_poll, config.poll_interval,
+                 extra={"event": "sync_started", "node": config.node_id, "lists": config.lists,
+                        "source": config.source})
         admin = await start_admin(config)
+
+        async def restart_admin(new: PluginConfig) -> None:
+            # The admin pages judge by the configuration (lists, thresholds, node_id): serve the new one.
+            nonlocal admin
+            if admin is not None:
+                await admin.cleanup()
+            admin = await start_admin(new)
+
         try:
-            await sync_loop(config, stop)
+            await sync_loop(config, stop, reload=reload, on_reload=restart_admin)
         finally:
             if admin is not None:
                 await admin.cleanup()
-        log.info("sync stopped node=%s", config.node_id)
+        log.info("sync stopped node=%s", config.node_id, extra={"event": "sync_stopped", "node": config.node_id})
         return 0
     finally:
         os.close(lock)

@@ -1,26 +1,35 @@
-"""Judges every fetched byte before the plugin uses it: the manifest, then snapshots and deltas.
+"""Judges every fetched byte before the plugin uses it: roots, the manifest, then snapshots and deltas.
 
 Modelled on python-tuf's TrustedMetadataSet: `TrustedState` takes bytes and
 either accepts them into the trusted state or raises one of blocklist.core.errors;
 it never opens a socket or a file. The sync shell (resolver_plugin.distribution.sync) does
 the I/O and asks it to judge each download, in this order:
 
+Roots, `update_root(data)`, for each version `root_steps(hint)` names (the
+manifest's root_version, read before it is verified):
+  exactly the next version, signed by a threshold of the trusted root's root
+  keys and a threshold of its own (core.format.root.read_next_root)  SignatureError
+  When the new root names other online keys, the state forgets the trusted
+  manifest and every rollback floor: what the retired online key vouched for
+  no longer binds the node (TUF's fast-forward recovery). The lists in force
+  stay in force until the new key's versions replace them.
 Manifest, `update_manifest(data, now)`:
   1. at most limits.max_manifest_bytes                              SizeError
-  2. signed by a key reached by following its key chain from the
-     pinned keys (manifest.read_manifest)                            SignatureError
-  3. its key chain extends the trusted manifest's chain, so an old
-     chain cannot undo a rotation                                    SignatureError
-  4. version >= the trusted manifest's; an equal version only with
-     identical bytes (a re-served manifest means "no change")       RollbackError
-  5. no list older than the trusted manifest's or the enforced
+  2. signed by an online key of the trusted root, under that root's
+     version                                                         SignatureError
+  3. version >= the trusted manifest's, created >= its created; the
+     same version only as a re-signed copy (same lists, same root):
+     a fresher expiry, or a reformatted file, is no change          RollbackError
+  4. no list older than the trusted manifest's or the enforced
      version; an equal version with another checksum is refused     RollbackError
-  6. not expired at `now` (a frozen source): the last good state
-     stays in force, the error goes to the status                    ExpiredError
+  5. fresh at `now`: before its expiry, and less than
+     limits.max_manifest_lifetime after its creation, plus
+     clock_skew; the last good state stays in force                  ExpiredError
 Snapshot, `verify_snapshot(name, data)`, of a list the trusted manifest names:
   exactly the size and SHA-256 the manifest gives (mix-and-match, endless
-  data), a valid signature, the list's name, the manifest's version and
-  checksum, and a version strictly newer than the enforced one.
+  data), a valid signature by an online key of the trusted root, the list's
+  name, the manifest's version and checksum, and a version strictly newer
+  than the rollback floor.
 Delta, `verify_delta(name, data, ref)`: `ref` is one the manifest lists for
   that list; the same size, hash, signature and name checks; from/to as `ref`
   says and not past the manifest's version; the last one of a chain carries
@@ -29,13 +38,10 @@ Result, `check_list` / `accept_list(name, filter)`: the filter built from
   those is at the manifest's version and checksum; accept_list makes it the
   enforced version (the shell calls it once the cache holds the result).
 
-Keys. Manifests are judged by the keys the chain reaches from the pinned keys
-(a rotation revokes the old key for manifests). Snapshots and deltas are
-judged by `artifact_keys`, every key the chain has passed through: they are
-bound by SHA-256 to a manifest signed by a current key, so a file signed
-before a rotation stays valid and no plugin refetches everything. The cache
-persists `artifact_keys` (Cache.save_keys) so enforcement processes can load
-such files.
+Keys. Everything downloaded is judged by the online keys of the trusted root
+only. `seen_keys` holds the online keys of every root walked through, so the
+shell can still verify cached files a retired key signed while they are in
+force; it replaces them with the new key's snapshots (Syncer._sync_list).
 """
 
 from __future__ import annotations
@@ -57,20 +63,13 @@ from blocklist.core.errors import (
     SizeError,
 )
 from blocklist.core.format.artifacts import Delta, Snapshot, read_delta, read_snapshot
-from blocklist.core.format.keys import Keyring
-from blocklist.core.format.manifest import (
-    DeltaRef,
-    FileRef,
-    ListRef,
-    Manifest,
-    check_file,
-    follow_key_chain,
-    read_manifest,
-)
+from blocklist.core.format.manifest import DeltaRef, FileRef, ListRef, Manifest, check_file, read_manifest
+from blocklist.core.format.root import Root, read_next_root, read_root
 from blocklist.core.matcher import ListFilter
 from resolver_plugin.config import Limits
 
 MAX_CHAIN = 1000  # deltas applied in one sync; a longer gap takes the snapshot
+MAX_ROOT_STEPS = 32  # root versions walked in one sync; the next sync walks on
 
 
 def error_kind(exc: BaseException) -> ErrorKind:
@@ -116,46 +115,80 @@ def plan_update(name: str, ref: ListRef, have: int | None, cached_delta_bytes: i
 
 
 class TrustedState:
-    """The manifest and list versions this plugin trusts; one method per artifact to judge."""
+    """The root, manifest and list versions this plugin trusts; one method per artifact to judge."""
 
-    def __init__(self, pinned: Keyring, limits: Limits | None = None) -> None:
-        self.pinned = dict(pinned)
+    def __init__(self, anchor: Root, limits: Limits | None = None, clock_skew: float = 0.0) -> None:
+        self.root = anchor
         self.limits = limits or Limits()
+        self.clock_skew = clock_skew
         self.manifest: Manifest | None = None
         self.manifest_bytes: bytes | None = None
-        self.artifact_keys: dict[str, Ed25519PublicKey] = dict(pinned)
-        self.enforced: dict[str, tuple[int, str]] = {}  # list -> (version, checksum)
+        self.seen_keys: dict[str, Ed25519PublicKey] = dict(anchor.online_keys)
+        self.enforced: dict[str, tuple[int, str]] = {}  # list -> (version, checksum) in force
+        self.floor: dict[str, tuple[int, str]] = {}     # list -> the lowest (version, checksum) still allowed
+
+    @property
+    def online_keys(self) -> dict[str, Ed25519PublicKey]:
+        """The keys that may sign manifests, snapshots and deltas now."""
+        return self.root.online_keys
 
     # -- loading what the cache holds (trusted already; expiry is not checked here)
 
+    def load_trusted_root(self, data: bytes) -> Root:
+        """Adopt the cached newest root when it is newer than the pinned one (a damage check: self-signed)."""
+        root = read_root(data)
+        if root.version > self.root.version:
+            self.root = root
+            self.seen_keys.update(root.online_keys)
+        return self.root
+
     def load_trusted_manifest(self, data: bytes) -> Manifest:
         """Adopt the cached last good manifest: its signature must verify, it may have expired since."""
-        manifest = read_manifest(data, self.pinned, self.limits.max_manifest_bytes)
-        self._adopt(manifest, data)
+        manifest = self._read(data)
+        self.manifest, self.manifest_bytes = manifest, data
         return manifest
 
-    def set_enforced(self, name: str, version: int, checksum: str) -> None:
-        """Record a list version loaded (and verified) from the cache."""
+    def set_enforced(self, name: str, version: int, checksum: str, *, vouched: bool = True) -> None:
+        """Record a list version loaded (and verified) from the cache; `vouched`: signed by a
+        current online key, so it is a rollback floor (a retired key's versions are not)."""
         self.enforced[name] = (version, checksum)
+        if vouched:
+            self.floor[name] = (version, checksum)
 
     def enforced_version(self, name: str) -> int:
         return self.enforced.get(name, (0, ""))[0]
 
     # -- judging downloads
 
+    def root_steps(self, hint: int) -> range:
+        """The root versions to fetch, in order, to reach the `hint` a manifest names."""
+        return range(self.root.version + 1, min(hint, self.root.version + MAX_ROOT_STEPS) + 1)
+
+    def update_root(self, data: bytes) -> bool:
+        """Trust the next root version; True when it rotated the online keys (the state forgot the
+        versions the retired keys vouched for)."""
+        new = read_next_root(self.root, data)
+        rotated = set(new.online.keys) != set(self.root.online.keys)
+        self.root = new
+        self.seen_keys.update(new.online_keys)
+        if rotated:
+            self.manifest, self.manifest_bytes = None, None
+            self.floor = {}
+        return rotated
+
     def update_manifest(self, data: bytes, now: float) -> Manifest:
         """Verify `data` as the newest manifest and trust it; returns the trusted manifest."""
-        new = read_manifest(data, self.pinned, self.limits.max_manifest_bytes)
+        new = self._read(data)
         old = self.manifest
         if old is not None:
-            if new.key_chain[:len(old.key_chain)] != old.key_chain:
-                raise SignatureError(f"manifest version {new.version}: its key chain does not extend "
-                                     "the trusted one (a replayed chain cannot undo a key rotation)")
             if new.version < old.version:
                 raise RollbackError(f"manifest version {new.version} is older than the trusted "
                                     f"version {old.version} (replayed manifest)")
-            if new.version == old.version and data != self.manifest_bytes:
-                raise RollbackError(f"manifest version {new.version} differs from the trusted "
+            if new.created < old.created:
+                raise RollbackError(f"manifest version {new.version} was created at {when(new.created)}, "
+                                    f"before the trusted one ({when(old.created)}): replayed")
+            if new.version == old.version and not new.same_content(old):
+                raise RollbackError(f"manifest version {new.version} names other files than the trusted "
                                     "manifest of the same version")
         for name, ref in new.lists.items():
             floor, checksum = self._floor(name)
@@ -165,18 +198,34 @@ class TrustedState:
             if ref.version == floor and checksum and ref.checksum != checksum:
                 raise RollbackError(f"manifest version {new.version}: list {name} version "
                                     f"{ref.version} announced with another checksum")
-        if new.expires <= now:
-            raise ExpiredError(f"manifest version {new.version} expired at {when(new.expires)}: "
-                               "the source may be frozen or stale")
-        if old is None or new.version != old.version:
-            self._adopt(new, data)
+        self._check_fresh(new, now)
+        if old is None or (new.version, new.created, new.expires) != (old.version, old.created, old.expires):
+            self.manifest, self.manifest_bytes = new, data
         return self.manifest  # type: ignore[return-value]
 
+    def deadline(self, manifest: Manifest) -> float:
+        """When `manifest` stops being fresh on this node: its expiry, at most max_manifest_lifetime
+        after its creation, plus clock_skew."""
+        return min(manifest.expires, manifest.created + self.limits.max_manifest_lifetime) + self.clock_skew
+
     def check_fresh(self, now: float) -> None:
-        """Raise ExpiredError if the trusted manifest has expired (a source that stopped changing)."""
-        if self.manifest is not None and self.manifest.expires <= now:
-            raise ExpiredError(f"manifest version {self.manifest.version} expired at "
-                               f"{when(self.manifest.expires)}: the source may be frozen or stale")
+        """Raise ExpiredError if the trusted manifest is no longer fresh (a source that stopped changing)."""
+        if self.manifest is not None:
+            self._check_fresh(self.manifest, now)
+
+    def _check_fresh(self, manifest: Manifest, now: float) -> None:
+        deadline = self.deadline(manifest)
+        if deadline <= now:
+            raise ExpiredError(f"manifest version {manifest.version} went stale at {when(deadline)}: "
+                               "the source may be frozen or stale")
+
+    def _read(self, data: bytes) -> Manifest:
+        manifest = read_manifest(data, self.online_keys, self.limits.max_manifest_bytes,
+                                 self.root.online.threshold)
+        if manifest.root_version != self.root.version:
+            raise SignatureError(f"manifest version {manifest.version} names root version "
+                                 f"{manifest.root_version}; this node trusts root version {self.root.version}")
+        return manifest
 
     def plan(self, name: str, cached_delta_bytes: int = 0) -> UpdatePlan | None:
         """What to fetch for list `name`; None when it is already at the manifest's version."""
@@ -195,7 +244,7 @@ class TrustedState:
         what = f"list {name} snapshot version {ref.version} ({ref.snapshot.path})"
         self._check_size(ref.snapshot, self.limits.max_snapshot_bytes, what)
         check_file(ref.snapshot, data, what)
-        snap = read_snapshot(data, self.artifact_keys, self.limits.max_snapshot_bytes)
+        snap = read_snapshot(data, self.online_keys, self.limits.max_snapshot_bytes)
         if snap.list != name or snap.version != ref.version:
             raise FormatError(f"{what}: the file is {snap.list} version {snap.version}")
         if snap.checksum != ref.checksum:
@@ -210,7 +259,7 @@ class TrustedState:
             raise FormatError(f"{what}: not listed in manifest version {self.manifest.version}")  # type: ignore[union-attr]
         self._check_size(ref, self.limits.max_delta_bytes, what)
         check_file(ref, data, what)
-        delta = read_delta(data, self.artifact_keys, self.limits.max_delta_bytes)
+        delta = read_delta(data, self.online_keys, self.limits.max_delta_bytes)
         if (delta.list, delta.from_version, delta.to_version) != (name, ref.from_version, ref.to_version):
             raise FormatError(f"{what}: the file is {delta.list} {delta.from_version}->{delta.to_version}")
         if delta.to_version > list_ref.version:
@@ -224,7 +273,7 @@ class TrustedState:
     def accept_list(self, name: str, result: ListFilter) -> None:
         """Trust `result` as list `name` at the manifest's version: the end of a snapshot or delta update."""
         self.check_list(name, result)
-        self.enforced[name] = (result.version, result.checksum)
+        self.enforced[name] = self.floor[name] = (result.version, result.checksum)
 
     def check_list(self, name: str, result: ListFilter) -> None:
         """What accept_list checks, without recording it (the shell caches the result in between)."""
@@ -253,16 +302,9 @@ class TrustedState:
 
     # -- internals
 
-    def _adopt(self, manifest: Manifest, data: bytes) -> None:
-        self.manifest, self.manifest_bytes = manifest, data
-        keys = dict(self.pinned)
-        for i in range(1, len(manifest.key_chain) + 1):
-            keys.update(follow_key_chain(self.pinned, manifest.key_chain[:i]))
-        self.artifact_keys = keys
-
     def _floor(self, name: str) -> tuple[int, str]:
         """The lowest (version, checksum) list `name` may have in a new manifest."""
-        floor = self.enforced.get(name, (0, ""))
+        floor = self.floor.get(name, (0, ""))
         if self.manifest is not None and name in self.manifest.lists:
             ref = self.manifest.lists[name]
             if ref.version > floor[0]:
@@ -270,9 +312,9 @@ class TrustedState:
         return floor
 
     def _check_newer(self, name: str, version: int, what: str) -> None:
-        enforced = self.enforced_version(name)
-        if version <= enforced:
-            raise RollbackError(f"{what}: not newer than the enforced version {enforced}")
+        floor = self.floor.get(name, (0, ""))[0]
+        if version <= floor:
+            raise RollbackError(f"{what}: not newer than the enforced version {floor}")
 
     @staticmethod
     def _check_size(ref: FileRef, limit: int, what: str) -> None:

@@ -18,8 +18,10 @@ Protocol (squid.conf.documented, `external_acl_type`, Squid 3.2 to 7):
   acl line has no arguments). We unescape the URI once and ignore the rest.
 - For CONNECT, %URI is the authority "host:port": there is no path to check,
   so the host is checked (`check_host`): a host listed whole (domain scope)
-  gets OK, anything else ERR. A URL of another scheme (ftp://...) gets ERR:
-  lists only hold http(s) entries.
+  gets OK, anything else ERR. A URL of another scheme is read as
+  `LiveMatcher.check_any_scheme` says, as the proxy reads it: ws:// and wss://
+  as http:// and https://, any other (ftp://, whois://, ...) by its host alone,
+  OK where the host is listed whole.
 - OK means "listed" (squid.conf: `http_access deny <acl>` with `deny_info`),
   with `message=` (Squid's %o in error pages) and `log=` (%ea in logformat)
   naming the list and its version, never the URL or the entry.
@@ -60,7 +62,6 @@ _MAX_CHANNEL = 10  # digits of a channel-ID; longer means "not a channel-ID"
 
 # "host:port" or "[v6]:port" with nothing else: the %URI of a CONNECT request.
 _AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s/?#@\[\]:]+):[0-9]{1,5}")
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def _quote(value: str) -> str:
@@ -118,7 +119,8 @@ class SquidHelper:
             return prefix + b"ERR"
         self._blocks[verdict.list or ""] += 1
         if self.log_blocked_urls:
-            log.info("blocked list=%s url=%s", verdict.list, uri)
+            log.info("blocked list=%s url=%s", verdict.list, uri,
+                     extra={"event": "squid_blocked", "list": verdict.list, "version": verdict.version, "url": uri})
         return prefix + self._ok(verdict.list, verdict.version)
 
     def overlong(self, head: bytes) -> bytes:
@@ -129,23 +131,22 @@ class SquidHelper:
         return prefix + b'BH message="request line too long"'
 
     def _other(self, uri: str, started: float) -> bytes:
-        """The rare shapes: CONNECT's host:port, another scheme, an upper-case or missing scheme."""
-        end = uri.find("://")
-        if end < 0 and _AUTHORITY.fullmatch(uri):
+        """The rare shapes: CONNECT's host:port, another scheme (ftp, ws), an upper-case or missing one."""
+        if "://" not in uri and _AUTHORITY.fullmatch(uri):
             return self._host_result(uri, started)
-        if end >= 0 and uri[:end].lower() not in ("http", "https") and _SCHEME.match(uri):
-            return b"ERR"  # lists only hold http(s) entries
-        verdict = self.live.check(uri)
+        verdict = self.live.check_any_scheme(uri)
         metrics.observe_check(COMPONENT, verdict, time.perf_counter() - started)
         if not verdict.blocked:
             return b"ERR"
         if self.log_blocked_urls:
-            log.info("blocked list=%s url=%s", verdict.list, uri)
+            log.info("blocked list=%s url=%s", verdict.list, uri,
+                     extra={"event": "squid_blocked", "list": verdict.list, "version": verdict.version, "url": uri})
         return self._ok(verdict.list, verdict.version)
 
     def _internal_error(self, exc: Exception) -> bytes:
         # The exception text may quote the URL: log only its type (privacy).
-        log.error("squid-helper: internal error %s while checking a URL", type(exc).__name__)
+        log.error("squid-helper: internal error %s while checking a URL", type(exc).__name__,
+                  extra={"event": "squid_internal_error", "kind": "internal", "reason": type(exc).__name__})
         metrics.observe_invalid(COMPONENT)
         return b'BH message="internal error"'
 
@@ -214,11 +215,14 @@ def serve(helper: SquidHelper, stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 def run_helper(config: PluginConfig, stdin: BinaryIO, stdout: BinaryIO) -> int:
     """`blocklist-plugin squid-helper`: serve Squid until it closes our stdin; exit code."""
-    live = LiveMatcher(config)
+    live = LiveMatcher(config, component=COMPONENT)
     metrics.share_counters(config.cache_dir, live)  # our counters reach the admin endpoint's /metrics
+    log.info("squid-helper: started, enforcing %s",
+             ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet",
+             extra={"event": "squid_helper_started", "node": config.node_id, "lists": list(live.matcher.versions())})
     if live.missing:
         log.warning("squid-helper: no cached version of %s: those lists are not enforced yet",
-                    ", ".join(live.missing))
+                    ", ".join(live.missing), extra={"event": "lists_missing", "missing": live.missing})
     helper = SquidHelper(live, config.squid.log_blocked_urls)
     try:
         serve(helper, stdin, stdout)

@@ -367,7 +367,7 @@ class _Stage:
         except InvalidURL:
             return False  # decide() counts it as malformed
         # Only a name the slow path reads unchanged (canonical, not an IP address).
-        suffix = matcher.clear_suffix(name) if is_canonical_name(name) else None
+        suffix = self.live.clear_suffix(matcher, name) if is_canonical_name(name) else None
         if suffix is None:
             return False
         if len(clear) >= CLEAR_CACHE_SIZE:
@@ -429,7 +429,7 @@ def init_standard(id: int, env: Swig) -> bool:
         raise ConfigError(f"{CONFIG_ENV} is not set")
     try:
         config = load_config(path)
-        live = LiveMatcher(config, check_interval=math.inf)
+        live = LiveMatcher(config, check_interval=math.inf, component=COMPONENT)
     except BlocklistError as exc:
         log.error("cannot start stage 1, refusing to start unfiltered: %s", exc)
         raise

@@ -113,6 +113,12 @@ class PluginCollector(Collector):
                        ["component", "list", "action"], tally.blocks)
         yield _counter("blocklist_invalid_requests", "Requests that could not be checked",
                        ["component"], tally.invalid)
+        yield _counter("blocklist_local_decisions", "Checks the local policy decided (allow: un-blocked, "
+                       "block: blocked what no list blocks)", ["component", "policy"], tally.local)
+        yield _counter("blocklist_monitor_hits", "Checks a monitored list would have blocked (or, at stage 1, "
+                       "sent to the proxy); it blocked nothing", ["component", "list"], tally.monitor)
+        yield _counter("blocklist_refused_requests", "Requests refused by a rule other than a list "
+                       "(reason: connect_port, not_tls, destination)", ["component", "reason"], tally.refused)
         yield _counter("blocklist_bloom_hits", "Bloom filter hits the exact digests confirmed or refuted",
                        ["list", "outcome"], tally.bloom)
         histogram = HistogramMetricFamily("blocklist_check_seconds", "Time to answer one check",
@@ -144,6 +150,8 @@ def status_page(report: Report) -> str:
         footer.append(f"manifest v{report.manifest_version}")
     if report.errors_total:
         footer.append("sync errors: " + ", ".join(f"{k} {v}" for k, v in sorted(report.errors_total.items())))
+    if report.policy_text():
+        footer.append(report.policy_text())
     return scrub(_PAGE.substitute(
         refresh=REFRESH_SECONDS, node_id=e(report.node_id), state=report.state.name,
         summary=e(report.summary), checked_at=utc(report.now),
@@ -225,8 +233,11 @@ async def start_admin(config: PluginConfig, live: LiveMatcher | None = None) -> 
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         log.warning("admin: cannot listen on %s (%s); another process of this node may serve it",
-                    config.admin.listen, exc.strerror or exc)
+                    config.admin.listen, exc.strerror or exc,
+                    extra={"event": "admin_listen_failed", "listen": config.admin.listen,
+                           "reason": str(exc.strerror or exc)})
         await runner.cleanup()
         return None
-    log.info("admin: /healthz, /status and /metrics on %s", config.admin.listen)
+    log.info("admin: /healthz, /status and /metrics on %s", config.admin.listen,
+             extra={"event": "admin_started", "listen": config.admin.listen})
     return runner

@@ -55,9 +55,12 @@ class Tally:
         self.blocks: Counter[tuple[str, ...]] = Counter()   # (component, list, action)
         self.invalid: Counter[tuple[str, ...]] = Counter()  # (component,)
         self.bloom: Counter[tuple[str, ...]] = Counter()    # (list, outcome)
+        self.local: Counter[tuple[str, ...]] = Counter()    # (component, policy): local allow/block decisions
+        self.monitor: Counter[tuple[str, ...]] = Counter()  # (component, list): a monitored list's would-be blocks
+        self.refused: Counter[tuple[str, ...]] = Counter()  # (component, reason): refused by a rule, not a list
         self.latency: dict[str, list[float]] = {}           # component -> per-bucket counts, +Inf, sum
 
-    _COUNTERS = ("checks", "blocks", "invalid", "bloom")
+    _COUNTERS = ("checks", "blocks", "invalid", "bloom", "local", "monitor", "refused")
 
     def add(self, other: Tally) -> None:
         for name in self._COUNTERS:
@@ -85,7 +88,7 @@ class Tally:
         out = cls()
         for name in cls._COUNTERS:
             counter = getattr(out, name)
-            for labels, value in doc[name]:
+            for labels, value in doc.get(name, ()):  # a counter newer than the file's writer: none yet
                 if not all(isinstance(label, str) for label in labels) or float(value) < 0:
                     raise ValueError(f"bad {name} sample")
                 counter[tuple(labels)] += float(value)
@@ -159,6 +162,14 @@ def observe_invalid(component: str) -> None:
         _tally.invalid[(component,)] += 1
 
 
+def observe_refused(component: str, reason: str) -> None:
+    """A request refused by a rule that is not a list (a CONNECT port, a destination, not TLS)."""
+    global _changes
+    with _lock:
+        _changes += 1
+        _tally.refused[(component, reason)] += 1
+
+
 def watch(live: LiveMatcher) -> None:
     """Count the Bloom hits `live`'s filters confirm and refute (they count; we harvest)."""
     with _lock:
@@ -167,15 +178,24 @@ def watch(live: LiveMatcher) -> None:
 
 
 def _harvest_bloom() -> None:
-    """Add what the watched filters counted since the last harvest; call with _lock held.
+    """Add what the watched filters counted since the last harvest, and the watched matchers'
+    local policy and monitor counts (taken: a count made during the swap may be lost); call
+    with _lock held.
 
     A reload replaces a filter (whose counts start at 0): what the old one counted
     after the last harvest is lost, a few seconds' worth at most.
     """
+    global _changes
     for ref in _watched:
         live = ref()
         if live is None:
             continue
+        for mine, theirs in ((_tally.local, "local_counts"), (_tally.monitor, "monitor_counts")):
+            taken = getattr(live, theirs)
+            if taken:
+                setattr(live, theirs, Counter())
+                mine.update(taken)
+                _changes += sum(taken.values())
         for f in live.matcher.filters:
             seen = _bloom_seen.get(id(f))
             confirmed, refuted = f.bloom_confirmed, f.bloom_refuted

@@ -11,8 +11,10 @@ times, counts and error texts that name files and reasons, not entries.
         "iwf": {"version": 3, "entries": 120, "checksum": "...", "expires": 1764490000,
                 "newest_seen": 4, "newest_seen_at": 1763889990.0,
                 "last_success": 1763889000.0, "last_attempt": 1763890000.0,
-                "last_error": "signature: bad signature by key ab12", "last_error_kind": "signature",
-                "last_error_at": 1763890000.0}
+                "last_error": "http: manifest.json: HTTP 503", "last_error_kind": "http",
+                "last_error_at": 1763890000.0,
+                "refused": "signature: bad signature by key ab12", "refused_kind": "signature",
+                "refused_at": 1763889500.0}
       },
       "errors_total": {"signature": 1, "network": 3}
     }
@@ -23,6 +25,14 @@ lag_seconds = now - newest_seen_at while behind (0 when in sync).
 `last_error_kind` is the ErrorKind of `last_error`, whose text starts with it
 too ("kind: reason", for people). Files written before the field existed carry
 the kind only in that text: ListStatus.from_json reads it from there.
+
+`last_error` is the latest failure of any kind. `refused` is the latest
+verification failure (ErrorKind.is_verification: the source sent something
+this node refused) and it stands until a verified sync of the list succeeds
+(`record_success`): a network error after it adds `last_error` and never
+hides it. Files written before `refused` existed have it in `last_error` when
+that is a verification failure newer than last_success (`standing_refusal`).
+Each list keeps these two texts, each at most MAX_ERROR_TEXT characters.
 """
 
 from __future__ import annotations
@@ -39,6 +49,23 @@ from blocklist.core.errors import ErrorKind
 
 # Every kind, in the order the `kind` label of the sync error counters lists them.
 ERROR_KINDS: tuple[ErrorKind, ...] = tuple(ErrorKind)
+MAX_ERROR_TEXT = 512
+
+
+def bounded(text: str | None) -> str | None:
+    """`text` cut to MAX_ERROR_TEXT characters: a source cannot grow status.json through its errors."""
+    if text is None or len(text) <= MAX_ERROR_TEXT:
+        return text
+    return text[:MAX_ERROR_TEXT - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A verification failure that stands: its text, kind and time."""
+
+    error: str
+    kind: ErrorKind
+    at: float
 
 
 @dataclass
@@ -54,6 +81,29 @@ class ListStatus:
     last_error: str | None = None
     last_error_kind: ErrorKind | None = None  # the kind of last_error
     last_error_at: float = 0.0
+    refused: str | None = None   # the latest verification failure, until a verified sync succeeds
+    refused_kind: ErrorKind | None = None
+    refused_at: float = 0.0
+
+    def record_error(self, kind: ErrorKind, reason: str, now: float) -> None:
+        text = bounded(f"{kind}: {reason}")
+        self.last_error, self.last_error_kind, self.last_error_at = text, kind, now
+        if kind.is_verification:
+            self.refused, self.refused_kind, self.refused_at = text, kind, now
+
+    def record_success(self, now: float) -> None:
+        """A verified sync left the list at the newest version: a standing refusal is repaired."""
+        self.last_success = now
+        self.refused, self.refused_kind, self.refused_at = None, None, 0.0
+
+    def standing_refusal(self) -> Refusal | None:
+        """The verification failure not yet repaired by a verified sync, if any."""
+        if self.refused and self.refused_kind is not None and self.refused_at >= self.last_success:
+            return Refusal(self.refused, self.refused_kind, self.refused_at)
+        kind = self.last_error_kind
+        if self.last_error and kind is not None and kind.is_verification and self.last_error_at >= self.last_success:
+            return Refusal(self.last_error, kind, self.last_error_at)  # a file from before `refused`
+        return None
 
     def lag_versions(self) -> int:
         return max(0, self.newest_seen - self.version)
@@ -70,8 +120,11 @@ class ListStatus:
             raise TypeError("status: a list's record is not an object")
         fields = dict(raw)
         kind = fields.pop("last_error_kind", None)
+        refused_kind = fields.pop("refused_kind", None)
         status = cls(**fields)
+        status.last_error, status.refused = bounded(status.last_error), bounded(status.refused)
         status.last_error_kind = _read_kind(kind, status.last_error)
+        status.refused_kind = _read_kind(refused_kind, status.refused)
         return status
 
 

@@ -12,19 +12,27 @@ Per configured list, the worst of:
               lag_versions >= warn_lag_versions for crit_lag_seconds or more;
               no successful sync for crit_lag_seconds or more
     WARNING   the same lag or silence past warn_lag_seconds;
-              the last attempt was refused by verification (ErrorKind.is_verification: bad
-              signature, rollback, expired, checksum, size, format): someone may be tampering or
-              the hotline rotated its key without a chain this node can follow;
-              a cached list with no sync record at all
+              a sync was refused by verification (ErrorKind.is_verification: bad
+              signature, rollback, expired, checksum, size, format) and no verified
+              sync of the list has succeeded since: someone may be tampering or the
+              hotline rotated its keys in a way this node cannot follow. Later
+              network errors are shown beside it and never clear it;
+              a cached list with no sync record at all;
+              plugin.yaml pins a bare public key (from before root keys), not a root
     UNKNOWN   the status file is unreadable (a cached list cannot be judged)
 
 and overall the worst list (UNKNOWN outranks WARNING, CRITICAL outranks all).
+A monitored list (`lists: [{name, mode: monitor}]`) is judged the same way: it is synced
+and will block once enforced. The report also shows the local policy (how many entries,
+how many checks it decided) and what each monitored list would have blocked, from the
+counters of every enforcing process (resolver_plugin.operations.metrics).
 Network errors alone are no problem until they make the node lag or go silent.
 No output names the source or any other URL.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -41,8 +49,10 @@ from blocklist.core.table import render as render_table
 from blocklist.core.timefmt import human_duration, relative, utc
 from resolver_plugin.cache import Cache
 from resolver_plugin.config import PluginConfig, load_config
+from resolver_plugin.operations import metrics
 from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status
 
+BARE_KEY = "plugin.yaml pins a bare key, not a root: pin the output of `blocklist key export`"
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
 
 
@@ -66,15 +76,20 @@ class ListReport:
     last_error_kind: ErrorKind | None
     last_error_at: float
     expires: float             # 0: unknown
+    refused: str | None = None  # a verification failure not yet repaired by a verified sync
+    refused_kind: ErrorKind | None = None
+    refused_at: float = 0.0
+    mode: str = "enforce"        # or "monitor": never blocks
 
     def as_json(self, now: float) -> dict[str, Any]:
-        return {"list": self.name, "state": self.state.name, "reasons": list(self.reasons),
+        return {"list": self.name, "mode": self.mode, "state": self.state.name, "reasons": list(self.reasons),
                 "enforced": self.enforced, "newest_seen": self.newest_seen,
                 "lag_versions": self.lag_versions, "lag_seconds": round(self.lag_seconds, 3),
                 "entries": self.entries, "last_success": self.last_success or None,
                 "last_success_age": round(now - self.last_success, 3) if self.last_success else None,
                 "last_error": self.last_error, "last_error_kind": self.last_error_kind,
                 "last_error_at": self.last_error_at or None,
+                "refused": self.refused, "refused_kind": self.refused_kind, "refused_at": self.refused_at or None,
                 "expires": self.expires or None,
                 "expires_in": round(self.expires - now, 3) if self.expires else None}
 
@@ -90,6 +105,9 @@ class Report:
     manifest_expires: float = 0.0
     errors_total: dict[str, int] = field(default_factory=dict)
     thresholds: dict[str, int] = field(default_factory=dict)
+    local_entries: dict[str, int] = field(default_factory=dict)    # "allow"/"block" -> entries in plugin.yaml
+    local_decisions: dict[str, int] = field(default_factory=dict)  # "allow"/"block" -> checks it decided
+    monitor_hits: dict[str, int] = field(default_factory=dict)     # monitored list -> would-be blocks
 
     @property
     def state(self) -> Severity:
@@ -117,7 +135,21 @@ class Report:
                 "manifest": {"version": self.manifest_version, "expires": self.manifest_expires or None},
                 "errors_total": dict(sorted(self.errors_total.items())),
                 "thresholds": self.thresholds,
+                "local": {"entries": self.local_entries, "decisions": self.local_decisions},
+                "monitor_hits": self.monitor_hits,
                 "lists": [r.as_json(self.now) for r in self.lists]}
+
+    def policy_text(self) -> str:
+        """The local policy and the monitored lists in one line ("" when the node has neither)."""
+        parts = []
+        if any(self.local_entries.values()):
+            e, d = self.local_entries, self.local_decisions
+            parts.append(f"local policy: {e.get('allow', 0)} allow, {e.get('block', 0)} block entries "
+                         f"(decided: {d.get('allow', 0)} allowed, {d.get('block', 0)} blocked)")
+        if self.monitor_hits:
+            parts.append("monitor: " + ", ".join(f"{n} would have blocked {c}"
+                                                 for n, c in sorted(self.monitor_hits.items())))
+        return "; ".join(parts)
 
 
 def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
@@ -138,6 +170,7 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
             found.append((Severity.WARNING, what))
 
     kind = ls.last_error_kind
+    refusal = ls.standing_refusal() if status == "read" else None
     if cache_error:
         found.append((Severity.CRITICAL, "cached list unreadable"))
     elif not enforced:
@@ -152,28 +185,35 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
             over(now - ls.last_success, f"no successful sync for {human_duration(now - ls.last_success)}")
         elif enforced:
             found.append((Severity.WARNING, "no successful sync recorded"))
-        if kind is not None and kind.is_verification and ls.last_error_at >= ls.last_success:
-            found.append((Severity.WARNING, f"last sync refused ({kind})"))
+        if refusal is not None:
+            later = kind if kind is not None and ls.last_error_at > refusal.at else None
+            found.append((Severity.WARNING, f"sync refused ({refusal.kind})"
+                          + (f", not repaired; latest error: {later}" if later and not later.is_verification
+                             else "")))
     elif enforced and status == "unreadable":
         found.append((Severity.UNKNOWN, "status unreadable"))
     elif enforced:
         found.append((Severity.WARNING, "no sync status yet (has `sync` run?)"))
+    if config.anchor.bare_key:
+        found.append((Severity.WARNING, BARE_KEY))
     return ListReport(
         name=name, state=worst(s for s, _ in found), reasons=tuple(r for _, r in found),
         enforced=enforced, newest_seen=newest, lag_versions=lag_versions, lag_seconds=lag_seconds,
         entries=ls.entries if status == "read" and ls.version == enforced and enforced else None,
         last_success=ls.last_success, last_error=scrub(ls.last_error) if ls.last_error else None,
-        last_error_kind=kind, last_error_at=ls.last_error_at, expires=expires)
+        last_error_kind=kind, last_error_at=ls.last_error_at, expires=expires,
+        refused=scrub(refusal.error) if refusal else None, refused_kind=refusal.kind if refusal else None,
+        refused_at=refusal.at if refusal else 0.0)
 
 
 def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: Mapping[str, int | None],
              now: float, *, status_error: str | None = None,
-             cache_errors: Mapping[str, str] | None = None) -> Report:
+             cache_errors: Mapping[str, str] | None = None, tally: metrics.Tally | None = None) -> Report:
     """Judge every configured list; pure: the caller reads the files (see `gather`).
 
     `cached_versions` maps a list to its cached version (None: not cached);
     `status_error` says why the status file could not be read, `cache_errors`
-    which lists' cache state could not be.
+    which lists' cache state could not be; `tally` holds the node's counters.
     """
     cache_errors = cache_errors or {}
     how = "read" if status is not None else "unreadable" if status_error else "missing"
@@ -181,9 +221,17 @@ def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: M
     for name in config.lists:
         ls = status.lists.get(name, ListStatus()) if status else ListStatus()
         enforced = 0 if name in cache_errors else (cached_versions.get(name) or 0)
-        reports.append(_judge_list(config, name, ls, how, enforced, cache_errors.get(name),
-                                   status.manifest.expires if status else 0.0, now))
+        report = _judge_list(config, name, ls, how, enforced, cache_errors.get(name),
+                             status.manifest.expires if status else 0.0, now)
+        reports.append(dataclasses.replace(report, mode="monitor") if name in config.monitored else report)
     t = config.status
+    decided: dict[str, int] = {"allow": 0, "block": 0}
+    hits = dict.fromkeys(sorted(config.monitored), 0)
+    for (_, policy), count in (tally.local if tally else {}).items():
+        decided[policy] = decided.get(policy, 0) + int(count)
+    for (_, name), count in (tally.monitor if tally else {}).items():
+        if name in hits:
+            hits[name] += int(count)
     return Report(now=now, node_id=config.node_id, lists=tuple(reports),
                   problem=scrub(f"status unreadable: {status_error}") if status_error else None,
                   status_updated=status.updated if status else 0.0,
@@ -191,7 +239,9 @@ def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: M
                   manifest_expires=status.manifest.expires if status else 0.0,
                   errors_total=dict(status.errors_total) if status else {},
                   thresholds={"warn_lag_seconds": t.warn_lag_seconds, "crit_lag_seconds": t.crit_lag_seconds,
-                              "warn_lag_versions": t.warn_lag_versions})
+                              "warn_lag_versions": t.warn_lag_versions},
+                  local_entries={"allow": len(config.local.allow), "block": len(config.local.block)},
+                  local_decisions=decided, monitor_hits=hits)
 
 
 def gather(config: PluginConfig, now: float | None = None) -> Report:
@@ -214,7 +264,8 @@ def gather(config: PluginConfig, now: float | None = None) -> Report:
         status_error = f"{Cache(config.cache_dir).status_file}: {exc.strerror}"
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         status_error = f"{Cache(config.cache_dir).status_file}: corrupt ({type(exc).__name__})"
-    return evaluate(config, status, cached, now, status_error=status_error, cache_errors=cache_errors)
+    tally = metrics.total(config.cache_dir) if config.local or config.monitored else None
+    return evaluate(config, status, cached, now, status_error=status_error, cache_errors=cache_errors, tally=tally)
 
 
 def _lag_text(r: ListReport) -> str:
@@ -234,13 +285,21 @@ def table_rows(report: Report, error_width: int = 0) -> list[list[str]]:
     `error_width` shortens the last error's text to that many characters (0: never).
     """
     now = report.now
-    return [[r.name, r.state.name, str(r.enforced) if r.enforced else "none",
+    return [[r.name if r.mode == "enforce" else f"{r.name} ({r.mode})", r.state.name,
+             str(r.enforced) if r.enforced else "none",
              str(r.newest_seen) if r.newest_seen else "-", _lag_text(r),
              "-" if r.entries is None else str(r.entries),
-             relative(r.last_success, now) if r.last_success else "never",
-             f"{_short(r.last_error, error_width)} ({relative(r.last_error_at, now)})" if r.last_error else "-",
+             relative(r.last_success, now) if r.last_success else "never", _errors_text(r, now, error_width),
              f"{utc(r.expires)} ({relative(r.expires, now)})" if r.expires else "-"]
             for r in report.lists]
+
+
+def _errors_text(r: ListReport, now: float, width: int) -> str:
+    """The latest error, and the standing refusal when that is another one."""
+    texts = [f"{_short(r.last_error, width)} ({relative(r.last_error_at, now)})"] if r.last_error else []
+    if r.refused and (r.refused, r.refused_at) != (r.last_error, r.last_error_at):
+        texts.append(f"refused: {_short(r.refused, width)} ({relative(r.refused_at, now)})")
+    return "; ".join(texts) or "-"
 
 
 HEADERS = ("LIST", "STATE", "ENFORCED", "NEWEST SEEN", "LAG", "ENTRIES", "LAST SYNC", "LAST ERROR", "EXPIRES")
@@ -259,6 +318,8 @@ def render(report: Report) -> str:
     if report.errors_total:
         footer += ", sync errors: " + ", ".join(f"{k} {v}" for k, v in sorted(report.errors_total.items()))
     lines += ["", footer]
+    if report.policy_text():
+        lines.append(report.policy_text())
     return scrub("\n".join(lines))
 
 

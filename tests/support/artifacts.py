@@ -31,9 +31,9 @@ def make_snapshot(version: int, entries: list[int], hosts: list[int], rate: floa
                     host_bloom=build_bloom(h, rate), entries=e, hosts=h, counts={"page": len(e)})
 
 
-def manifest(version: int = 1, chain: tuple = ()) -> Manifest:
+def manifest(version: int = 1) -> Manifest:
     ref = file_ref("lists/iwf/snapshot-1", b"abc")
-    return Manifest(version=version, created=10, expires=20, key_chain=chain, lists={
+    return Manifest(version=version, created=10, expires=20, lists={
         "iwf": ListRef(version=1, checksum="c" * 64, entries=3, snapshot=ref,
                        deltas=(DeltaRef(ref.path, 3, ref.sha256, 0, 1),))})
 

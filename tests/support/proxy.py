@@ -90,11 +90,19 @@ class RunningProxy:
         terminate(self.proc)
 
 
+# The tests' origins listen on loopback, which the proxy refuses as a destination
+# unless its config says otherwise: every proxy a test starts says so.
+LOOPBACK_DESTINATIONS = ["127.0.0.0/8", "::1/128"]
+
+
 def start_proxy(plugin, tmp_path: Path, **proxy: object) -> RunningProxy:
+    """`blocklist-plugin proxy` on a free port, allowed to reach the tests' loopback origins
+    unless `allow_private_destinations` says otherwise."""
     port = free_port()
     access = tmp_path / "access.log"
     settings = {"listen": f"127.0.0.1:{port}", "access_log": str(access),
-                "appeal_url": "https://appeal.example/form?a=1&b=2", **proxy}
+                "appeal_url": "https://appeal.example/form?a=1&b=2",
+                "allow_private_destinations": LOOPBACK_DESTINATIONS, **proxy}
     plugin.write_config(proxy=settings)
     stderr = tmp_path / "proxy.stderr"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,8 +1,10 @@
 """An in-memory hotline and source: real signed artifacts, served to Syncer through the Fetcher interface.
 
 `RepositorySimulator` plays both sides of the wire that tests/test_sync.py
-needs a server thread for. As the hotline it holds the signing key and its
-rotations, each list's URLs and every version published, and compiles them
+needs a server thread for. As the hotline it holds the root keys, the online
+key, every root document (root/<N>.json) and the rotations of both kinds
+(`rotate_key`, `rotate_root`), each list's URLs and every version published,
+re-signs the manifest for freshness (`refresh`), and compiles the lists
 with the publisher's own code (blocklist.publish.compile_snapshot, the
 digests the store computes, format.diff and the format writers). As the
 source it is a resolver_plugin.distribution.sync.Fetcher over a dict of
@@ -13,7 +15,8 @@ Attacks are staged on the source, never on the hotline's record of what it
 published (`files`, `manifests`): `serve` and `tamper` replace what one path
 returns, `fail`, `time_out`, `disconnect` and `endless` make it misbehave,
 `sign_manifest` forges a manifest with any key, version or lists, and
-`heal` puts the genuine files back. `requests` records every GET.
+`heal` puts the genuine files back; `root_document` signs a root with any keys.
+`requests` records every GET.
 """
 
 from __future__ import annotations
@@ -35,15 +38,8 @@ from blocklist.core.errors import ErrorKind, SizeError
 from blocklist.core.format.artifacts import Snapshot, diff, write_delta, write_snapshot
 from blocklist.core.format.digestset import digest_array
 from blocklist.core.format.keys import key_id
-from blocklist.core.format.manifest import (
-    DeltaRef,
-    KeyRotation,
-    ListRef,
-    Manifest,
-    file_ref,
-    sign_rotation,
-    write_manifest,
-)
+from blocklist.core.format.manifest import DeltaRef, ListRef, Manifest, file_ref, write_manifest
+from blocklist.core.format.root import Root, make_root, read_root, write_root
 from blocklist.publish import MANIFEST_NAME, compile_snapshot
 from blocklist.store import ListInfo
 from resolver_plugin.config import PluginConfig, load_config
@@ -76,12 +72,14 @@ def flip_last_byte(data: bytes) -> bytes:
 class RepositorySimulator:
     """A hotline's state in memory, and the source that serves what it published (a sync Fetcher)."""
 
-    def __init__(self, lists: tuple[str, ...] = ("default",), *, lifetime: int = 7 * DAY,
-                 error_rate: float = 1e-4) -> None:
-        self.key = Ed25519PrivateKey.generate()
-        self.pinned: dict[str, Ed25519PublicKey] = {key_id(self.key.public_key()): self.key.public_key()}
-        self.retired: list[Ed25519PrivateKey] = []  # keys replaced by a rotation, oldest first
-        self.chain: tuple[KeyRotation, ...] = ()
+    def __init__(self, lists: tuple[str, ...] = ("default",), *, lifetime: int = DAY,
+                 error_rate: float = 1e-4, root_keys: int = 1, threshold: int = 1) -> None:
+        self.key = Ed25519PrivateKey.generate()  # the online key
+        self.retired: list[Ed25519PrivateKey] = []  # online keys replaced by a rotation, oldest first
+        self.root_keys = [Ed25519PrivateKey.generate() for _ in range(root_keys)]
+        self.root = make_root(1, int(time.time()), [k.public_key() for k in self.root_keys], threshold,
+                              [self.key.public_key()])
+        self.roots: dict[int, bytes] = {}  # every root document, by version
         self.lifetime = lifetime
         self.infos = {name: ListInfo(i, name, bytes([i]) * 16, error_rate, 0) for i, name in enumerate(lists, 1)}
         self.urls: dict[str, dict[str, Scope]] = {name: {} for name in lists}
@@ -98,6 +96,7 @@ class RepositorySimulator:
         self.long_poll = False                    # answers carry X-Blocklist-Wait
         self.requests: list[Request] = []
         self.sent: dict[str, int] = {}           # bytes an endless body got to hand out, by path
+        self._publish_root(self.root, [*self.root_keys, self.key])
 
     # -- the hotline
 
@@ -156,9 +155,8 @@ class RepositorySimulator:
 
     def sign_manifest(self, *, version: int | None = None, created: int | None = None,
                       expires: int | None = None, lists: Mapping[str, ListRef] | None = None,
-                      key_chain: tuple[KeyRotation, ...] | None = None,
-                      keys: list[Ed25519PrivateKey] | None = None) -> bytes:
-        """A manifest of the current state, each field replaceable, signed by `keys` (the current key).
+                      root_version: int | None = None, keys: list[Ed25519PrivateKey] | None = None) -> bytes:
+        """A manifest of the current state, each field replaceable, signed by `keys` (the online key).
 
         Serves nothing: a test passes the bytes to `serve` to stage a forgery.
         """
@@ -166,18 +164,63 @@ class RepositorySimulator:
         manifest = Manifest(version=self.version if version is None else version, created=created,
                             expires=created + self.lifetime if expires is None else expires,
                             lists=dict(self.lists if lists is None else lists),
-                            key_chain=self.chain if key_chain is None else key_chain)
+                            root_version=self.root.version if root_version is None else root_version)
         return write_manifest(manifest, keys or [self.key])
 
+    def refresh(self, *, now: int | None = None, expires: int | None = None) -> bytes:
+        """What `blocklist refresh` does: the newest manifest version re-signed, created now."""
+        now = int(time.time()) if now is None else now
+        self.manifests[self.version] = self.sign_manifest(created=now, expires=expires)
+        self.files[MANIFEST_NAME] = self.manifests[self.version]
+        return self.files[MANIFEST_NAME]
+
+    def root_document(self, version: int, root_keys: list[Ed25519PublicKey], threshold: int,
+                      online: list[Ed25519PublicKey], signers: list[Ed25519PrivateKey]) -> tuple[Root, bytes]:
+        """A root document signed by `signers`, any of them; publishes nothing."""
+        root = make_root(version, int(time.time()), root_keys, threshold, online)
+        return root, write_root(root, signers)
+
+    def _publish_root(self, root: Root, signers: list[Ed25519PrivateKey]) -> None:
+        self.root = root
+        self.roots[root.version] = write_root(root, signers)
+        self.files[f"root/{root.version}.json"] = self.roots[root.version]
+
     def rotate_key(self, *, now: int | None = None) -> Ed25519PrivateKey:
-        """What `blocklist key rotate` does: a new key, the link signed by the old one, every list
-        re-issued as its next version signed by the new key, and a manifest that announces it."""
+        """What `blocklist key rotate` does: a new online key named by root N+1 (signed by the root
+        keys), every list re-issued as its next version signed by it, a manifest under root N+1."""
         new = Ed25519PrivateKey.generate()
-        self.chain = self.chain + (sign_rotation(self.key, new.public_key()),)
+        root = make_root(self.root.version + 1, int(time.time()), list(self.root.root_keys.values()),
+                         self.root.root.threshold, [new.public_key()])
+        self._publish_root(root, self.root_keys)
         self.retired.append(self.key)
         self.key = new
         self.publish(now=now, reissue=True)
         return new
+
+    def forge_list(self, name: str, version: int, key: Ed25519PrivateKey, *urls: str) -> ListRef:
+        """A snapshot of `urls` (none: an empty list) at `version`, signed by `key` and served at
+        its path: what someone holding an online key publishes. The hotline's record is untouched."""
+        info = self.infos[name]
+        hosts = {entry_digests(info.salt, make_entry(u, Scope.PAGE))[1] for u in urls}
+        pages = {entry_digests(info.salt, make_entry(u, Scope.PAGE))[0] for u in urls}
+        now = int(time.time())
+        snap = compile_snapshot(info, digest_array(d for d in pages if d is not None), digest_array(hosts),
+                                {"page": len(urls)}, version, now, now + self.lifetime)
+        data = write_snapshot(snap, key)
+        ref = file_ref(f"lists/{name}/snapshot-{version}", data)
+        self.serve(ref.path, data)
+        return ListRef(version, snap.checksum, len(urls), ref)
+
+    def rotate_root(self, count: int = 1, threshold: int = 1) -> list[Ed25519PrivateKey]:
+        """What `blocklist key rotate-root` does: new root keys named by root N+1, signed by the old
+        root keys and the new ones, and the manifest's next version under root N+1."""
+        new_keys = [Ed25519PrivateKey.generate() for _ in range(count)]
+        root = make_root(self.root.version + 1, int(time.time()), [k.public_key() for k in new_keys], threshold,
+                         list(self.root.online_keys.values()))
+        self._publish_root(root, [*self.root_keys, *new_keys])
+        self.root_keys = new_keys
+        self.publish()
+        return new_keys
 
     @property
     def key_id(self) -> str:
@@ -264,16 +307,43 @@ class RepositorySimulator:
 
     # -- a plugin of this hotline
 
-    def plugin_config(self, folder: Path, lists: tuple[str, ...] | None = None, **extra: object) -> PluginConfig:
-        """A plugin.yaml in `folder` that pins the hotline's first key, loaded by the real loader."""
+    def plugin_config(self, folder: Path, lists: tuple[str, ...] | None = None, *, anchor: int = 1,
+                      bare_key: bool = False, **extra: object) -> PluginConfig:
+        """A plugin.yaml in `folder` that pins root version `anchor` (as `blocklist key export` printed
+        it then), or with `bare_key` the first online key as plugins did before roots; loaded by the
+        real loader."""
         folder.mkdir(parents=True, exist_ok=True)
-        pinned = next(iter(self.pinned.values()))
-        raw = pinned.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        doc = {"source": SOURCE, "public_key": base64.b64encode(raw).decode(),
+        (folder / "hotline-root.json").write_bytes(self.roots[anchor])
+        pin: dict[str, object] = {"public_key_file": "hotline-root.json"}
+        if bare_key:
+            first = next(iter(read_root(self.roots[1]).online_keys.values()))
+            raw = first.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            pin = {"public_key": base64.b64encode(raw).decode()}
+        doc = {"source": SOURCE, **pin,
                "lists": list(lists or self.infos), "cache_dir": "cache", "node_id": "sim-node",
                "long_poll": 0, "admin": {"listen": None}, **extra}
         (folder / "plugin.yaml").write_text(yaml.safe_dump(doc))
         return load_config(folder / "plugin.yaml")
+
+
+class DirectorySource:
+    """A static mirror of a publish directory for Syncer (a Fetcher): files read when asked, ETag, 304."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    async def get(self, path: str, limit: int, headers: Mapping[str, str] | None = None,
+                  wait: float = 0.0) -> Fetched:
+        try:
+            data = (self.root / path).read_bytes()
+        except OSError:
+            raise SyncError(ErrorKind.HTTP, f"{path}: HTTP 404") from None
+        etag = etag_of(data)
+        if CIMultiDict(headers or {}).get("If-None-Match") == etag:
+            return Fetched(304, b"", etag, CIMultiDictProxy(CIMultiDict(ETag=etag)))
+        if len(data) > limit:
+            raise SizeError(f"{path}: {len(data)} bytes, more than the {limit} expected")
+        return Fetched(200, data, etag, CIMultiDictProxy(CIMultiDict(ETag=etag)))
 
 
 def _endless() -> Iterator[bytes]:

@@ -27,7 +27,7 @@ from blocklist.core.format.strictjson import canonical_json, strict_loads, typed
 
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "READABLE_VERSIONS", "KIND_SNAPSHOT", "KIND_DELTA", "PREFIX", "SIG_SIZE", "MAX_HEADER",
-    "pack_container", "unpack_container", "section",
+    "pack_container", "unpack_container", "section", "signer_of",
 ]
 
 MAGIC = b"BLKL"
@@ -99,3 +99,18 @@ def section(sections: Mapping[str, bytes], name: str, what: str) -> bytes:
     if name not in sections:
         raise FormatError(f"{what}: missing section {name!r}")
     return sections[name]
+
+
+def signer_of(head: bytes) -> str:
+    """The key id a container's header names, from its first PREFIX.size + MAX_HEADER bytes.
+
+    Not a verification: it tells a reader which key to expect (the cache
+    replaces files a retired key signed); unpack_container verifies.
+    """
+    if len(head) < PREFIX.size:
+        raise FormatError("container: truncated")
+    magic, _, _, _, head_len = PREFIX.unpack_from(head)
+    if magic != MAGIC or head_len > MAX_HEADER or PREFIX.size + head_len > len(head):
+        raise FormatError("container: not a blocklist file")
+    header = strict_loads(head[PREFIX.size:PREFIX.size + head_len], "container")
+    return typed_field(header, "key_id", str, "container") if isinstance(header, dict) else ""

@@ -18,7 +18,8 @@ from blocklist.core.errors import SignatureError
 
 __all__ = [
     "Keyring", "key_id", "public_key_text", "load_public_key", "private_key_bytes",
-    "load_private_key", "verify_signature",
+    "load_private_key", "verify_signature", "shown_id", "raw_public_key",
+    "public_key_from_raw",
 ]
 
 Keyring = Mapping[str, Ed25519PublicKey]
@@ -27,6 +28,22 @@ Keyring = Mapping[str, Ed25519PublicKey]
 def key_id(public_key: Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def raw_public_key(public_key: Ed25519PublicKey) -> str:
+    """The base64 of the 32 raw key bytes, as documents and plugin.yaml `public_key` carry keys."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def public_key_from_raw(text: object) -> Ed25519PublicKey:
+    """The key `raw_public_key` wrote; SignatureError for anything else."""
+    if not isinstance(text, str) or len(text) != 44:
+        raise SignatureError("not the base64 of a 32-byte Ed25519 public key")
+    try:
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error):
+        raise SignatureError("not the base64 of a 32-byte Ed25519 public key") from None
 
 
 def public_key_text(public_key: Ed25519PublicKey) -> str:
@@ -67,12 +84,19 @@ def load_private_key(data: bytes) -> Ed25519PrivateKey:
     return key
 
 
+def shown_id(kid: object) -> str:
+    """A key id as error texts show it: at most 16 printable characters, whatever the file held."""
+    text = kid if isinstance(kid, str) else repr(kid)
+    text = "".join(ch if ch.isascii() and ch.isprintable() else "?" for ch in text[:16])
+    return text + ("..." if len(str(kid)) > 16 else "")
+
+
 def verify_signature(keys: Keyring, kid: str, signature: bytes, message: bytes) -> None:
     """Raise SignatureError unless `kid` is in `keys` and its key signed `message`."""
     key = keys.get(kid)
     if key is None:
-        raise SignatureError(f"signed by unknown key {kid!r}")
+        raise SignatureError(f"signed by unknown key {shown_id(kid)!r}")
     try:
         key.verify(signature, message)
     except InvalidSignature:
-        raise SignatureError(f"bad signature by key {kid}") from None
+        raise SignatureError(f"bad signature by key {shown_id(kid)}") from None

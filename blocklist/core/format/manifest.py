@@ -1,52 +1,38 @@
-"""The signed manifest: canonical JSON of the lists' files, sizes and hashes, and the key chain.
+"""The signed manifest: canonical JSON of the lists' files, sizes and hashes, under one root version.
 
-    {"signed": {"type", "spec_version", "version", "created", "expires",
-                "lists": {name: {"version", "checksum", "entries", "snapshot", "deltas", ["meta"]}},
-                "key_chain": [{"new_key", "signed_by", "sig"}]},
+    {"signed": {"type", "spec_version": 2, "version", "created", "expires", "root_version",
+                "lists": {name: {"version", "checksum", "entries", "snapshot", "deltas", ["meta"]}}},
      "signatures": [{"key_id", "sig"}]}
 
-Each signature is over the canonical JSON of "signed", however the file itself is
-laid out. A key chain link is signed by the key it replaces, over ROTATION_CONTEXT
-and the 32 raw bytes of the new key.
+Each signature is over the canonical JSON of "signed" (core.format.envelope),
+by an online key of root `root_version` (core.format.root). Format 1 carried a
+key chain instead of a root version; this reader refuses it with an error that
+says so.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blocklist.core.errors import ChecksumError, FormatError, SignatureError, SizeError
-from blocklist.core.format.keys import Keyring, key_id, verify_signature
+from blocklist.core.format.envelope import Envelope, count_signers, open_envelope, seal
+from blocklist.core.format.keys import Keyring, shown_id
 from blocklist.core.format.listmeta import ListMeta, meta_from_json
-from blocklist.core.format.strictjson import (
-    canonical_json,
-    check_list_name,
-    count_field,
-    strict_loads,
-    typed_field,
-)
+from blocklist.core.format.strictjson import check_list_name, count_field, strict_loads, typed_field
 
 __all__ = [
-    "MAX_MANIFEST", "MANIFEST_TYPE", "ROTATION_CONTEXT", "FileRef", "DeltaRef", "ListRef",
-    "KeyRotation", "Manifest", "file_ref", "manifest_signed", "write_manifest", "sign_rotation",
-    "follow_key_chain", "read_manifest", "check_file",
+    "MAX_MANIFEST", "MANIFEST_TYPE", "MANIFEST_FORMAT", "FileRef", "DeltaRef", "ListRef", "Manifest",
+    "file_ref", "manifest_signed", "write_manifest", "read_manifest", "root_version_hint", "check_file",
 ]
 
 MAX_MANIFEST = 4 * 1024 * 1024
-SPEC_VERSION = 1  # of the manifest; snapshots and deltas have their own (container.FORMAT_VERSION)
 MANIFEST_TYPE = "blocklist/manifest"
-ROTATION_CONTEXT = b"blocklist key rotation v1\x00"
+MANIFEST_FORMAT = 2  # 1: signed by a key chain, before root documents; snapshots and deltas have their
+#                     own (container.FORMAT_VERSION)
 
 
 @dataclass(frozen=True)
@@ -73,22 +59,17 @@ class ListRef:
 
 
 @dataclass(frozen=True)
-class KeyRotation:
-    """"`new_key` replaces `signed_by`": a link of the key chain, signed by the old key."""
-
-    new_key: str   # base64 of the 32 raw public key bytes
-    signed_by: str  # key id of the key it replaces
-    sig: str       # base64 Ed25519 signature over ROTATION_CONTEXT + raw new key
-
-
-@dataclass(frozen=True)
 class Manifest:
     version: int
     created: int
     expires: int
     lists: dict[str, ListRef]
-    key_chain: tuple[KeyRotation, ...] = ()
+    root_version: int = 1  # the root whose online key signs it
     signed_by: str = ""  # key id that signed it (set by the reader)
+
+    def same_content(self, other: Manifest) -> bool:
+        """The same version naming the same files under the same root: a re-signed copy, not a change."""
+        return (self.version, self.root_version, self.lists) == (other.version, other.root_version, other.lists)
 
 
 def file_ref(path: str, data: bytes) -> FileRef:
@@ -101,11 +82,9 @@ def _ref_json(ref: FileRef) -> dict[str, Any]:
 
 def manifest_signed(manifest: Manifest) -> dict[str, Any]:
     return {
-        "type": MANIFEST_TYPE, "spec_version": SPEC_VERSION, "version": manifest.version,
-        "created": manifest.created, "expires": manifest.expires,
+        "type": MANIFEST_TYPE, "spec_version": MANIFEST_FORMAT, "version": manifest.version,
+        "created": manifest.created, "expires": manifest.expires, "root_version": manifest.root_version,
         "lists": {name: _list_json(ref) for name, ref in sorted(manifest.lists.items())},
-        "key_chain": [{"new_key": r.new_key, "signed_by": r.signed_by, "sig": r.sig}
-                      for r in manifest.key_chain],
     }
 
 
@@ -119,81 +98,63 @@ def _list_json(ref: ListRef) -> dict[str, Any]:
 
 
 def write_manifest(manifest: Manifest, private_keys: list[Ed25519PrivateKey]) -> bytes:
-    signed = manifest_signed(manifest)
-    message = canonical_json(signed)
-    signatures = [{"key_id": key_id(k.public_key()), "sig": base64.b64encode(k.sign(message)).decode()}
-                  for k in private_keys]
-    doc = {"signed": signed, "signatures": signatures}
-    return json.dumps(doc, sort_keys=True, indent=1).encode("ascii") + b"\n"
+    return seal(manifest_signed(manifest), private_keys)
 
 
-def sign_rotation(old: Ed25519PrivateKey, new: Ed25519PublicKey) -> KeyRotation:
-    raw = new.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return KeyRotation(new_key=base64.b64encode(raw).decode(), signed_by=key_id(old.public_key()),
-                       sig=base64.b64encode(old.sign(ROTATION_CONTEXT + raw)).decode())
+def _check_format(envelope: Envelope, what: str, allow_format_1: bool) -> int:
+    """The manifest's format: MANIFEST_FORMAT, or 1 where the hotline upgrades its own."""
+    signed = envelope.signed
+    if signed.get("type") != MANIFEST_TYPE:
+        raise FormatError(f"{what}: not a blocklist manifest")
+    spec = signed.get("spec_version")
+    if spec == 1 and allow_format_1:
+        return 1
+    if spec == 1:
+        raise FormatError(f"{what}: format 1, from a hotline older than root keys: upgrade the hotline "
+                          "(`blocklist init --root-dir DIR` on its home)")
+    if spec != MANIFEST_FORMAT:
+        raise FormatError(f"{what}: format {str(spec)[:8]} is newer than {MANIFEST_FORMAT}: upgrade blocklist")
+    return MANIFEST_FORMAT
 
 
-def follow_key_chain(trusted: Keyring, chain: tuple[KeyRotation, ...]) -> dict[str, Ed25519PublicKey]:
-    """The keys trusted after walking `chain` from `trusted`.
+def root_version_hint(data: bytes, max_size: int = MAX_MANIFEST) -> int:
+    """The root version a manifest names, read before anything is verified: how far to walk the roots.
 
-    A link counts only when it is signed by a key trusted at that point; the key
-    it replaces stops being trusted, so a rotation also revokes the old key.
+    read_manifest checks it afterwards against the root the walk reached.
     """
-    keys = dict(trusted)
-    for link in chain:
-        old = keys.get(link.signed_by)
-        if old is None:
-            continue  # a link from before our pinned key, or from another branch
-        try:
-            raw = base64.b64decode(link.new_key, validate=True)
-            new = Ed25519PublicKey.from_public_bytes(raw)
-            old.verify(base64.b64decode(link.sig, validate=True), ROTATION_CONTEXT + raw)
-        except (ValueError, binascii.Error, InvalidSignature):
-            raise SignatureError(f"key chain: bad rotation signed by {link.signed_by}") from None
-        del keys[link.signed_by]
-        keys[key_id(new)] = new
-    return keys
-
-
-def read_manifest(data: bytes, keys: Keyring, max_size: int = MAX_MANIFEST) -> Manifest:
-    """Parse and verify a manifest; `keys` are the pinned keys, the chain may extend them."""
-    what = "manifest"
     if len(data) > max_size:
-        raise SizeError(f"{what}: {len(data)} bytes exceeds the limit of {max_size}")
-    doc = strict_loads(data, what)
-    signed = typed_field(doc, "signed", dict, what)
-    signatures = typed_field(doc, "signatures", list, what)
-    if signed.get("type") != MANIFEST_TYPE or signed.get("spec_version") != SPEC_VERSION:
-        raise FormatError(f"{what}: not a version {SPEC_VERSION} blocklist manifest")
-    chain = tuple(_rotation(item, what) for item in typed_field(signed, "key_chain", list, what))
-    trusted = follow_key_chain(keys, chain)
-    message = canonical_json(signed)
-    signer, errors = "", []
-    for item in signatures:
-        try:
-            kid = typed_field(item, "key_id", str, what)
-            sig = base64.b64decode(typed_field(item, "sig", str, what), validate=True)
-            verify_signature(trusted, kid, sig, message)
-        except (SignatureError, FormatError, binascii.Error, ValueError) as exc:
-            errors.append(str(exc))
-            continue
-        signer = kid
-        break
-    if not signer:
-        raise SignatureError(f"{what}: no valid signature by a trusted key ({'; '.join(errors) or 'unsigned'})")
+        raise SizeError(f"manifest: {len(data)} bytes exceeds the limit of {max_size}")
+    doc = strict_loads(data, "manifest")
+    signed = typed_field(doc, "signed", dict, "manifest") if isinstance(doc, dict) else None
+    if not isinstance(signed, dict):
+        raise FormatError("manifest: not a JSON object")
+    return count_field(signed, "root_version", "manifest") if "root_version" in signed else 0
+
+
+def read_manifest(data: bytes, keys: Keyring, max_size: int = MAX_MANIFEST, threshold: int = 1, *,
+                  allow_format_1: bool = False) -> Manifest:
+    """Parse and verify a manifest signed by `threshold` of `keys` (the online keys of its root)."""
+    what = "manifest"
+    envelope = open_envelope(data, what, max_size)
+    spec = _check_format(envelope, what, allow_format_1)
+    signed = envelope.signed
+    signers = count_signers(envelope, keys)
+    if len(signers) < threshold:
+        named = [item.get("key_id") for item in envelope.signatures if isinstance(item, dict)]
+        bad = sorted({shown_id(k) for k in named if isinstance(k, str) and k in keys and k not in signers})
+        others = sorted({shown_id(k) for k in named if not (isinstance(k, str) and k in keys)})
+        why = (f"bad signature by key {', '.join(bad[:2])}" if bad
+               else f"signed by {', '.join(others[:2]) or 'nobody'}{' and others' if len(others) > 2 else ''}")
+        raise SignatureError(f"{what}: no valid signature by a trusted online key ({len(signers)} of "
+                             f"{threshold} needed; {why})")
     lists = typed_field(signed, "lists", dict, what)
     return Manifest(version=count_field(signed, "version", what),
                     created=count_field(signed, "created", what),
                     expires=count_field(signed, "expires", what),
                     lists={check_list_name(name): _list_ref(ref, f"{what}: list {name}")
                            for name, ref in lists.items()},
-                    key_chain=chain, signed_by=signer)
-
-
-def _rotation(item: Any, what: str) -> KeyRotation:
-    return KeyRotation(new_key=typed_field(item, "new_key", str, what),
-                       signed_by=typed_field(item, "signed_by", str, what),
-                       sig=typed_field(item, "sig", str, what))
+                    root_version=count_field(signed, "root_version", what) if spec > 1 else 0,
+                    signed_by=min(signers))
 
 
 def _file_ref(item: Any, what: str) -> FileRef:

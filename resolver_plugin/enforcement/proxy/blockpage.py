@@ -147,10 +147,10 @@ _ERROR_TEXT = {
 }
 
 
-def error_response(status: int, head_only: bool = False) -> bytes:
-    """A short, fixed error page: it never echoes anything from the request."""
+def error_response(status: int, head_only: bool = False, text: str | None = None) -> bytes:
+    """A short, fixed error page (`text`, else the status's own): it never echoes anything from the request."""
     phrase = reason_phrase(status)
-    text = _ERROR_TEXT.get(status, phrase)
+    text = text or _ERROR_TEXT.get(status, phrase)
     body = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status} {phrase}"
             f"</title></head>\n<body><h1>{status} {phrase}</h1><p>{text}</p></body></html>\n").encode()
     return _response(status, body, "text/html; charset=utf-8", head_only)

@@ -14,11 +14,8 @@ both ways and the client's address is appended to X-Forwarded-For (or as
 The response is re-framed for the client: its Content-Length when the origin
 gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
 
-Internal destinations: a client that is not on the proxy's own host never gets
-the proxy to connect to a loopback, link-local (cloud metadata), unspecified
-or multicast address, whether written as a literal or reached through a name
-that resolves there (`PublicResolver`, `open_tunnel(public_only=True)`), so
-the proxy is no door to its host's own services (the admin endpoint, ...).
+Destinations: every address a request or tunnel is connected to is first
+judged by the proxy's destination policy (resolver_plugin.enforcement.proxy.destinations).
 """
 
 from __future__ import annotations
@@ -31,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 from yarl import URL
 
 from resolver_plugin.config import ForwardedFor
+from resolver_plugin.enforcement.proxy.destinations import DestinationRefused, Destinations
 from resolver_plugin.enforcement.proxy.head import RequestError, RequestHead
 
 VIA = "1.1 blocklist"
@@ -61,17 +58,6 @@ class Forwarded:
     keep_alive: bool
 
 
-def internal_address(host: str) -> bool:
-    """Whether `host` is an IP literal the proxy serves only to clients on its own host."""
-    try:
-        addr = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback or addr.is_link_local or addr.is_unspecified or addr.is_multicast
-
-
 def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """A client's address as ipaddress reads it (an IPv4-mapped IPv6 one as IPv4); None if unreadable."""
     try:
@@ -81,28 +67,6 @@ def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
-
-
-def local_client(ip: str) -> bool:
-    """A client on the proxy's own host: the only one it connects to internal addresses for."""
-    addr = client_address(ip)
-    return addr is not None and addr.is_loopback
-
-
-class PublicResolver(AbstractResolver):
-    """aiohttp's threaded resolver without internal addresses; OSError when nothing else is left."""
-
-    def __init__(self) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
-        kept = [r for r in await self._inner.resolve(host, port, family) if not internal_address(r["host"])]
-        if not kept:
-            raise OSError(f"{host}: resolves only to internal addresses")
-        return kept
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 def _connection_named(pairs: list[tuple[str, str]]) -> set[str]:
@@ -229,6 +193,8 @@ async def forward(session: aiohttp.ClientSession, head: RequestHead, url: URL,
             raise body.error from None
         if isinstance(exc, asyncio.TimeoutError):
             raise UpstreamError(504, f"timeout: {type(exc).__name__}") from None
+        if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, DestinationRefused):
+            raise UpstreamError(403, "destination refused") from None
         raise UpstreamError(502, type(exc).__name__) from None
 
 
@@ -258,31 +224,28 @@ async def _copy_body(resp: aiohttp.ClientResponse, writer: asyncio.StreamWriter,
     return sent
 
 
-async def open_tunnel(host: str, port: int, connect_timeout: float, public_only: bool,
+async def open_tunnel(host: str, port: int, connect_timeout: float, destinations: Destinations,
                       loop_addresses: frozenset[str] = frozenset()
                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A TCP connection to host:port for a tunnel; UpstreamError 403/502/504/508 if it cannot be opened.
 
-    With `public_only` or `loop_addresses`, the name is resolved first: internal
-    addresses are dropped (`public_only`), a name that resolves to one of
+    The name is resolved here, once: a name that resolves to one of
     `loop_addresses` (the proxy's own, where stage 1 points listed hosts) is a
-    loop (508), and the connection goes to the addresses in turn, not the name
-    (no second lookup).
+    loop (508); the addresses `destinations` refuses are dropped (403 when none
+    is left); the connection goes to the remaining addresses in turn, never to
+    the name, so what was checked is what is connected to.
     """
     try:
         async with asyncio.timeout(connect_timeout):
-            if not public_only and not loop_addresses:
+            if destinations.allow_all and not loop_addresses:
                 return await asyncio.open_connection(host, port, limit=COPY_SIZE)
-            if public_only and internal_address(host):
-                raise UpstreamError(403, "internal destination")
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
             addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
             if loop_addresses.intersection(addresses):
                 raise UpstreamError(508, "resolves to the proxy itself")
-            if public_only:
-                addresses = [a for a in addresses if not internal_address(a)]
+            addresses = [a for a in addresses if destinations.allowed(a)]
             if not addresses:
-                raise UpstreamError(403, "internal destination")
+                raise UpstreamError(403, "destination refused")
             for address in addresses[:-1]:
                 try:
                     return await asyncio.open_connection(address, port, limit=COPY_SIZE)

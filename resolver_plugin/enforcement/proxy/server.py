@@ -21,12 +21,24 @@ block or the client closes:
   DNS answer (resolver.proxy_address) or an interception rule sent here as
   if we were the origin; checked and forwarded as `http://Host/path`. One that
   already carries our Via came from us (our own resolver points at us): 508;
-- CONNECT host:port: `check_host`; a host listed whole (domain scope) -> the
-  block page; else a TCP tunnel (`200 Connection established`);
+- CONNECT host:port: only to `connect_ports`; `check_host`; a host listed
+  whole (domain scope) -> the block page; else a TCP tunnel, which to a host
+  that carries listed pages carries TLS only (resolver_plugin.enforcement.proxy.connect);
+- absolute-form of another scheme: checked as the Squid helper checks it
+  (`LiveMatcher.check_any_scheme`: ws/wss as http/https, ftp and the rest by
+  host); listed -> the block page, else 400 (only http(s) is forwarded);
 - anything else (`*`, bad framing) -> 400 and close.
+
+Every connection to an origin goes only to addresses the destination policy
+allows (resolver_plugin.enforcement.proxy.destinations: global unicast, or what
+`allow_private_destinations` names), whoever the client.
 
 With `proxy.tls_listen`, a second listener takes the HTTPS that stage 1 steers
 here and tunnels it by the host it names (resolver_plugin.enforcement.proxy.tls).
+
+SIGHUP re-reads plugin.yaml (resolver_plugin.operations.reload): the matcher and
+then the server take the new settings between two requests, and the access log is
+reopened.
 
 Privacy: the access log shows blocked requests as `- blocked list=NAME`
 without their URL unless `proxy.log_blocked_urls`; the error log never names
@@ -40,7 +52,6 @@ import functools
 import ipaddress
 import logging
 import math
-import re
 import signal
 import time
 from typing import Any
@@ -49,35 +60,38 @@ import aiohttp
 from yarl import URL
 
 from blocklist.core.errors import InvalidURL
-from blocklist.core.matcher import HostAction, HostVerdict
+from blocklist.core.matcher import HostVerdict
 from resolver_plugin.cache import LiveMatcher
 from resolver_plugin.config import PluginConfig, parse_listen
 from resolver_plugin.enforcement.proxy.blockpage import BlockPage, error_response
+from resolver_plugin.enforcement.proxy.connect import DESTINATION_REFUSED, serve_connect
+from resolver_plugin.enforcement.proxy.destinations import Destinations
 from resolver_plugin.enforcement.proxy.forward import (
-    VIA,
     BodyStream,
-    PublicResolver,
     UpstreamError,
     client_address,
     forward,
-    internal_address,
-    local_client,
-    open_tunnel,
-    tunnel,
     upstream_url,
 )
 from resolver_plugin.enforcement.proxy.head import RequestError, RequestHead, iter_body, read_head
+from resolver_plugin.enforcement.proxy.target import OTHER_SCHEME, absolute_target, intercepted_url
 from resolver_plugin.enforcement.proxy.tls import sni_tunnel
 from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
-from resolver_plugin.operations import metrics
+from resolver_plugin.operations import logsetup, metrics
+from resolver_plugin.operations.reload import reread, sighup_event
 
 log = logging.getLogger("blocklist.plugin.proxy")
 access_log = logging.getLogger("blocklist.plugin.proxy.access")
 
 COMPONENT = "proxy"
 RELOAD_INTERVAL = 1.0    # seconds between checks for a new cached list version
+OWN_ADDRESS_TICKS = 60   # reload ticks between reads of the host's own addresses
 LINGER_SECONDS = 2.0     # lingering close: how long to drain a client after our last answer
 LINGER_BYTES = 1 << 20
+# What a reload cannot change: the listening sockets, bound at start and carrying connections,
+# the cache directory, the one every process of the node shares, and the destination policy,
+# which the upstream connection pool's resolver holds from the start.
+RESTART_ONLY = ("cache_dir", "proxy.listen", "proxy.tls_listen", "proxy.allow_private_destinations")
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -87,33 +101,44 @@ class ProxyServer:
 
     def __init__(self, config: PluginConfig, live: LiveMatcher, *, header_timeout: float | None = None,
                  idle_timeout: float | None = None) -> None:
-        self.config = config
-        self.proxy = config.proxy
         self.live = live
-        self.page = BlockPage(config.proxy, live.list_meta)
-        self.header_timeout = header_timeout or self.proxy.header_timeout
-        self.idle_timeout = idle_timeout or self.proxy.idle_timeout
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in self.proxy.allowed_clients]
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.proxy.connect_timeout,
-                                             sock_read=self.proxy.upstream_timeout)
+        self._timeouts = (header_timeout, idle_timeout)  # a test's overrides of the configured ones
+        self.reconfigure(config)
         self.open_connections = 0
-        # where stage 1 points listed hosts: an origin resolving there is a loop back to us
-        r = config.resolver
-        self.own_addresses = frozenset(str(ipaddress.ip_address(a)) for a in (r.proxy_address, r.proxy_address6) if a)
+        listening = [parse_listen(a)[0] for a in (self.proxy.listen, self.proxy.tls_listen) if a]
+        self.destinations = Destinations(self.proxy.allow_private_destinations, [*self.own_addresses, *listening])
         self._loop_warned = -math.inf
         self.server: asyncio.Server | None = None
         self.tls_server: asyncio.Server | None = None
-        self.session: aiohttp.ClientSession | None = None         # for clients on this host
-        self.public_session: aiohttp.ClientSession | None = None  # for all others: no internal addresses
+        self.session: aiohttp.ClientSession | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+
+    def reconfigure(self, config: PluginConfig) -> None:
+        """Take every setting from `config`; ConfigError (and nothing changed) if its block page is unusable.
+
+        Used at start and on a reload: a request already being served finishes with the settings it
+        started with, the next one gets the new ones. The listening addresses and the upstream
+        connection pools stay as they were started.
+        """
+        page = BlockPage(config.proxy, self.live.list_meta)
+        header_timeout, idle_timeout = self._timeouts
+        self.config, self.proxy, self.page = config, config.proxy, page
+        self.header_timeout = header_timeout or config.proxy.header_timeout
+        self.idle_timeout = idle_timeout or config.proxy.idle_timeout
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in config.proxy.allowed_clients]
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.proxy.connect_timeout,
+                                             sock_read=config.proxy.upstream_timeout)
+        # where stage 1 points listed hosts: an origin resolving there is a loop back to us
+        r = config.resolver
+        self.own_addresses = frozenset(str(ipaddress.ip_address(a)) for a in (r.proxy_address, r.proxy_address6) if a)
+        self.connect_ports = frozenset(config.proxy.connect_ports)
 
     # -- lifecycle
 
     async def start(self, host: str | None = None, port: int | None = None) -> asyncio.Server:
         if host is None or port is None:
             host, port = parse_listen(self.proxy.listen, "proxy.listen")
-        self.session = self._session(None)
-        self.public_session = self._session(PublicResolver())
+        self.session = self._session()
         self.server = await asyncio.start_server(
             self._connection, host, port, limit=max(self.proxy.max_header_bytes, 65536),
             backlog=1024, reuse_address=True)
@@ -127,9 +152,9 @@ class ProxyServer:
             functools.partial(self._connection, tls=True), host, port, backlog=1024, reuse_address=True)
         return self.tls_server
 
-    def _session(self, resolver: PublicResolver | None) -> aiohttp.ClientSession:
+    def _session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self.proxy.max_connections, limit_per_host=0, ttl_dns_cache=60,
-                                         resolver=resolver)
+                                         resolver=self.destinations.resolver())
         return aiohttp.ClientSession(
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -150,9 +175,8 @@ class ProxyServer:
             await asyncio.wait(list(self._handlers), timeout=5)
         for server in servers:
             await server.wait_closed()
-        for session in (self.session, self.public_session):
-            if session is not None:
-                await session.close()
+        if self.session is not None:
+            await self.session.close()
 
     # -- one connection
 
@@ -166,7 +190,8 @@ class ProxyServer:
         if now - self._loop_warned >= 60:
             self._loop_warned = now
             log.error("proxy: an origin resolves to the proxy's own address (resolver.proxy_address): "
-                      "this host must resolve names with a resolver other than the filtering Unbound")
+                      "this host must resolve names with a resolver other than the filtering Unbound",
+                      extra={"event": "proxy_loop"})
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                           tls: bool = False) -> None:
@@ -194,7 +219,9 @@ class ProxyServer:
             pass  # shutting down
         except Exception as exc:  # noqa: BLE001 - the edge: no traceback to a client, the server goes on
             # Close without a word: we cannot know how much of a response was already sent.
-            log.error("proxy: internal error %s on a connection from %s", type(exc).__name__, client_ip)
+            log.error("proxy: internal error %s on a connection from %s", type(exc).__name__, client_ip,
+                      extra={"event": "proxy_internal_error", "kind": "internal", "reason": type(exc).__name__,
+                             "client": client_ip})
             log.debug("proxy: internal error", exc_info=True)
         finally:
             self.open_connections -= 1
@@ -212,20 +239,22 @@ class ProxyServer:
         try:
             head = await self._read_head(reader, first)
         except RequestError as exc:
-            return await self._error(writer, exc.status, client_ip, "-", "-")
+            return await self.error(writer, exc.status, client_ip, "-", "-")
         except TimeoutError:
             if first:  # nothing or a partial head within header_timeout: tell the client
-                return await self._error(writer, 408, client_ip, "-", "-")
+                return await self.error(writer, 408, client_ip, "-", "-")
             return False  # an idle keep-alive connection: close quietly
         if head is None:
             return False
         started = time.monotonic()
         if head.method == "CONNECT":
-            await self._connect(head, reader, writer, client_ip, started)
+            await serve_connect(self, head, reader, writer, client_ip, started)
             return False
-        target = _absolute_target(head)
+        target = absolute_target(head)
         if isinstance(target, int):
-            return await self._error(writer, target, client_ip, head.method, "-")
+            if target == OTHER_SCHEME:
+                return await self._other_scheme(writer, head, client_ip, started)
+            return await self.error(writer, target, client_ip, head.method, "-")
         try:
             t0 = time.perf_counter()
             verdict = self.live.check(target)
@@ -233,37 +262,59 @@ class ProxyServer:
             url = upstream_url(target)
         except InvalidURL:
             metrics.observe_invalid(COMPONENT)
-            return await self._error(writer, 400, client_ip, head.method, "-")
+            return await self.error(writer, 400, client_ip, head.method, "-")
         except RequestError as exc:
-            return await self._error(writer, exc.status, client_ip, head.method, "-")
+            return await self.error(writer, exc.status, client_ip, head.method, "-")
         if verdict.blocked:
-            await self._block(writer, head, client_ip, verdict.list or "unknown", started)
+            await self.block(writer, head, client_ip, verdict.list or "unknown", started)
             return False
         return await self._forward(reader, writer, head, target, url, client_ip, started)
+
+    async def _other_scheme(self, writer: asyncio.StreamWriter, head: RequestHead, client_ip: str,
+                            started: float) -> bool:
+        """An absolute target of another scheme: checked as the Squid helper checks it
+        (ws, wss as http, https; ftp and the rest by host), then refused: we forward only http(s)."""
+        try:
+            t0 = time.perf_counter()
+            verdict = self.live.check_any_scheme(head.target)
+            metrics.observe_check(COMPONENT, verdict, time.perf_counter() - t0)
+        except InvalidURL:
+            metrics.observe_invalid(COMPONENT)
+            return await self.error(writer, 400, client_ip, head.method, "-")
+        if verdict.blocked:
+            await self.block(writer, head, client_ip, verdict.list or "unknown", started)
+            return False
+        return await self.error(writer, 400, client_ip, head.method, "-")
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead,
                        target: str, url: URL, client_ip: str, started: float) -> bool:
         """Forward an allowed request and stream its answer; True when the connection may carry another."""
         if head.content_length is not None and head.content_length > self.proxy.max_body_bytes:
-            return await self._error(writer, 413, client_ip, head.method, target)
-        local = local_client(client_ip)
-        if not local and internal_address(url.raw_host or ""):
-            return await self._error(writer, 403, client_ip, head.method, target)
+            return await self.error(writer, 413, client_ip, head.method, target)
+        if not self.destinations.host_allowed(url.raw_host or ""):
+            metrics.observe_refused(COMPONENT, "destination")
+            return await self.error(writer, 403, client_ip, head.method, target, "refused destination",
+                                    DESTINATION_REFUSED)
         body = None
         if head.has_body:
             if head.expect_continue:
                 writer.write(_CONTINUE)
             body = BodyStream(iter_body(reader, head, self.proxy.max_body_bytes, self.proxy.upstream_timeout))
-        session = self.session if local else self.public_session
-        assert session is not None
+        assert self.session is not None
         try:
-            result = await forward(session, head, url, body, writer, client_ip, self.timeout,
+            result = await forward(self.session, head, url, body, writer, client_ip, self.timeout,
                                    self.proxy.forwarded_for)
         except UpstreamError as exc:
-            log.warning("proxy: upstream %s (%s) for a request from %s", exc.status, exc, client_ip)
-            return await self._error(writer, exc.status, client_ip, head.method, target)
+            if exc.status == 403:
+                metrics.observe_refused(COMPONENT, "destination")
+                return await self.error(writer, 403, client_ip, head.method, target, "refused destination",
+                                        DESTINATION_REFUSED)
+            log.warning("proxy: upstream %s (%s) for a request from %s", exc.status, exc, client_ip,
+                        extra={"event": "proxy_upstream_error", "status": exc.status, "reason": str(exc),
+                               "client": client_ip})
+            return await self.error(writer, exc.status, client_ip, head.method, target)
         except RequestError as exc:
-            return await self._error(writer, exc.status, client_ip, head.method, target)
+            return await self.error(writer, exc.status, client_ip, head.method, target)
         self.access(client_ip, head.method, target, result.status, result.body_bytes,
                      time.monotonic() - started, "allowed")
         return result.keep_alive and not (body is not None and body.error is not None)
@@ -273,20 +324,20 @@ class ProxyServer:
         async with asyncio.timeout(self.header_timeout if first else self.idle_timeout):
             return await read_head(reader, self.proxy.max_header_bytes)
 
-    async def _error(self, writer: asyncio.StreamWriter, status: int, client_ip: str, method: str,
-                     target: str) -> bool:
-        writer.write(error_response(status, head_only=method == "HEAD"))
-        self.access(client_ip, method, target, status, 0, 0.0, "error")
+    async def error(self, writer: asyncio.StreamWriter, status: int, client_ip: str, method: str,
+                    target: str, outcome: str = "error", text: str | None = None) -> bool:
+        writer.write(error_response(status, head_only=method == "HEAD", text=text))
+        self.access(client_ip, method, target, status, 0, 0.0, outcome)
         await asyncio.wait_for(writer.drain(), 5)
         return False
 
-    async def _block(self, writer: asyncio.StreamWriter, head: RequestHead, client_ip: str, list_name: str,
-                     started: float) -> None:
+    async def block(self, writer: asyncio.StreamWriter, head: RequestHead, client_ip: str, list_name: str,
+                    started: float) -> None:
         response = self.page.response(list_name, head_only=head.method == "HEAD")
         writer.write(response)
         target = "-"
         if self.proxy.log_blocked_urls:
-            target = (_intercepted_url(head) or "-") if head.target.startswith("/") else head.target
+            target = (intercepted_url(head) or "-") if head.target.startswith("/") else head.target
         self.access(client_ip, head.method, target, self.page.status, len(response),
                      time.monotonic() - started, f"blocked list={list_name}")
         await asyncio.wait_for(writer.drain(), 5)
@@ -302,61 +353,15 @@ class ProxyServer:
         metrics.observe_host_check(COMPONENT, verdict, time.perf_counter() - t0)
         return verdict
 
-    async def _connect(self, head: RequestHead, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       client_ip: str, started: float) -> None:
-        host, _, port_text = head.target.rpartition(":")  # an IPv6 literal keeps its brackets here
-        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536 or len(port_text) > 5:
-            await self._error(writer, 400, client_ip, "CONNECT", "-")
-            return
-        verdict = self.tunnel_verdict(host)
-        if verdict is None:
-            await self._error(writer, 400, client_ip, "CONNECT", "-")
-            return
-        if verdict.action is HostAction.BLOCK or verdict.fail_closed:
-            await self._block(writer, head, client_ip, verdict.list or "unknown", started)
-            return
-        try:
-            up_reader, up_writer = await open_tunnel(host.removeprefix("[").removesuffix("]"), int(port_text),
-                                                     self.proxy.connect_timeout, not local_client(client_ip))
-        except UpstreamError as exc:
-            await self._error(writer, exc.status, client_ip, "CONNECT", head.target)
-            return
-        writer.write(_ESTABLISHED)
-        _, received = await tunnel(reader, writer, up_reader, up_writer, self.proxy.upstream_timeout)
-        self.access(client_ip, "CONNECT", head.target, 200, received, time.monotonic() - started, "tunnel")
-
     def access(self, client_ip: str, method: str, target: str, status: int, size: int, seconds: float,
                 outcome: str) -> None:
         if access_log.isEnabledFor(logging.INFO):
+            what, _, listed = outcome.partition(" list=")  # "blocked list=NAME": the JSON keeps both apart
             access_log.info("%s %s %s %s %d %d %.3f %s", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            client_ip, method, target, status, size, seconds, outcome)
-
-
-_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]{1,5})?")
-
-
-def _absolute_target(head: RequestHead) -> str | int:
-    """The request's absolute URL, or the status that refuses it (400 malformed, 508 a loop through us)."""
-    target = head.target
-    if target.startswith("/"):
-        # Origin-form: a client sent here by stage 1's DNS answer, or by interception.
-        intercepted = _intercepted_url(head)
-        if intercepted is None:
-            return 400
-        if any(VIA in value for value in head.values("Via")):
-            return 508  # it came from us: a loop
-        return intercepted
-    if not target[:8].lower().startswith(("http://", "https://")):
-        return 400
-    return target
-
-
-def _intercepted_url(head: RequestHead) -> str | None:
-    """The absolute URL of an origin-form request: http:// + its one valid Host + its target."""
-    hosts = head.values("Host")
-    if len(hosts) != 1 or not _HOST.fullmatch(hosts[0]):
-        return None
-    return f"http://{hosts[0]}{head.target}"
+                            client_ip, method, target, status, size, seconds, outcome,
+                            extra={"event": "proxy_access", "client": client_ip, "method": method, "target": target,
+                                   "status": status, "bytes": size, "duration_ms": round(seconds * 1000, 3),
+                                   "outcome": what, "list": listed or None})
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -380,29 +385,37 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 
 def setup_access_log(path: str | None) -> None:
-    """Send access lines to `path` (one line per request), or nowhere."""
+    """Send access lines to `path` (one line per request), or nowhere; OSError if it cannot be
+    opened, and the current destination stays."""
+    handler = None
+    if path is not None:
+        handler = logging.FileHandler(path)  # first: a path that cannot be opened changes nothing
+        handler.setFormatter(logsetup.access_formatter())
     access_log.propagate = False
-    for handler in list(access_log.handlers):
-        access_log.removeHandler(handler)
-        handler.close()
-    if path is None:
+    for old in list(access_log.handlers):
+        access_log.removeHandler(old)
+        old.close()
+    if handler is None:
         access_log.setLevel(logging.CRITICAL + 1)
         return
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(message)s"))
     access_log.addHandler(handler)
     access_log.setLevel(logging.INFO)
 
 
-async def _reload_loop(live: LiveMatcher) -> None:
-    """Pick up new cached versions off the event loop: a big list loads in a thread."""
+async def _reload_loop(live: LiveMatcher, destinations: Destinations) -> None:
+    """Pick up new cached versions off the event loop: a big list loads in a thread. Now and
+    then, read the host's own addresses again: they are refused destinations."""
     loop = asyncio.get_running_loop()
+    ticks = 0
     while True:
         await asyncio.sleep(RELOAD_INTERVAL)
+        ticks += 1
         try:
             await loop.run_in_executor(None, live.maybe_reload)
+            if ticks % OWN_ADDRESS_TICKS == 0:
+                destinations.refresh()
         except Exception:  # noqa: BLE001 - keep enforcing the current lists whatever happens
-            log.exception("proxy: reload failed; keeping the current lists")
+            log.exception("proxy: reload failed; keeping the current lists", extra={"event": "cache_reload_failed"})
 
 
 async def _start_admin(config: PluginConfig, live: LiveMatcher) -> Any:
@@ -417,42 +430,78 @@ async def _start_admin(config: PluginConfig, live: LiveMatcher) -> Any:
 
 
 async def serve(config: PluginConfig) -> int:
-    """Run the proxy until SIGTERM/SIGINT; the exit code."""
+    """Run the proxy until SIGTERM/SIGINT, re-reading plugin.yaml on SIGHUP; the exit code."""
     # check_interval=inf: requests never reload inline; _reload_loop does it in a thread.
-    live = LiveMatcher(config, check_interval=math.inf)
+    live = LiveMatcher(config, check_interval=math.inf, component=COMPONENT)
     server = ProxyServer(config, live)
     host, port = parse_listen(config.proxy.listen, "proxy.listen")
     try:
         await server.start(host, port)
     except OSError as exc:
-        log.error("proxy: cannot listen on %s: %s", config.proxy.listen, exc.strerror)
+        log.error("proxy: cannot listen on %s: %s", config.proxy.listen, exc.strerror,
+                  extra={"event": "proxy_listen_failed", "listen": config.proxy.listen, "reason": exc.strerror})
         await server.close()
         return 1
     if config.proxy.tls_listen is not None:
         try:
             await server.start_tls()
         except OSError as exc:
-            log.error("proxy: cannot listen on %s: %s", config.proxy.tls_listen, exc.strerror)
+            log.error("proxy: cannot listen on %s: %s", config.proxy.tls_listen, exc.strerror,
+                      extra={"event": "proxy_listen_failed", "listen": config.proxy.tls_listen, "reason": exc.strerror})
             await server.close()
             return 1
-        log.info("proxy: TLS (SNI tunnel) on %s", config.proxy.tls_listen)
+        log.info("proxy: TLS (SNI tunnel) on %s", config.proxy.tls_listen,
+                 extra={"event": "proxy_tls_started", "listen": config.proxy.tls_listen})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloader = asyncio.create_task(_reload_loop(live))
+    reload = sighup_event()
+    reloader = asyncio.create_task(_reload_loop(live, server.destinations))
     metrics.share_counters(config.cache_dir, live)  # for whichever process serves the admin endpoint
     admin = await _start_admin(config, live)
     log.info("proxy: listening on %s:%d, enforcing %s", host, server.port,
-             ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet")
-    await stop.wait()
-    log.info("proxy: stopping")
+             ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet",
+             extra={"event": "proxy_started", "node": config.node_id, "listen": f"{host}:{server.port}",
+                    "versions": live.matcher.versions()})
+    while await _next_event(stop, reload) is reload:
+        reload.clear()
+        new = reread(server.config, RESTART_ONLY, check=lambda c: BlockPage(c.proxy))
+        if new is not None:
+            # The lists first, in a thread (a big list takes a while to verify); the old ones
+            # answer until the new matcher is complete, and a list that fails to load keeps its
+            # current version.
+            await loop.run_in_executor(None, live.reconfigure, new)
+            server.reconfigure(new)
+            await _stop_admin(admin)
+            admin = await _start_admin(new, live)
+        try:
+            setup_access_log(server.proxy.access_log)  # reopened on every SIGHUP, for logrotate
+        except OSError as exc:
+            log.error("proxy: cannot open the access log %s: %s; logging on where it did",
+                      server.proxy.access_log, exc.strerror,
+                      extra={"event": "access_log_failed", "file": server.proxy.access_log, "reason": exc.strerror})
+    log.info("proxy: stopping", extra={"event": "proxy_stopping"})
     reloader.cancel()
+    await _stop_admin(admin)
+    await server.close()
+    return 0
+
+
+async def _next_event(*events: asyncio.Event) -> asyncio.Event:
+    """Wait until one of `events` is set; the first that is."""
+    waiters = {asyncio.ensure_future(e.wait()): e for e in events}
+    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in pending:
+        waiter.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return next(e for e in events if e.is_set())
+
+
+async def _stop_admin(admin: Any) -> None:
     cleanup = getattr(admin, "cleanup", None)
     if cleanup is not None:
         await cleanup()
-    await server.close()
-    return 0
 
 
 def run_proxy(config: PluginConfig) -> int:

@@ -11,7 +11,13 @@ checks it with `LiveMatcher.check_host` as CONNECT does, and
 - any other host: a TCP tunnel to host:`tls_origin_port`, the ClientHello
   replayed untouched; TLS runs end to end between client and origin;
 - no host name, not TLS, a malformed ClientHello, or none within the head
-  timeout: an alert or a close, and nothing is connected.
+  timeout: an alert or a close, and nothing is connected;
+- a host whose every address the destination policy refuses (loopback,
+  private, the proxy's own, ...: resolver_plugin.enforcement.proxy.destinations): a close,
+  `refused destination` in the access log.
+
+These are the rules of CONNECT (resolver_plugin.enforcement.proxy.connect) too: only TLS
+is tunnelled here, and only to `tls_origin_port`.
 
 So HTTPS to a host with listed pages keeps working (without stage 2's URL
 check, which TLS hides), where without this listener it would fail for the
@@ -29,8 +35,14 @@ from typing import Protocol
 from blocklist.core.matcher import HostAction, HostVerdict
 from resolver_plugin.config import ProxyConfig
 from resolver_plugin.enforcement.proxy.blockpage import BlockPage
-from resolver_plugin.enforcement.proxy.forward import UpstreamError, local_client, open_tunnel, tunnel
-from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT, ClientHelloError, read_client_hello
+from resolver_plugin.enforcement.proxy.destinations import Destinations
+from resolver_plugin.enforcement.proxy.forward import UpstreamError, open_tunnel, tunnel
+from resolver_plugin.enforcement.proxy.tls_hello import (
+    ACCESS_DENIED_ALERT,
+    ClientHello,
+    ClientHelloError,
+    read_client_hello,
+)
 from resolver_plugin.operations import metrics
 
 COMPONENT = "proxy"
@@ -44,6 +56,7 @@ class TunnelServer(Protocol):
     page: BlockPage
     header_timeout: float
     own_addresses: frozenset[str]
+    destinations: Destinations
 
     def tunnel_verdict(self, host: str) -> HostVerdict | None: ...
 
@@ -57,18 +70,14 @@ async def sni_tunnel(server: TunnelServer, reader: asyncio.StreamReader, writer:
                      client_ip: str) -> None:
     """Serve one connection of the TLS listener (its client already allowed)."""
     started = time.monotonic()
-    data = b""
     try:
-        async with asyncio.timeout(server.header_timeout):
-            while (hello := read_client_hello(data)) is None:
-                chunk = await reader.read(READ_SIZE)
-                if not chunk:
-                    return  # closed before a whole ClientHello: nothing to answer
-                data += chunk
+        hello, data = await read_hello(reader, server.header_timeout)
     except ClientHelloError:
         metrics.observe_invalid(COMPONENT)
         await _deny(server, writer, client_ip, "-", 400, started, "not a TLS ClientHello")
         return
+    if hello is None:
+        return  # closed before a whole ClientHello: nothing to answer
     host = hello.server_name
     if host is None:
         await _deny(server, writer, client_ip, "-", 421, started, "no server name")
@@ -84,17 +93,32 @@ async def sni_tunnel(server: TunnelServer, reader: asyncio.StreamReader, writer:
                     f"blocked list={verdict.list or 'unknown'}")
         return
     try:
-        up_reader, up_writer = await open_tunnel(host, port, server.proxy.connect_timeout,
-                                                 public_only=not local_client(client_ip),
+        up_reader, up_writer = await open_tunnel(host, port, server.proxy.connect_timeout, server.destinations,
                                                  loop_addresses=server.own_addresses)
     except UpstreamError as exc:
         if exc.status == 508:
             server.warn_loop()
-        server.access(client_ip, "TLS", f"{host}:{port}", exc.status, 0, time.monotonic() - started, "error")
+        if exc.status == 403:
+            metrics.observe_refused(COMPONENT, "destination")
+        server.access(client_ip, "TLS", f"{host}:{port}", exc.status, 0, time.monotonic() - started,
+                      "refused destination" if exc.status == 403 else "error")
         return  # the client sees the connection close, as for an unreachable site
     up_writer.write(data)  # the ClientHello, and anything after it, untouched
     _, received = await tunnel(reader, writer, up_reader, up_writer, server.proxy.upstream_timeout)
     server.access(client_ip, "TLS", f"{host}:{port}", 200, received, time.monotonic() - started, "tunnel")
+
+
+async def read_hello(reader: asyncio.StreamReader, timeout: float) -> tuple[ClientHello | None, bytes]:
+    """The ClientHello at the start of `reader` and every byte read for it; (None, bytes) when the
+    peer closed first. ClientHelloError for bytes that are not one, TimeoutError past `timeout`."""
+    data = b""
+    async with asyncio.timeout(timeout):
+        while (hello := read_client_hello(data)) is None:
+            chunk = await reader.read(READ_SIZE)
+            if not chunk:
+                return None, data
+            data += chunk
+    return hello, data
 
 
 async def _deny(server: TunnelServer, writer: asyncio.StreamWriter, client_ip: str, target: str, status: int,

@@ -1,0 +1,146 @@
+"""plugin.yaml's `local:` (the ISP's own allow and block entries) and the modes of `lists:`.
+
+    lists: [iwf, {name: trial, mode: monitor}]    # a plain name: mode enforce
+    local:
+      allow: [{url: "http://en.wikipedia.org/", scope: domain}]   # never blocked here
+      block: [{url: "http://local-order.example/", scope: domain}] # the ISP's own entries
+
+Entries are canonicalized as the hotline does (blocklist.core.digests.make_entry), so a
+URL that could not be a hotline entry of that scope cannot be a local one either. An
+error names the file, the line (from PyYAML's node marks) and what is wrong; one bad
+entry refuses the whole file, so nothing starts with half a policy.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from blocklist.core.digests import Entry, Scope, make_entry
+from blocklist.core.errors import ConfigError, InvalidURL
+
+
+class ListMode(enum.StrEnum):
+    ENFORCE = "enforce"  # blocks
+    MONITOR = "monitor"  # never blocks; what it would have blocked is counted and logged
+
+
+@dataclass(frozen=True)
+class LocalPolicyConfig:
+    allow: tuple[Entry, ...] = ()
+    block: tuple[Entry, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.allow or self.block)
+
+
+_ENTRY_KEYS = ("url", "scope")
+_LIST_KEYS = ("name", "mode")
+
+
+class Lines:
+    """Line numbers of plugin.yaml's values, by their path of keys and indexes."""
+
+    def __init__(self, text: str) -> None:
+        try:
+            self.root: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            self.root = None  # safe_load reports it
+
+    def line(self, *path: str | int) -> int | None:
+        """The 1-based line of the value at `path` (the nearest ancestor's when it is not there)."""
+        node = self.root
+        found = node.start_mark.line + 1 if node is not None else None
+        for step in path:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                child = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == step), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+                child = node.value[step]
+            if child is None:
+                break
+            node, found = child, child.start_mark.line + 1
+        return found
+
+
+def _at(where: str, lines: Lines, *path: str | int) -> str:
+    line = lines.line(*path)
+    return f"{where}:{line}" if line is not None else where
+
+
+def parse_lists(where: str, lines: Lines, raw: Any) -> tuple[tuple[str, ...], frozenset[str]]:
+    """(every list name in order, the monitored ones) from `lists:`."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise ConfigError(f"{_at(where, lines, 'lists')}: lists must be a list of names or {{name, mode}}")
+    names, monitored = [], set()
+    for i, item in enumerate(raw):
+        at = _at(where, lines, "lists", i)
+        if isinstance(item, str):
+            names.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at}: lists[{i}] must be a list name or {{name, mode}}")
+        unknown = sorted(str(k) for k in item if k not in _LIST_KEYS)
+        if unknown:
+            raise ConfigError(f"{at}: unknown key lists[{i}].{unknown[0]} (known: {', '.join(_LIST_KEYS)})")
+        name, mode = item.get("name"), item.get("mode", ListMode.ENFORCE.value)
+        if not isinstance(name, str):
+            raise ConfigError(f"{at}: lists[{i}].name must be a list name")
+        try:
+            mode = ListMode(mode)
+        except ValueError:
+            raise ConfigError(f"{at}: lists[{i}].mode must be enforce or monitor") from None
+        names.append(name)
+        if mode is ListMode.MONITOR:
+            monitored.add(name)
+    if len(set(names)) < len(names):
+        raise ConfigError(f"{_at(where, lines, 'lists')}: lists names a list twice")
+    return tuple(names), frozenset(monitored)
+
+
+def parse_local(where: str, lines: Lines, raw: Any) -> LocalPolicyConfig:
+    """`local:` as canonical entries; ConfigError at the first bad one."""
+    if raw is None:
+        return LocalPolicyConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{_at(where, lines, 'local')}: local must be a mapping with allow and block")
+    unknown = sorted(str(k) for k in raw if k not in ("allow", "block"))
+    if unknown:
+        raise ConfigError(f"{_at(where, lines, 'local', unknown[0])}: unknown key local.{unknown[0]} "
+                          "(known: allow, block)")
+    return LocalPolicyConfig(**{key: _entries(where, lines, key, raw.get(key)) for key in ("allow", "block")})
+
+
+def _entries(where: str, lines: Lines, key: str, raw: Any) -> tuple[Entry, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{_at(where, lines, 'local', key)}: local.{key} must be a list of {{url, scope}}")
+    entries = []
+    for i, item in enumerate(raw):
+        name = f"local.{key}[{i}]"
+        at = _at(where, lines, "local", key, i)
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at}: {name} must be a mapping {{url, scope}}")
+        unknown = sorted(str(k) for k in item if k not in _ENTRY_KEYS)
+        if unknown:
+            raise ConfigError(f"{_at(where, lines, 'local', key, i, unknown[0])}: unknown key {name}.{unknown[0]} "
+                              f"(known: {', '.join(_ENTRY_KEYS)})")
+        url, scope = item.get("url"), item.get("scope", Scope.PAGE.value)
+        if not isinstance(url, str):
+            raise ConfigError(f"{at}: {name}.url must be a URL")
+        try:
+            scope = Scope(scope)
+        except ValueError:
+            raise ConfigError(f"{_at(where, lines, 'local', key, i, 'scope')}: {name}.scope must be "
+                              "page, folder or domain") from None
+        try:
+            entries.append(make_entry(url, scope))
+        except InvalidURL as exc:
+            raise ConfigError(f"{_at(where, lines, 'local', key, i, 'url')}: {name}.url: {exc}") from None
+    return tuple(entries)
