@@ -18,7 +18,7 @@ import click
 
 from blocklist import __version__
 from blocklist.context import Context, pass_ctx, plural, when
-from blocklist.core.digests import Scope, digest, domain_keys, entry_keys, kind_of, make_entry
+from blocklist.core.digests import Entry, Reach, Scope, lookup_digests, make_entry, make_new_entry
 from blocklist.core.errors import BlocklistError, InvalidURL, StoreError
 from blocklist.core.logs import LogFormat, LogLevel, setup_logging
 from blocklist.core.matcher import ListFilter, Matcher
@@ -153,19 +153,42 @@ def _list_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="The list to change or read.")(f)
 
 
+def _reach_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--subdomains and --exact-host: the hosts a page or folder entry applies on."""
+    f = click.option("--exact-host", is_flag=True,
+                     help="Page and folder entries apply on the host as written only, not its www. twin "
+                          "(for a twin that serves other content).")(f)
+    return click.option("--subdomains", is_flag=True,
+                        help="Page and folder entries apply on every subdomain too, as Safe Browsing's "
+                             "host suffixes do. Overblocks on a shared host (one name, many sites).")(f)
+
+
+def _reach(subdomains: bool, exact_host: bool) -> Reach:
+    if subdomains and exact_host:
+        raise click.UsageError("--subdomains and --exact-host exclude each other")
+    return Reach.SUBDOMAINS if subdomains else Reach.EXACT if exact_host else Reach.TWIN
+
+
 @main.command()
 @click.argument("urls", nargs=-1, required=True)
 @_list_option
 @click.option("--scope", type=SCOPES, default="page", show_default=True,
               help="page: that page; folder: that path and below; domain: the host and subdomains.")
+@_reach_options
 @click.option("--reason", default="", help="Why it is listed (kept in the store, never published).")
 @click.option("--ref", default="", help="External reference, e.g. a report number.")
 @click.option("--create-list", is_flag=True, help="Create the list if it does not exist.")
 @_force_option
 @pass_ctx
-def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, reason: str, ref: str,
-        create_list: bool, force: bool) -> None:
+def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, subdomains: bool, exact_host: bool,
+        reason: str, ref: str, create_list: bool, force: bool) -> None:
     """Add URLs to a list (all of them or none).
+
+    A page or folder entry applies on its host and the host's www. twin
+    (example.org and www.example.org, either way round): a twin that serves
+    other content is blocked too, unless --exact-host. --subdomains extends it
+    to every name below the host, which on a shared host (many sites under one
+    name) blocks the same path on every one of them.
 
     Refused (exit 1) when an entry would block a protected host whole
     (`blocklist protect --help`), unless --force --reason.
@@ -174,9 +197,11 @@ def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, reason: s
     Example:
       blocklist add http://bad.example/a.html http://bad.example/b.html --ref R-17
       blocklist add http://bad.example/ --scope domain --reason "whole site"
+      blocklist add http://bad.example/kit/ --scope folder --subdomains
     """
     _check_force(force, reason)
-    entries = [make_entry(url, Scope(scope)) for url in urls]
+    reach = _reach(subdomains, exact_host)
+    entries = [make_new_entry(url, Scope(scope), reach) for url in urls]
     with c.store.transaction():
         info = c.store.get_list(list_name)
         if info is None:
@@ -202,7 +227,8 @@ def add(c: Context, urls: tuple[str, ...], list_name: str, scope: str, reason: s
 def remove(c: Context, urls: tuple[str, ...], list_name: str, scope: str | None) -> None:
     """Remove URLs from a list (all of them or none).
 
-    Without --scope, every entry of the URL in any scope is removed.
+    Without --scope, every entry of the URL in any scope is removed, of any
+    reach: removing www.example.org/a removes the twin entry example.org/a.
 
     \b
     Example:
@@ -213,10 +239,11 @@ def remove(c: Context, urls: tuple[str, ...], list_name: str, scope: str | None)
         info = c.store.require_list(list_name)
         missing, removed = [], 0
         for url in urls:
-            candidates = []
+            candidates: list[Entry] = []
             for s in scopes:
                 try:
-                    candidates.append(make_entry(url, s))
+                    candidates.extend({make_entry(url, s, r) for r in Reach if not (
+                        s is Scope.DOMAIN and r is Reach.SUBDOMAINS)})
                 except InvalidURL:
                     if scope:
                         raise
@@ -235,16 +262,20 @@ def remove(c: Context, urls: tuple[str, ...], list_name: str, scope: str | None)
 @_list_option
 @click.option("--scope", type=SCOPES, default="page", show_default=True,
               help="Scope of lines (or CSV rows) that do not name one.")
+@_reach_options
 @click.option("--reason", default="", help="Reason for rows that give none.")
 @click.option("--create-list", is_flag=True, help="Create the list if it does not exist.")
 @_force_option
 @pass_ctx
-def import_(c: Context, file: Path, list_name: str, scope: str, reason: str, create_list: bool,
-            force: bool) -> None:
+def import_(c: Context, file: Path, list_name: str, scope: str, subdomains: bool, exact_host: bool,
+            reason: str, create_list: bool, force: bool) -> None:
     """Import a file of URLs: all or nothing; every bad line is named as FILE:LINE.
 
     Text files hold one URL a line ("#" starts a comment). CSV files have a
-    header row with `url` and optionally `scope`, `reason`, `ref`. Refused
+    header row with `url` and optionally `scope`, `subdomains` (true/false: that
+    row's page or folder entry applies on every subdomain), `reason`, `ref`.
+    Entries apply on the host and its www. twin unless --exact-host; see
+    `blocklist add --help` for what twins and subdomains overblock. Refused
     (exit 1, FILE:LINE of each) when an entry would block a protected host
     whole, unless --force --reason.
 
@@ -256,7 +287,7 @@ def import_(c: Context, file: Path, list_name: str, scope: str, reason: str, cre
     _check_force(force, reason)
     total = sum(1 for _ in file.open("rb"))
     with click.progressbar(length=total, label=f"checking {file.name}", file=sys.stderr) as bar:
-        items = parse_file(file, Scope(scope), bar.update)
+        items = parse_file(file, Scope(scope), bar.update, _reach(subdomains, exact_host))
     with c.store.transaction():
         info = c.store.get_list(list_name)
         if info is None:
@@ -292,9 +323,9 @@ def ls(c: Context, list_name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.as_json() for r in rows], indent=1))
         return
-    click.echo(render(["LIST", "SCOPE", "URL", "ADDED", "BY", "REASON", "REF"],
-                      [[r.list, r.scope.value, r.url, when(r.added_at), r.added_by, r.reason, r.ref]
-                       for r in rows]))
+    click.echo(render(["LIST", "SCOPE", "REACH", "URL", "ADDED", "BY", "REASON", "REF"],
+                      [[r.list, r.scope.value, "-" if r.scope is Scope.DOMAIN else r.reach.value, r.url,
+                        when(r.added_at), r.added_by, r.reason, r.ref] for r in rows]))
     click.echo(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
 
 
@@ -323,9 +354,11 @@ def check(c: Context, url: str, list_name: str | None, as_json: bool) -> None:
         matched = [r.as_json() for r in _explain(c.store, info, url)]
     if as_json:
         click.echo(json.dumps({"url": url, "listed": verdict.blocked, "list": verdict.list,
-                               "scope": verdict.scope and verdict.scope.value, "entries": matched}))
+                               "scope": verdict.scope and verdict.scope.value,
+                               "reach": verdict.reach and verdict.reach.value, "entries": matched}))
     elif verdict.blocked and verdict.scope is not None:
         click.echo(f"listed in {verdict.list} ({verdict.scope.value} entry"
+                   + (f", {verdict.reach.value}" if verdict.reach is not None else "")
                    + (f" {matched[0]['url']}" if matched else "") + ")")
     else:
         click.echo("not listed")
@@ -334,11 +367,8 @@ def check(c: Context, url: str, list_name: str | None, as_json: bool) -> None:
 
 def _explain(store: Store, info: Any, url: str) -> list[Any]:
     """The store rows behind a match (the hotline may see its own plaintext)."""
-    cu = canonicalize(url)
-    values = [digest(info.salt, kind_of(Scope.DOMAIN), h) for h in domain_keys(cu.host)]
-    values += [digest(info.salt, kind_of(s), k) for s, k in entry_keys(cu)]
     rows = []
-    for value in values:
+    for value in lookup_digests(info.salt, canonicalize(url)):
         rows.extend(store.entries_with_digest(info, value))
     return rows
 
@@ -407,7 +437,9 @@ def publish_cmd(c: Context, list_names: tuple[str, ...], dry_run: bool, as_json:
                          progress=lambda msg: click.echo(msg, err=True), expires_in=expires_in)
     for name, version in sorted(result.published.items()):
         click.echo(f"{name} {version}")
-    if not result.published:
+    for name in result.retitled:
+        click.echo(f"{name}: metadata published", err=True)
+    if not result.published and not result.retitled:
         versions = ", ".join(f"{n} {v}" for n, v in sorted(result.unchanged.items())) or "no lists"
         click.echo(f"nothing changed ({versions})"
                    + ("; manifest expiry renewed" if result.renewed else ""), err=True)
@@ -475,7 +507,7 @@ def demo(workdir: Path | None) -> None:
     sys.exit(run_demo(workdir or Path(tempfile.mkdtemp(prefix="blocklist-demo-"))))
 
 
-@main.command("lists")
+@main.group("lists", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
 @click.option("--create", "create", default=None, metavar="NAME", help="Create a list.")
 @click.option("--error-rate", type=float, default=None, help="Bloom false-positive rate for --create "
@@ -486,11 +518,15 @@ def lists_cmd(c: Context, as_json: bool, create: str | None, error_rate: float |
               list_name: str | None) -> None:
     """Show lists (entries, version, Bloom error rate), create one or change its rate.
 
+    `blocklist lists set` changes what block pages say about a list.
+
     \b
     Example:
       blocklist lists --create iwf --error-rate 1e-6
       blocklist lists --list iwf --error-rate 1e-7
     """
+    if click.get_current_context().invoked_subcommand:
+        return
     if create or (list_name and error_rate):
         with c.store.transaction():
             if create:
@@ -502,13 +538,44 @@ def lists_cmd(c: Context, as_json: bool, create: str | None, error_rate: float |
         counts = c.store.count(info)
         rows.append({"list": info.name, "entries": sum(counts.values()),
                      **{s.value: counts.get(s.value, 0) for s in Scope},
-                     "published_version": c.store.last_published(info), "error_rate": info.error_rate})
+                     "published_version": c.store.last_published(info), "error_rate": info.error_rate,
+                     "meta": c.store.list_meta(info).as_json()})
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
     click.echo(render(["LIST", "ENTRIES", "PAGE", "FOLDER", "DOMAIN", "PUBLISHED", "ERROR RATE"],
                       [[r["list"], r["entries"], r["page"], r["folder"], r["domain"],
                         r["published_version"], f"{r['error_rate']:g}"] for r in rows]))
+
+
+@lists_cmd.command("set")
+@click.argument("list_name", metavar="LIST")
+@click.option("--title", default=None, help="Who blocks, as block pages name it (plain text, at most 200).")
+@click.option("--legal-basis", default=None, help="The law or order the list is enforced under (plain text).")
+@click.option("--appeal-url", default=None, help="Where to appeal or read more: an http(s) URL; block pages "
+              "link it and send it as Link: <URL>; rel=\"blocked-by\".")
+@pass_ctx
+def lists_set(c: Context, list_name: str, title: str | None, legal_basis: str | None,
+              appeal_url: str | None) -> None:
+    """Set what block pages show about a list; "" clears a field. Audited, signed at the next publish.
+
+    The proxy's 451 page and Squid's deny page show the text of the list that
+    blocked (escaped: plain text, never markup). Nothing in it is secret: it is
+    published in the manifest.
+
+    \b
+    Example:
+      blocklist lists set iwf --title "Internet Watch Foundation" \\
+          --legal-basis "Protection of Children Act 1978" --appeal-url https://hotline.example/appeal
+      blocklist publish
+    """
+    changes = {k: v for k, v in (("title", title), ("legal_basis", legal_basis), ("appeal_url", appeal_url))
+               if v is not None}
+    if not changes:
+        raise click.UsageError("give --title, --legal-basis or --appeal-url")
+    with c.store.transaction():
+        meta = c.store.set_list_meta(list_name, changes, c.actor)
+    click.echo(f"{list_name}: {json.dumps(meta.as_json(), ensure_ascii=False)}; run `blocklist publish` to distribute")
 
 
 @main.command("fleet")

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from blocklist.core.digests import Entry, Scope
+from blocklist.core.digests import Entry, Reach, Scope
 from blocklist.store import ListInfo, Store
 
-_COLUMNS = "list_id, scope, key, url, added_by, added_at, reason, ref"
+_COLUMNS = "list_id, scope, reach, key, url, added_by, added_at, reason, ref"
+_INSERT = f"INSERT INTO history ({_COLUMNS}, since_version, until_version)"
 
 
 @dataclass(frozen=True)
@@ -57,19 +58,20 @@ def record(store: Store, info: ListInfo, version: int) -> None:
         # again: one rule for added, removed and re-added entries (a re-added one keeps
         # its new reason and ref).
         db.execute("UPDATE history SET until_version = ? WHERE list_id = ? AND until_version IS NULL "
-                   "AND (scope, key) IN (SELECT scope, key FROM changed WHERE list_id = ?)",
+                   "AND (scope, reach, key) IN (SELECT scope, reach, key FROM changed WHERE list_id = ?)",
                    (version, info.id, info.id))
         # CROSS JOIN keeps the journal the outer loop: a few probes into entries, not a scan of them.
-        db.execute(f"INSERT INTO history SELECT {_prefixed('e')}, ?, NULL FROM changed c CROSS JOIN entries e "
-                   "ON e.list_id = c.list_id AND e.scope = c.scope AND e.key = c.key "
+        db.execute(f"{_INSERT} SELECT {_prefixed('e')}, ?, NULL FROM changed c CROSS JOIN entries e "
+                   "ON e.list_id = c.list_id AND e.scope = c.scope AND e.reach = c.reach AND e.key = c.key "
                    "WHERE c.list_id = ?", (version, info.id))
     else:
         db.execute("UPDATE history SET until_version = ? WHERE list_id = ? AND until_version IS NULL "
                    "AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.list_id = history.list_id "
-                   "AND e.scope = history.scope AND e.key = history.key)", (version, info.id))
-        db.execute(f"INSERT INTO history SELECT {_prefixed('e')}, ?, NULL FROM entries e WHERE e.list_id = ? "
+                   "AND e.scope = history.scope AND e.reach = history.reach AND e.key = history.key)",
+                   (version, info.id))
+        db.execute(f"{_INSERT} SELECT {_prefixed('e')}, ?, NULL FROM entries e WHERE e.list_id = ? "
                    "AND NOT EXISTS (SELECT 1 FROM history h WHERE h.list_id = e.list_id AND h.scope = e.scope "
-                   "AND h.key = e.key AND h.until_version IS NULL)", (version, info.id))
+                   "AND h.reach = e.reach AND h.key = e.key AND h.until_version IS NULL)", (version, info.id))
     db.execute("INSERT OR IGNORE INTO recorded_versions VALUES (?, ?)", (info.id, version))
     db.execute("DELETE FROM changed WHERE list_id = ?", (info.id,))
 
@@ -87,10 +89,11 @@ def carry(store: Store, info: ListInfo, from_version: int, to_version: int) -> N
 def entries_at(store: Store, info: ListInfo, version: int) -> list[HistoryRow]:
     """The entries `version` published (the caller checks is_recorded first)."""
     rows = store.db.execute(
-        "SELECT scope, key, url, added_by, added_at, reason, ref FROM history WHERE list_id = ? "
+        "SELECT scope, reach, key, url, added_by, added_at, reason, ref FROM history WHERE list_id = ? "
         "AND since_version <= ? AND (until_version IS NULL OR until_version > ?) ORDER BY url",
         (info.id, version, version))
-    return [HistoryRow(_entry(scope, key, url), by, at, reason, ref) for scope, key, url, by, at, reason, ref in rows]
+    return [HistoryRow(_entry(scope, reach, key, url), by, at, reason, ref)
+            for scope, reach, key, url, by, at, reason, ref in rows]
 
 
 def last_published_entries(store: Store, info: ListInfo) -> list[HistoryRow] | None:
@@ -103,14 +106,15 @@ def last_published_entries(store: Store, info: ListInfo) -> list[HistoryRow] | N
 
 def current_entries(store: Store, info: ListInfo) -> list[HistoryRow]:
     """The store's entries of the list now, in the same form."""
-    rows = store.db.execute("SELECT scope, key, url, added_by, added_at, reason, ref FROM entries "
+    rows = store.db.execute("SELECT scope, reach, key, url, added_by, added_at, reason, ref FROM entries "
                             "WHERE list_id = ? ORDER BY url", (info.id,))
-    return [HistoryRow(_entry(scope, key, url), by, at, reason, ref) for scope, key, url, by, at, reason, ref in rows]
+    return [HistoryRow(_entry(scope, reach, key, url), by, at, reason, ref)
+            for scope, reach, key, url, by, at, reason, ref in rows]
 
 
-def _entry(scope: str, key: str, url: str) -> Entry:
-    host = key if scope == Scope.DOMAIN.value else key[:key.index("/")]
-    return Entry(Scope(scope), key, host, url)
+def _entry(scope: str, reach: str, key: str, url: str) -> Entry:
+    host = key if scope == Scope.DOMAIN.value else key[:key.index("/")]  # the www base of a twin entry
+    return Entry(Scope(scope), key, host, url, Reach(reach))
 
 
 def _prefixed(alias: str) -> str:

@@ -1,7 +1,9 @@
 """Parse an import file (text or CSV) into entries, all or nothing, with FILE:LINE errors.
 
 Text: one URL a line; blank lines and lines starting with "#" are skipped.
-CSV: a header row naming `url` and optionally `scope`, `reason`, `ref`.
+CSV: a header row naming `url` and optionally `scope`, `subdomains`, `reason`, `ref`.
+`subdomains` (true/false, yes/no, 1/0; empty: the command's default) gives a page or
+folder row subdomain reach (blocklist.core.digests.Reach).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from blocklist.core.digests import Entry, Scope, make_entry
+from blocklist.core.digests import Entry, Reach, Scope, make_new_entry
 from blocklist.core.errors import BlocklistError
 
 MAX_LINE = 8192
-CSV_COLUMNS = {"url", "scope", "reason", "ref"}
+CSV_COLUMNS = {"url", "scope", "subdomains", "reason", "ref"}
+_TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
 
 
 class ImportFileError(BlocklistError):
@@ -58,8 +61,8 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
             header = [h.strip().lower() for h in row]
             unknown = set(header) - CSV_COLUMNS
             if "url" not in header or unknown:
-                raise ImportFileError(str(path), [f"{path}:{number}: CSV header must name url "
-                                                  f"and may name scope, reason, ref (got {', '.join(header)})"])
+                raise ImportFileError(str(path), [f"{path}:{number}: CSV header must name url and may name "
+                                                  f"scope, subdomains, reason, ref (got {', '.join(header)})"])
             continue
         if len(row) != len(header):
             yield number, {"error": f"expected {len(header)} columns, got {len(row)}"}
@@ -67,8 +70,20 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
         yield number, {k: v.strip() for k, v in zip(header, row, strict=False)}
 
 
-def parse_file(path: Path, default_scope: Scope,
-               tick: Callable[[int], None] = lambda n: None) -> list[ImportItem]:
+def _reach(value: str, default: Reach) -> Reach:
+    """A row's reach from its `subdomains` cell; ValueError if the cell says neither yes nor no."""
+    value = value.lower()
+    if not value:
+        return default
+    if value in _TRUE:
+        return Reach.SUBDOMAINS
+    if value in _FALSE:
+        return Reach.EXACT if default is Reach.EXACT else Reach.TWIN
+    raise ValueError(value)
+
+
+def parse_file(path: Path, default_scope: Scope, tick: Callable[[int], None] = lambda n: None,
+               default_reach: Reach = Reach.TWIN) -> list[ImportItem]:
     """All entries of `path`, or ImportFileError naming every bad line."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -78,7 +93,7 @@ def parse_file(path: Path, default_scope: Scope,
         raise ImportFileError(str(path), [f"{path}: {exc.strerror}"]) from None
     items: list[ImportItem] = []
     problems: list[str] = []
-    seen: set[tuple[Scope, str]] = set()
+    seen: set[tuple[Scope, Reach, str]] = set()
     for number, row in _rows(path, text):
         tick(1)
         if "error" in row:
@@ -94,13 +109,18 @@ def parse_file(path: Path, default_scope: Scope,
             problems.append(f"{path}:{number}: unknown scope {row['scope']!r} (page, folder or domain)")
             continue
         try:
-            entry = make_entry(url, scope)
+            reach = _reach(row.get("subdomains", ""), default_reach)
+        except ValueError:
+            problems.append(f"{path}:{number}: subdomains must be true or false, not {row['subdomains']!r}")
+            continue
+        try:
+            entry = make_new_entry(url, scope, reach)
         except BlocklistError as exc:
             problems.append(f"{path}:{number}: {exc}")
             continue
-        if (entry.scope, entry.key) in seen:
+        if (entry.scope, entry.reach, entry.key) in seen:
             continue  # the same entry twice in one file is one entry
-        seen.add((entry.scope, entry.key))
+        seen.add((entry.scope, entry.reach, entry.key))
         items.append(ImportItem(entry, row.get("reason", ""), row.get("ref", ""), number))
     if problems:
         raise ImportFileError(str(path), problems)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from blocklist.core.digests import Entry, Scope, domain_keys
+from blocklist.core.digests import Entry, Reach, Scope, domain_keys
 from blocklist.core.format.digestset import set_checksum
 from blocklist.core.table import render
 from blocklist.history import HistoryRow, current_entries, last_published_entries
@@ -108,8 +108,8 @@ def render_text(previews: Iterable[ListPreview]) -> str:
     return "\n".join(out)
 
 
-def _key(row: HistoryRow) -> tuple[Scope, str]:
-    return row.entry.scope, row.entry.key
+def _key(row: HistoryRow) -> tuple[Scope, Reach, str]:
+    return row.entry.scope, row.entry.reach, row.entry.key
 
 
 def _under(host: str, domains: set[str]) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from blocklist.core.digests import Entry, Scope, domain_keys, is_ip
+from blocklist.core.digests import Entry, Reach, Scope, domain_keys, is_ip, www_base
 from blocklist.core.errors import BlocklistError, InvalidURL
 from blocklist.core.urls import canonicalize_host
 from blocklist.importer import ImportFileError
@@ -131,7 +131,7 @@ class Hit:
         if not self.whole:
             return f"{what} is below protected host {p}: stage 1 steers all of {e.host} through the filtering proxy"
         if e.scope is Scope.FOLDER:
-            if e.host == p:
+            if e.host == p or (e.reach is Reach.TWIN and www_base(p) == e.host):  # the host or its www. twin
                 return f"{what} would block every page of protected host {p}"
             return f"{what} would block every page of {e.host}, a name below protected host {p}"
         if e.host == p:
@@ -177,8 +177,10 @@ class Guard:
         if self.empty:
             return []
         names = self.covering(entry.host)
-        if entry.scope is Scope.DOMAIN:
+        if entry.scope is Scope.DOMAIN or entry.reach is Reach.SUBDOMAINS:
             names = names + self.below(entry.host, below)
+        elif entry.reach is Reach.TWIN and not is_ip(entry.host):  # the host's www. twin too
+            names = names + [h for h in self.covering("www." + entry.host) if h not in names]
         return [Hit(p, entry) for p in names]
 
 
@@ -222,11 +224,11 @@ def blocked_already(store: Store, hosts: Iterable[str]) -> list[str]:
     wanted = set(hosts)
     guard = Guard(store)
     rows = store.db.execute(
-        "SELECT l.name, e.scope, e.key, e.url FROM entries e JOIN lists l ON l.id = e.list_id "
+        "SELECT l.name, e.scope, e.key, e.url, e.reach FROM entries e JOIN lists l ON l.id = e.list_id "
         "WHERE e.scope = 'domain' OR (e.scope = 'folder' AND instr(e.key, '/') = length(e.key))")
     warnings = []
-    for name, scope, key, url in rows:
-        entry = Entry(Scope(scope), key, key.rstrip("/"), url)
+    for name, scope, key, url, reach in rows:
+        entry = Entry(Scope(scope), key, key.rstrip("/"), url, Reach(reach))
         for hit in guard.hits(entry, below=-1):  # every name below: the new ones may be any of them
             if hit.protected in wanted:
                 warnings.append(f"{hit.describe()}: already listed in {name}; protecting does not remove it")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,6 +24,7 @@ from pybloom_live import BloomFilter
 from blocklist.core import atomic
 from blocklist.core.format.artifacts import Delta, Snapshot, diff, read_snapshot, write_delta, write_snapshot
 from blocklist.core.format.bloom import build_bloom, grow_bloom
+from blocklist.core.format.container import FORMAT_VERSION
 from blocklist.core.format.digestset import contains, digest_array, merge_sorted, set_checksum
 from blocklist.core.format.keys import key_id
 from blocklist.core.format.manifest import (
@@ -49,10 +50,11 @@ class PublishResult:
     unchanged: dict[str, int] = field(default_factory=dict)   # list -> current version
     manifest_version: int = 0
     renewed: bool = False  # nothing changed, but the manifest's expiry was renewed
+    retitled: list[str] = field(default_factory=list)  # lists whose metadata alone changed
 
     @property
     def wrote_manifest(self) -> bool:
-        return bool(self.published) or self.renewed
+        return bool(self.published) or self.renewed or bool(self.retitled)
 
 
 def compile_snapshot(info: ListInfo, entries: array, hosts: array, counts: dict[str, int],
@@ -118,8 +120,10 @@ def _compile(home: Home, store: Store, info: ListInfo, before: ListRef | None, k
         old = read_snapshot((home.publish_dir / before.snapshot.path).read_bytes(), keys)
     counts = store.count(info)
     # The journal path needs a previous snapshot of the current layout; one written
-    # before subtree markers existed is recompiled in full (its delta adds them).
-    if old is not None and before is not None and old.subtree_markers and store.last_published(info) == before.version:
+    # before subtree markers or the current format existed is recompiled in full (its
+    # delta brings the new digests).
+    if (old is not None and before is not None and old.subtree_markers and old.format_version == FORMAT_VERSION
+            and store.last_published(info) == before.version):
         e_add, e_rem, h_add, h_rem = _changes(store, info, old)
         if not (e_add or e_rem or h_add or h_rem):
             return None
@@ -175,11 +179,18 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
             snap, delta = compiled
             lists[info.name] = write_list_files(home, key, snap, delta, before, config.keep_versions)
             result.published[info.name] = version
+        for info in infos:  # who blocks with each list, signed with the manifest
+            ref, meta = lists.get(info.name), store.list_meta(info)
+            if ref is not None and ref.meta != meta:
+                lists[info.name] = replace(ref, meta=meta)
+                if info.name not in result.published:
+                    result.retitled.append(info.name)
 
         lifetime = expires - now
-        if not result.published and previous is not None and previous.expires - now > lifetime / 2:
+        if (not result.published and not result.retitled and previous is not None
+                and previous.expires - now > lifetime / 2):
             result.manifest_version = previous.version
-        elif not result.published and previous is not None:
+        elif not result.published and not result.retitled and previous is not None:
             result.renewed = True  # nothing changed: the same version, re-signed with a fresh expiry
             manifest = resign(home, key, previous, root.version, now, expires)
             result.manifest_version = manifest.version
@@ -190,7 +201,7 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
             atomic.write_bytes(home.publish_dir / MANIFEST_NAME, write_manifest(manifest, [key]))
             result.manifest_version = manifest.version
             store.audit(actor, "publish", "", {"manifest": manifest.version, "published": result.published,
-                                               "renewed": result.renewed})
+                                               "renewed": result.renewed, "retitled": result.retitled})
         for info in infos:
             ref = lists.get(info.name)
             if ref is not None:

@@ -58,10 +58,10 @@ def plan_revert(store: Store, info: ListInfo, version: int) -> RevertPlan:
                       "blocklist kept one" + (f" (versions with a record: {_ranges(recorded)})" if recorded else ""))
     target = entries_at(store, info, version)
     current = current_entries(store, info)
-    target_keys = {(r.entry.scope, r.entry.key) for r in target}
-    current_keys = {(r.entry.scope, r.entry.key) for r in current}
-    restore = [r for r in target if (r.entry.scope, r.entry.key) not in current_keys]
-    drop = [r for r in current if (r.entry.scope, r.entry.key) not in target_keys]
+    target_keys = {(r.entry.scope, r.entry.reach, r.entry.key) for r in target}
+    current_keys = {(r.entry.scope, r.entry.reach, r.entry.key) for r in current}
+    restore = [r for r in target if (r.entry.scope, r.entry.reach, r.entry.key) not in current_keys]
+    drop = [r for r in current if (r.entry.scope, r.entry.reach, r.entry.key) not in target_keys]
     if not restore and not drop:
         raise Refused(f"nothing to revert: {info.name} already holds the entries of version {version}")
     return RevertPlan(info.name, version, target, restore, drop)

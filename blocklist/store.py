@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blocklist.core.digests import Entry, Scope, entry_digests, subtree_markers
+from blocklist.core.digests import Entry, Reach, Scope, entry_digests, subtree_markers
 from blocklist.core.errors import FormatError, StoreError
 from blocklist.core.format.digestset import set_checksum
+from blocklist.core.format.listmeta import ListMeta, meta_problem
 from blocklist.core.format.strictjson import check_list_name
 
-SCHEMA_VERSION = 3  # 2: the subtrees table; 3: protected hosts and what each version held
+SCHEMA_VERSION = 4  # 2: the subtrees table; 3: protected hosts and what each version held;
+#                     4: entries' reach (blocklist.store_upgrade), list_meta
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS lists (
@@ -42,6 +44,7 @@ CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,
     list_id INTEGER NOT NULL REFERENCES lists(id),
     scope TEXT NOT NULL CHECK (scope IN ('page', 'folder', 'domain')),
+    reach TEXT NOT NULL CHECK (reach IN ('exact', 'twin', 'subdomains')),
     key TEXT NOT NULL,
     url TEXT NOT NULL,
     digest BLOB,          -- page/folder entry digest; NULL for domain entries
@@ -50,7 +53,7 @@ CREATE TABLE IF NOT EXISTS entries (
     added_at INTEGER NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     ref TEXT NOT NULL DEFAULT '',
-    UNIQUE (list_id, scope, key)
+    UNIQUE (list_id, scope, reach, key)
 );
 CREATE INDEX IF NOT EXISTS entries_digest ON entries(list_id, digest);
 CREATE INDEX IF NOT EXISTS entries_host_digest ON entries(list_id, host_digest);
@@ -82,6 +85,13 @@ CREATE TABLE IF NOT EXISTS subtrees (
     entries INTEGER NOT NULL CHECK (entries >= 0),
     PRIMARY KEY (list_id, digest)
 ) WITHOUT ROWID;
+-- Who blocks with a list (blocklist.core.format.listmeta), published in the signed manifest.
+CREATE TABLE IF NOT EXISTS list_meta (
+    list_id INTEGER PRIMARY KEY REFERENCES lists(id),
+    title TEXT NOT NULL DEFAULT '',
+    legal_basis TEXT NOT NULL DEFAULT '',
+    appeal_url TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS publications (
     list_id INTEGER NOT NULL REFERENCES lists(id),
     version INTEGER NOT NULL,
@@ -111,9 +121,10 @@ CREATE TABLE IF NOT EXISTS history (
     reason TEXT NOT NULL,
     ref TEXT NOT NULL,
     since_version INTEGER NOT NULL,
-    until_version INTEGER CHECK (until_version > since_version)
+    until_version INTEGER CHECK (until_version > since_version),
+    reach TEXT NOT NULL DEFAULT 'exact' CHECK (reach IN ('exact', 'twin', 'subdomains'))
 );
-CREATE UNIQUE INDEX IF NOT EXISTS history_open ON history(list_id, scope, key) WHERE until_version IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS history_open ON history(list_id, scope, reach, key) WHERE until_version IS NULL;
 CREATE TABLE IF NOT EXISTS recorded_versions (
     list_id INTEGER NOT NULL REFERENCES lists(id),
     version INTEGER NOT NULL,
@@ -124,8 +135,9 @@ CREATE TABLE IF NOT EXISTS recorded_versions (
 CREATE TABLE IF NOT EXISTS changed (
     list_id INTEGER NOT NULL REFERENCES lists(id),
     scope TEXT NOT NULL,
+    reach TEXT NOT NULL,
     key TEXT NOT NULL,
-    PRIMARY KEY (list_id, scope, key)
+    PRIMARY KEY (list_id, scope, reach, key)
 ) WITHOUT ROWID;
 """
 
@@ -156,9 +168,10 @@ class EntryRow:
     added_at: int
     reason: str
     ref: str
+    reach: Reach = Reach.EXACT
 
     def as_json(self) -> dict[str, Any]:
-        return {"list": self.list, "scope": self.scope.value, "url": self.url,
+        return {"list": self.list, "scope": self.scope.value, "reach": self.reach.value, "url": self.url,
                 "added_by": self.added_by, "added_at": self.added_at,
                 "reason": self.reason, "ref": self.ref}
 
@@ -171,6 +184,10 @@ class AuditRow:
     action: str
     list: str
     detail: dict[str, Any]
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 def _blob(value: int) -> bytes:
@@ -199,23 +216,35 @@ class Store:
 
     def _upgrade(self, version: int) -> None:
         """Bring a store of an older schema up to date, in one transaction (audited)."""
+        from blocklist.store_upgrade import upgrade_entries
+
         with self.transaction():
+            detail: dict[str, Any] = {"from": version, "to": SCHEMA_VERSION}
             if version < 2:  # subtree markers: count them from the entries already listed
                 salts = dict(self.db.execute("SELECT id, salt FROM lists"))
                 for list_id, scope, key in self.db.execute("SELECT list_id, scope, key FROM entries").fetchall():
                     host = key if scope == Scope.DOMAIN.value else key[:key.index("/")]
                     self._count_markers(list_id, subtree_markers(salts[list_id], host), 1)
             if version < 3:  # a list at rest holds exactly its last published version: record it
+                columns = "list_id, scope, key, url, added_by, added_at, reason, ref, since_version"
+                if {"reach"} <= _columns(self.db, "entries") & _columns(self.db, "history"):
+                    columns += ", reach"
                 for info in self.lists():
                     last = self.last_published(info)
                     row = self.db.execute("SELECT checksum FROM publications WHERE list_id = ? AND version = ?",
                                           (info.id, last)).fetchone()
-                    if row and row[0] == set_checksum(*self.digest_sets(info)):
-                        self.db.execute("INSERT INTO history SELECT list_id, scope, key, url, added_by, added_at, "
-                                        "reason, ref, ?, NULL FROM entries WHERE list_id = ?", (last, info.id))
+                    recorded = self.db.execute("SELECT 1 FROM recorded_versions WHERE list_id = ? AND version = ?",
+                                               (info.id, last)).fetchone()
+                    if row and not recorded and row[0] == set_checksum(*self.digest_sets(info)):
+                        values = columns.replace("since_version", "?")
+                        self.db.execute(f"INSERT INTO history ({columns}) SELECT {values} FROM entries "
+                                        "WHERE list_id = ?", (last, info.id))
                         self.db.execute("INSERT INTO recorded_versions VALUES (?, ?)", (info.id, last))
+            if version < 4:  # reach: every entry re-keyed, its digests, markers and history rows with it
+                detail.update(upgrade_entries(self.db, lambda list_id, markers: self._count_markers(
+                    list_id, markers, 1)))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-            self.audit("blocklist", "upgrade-store", "", {"from": version, "to": SCHEMA_VERSION})
+            self.audit("blocklist", "upgrade-store", "", detail)
 
     def close(self) -> None:
         self.db.close()
@@ -288,11 +317,29 @@ class Store:
         self.db.execute("UPDATE lists SET error_rate = ? WHERE id = ?", (error_rate, info.id))
         self.audit(actor, "set-error-rate", name, {"from": info.error_rate, "to": error_rate})
 
+    def list_meta(self, info: ListInfo) -> ListMeta:
+        row = self.db.execute("SELECT title, legal_basis, appeal_url FROM list_meta WHERE list_id = ?",
+                              (info.id,)).fetchone()
+        return ListMeta(*row) if row else ListMeta()
+
+    def set_list_meta(self, name: str, changes: dict[str, str], actor: str) -> ListMeta:
+        """Change some fields of a list's metadata ("" clears one); StoreError if out of bounds."""
+        info = self.require_list(name)
+        old = self.list_meta(info)
+        new = ListMeta(**{**old.__dict__, **changes})
+        problem = meta_problem(new)
+        if problem is not None:
+            raise StoreError(f"list {name}: {problem}; nothing changed")
+        self.db.execute("INSERT OR REPLACE INTO list_meta VALUES (?, ?, ?, ?)",
+                        (info.id, new.title, new.legal_basis, new.appeal_url))
+        self.audit(actor, "set-list-meta", name, {"from": old.as_json(), "to": new.as_json()})
+        return new
+
     # -- entries
 
     def has_entry(self, info: ListInfo, entry: Entry) -> bool:
-        return self.db.execute("SELECT 1 FROM entries WHERE list_id = ? AND scope = ? AND key = ?",
-                               (info.id, entry.scope.value, entry.key)).fetchone() is not None
+        return self.db.execute("SELECT 1 FROM entries WHERE list_id = ? AND scope = ? AND reach = ? AND key = ?",
+                               (info.id, entry.scope.value, entry.reach.value, entry.key)).fetchone() is not None
 
     def add_entries(self, info: ListInfo, items: Iterable[tuple[Entry, str, str]], actor: str,
                     source: str = "") -> tuple[int, int]:
@@ -303,8 +350,8 @@ class Store:
             if self._insert(info, entry, actor, now, reason, ref, journal):
                 added += 1
                 if not source:
-                    self.audit(actor, "add", info.name, {"scope": entry.scope.value, "url": entry.url,
-                                                        "reason": reason, "ref": ref})
+                    self.audit(actor, "add", info.name, {"scope": entry.scope.value, "reach": entry.reach.value,
+                                                        "url": entry.url, "reason": reason, "ref": ref})
             else:
                 already += 1
         if source:  # one audit row for a whole import, naming the file
@@ -320,9 +367,9 @@ class Store:
     def _insert(self, info: ListInfo, entry: Entry, by: str, at: int, reason: str, ref: str, journal: bool) -> bool:
         digest, host_digest = entry_digests(info.salt, entry)
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO entries (list_id, scope, key, url, digest, host_digest, "
-            "added_by, added_at, reason, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (info.id, entry.scope.value, entry.key, entry.url,
+            "INSERT OR IGNORE INTO entries (list_id, scope, reach, key, url, digest, host_digest, "
+            "added_by, added_at, reason, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (info.id, entry.scope.value, entry.reach.value, entry.key, entry.url,
              None if digest is None else _blob(digest), _blob(host_digest), by, at, reason, ref))
         if not cur.rowcount:
             return False
@@ -334,7 +381,8 @@ class Store:
 
     def _touch(self, info: ListInfo, digest: int | None, host_digest: int, markers: list[int],
                entry: Entry) -> None:
-        self.db.execute("INSERT OR IGNORE INTO changed VALUES (?, ?, ?)", (info.id, entry.scope.value, entry.key))
+        self.db.execute("INSERT OR IGNORE INTO changed (list_id, scope, reach, key) VALUES (?, ?, ?, ?)",
+                        (info.id, entry.scope.value, entry.reach.value, entry.key))
         if digest is not None:
             self.db.execute("INSERT OR IGNORE INTO touched VALUES (?, 'entry', ?)", (info.id, _blob(digest)))
         self.db.executemany("INSERT OR IGNORE INTO touched VALUES (?, 'host', ?)",
@@ -349,25 +397,26 @@ class Store:
             self.db.executemany("UPDATE subtrees SET entries = entries - 1 WHERE list_id = ? AND digest = ?", rows)
 
     def remove_entry(self, info: ListInfo, entry: Entry, actor: str, audit: bool = True) -> bool:
-        cur = self.db.execute("DELETE FROM entries WHERE list_id = ? AND scope = ? AND key = ?",
-                              (info.id, entry.scope.value, entry.key))
+        cur = self.db.execute("DELETE FROM entries WHERE list_id = ? AND scope = ? AND reach = ? AND key = ?",
+                              (info.id, entry.scope.value, entry.reach.value, entry.key))
         if cur.rowcount:
             markers = subtree_markers(info.salt, entry.host)
             self._count_markers(info.id, markers, -1)
             if self.last_published(info) > 0:
                 self._touch(info, *entry_digests(info.salt, entry), markers, entry)
             if audit:
-                self.audit(actor, "remove", info.name, {"scope": entry.scope.value, "url": entry.url})
+                self.audit(actor, "remove", info.name, {"scope": entry.scope.value, "reach": entry.reach.value,
+                                                        "url": entry.url})
         return bool(cur.rowcount)
 
     def entries(self, list_name: str | None = None) -> Iterator[EntryRow]:
-        sql = ("SELECT l.name, e.scope, e.url, e.added_by, e.added_at, e.reason, e.ref "
+        sql = ("SELECT l.name, e.scope, e.url, e.added_by, e.added_at, e.reason, e.ref, e.reach "
                "FROM entries e JOIN lists l ON l.id = e.list_id")
         args: tuple[Any, ...] = ()
         if list_name is not None:
             sql, args = sql + " WHERE l.name = ?", (list_name,)
-        for name, scope, url, by, at, reason, ref in self.db.execute(sql + " ORDER BY l.name, e.url", args):
-            yield EntryRow(name, Scope(scope), url, by, at, reason, ref)
+        for name, scope, url, by, at, reason, ref, reach in self.db.execute(sql + " ORDER BY l.name, e.url", args):
+            yield EntryRow(name, Scope(scope), url, by, at, reason, ref, Reach(reach))
 
     def count(self, info: ListInfo) -> dict[str, int]:
         rows = self.db.execute("SELECT scope, COUNT(*) FROM entries WHERE list_id = ? GROUP BY scope",
@@ -413,10 +462,10 @@ class Store:
         """The entries behind a digest: how the hotline explains a match to its staff."""
         blob = _blob(value)
         rows = self.db.execute(
-            "SELECT scope, url, added_by, added_at, reason, ref FROM entries "
+            "SELECT scope, url, added_by, added_at, reason, ref, reach FROM entries "
             "WHERE list_id = ? AND (digest = ? OR (digest IS NULL AND host_digest = ?))",
             (info.id, blob, blob))
-        return [EntryRow(info.name, Scope(s), u, b, a, r, f) for s, u, b, a, r, f in rows]
+        return [EntryRow(info.name, Scope(s), u, b, a, r, f, Reach(h)) for s, u, b, a, r, f, h in rows]
 
     # -- audit and publications
 

@@ -3,6 +3,7 @@
 Layout under `cache_dir` (written only by `sync`, read by every enforcement process):
 
     manifest.json               the last verified manifest, bytes as fetched
+    meta.json                   {"lists": {name: meta}}: who blocks with each list, from that manifest
     root.json                   the newest verified root document, bytes as fetched
     keys.json                   the keys that verify the cached files: the trusted root's online
                                 keys, and a retired one while files it signed are in force
@@ -47,6 +48,7 @@ from blocklist.core.errors import BlocklistError, ChecksumError, ConfigError, Fo
 from blocklist.core.format.artifacts import read_delta, read_snapshot
 from blocklist.core.format.container import MAX_HEADER, PREFIX, signer_of
 from blocklist.core.format.keys import Keyring, key_id
+from blocklist.core.format.listmeta import ListMeta, meta_from_json
 from blocklist.core.format.strictjson import check_list_name
 from blocklist.core.matcher import (
     ALLOWED,
@@ -70,6 +72,7 @@ log = logging.getLogger("blocklist.plugin.cache")
 FAIL_CLOSED_LABEL = "(no list loaded: fail-closed)"
 FAIL_CLOSED_VERDICT = FailClosedVerdict(True, FAIL_CLOSED_LABEL)
 FAIL_CLOSED_HOST_VERDICT = FailClosedHostVerdict(HostAction.PROXY, FAIL_CLOSED_LABEL)
+_NO_META = ListMeta()
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,37 @@ class Cache:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(self.root / "manifest.json", data)
 
+    def write_meta(self, metas: dict[str, ListMeta]) -> bool:
+        """Keep the lists' metadata of the verified manifest; True if it changed (then written)."""
+        data = json.dumps({"lists": {n: m.as_json() for n, m in sorted(metas.items()) if m}},
+                          sort_keys=True).encode()
+        path = self.root / "meta.json"
+        try:
+            if path.read_bytes() == data:
+                return False
+        except OSError:
+            pass
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(path, data)
+        return True
+
+    def list_meta(self) -> dict[str, ListMeta]:
+        """The metadata `sync` kept, checked again; {} (and logged) when missing or unusable."""
+        try:
+            raw = json.loads((self.root / "meta.json").read_bytes())["lists"]
+            return {check_list_name(n): meta_from_json(m, f"cache: meta.json: {n}") for n, m in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, BlocklistError) as exc:
+            log.error("cache: meta.json unusable (%s); block pages name lists only", exc)
+            return {}
+
+    def meta_generation(self) -> int:
+        try:
+            return (self.root / "meta.json").stat().st_mtime_ns
+        except OSError:
+            return 0
+
     def forget_manifest(self) -> None:
         """Drop the cached manifest: a retired online key signed it (fast-forward recovery)."""
         (self.root / "manifest.json").unlink(missing_ok=True)
@@ -289,10 +323,14 @@ class LiveMatcher:
         self.check_interval = check_interval
         self._lock = threading.Lock()
         self._generation = -1
+        self._meta_generation = -1
+        self.meta: dict[str, ListMeta] = {}  # who blocks with each list, from the verified manifest
+        self._messages: dict[str, tuple[ListMeta, str]] = {}  # block_message's, by list
         self._next_check = 0.0
         self.matcher = Matcher()
         self.missing: list[str] = list(config.lists)
         self.loaded_at = 0.0
+        self.reload_meta()
         self.reload()
 
     def reload(self) -> bool:
@@ -335,9 +373,34 @@ class LiveMatcher:
                         extra={"event": "lists_missing", "missing": missing})
 
     def maybe_reload(self) -> bool:
+        if self.cache.meta_generation() != self._meta_generation:
+            self.reload_meta()
         if self.cache.generation() != self._generation:
             return self.reload()
         return False
+
+    def reload_meta(self) -> None:
+        """Load the lists' metadata now (its own file: a new title does not reload the lists)."""
+        generation = self.cache.meta_generation()
+        self.meta, self._meta_generation = self.cache.list_meta(), generation
+
+    def list_meta(self, name: str) -> ListMeta:
+        return self.meta.get(name, _NO_META)
+
+    def block_message(self, name: str) -> str:
+        """What a Squid deny page shows (%o) for a block by list `name`: plain text, one line."""
+        meta = self.meta.get(name, _NO_META)
+        cached = self._messages.get(name)
+        if cached is not None and cached[0] is meta:  # made from the metadata in force now
+            return cached[1]
+        text = f"blocked by list {name}" + "".join([
+            f": {meta.title}" if meta.title else "",
+            f"; legal basis: {meta.legal_basis}" if meta.legal_basis else "",
+            f"; appeal: {meta.appeal_url}" if meta.appeal_url else ""])
+        if len(self._messages) > 256:
+            self._messages.clear()
+        self._messages[name] = (meta, text)
+        return text
 
     def current(self) -> Matcher:
         now = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +17,9 @@ from blocklist.core import __version__
 from blocklist.core.errors import BlocklistError, ConfigError, InvalidURL
 from blocklist.core.logs import LogFormat, LogLevel
 from resolver_plugin.config import PluginConfig, load_config
+
+if TYPE_CHECKING:
+    from resolver_plugin.cache import LiveMatcher
 
 
 class PluginGroup(click.Group):
@@ -102,18 +106,23 @@ def sync(ctx: click.Context, once: bool) -> None:
 @main.command()
 @click.argument("url")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@click.option("--explain", is_flag=True, help="Say which list, version, scope and stage decided, and how "
+              "(digests, Bloom hits confirmed by the exact digests): for a support desk. Never an entry's text.")
 @click.pass_context
-def check(ctx: click.Context, url: str, as_json: bool) -> None:
+def check(ctx: click.Context, url: str, as_json: bool, explain: bool) -> None:
     """Would URL be blocked by the cached lists? Exit 0 blocked, 1 allowed.
 
     \b
     Example:
       blocklist-plugin -c plugin.yaml check http://bad.example/page.html
+      blocklist-plugin -c plugin.yaml check --explain 'http://www.bad.example/page.html?x=1'
     """
     import json
 
     from resolver_plugin.cache import LiveMatcher
     live = LiveMatcher(_config(ctx))
+    if explain:
+        sys.exit(_explain(live, url, as_json))
     verdict = live.check(url)
     if as_json:
         click.echo(json.dumps({"blocked": verdict.blocked, "list": verdict.list, "version": verdict.version,
@@ -123,6 +132,29 @@ def check(ctx: click.Context, url: str, as_json: bool) -> None:
     else:
         click.echo("allowed" + (f" (no cached version of {', '.join(live.missing)})" if live.missing else ""))
     sys.exit(0 if verdict.blocked else 1)
+
+
+def _explain(live: LiveMatcher, url: str, as_json: bool) -> int:
+    """`check --explain`: the verdict and how each list reached it; the exit code of `check`."""
+    import json
+
+    from blocklist.core.explain import explain
+    if live.fail_closed_active:
+        verdict = live.check(url)
+        doc = {"blocked": True, "list": verdict.list, "stage": "fail-closed", "missing": live.missing, "lists": []}
+        missing = ", ".join(live.missing)
+        click.echo(json.dumps(doc) if as_json else
+                   f"blocked: no list is loaded and fail_closed is set (no cached version of {missing})")
+        return 0
+    found = explain(live.current(), url)
+    if as_json:
+        click.echo(json.dumps({**found.as_json(), "enforced": live.matcher.versions(), "missing": live.missing}))
+    else:
+        for line in found.lines():
+            click.echo(line)
+        if live.missing:
+            click.echo(f"not enforced yet (no cached version): {', '.join(live.missing)}")
+    return 0 if found.verdict.blocked else 1
 
 
 @main.command()

@@ -139,6 +139,7 @@ class Plugin:
             file_name = ref.snapshot.path.rsplit("/", 1)[1]
             cache.write_list(name, ListState(ref.version, ref.checksum, file_name, ()), {file_name: snap})
         cache.write_manifest(data)
+        cache.write_meta({n: manifest.lists[n].meta for n in config.lists if n in manifest.lists})
 
 
 @pytest.fixture

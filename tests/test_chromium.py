@@ -1,4 +1,5 @@
-"""A real browser through the proxy: headless Debian Chromium opens a listed URL and gets the block page.
+"""A real browser through the proxy: headless Debian Chromium opens a listed URL and gets the block page,
+which says who blocks (the list's title, legal basis and appeal link, signed by the hotline).
 
 The screenshot is kept in tests/artifacts/ (git-ignored) for a human to look at.
 """
@@ -48,6 +49,9 @@ def browser_proxy(hotline, plugin, origin, tmp_path):  # noqa: F811 - pytest fix
     hotline.run("add", f"http://{origin}/blocked.html")
     # Chromium still calls home (time, updates, sign-in) through the proxy: keep those on this machine.
     hotline.run("add", "--scope", "domain", *(f"http://{d}/" for d in HOME_CALLS))
+    hotline.run("lists", "set", "default", "--title", "Example Hotline <Trust>",
+                "--legal-basis", "Court order 12/2024 under the Example Act, s. 7",
+                "--appeal-url", "https://hotline.example/appeal?list=default")
     hotline.run("publish")
     plugin.write_config()
     plugin.install_published()
@@ -64,6 +68,9 @@ async def test_chromium_shows_the_block_page(browser_proxy: RunningProxy, origin
     dom = (await run_chromium([*args, "--dump-dom", blocked])).decode()
     assert "Access to this page is blocked" in dom
     assert "<code>default</code>" in dom
+    assert "Blocked by <strong>Example Hotline &lt;Trust&gt;</strong>" in dom  # escaped: text, not markup
+    assert "Legal basis: Court order 12/2024 under the Example Act, s. 7" in dom
+    assert 'href="https://hotline.example/appeal?list=default"' in dom
     assert "blocked.html" not in dom
 
     shot = tmp_path / "blocked.png"

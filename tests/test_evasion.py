@@ -4,7 +4,7 @@ For a set of entries in all three scopes (pages with and without a query, a
 folder, domains, an IP host, IDN hosts), `corpus()` generates request variants
 by transformation families (case, percent-encoding, double and triple
 encoding, host dots, slashes, dot segments, IPv4 forms, ports, userinfo,
-fragments, IDN forms, whitespace, subdomains, scheme forms), every single
+fragments, IDN forms, whitespace, subdomains, www twins, scheme forms), every single
 transformation and every ordered pair of families, and asserts the Matcher
 blocks each one. Hypothesis then stacks random transformations (bounded).
 A sample goes through the real `blocklist-plugin squid-helper` and `proxy`
@@ -23,6 +23,8 @@ of the rules shows up here):
 - A page plus extra path: "/page.html/" or "/page.php/x" (path info) is another
   path; list the folder to cover what lies below.
 - IPv4-compatible (::a.b.c.d) and 6to4 IPv6 forms: other addresses on the wire.
+- Another subdomain of a page or folder entry's host ("a.bad.example"): only its
+  www. twins are the same site, unless the entry was listed with --subdomains.
 - A page or folder entry under another scheme than http(s) and ws(s): "ftp://host/page.html"
   names a file of an FTP server, not the listed web page; only a host listed whole blocks
   other schemes.
@@ -65,7 +67,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocklist.core.digests import Scope
+from blocklist.core.digests import Reach, Scope
 from blocklist.core.matcher import Matcher
 from blocklist.core.urls import canonicalize
 from tests.support.artifacts import make_filter
@@ -108,6 +110,12 @@ class Listed:
     request: Parts
     ip: bool = False
     idn: str | None = None  # the Unicode form of the host, for IDN entries
+    reach: Reach = Reach.TWIN  # of a page or folder entry
+
+    def add_args(self) -> list[str]:
+        """`blocklist add` arguments that list this entry."""
+        return ["--scope", self.scope.value, *(["--subdomains"] if self.reach is Reach.SUBDOMAINS else []),
+                self.entry]
 
 
 def listed_entries(host: str = "bad.example") -> list[Listed]:
@@ -131,11 +139,16 @@ def listed_entries(host: str = "bad.example") -> list[Listed]:
                Parts(host="xn--bcher-kva.example", path="/shop/buch.html"), idn="bücher.example"),
         Listed("idn domain", "http://пример.испытание/", Scope.DOMAIN,
                Parts(host="xn--e1afmkfd.xn--80akhbyknj4f", path="/"), idn="пример.испытание"),
+        # listed on the www. name, asked on the bare one: the twin, the other way round
+        Listed("twin page", "http://www.twin.example/t/page.html", Scope.PAGE,
+               Parts(host="twin.example", path="/t/page.html")),
+        Listed("subdomains folder", "http://www.kit.example/kit/", Scope.FOLDER,
+               Parts(host="x.kit.example", path="/kit/a/b.zip"), reach=Reach.SUBDOMAINS),
     ]
 
 
 LISTED = listed_entries()
-MATCHER = Matcher([make_filter([(e.entry, e.scope) for e in LISTED], rate=1e-3)])
+MATCHER = Matcher([make_filter([(e.entry, e.scope, e.reach) for e in LISTED], rate=1e-3)])
 
 # ----------------------------------------------------------------------------- transformations
 
@@ -315,11 +328,22 @@ def t_fragment(p: Parts, e: Listed) -> list[Parts]:
 
 
 def t_subdomain(p: Parts, e: Listed) -> list[Parts]:
-    if e.scope is not Scope.DOMAIN or e.ip:
+    if (e.scope is not Scope.DOMAIN and e.reach is not Reach.SUBDOMAINS) or e.ip:
         return []
     host = p.host
     return [replace(p, host=s + host) for s in ("www.", "a.b.c.", "WWW.", "-x-.", "xn--bcher-kva.",
                                                   ".".join(f"s{i}" for i in range(12)) + ".", "1.2.")]
+
+
+def t_www_twin(p: Parts, e: Listed) -> list[Parts]:
+    """The host's www. twins: one or more "www." labels added, or the one in front taken away."""
+    if e.scope is Scope.DOMAIN or e.reach is Reach.EXACT or e.ip:
+        return []
+    host = p.host
+    out = [replace(p, host=s + host) for s in ("www.", "WWW.", "www.www.", "Www.wWw.")]
+    if host.lower().startswith("www."):
+        out.append(replace(p, host=host[4:]))
+    return out
 
 
 def unescaped(text: str) -> str:
@@ -359,14 +383,14 @@ DIFFERENTIAL: dict[str, Transform] = {"userinfo differential": t_userinfo_differ
                                       "escaped ? dots": t_question_dots}
 
 FAMILIES: dict[str, Transform] = {
-    "ip forms": t_ip_forms, "idn forms": t_idn_forms, "subdomain": t_subdomain,
+    "ip forms": t_ip_forms, "idn forms": t_idn_forms, "subdomain": t_subdomain, "www twin": t_www_twin,
     "host case": t_host_case, "host dots": t_host_dots, "host escape": t_host_escape,
     "scheme": t_scheme, "port": t_port, "userinfo": t_userinfo,
     "path unreserved": t_path_unreserved, "path reserved": t_path_reserved, "double/triple": t_double,
     "slashes": t_slashes, "dot segments": t_dot_segments, "query": t_query, "fragment": t_fragment,
 }
 # Families that rewrite the host from the entry's own form: they come first in a combination.
-HOST_FIRST = ("ip forms", "idn forms", "subdomain")
+HOST_FIRST = ("ip forms", "idn forms", "subdomain", "www twin")
 
 
 def t_whitespace(url: str) -> list[str]:
@@ -566,6 +590,10 @@ def test_stacked_soak(soak: bool) -> None:
     "http://10.1.2.30/",
     "http://xn--bcher-kva.example.com/shop/buch.html",
     "http://bucher.example/shop/buch.html",          # no umlaut: another name
+    "http://a.bad.example/path/page.html",           # another subdomain is not a www. twin
+    "http://www1.bad.example/path/page.html",
+    "http://www.a.twin.example/t/page.html",
+    "http://kit.example.org/kit/a.zip",
 ])
 def test_legitimately_different_urls_are_not_blocked(url: str) -> None:
     assert not MATCHER.check(url).blocked
@@ -600,7 +628,7 @@ def sample(variants: list[Variant], count: int, seed: int = 3) -> list[Variant]:
 
 def test_squid_helper_blocks_a_sample_of_the_corpus(hotline, plugin, tmp_path: Path) -> None:
     for e in LISTED:
-        hotline.run("add", "--scope", e.scope.value, e.entry)
+        hotline.run("add", *e.add_args())
     hotline.run("publish")
     plugin.write_config()
     plugin.install_published()
@@ -635,7 +663,7 @@ def scheme_forms(variants: list[Variant]) -> list[tuple[str, bool]]:
 def test_squid_helper_blocks_the_corpus_in_other_schemes(hotline, plugin, tmp_path: Path) -> None:
     """The red team's ws://, wss:// and ftp:// URLs of listed entries, through the real helper."""
     for e in LISTED:
-        hotline.run("add", "--scope", e.scope.value, e.entry)
+        hotline.run("add", *e.add_args())
     hotline.run("publish")
     plugin.write_config()
     plugin.install_published()

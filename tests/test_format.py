@@ -50,7 +50,7 @@ def test_empty_snapshot_round_trip() -> None:
 def _repacked(data: bytes, kind: bytes, **changes: object) -> bytes:
     """`data` re-signed with header fields changed (None: removed), as another writer could."""
     from blocklist.core.format.container import pack_container, unpack_container
-    header, sections = unpack_container(data, kind, KEYS, 2**31, "test")
+    header, sections, _ = unpack_container(data, kind, KEYS, 2**31, "test")
     header = {k: v for k, v in dict(header, **changes).items() if v is not None}
     del header["key_id"], header["sections"]
     return pack_container(kind, header, list(sections.items()), KEY)
@@ -218,3 +218,25 @@ def test_delta_versions_must_increase() -> None:
     bad = Delta("iwf", 3, 3, 0, set_checksum(e, e), e, e, e, e)
     with pytest.raises(FormatError, match="greater"):
         read_delta(write_delta(bad, KEY), KEYS)
+
+
+def test_format_versions_a_reader_knows_and_one_it_does_not(monkeypatch) -> None:
+    """Files are written in format 2; format 1 files still read; a newer one is refused, saying so."""
+    from blocklist.core.format import container
+    data = write_snapshot(make_snapshot(1, [1], [10]), KEY)
+    delta = write_delta(Delta("iwf", 1, 2, 0, "c" * 64, *([digest_array([])] * 4)), KEY)
+    assert data[5] == delta[5] == container.FORMAT_VERSION == 2 and read_snapshot(data, KEYS).format_version == 2
+    monkeypatch.setattr(container, "FORMAT_VERSION", 1)
+    old = write_snapshot(make_snapshot(1, [1], [10]), KEY)
+    assert old[5] == 1
+    with pytest.raises(FormatError, match="format version 2 is newer than this reader understands .*upgrade"):
+        read_snapshot(data, KEYS)  # a reader of format 1: the plugin before www twins
+    monkeypatch.setattr(container, "READABLE_VERSIONS", (1,))
+    with pytest.raises(FormatError, match="format version 2 is newer"):
+        read_delta(delta, KEYS)
+    monkeypatch.undo()
+    assert read_snapshot(old, KEYS).format_version == 1
+    newer = bytearray(data)
+    newer[5] = 3
+    with pytest.raises(FormatError, match="format version 3 is newer"):
+        read_snapshot(bytes(newer), KEYS)

@@ -76,7 +76,8 @@ def test_check_json_names_the_entry(hotline: Hotline) -> None:
     out = json.loads(hotline.run("check", "http://WWW.bad.example:8080/a?b#c", "--json").output)
     assert out["listed"] and out["scope"] == "domain" and out["entries"][0]["ref"] == "X-1"
     out = json.loads(hotline.run("check", "http://good.example/", "--json", ok=None).output)
-    assert out == {"url": "http://good.example/", "listed": False, "list": None, "scope": None, "entries": []}
+    assert out == {"url": "http://good.example/", "listed": False, "list": None, "scope": None, "reach": None,
+                   "entries": []}
 
 
 def test_import_text_with_comments_and_progress(hotline: Hotline, tmp_path: Path) -> None:

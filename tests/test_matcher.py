@@ -7,12 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pybloom_live import BloomFilter
 
-from blocklist.core.digests import Scope, make_entry
+from blocklist.core.digests import Reach, Scope, make_entry
 from blocklist.core.errors import ChecksumError, FormatError, InvalidURL
 from blocklist.core.format.digestset import digest_array, set_checksum
 from blocklist.core.matcher import HostAction, ListFilter, Matcher
 from blocklist.core.urls import host_suffixes
 from tests.support.artifacts import make_filter
+from tests.support.properties import Branches
 
 ENTRIES = [
     ("http://site.example/", Scope.PAGE),
@@ -23,6 +24,12 @@ ENTRIES = [
     ("http://evil.example/", Scope.DOMAIN),
     ("http://h.i.j.k.l.m.n.example/", Scope.DOMAIN),
     ("http://10.1.2.3/", Scope.DOMAIN),
+    ("http://www.twin.example/w/", Scope.FOLDER),                        # a twin entry listed on www.
+    ("http://exact.example/only.html", Scope.PAGE, Reach.EXACT),
+    ("http://www.exact.example/www-only.html", Scope.PAGE, Reach.EXACT),
+    ("http://www.subs.example/kit/", Scope.FOLDER, Reach.SUBDOMAINS),    # its base: subs.example
+    ("http://subs.example/p.html", Scope.PAGE, Reach.SUBDOMAINS),
+    ("http://10.9.9.9/ip.html", Scope.PAGE),
 ]
 LIST = make_filter(ENTRIES)
 MATCHER = Matcher([LIST])
@@ -46,6 +53,21 @@ MATCHERS = [MATCHER, Matcher([make_filter(ENTRIES, markers=False)])]
     ("http://10.1.2.3/x", Scope.DOMAIN),
     ("http://0x0a.1.2.3/x", Scope.DOMAIN),                    # IP forms
     ("http://167838211/", Scope.DOMAIN),
+    # www twins, both ways and through several www. labels
+    ("http://www.site.example/bad/page.html", Scope.PAGE),
+    ("http://WWW.www.site.example/dir/x", Scope.FOLDER),
+    ("http://twin.example/w/x.html", Scope.FOLDER),
+    ("http://www.twin.example/w/", Scope.FOLDER),
+    ("http://www.www.twin.example/w", Scope.FOLDER),
+    # exact reach: the host as written
+    ("http://exact.example/only.html", Scope.PAGE),
+    ("http://www.exact.example/www-only.html", Scope.PAGE),
+    # subdomain reach: the base and every name below it
+    ("http://subs.example/kit/a", Scope.FOLDER),
+    ("http://a.b.subs.example/kit/", Scope.FOLDER),
+    ("http://www.subs.example/p.html?q=1", Scope.PAGE),
+    ("http://x.www.subs.example/p.html", Scope.PAGE),
+    ("http://10.9.9.9/ip.html", Scope.PAGE),
 ])
 def test_listed(url: str, scope: Scope) -> None:
     for matcher in MATCHERS:
@@ -60,7 +82,18 @@ def test_listed(url: str, scope: Scope) -> None:
     "http://site.example/q.php?id=8",      # a page with a query: only that query
     "http://site.example/q.php",
     "http://site.example/dirty",           # folder "/dir/" is not a string prefix match
-    "http://www.site.example/bad/page.html",  # page and folder entries are host-exact
+    "http://a.site.example/bad/page.html",    # a twin is not a subdomain
+    "http://www1.site.example/bad/page.html",  # only the label "www" makes a twin
+    "http://wwwsite.example/bad/page.html",
+    "http://site.www.example/bad/page.html",
+    "http://x.www.twin.example/w/",            # below a twin: not a twin
+    "http://www.exact.example/only.html",      # exact reach, both ways
+    "http://exact.example/www-only.html",
+    "http://www.www.exact.example/www-only.html",
+    "http://subs.example/kitten",              # subdomain reach keeps the path rules
+    "http://other.example/kit/",
+    "http://xsubs.example/p.html",
+    "http://www.10.9.9.9/ip.html",             # an IP address has no twin
     "http://notevil.example/",             # domain is label-wise
     "http://evil.example.com/",
     "http://10.1.2.4/",
@@ -94,44 +127,80 @@ def test_check_host_stages(matcher: Matcher) -> None:
     assert matcher.check_host("www.EVIL.example.").action is HostAction.BLOCK
     assert matcher.check_host("site.example").action is HostAction.PROXY
     assert matcher.check_host("other.example").action is HostAction.PASS
-    assert matcher.check_host("www.site.example").action is HostAction.PASS
+    assert matcher.check_host("www.site.example").action is HostAction.PROXY       # the twin
+    assert matcher.check_host("www.www.twin.example").action is HostAction.PROXY
+    assert matcher.check_host("twin.example").action is HostAction.PROXY
+    assert matcher.check_host("a.site.example").action is HostAction.PASS
+    assert matcher.check_host("www.exact.example").action is HostAction.PROXY      # listed as written
+    assert matcher.check_host("www.www.exact.example").action is HostAction.PASS
+    assert matcher.check_host("q.r.subs.example").action is HostAction.PROXY       # every subdomain
+    assert matcher.check_host("subs.example").action is HostAction.PROXY
+    assert matcher.check_host("subs.example.org").action is HostAction.PASS
     assert matcher.check_host("x.a.b.c.d.e.f.g.example").action is HostAction.PASS
     assert matcher.check_host("a.b.c.d.e.f.g.example").action is HostAction.PROXY
     assert matcher.check_host("x.h.i.j.k.l.m.n.example").action is HostAction.BLOCK
     assert matcher.check_host("10.1.2.3").action is HostAction.BLOCK
 
 
-def _expected_host_action(host: str, domains: set[str], hosts: set[str]) -> HostAction:
+def _bare(host: str) -> str:
+    """The host without its leading "www." labels, by the definition (two labels stay)."""
+    labels = host.split(".")
+    while labels[0] == "www" and len(labels) > 2:
+        labels = labels[1:]
+    return ".".join(labels)
+
+
+def _expected_host_action(host: str, domains: set[str], listed: dict[Reach, set[str]]) -> HostAction:
     """Stage 1 by its definition, on plaintext: what every filter must answer."""
     if any(suffix in domains for suffix in host_suffixes(host)):
         return HostAction.BLOCK
-    return HostAction.PROXY if host in hosts else HostAction.PASS
+    if (host in listed[Reach.EXACT] or _bare(host) in {_bare(h) for h in listed[Reach.TWIN]}
+            or any(host == h or host.endswith("." + h) for h in map(_bare, listed[Reach.SUBDOMAINS]))):
+        return HostAction.PROXY
+    return HostAction.PASS
 
 
 _LABELS = st.sampled_from(["a", "b", "c", "www", "x1"])
 
 
-@settings(max_examples=200, deadline=None)
-@given(listed=st.lists(st.tuples(st.lists(_LABELS, min_size=1, max_size=4), st.sampled_from(list(Scope))),
-                       max_size=8),
-       queries=st.lists(st.lists(_LABELS, min_size=0, max_size=5), min_size=1, max_size=20))
-def test_host_stage_walk_agrees_with_its_definition(listed, queries) -> None:
+def test_host_stage_walk_agrees_with_its_definition() -> None:
     """With and without subtree markers, in any query order (the walk's caches), for every host."""
-    rows = [(f"http://{'.'.join(labels)}.example/p", scope) for labels, scope in listed]
-    rows = [(url.rsplit("/", 1)[0] + "/" if scope is Scope.DOMAIN else url, scope) for url, scope in rows]
-    domains = {make_entry(u, s).host for u, s in rows if s is Scope.DOMAIN}
-    hosts = {make_entry(u, s).host for u, s in rows if s is not Scope.DOMAIN}
-    filters = [make_filter(rows, markers=True), make_filter(rows, markers=False),
-               make_filter(rows, markers=True, bloom=False)]
-    for labels in queries:
-        host = ".".join([*labels, "example"])
-        expected = _expected_host_action(host, domains, hosts)
-        for f in filters:
-            assert f.host_stage(host)[0] is expected, (host, f.subtree_markers)
-            suffix = f.clear_suffix(host)
-            if suffix is not None:  # everything at or below it passes
-                assert host.endswith(suffix) and not any(
-                    h == suffix or h.endswith("." + suffix) for h in domains | hosts)
+    ran = Branches()
+
+    @settings(max_examples=300, deadline=None)
+    @given(listed=st.lists(st.tuples(st.lists(_LABELS, min_size=1, max_size=4), st.sampled_from(list(Scope)),
+                                     st.sampled_from(list(Reach))), max_size=8),
+           queries=st.lists(st.lists(_LABELS, min_size=0, max_size=5), min_size=1, max_size=20))
+    def prop(listed, queries) -> None:
+        rows = [(f"http://{'.'.join(labels)}.example/p", scope,
+                 Reach.EXACT if scope is Scope.DOMAIN else reach) for labels, scope, reach in listed]
+        rows = [(url.rsplit("/", 1)[0] + "/" if scope is Scope.DOMAIN else url, scope, reach)
+                for url, scope, reach in rows]
+        domains = {make_entry(u, s, r).host for u, s, r in rows if s is Scope.DOMAIN}
+        by_reach: dict[Reach, set[str]] = {r: set() for r in Reach}
+        for url, scope, reach in rows:
+            if scope is not Scope.DOMAIN:
+                by_reach[reach].add(url.split("/")[2])
+        filters = [make_filter(rows, markers=True), make_filter(rows, markers=False),
+                   make_filter(rows, markers=True, bloom=False)]
+        for labels in queries:
+            host = ".".join([*labels, "example"])
+            expected = _expected_host_action(host, domains, by_reach)
+            ran(expected.value)
+            if expected is HostAction.PROXY and host not in by_reach[Reach.EXACT]:
+                ran("proxy by twin or subdomains")
+            for f in filters:
+                assert f.host_stage(host)[0] is expected, (host, f.subtree_markers)
+                suffix = f.clear_suffix(host)
+                if suffix is not None:  # everything at or below it passes
+                    ran("clear suffix")
+                    assert host.endswith(suffix) and not any(
+                        h == suffix or h.endswith("." + suffix) for h in domains | by_reach[Reach.EXACT])
+                    assert not any(_bare(h).endswith(suffix) for h in by_reach[Reach.TWIN] | by_reach[Reach.SUBDOMAINS])
+
+    prop()
+    assert ran["block"] and ran["proxy"] and ran["pass"] and ran["proxy by twin or subdomains"], ran
+    assert ran["clear suffix"], ran
 
 
 def test_a_fresh_name_under_a_known_parent_costs_no_digest(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +214,10 @@ def test_a_fresh_name_under_a_known_parent_costs_no_digest(monkeypatch: pytest.M
         assert f.host_stage(f"q{i}.cdn.unlisted.example")[0] is HostAction.PASS
     assert calls == ["unlisted.example"]
     assert f.clear_suffix("q99.cdn.unlisted.example") == "unlisted.example"
-    assert f.clear_suffix("www.site.example") == "www.site.example"  # site.example carries entries
+    assert f.clear_suffix("x.site.example") == "x.site.example"  # site.example carries entries
+    assert f.clear_suffix("www.site.example") is None             # and they apply on its twin
+    assert f.clear_suffix("q.www.site.example") == "q.www.site.example"
+    assert f.clear_suffix("q.subs.example") is None               # subdomain reach: every name below
     assert f.clear_suffix("site.example") is None and f.clear_suffix("www.evil.example") is None
     assert make_filter(ENTRIES, markers=False).clear_suffix("q1.unlisted.example") is None
 

@@ -1,7 +1,9 @@
 """Overblocking: unlisted URLs checked against a big list at Bloom error rate 1e-3 are never blocked.
 
 The list mixes the three scopes (85 % pages, a seventh of them with a query,
-10 % folders, 5 % domains) over entries/5 hosts. It is built as the publisher
+10 % folders, 5 % domains) over entries/5 hosts, and the three reaches of page and
+folder entries (one per host: two thirds of the hosts www. twin, a sixth exact host,
+a sixth subdomains). It is built as the publisher
 would hash it (salted SHA-256 keys of blocklist.core.digests, Bloom filters of
 blocklist.core.format.bloom), straight into a ListFilter without the SQLite store; a
 sample is checked against `make_entry` so the keys are the real ones.
@@ -15,6 +17,8 @@ sit next to what is listed:
 - the folder a listed page lives in ("/p7/" for "/p7/item-9.html");
 - the listed page with a longer name ("item-9.html2") or another case;
 - the parent and siblings of a domain entry ("h3.listed.test" for "d5.h3.listed.test");
+- a twin entry's page on another subdomain ("a." or "www1." in front), an exact
+  entry's page on its www. twin;
 - and some hosts with nothing listed (stage 1 only).
 
 Every Bloom hit the exact digests refute is counted (ListFilter.bloom_refuted);
@@ -40,7 +44,7 @@ import random
 import time
 from array import array
 
-from blocklist.core.digests import HOST_KIND, Scope, entry_digests, make_entry
+from blocklist.core.digests import Reach, Scope, entry_digests, host_kind, kind_of, make_entry
 from blocklist.core.format.bloom import build_bloom
 from blocklist.core.matcher import ListFilter, Matcher
 
@@ -54,8 +58,13 @@ def host_of(i: int, hosts: int) -> str:
     return f"h{(i * 7919) % hosts}.listed.test"
 
 
+def reach_of(i: int, hosts: int) -> Reach:
+    """The reach of entry i if it is a page or folder entry: one per host, as hotlines list a site."""
+    return (Reach.TWIN, Reach.TWIN, Reach.TWIN, Reach.TWIN, Reach.EXACT, Reach.SUBDOMAINS)[(i * 7919) % hosts % 6]
+
+
 def entry_of(i: int, hosts: int) -> tuple[Scope, str]:
-    """(scope, canonical key) of entry i. Keys are canonical by construction."""
+    """(scope, canonical key) of entry i (of reach_of(i, hosts)). Keys are canonical by construction."""
     host = host_of(i, hosts)
     kind = i % 20
     if kind == 0:
@@ -84,21 +93,26 @@ def build_list(n: int) -> CountingFilter:
     hosts = max(1, n // 5)
     entries, host_digests = [], set()
     sha = hashlib.sha256
-    prefix = {Scope.PAGE: SALT + b"page\x00", Scope.FOLDER: SALT + b"folder\x00",
-              Scope.DOMAIN: SALT + b"domain\x00"}
-    host_prefix = SALT + HOST_KIND + b"\x00"
+    # Listed hosts have no "www." label, so every reach files an entry under the host itself.
+    prefix = {(scope, reach): SALT + kind_of(scope, reach) + b"\x00"
+              for scope in (Scope.PAGE, Scope.FOLDER) for reach in Reach}
+    prefix[Scope.DOMAIN, Reach.EXACT] = SALT + b"domain\x00"
+    host_prefix = {reach: SALT + host_kind(reach) + b"\x00" for reach in Reach}
     for i in range(n):
         scope, key = entry_of(i, hosts)
-        d = int.from_bytes(sha(prefix[scope] + key.encode()).digest()[:8], "big")
+        reach = Reach.EXACT if scope is Scope.DOMAIN else reach_of(i, hosts)
+        d = int.from_bytes(sha(prefix[scope, reach] + key.encode()).digest()[:8], "big")
         if scope is Scope.DOMAIN:
             host_digests.add(d)
         else:
             entries.append(d)
-            host_digests.add(int.from_bytes(sha(host_prefix + key.split("/", 1)[0].encode()).digest()[:8], "big"))
-    # The real key and digest code agrees with this shortcut (a sample of every scope).
+            host_digests.add(int.from_bytes(sha(host_prefix[reach] + key.split("/", 1)[0].encode()).digest()[:8],
+                                            "big"))
+    # The real key and digest code agrees with this shortcut (a sample of every scope and reach).
     for i in range(0, n, max(1, n // 200)):
         scope, key = entry_of(i, hosts)
-        d, hd = entry_digests(SALT, make_entry(url_of(scope, key), scope))
+        d, hd = entry_digests(SALT, make_entry(url_of(scope, key), scope,
+                                               Reach.TWIN if scope is Scope.DOMAIN else reach_of(i, hosts)))
         assert (d if d is not None else hd) in (set(entries) if d is not None else host_digests)
     ea, ha = array("Q", sorted(set(entries))), array("Q", sorted(host_digests))
     return CountingFilter("big", 1, SALT, ea, ha, build_bloom(ea, RATE), build_bloom(ha, RATE))
@@ -132,6 +146,14 @@ def unlisted_urls(n_entries: int, count: int, seed: int = 5) -> list[tuple[str, 
             out.append(("page query", rng.choice([
                 f"{base}?id={i}0", f"{base}?id={i}&x=1", f"{base}", f"{base}?", f"{base}?ID={i}",
                 f"http://{host}/p{i % 53}/"])))
+        elif r < 0.45:  # a page or folder entry's path on a host its reach does not cover
+            scope, key = entry_of(i, hosts)
+            path = key.split("/", 1)[1]
+            near = [f"http://a.{host}/{path}", f"http://www1.{host}/{path}", f"http://{host}.www.example/{path}"]
+            if reach_of(i, hosts) is Reach.EXACT:
+                near += [f"http://www.{host}/{path}", f"http://www.www.{host}/{path}"]
+            if reach_of(i, hosts) is not Reach.SUBDOMAINS:
+                out.append(("twin near-miss", rng.choice(near)))
         else:  # a page listed without a query: its folder, a longer name, another case
             out.append(("page near-miss", rng.choice([
                 f"http://{host}/p{i % 53}/", f"http://{host}/p{i % 53}/item-{i}.html2",
@@ -150,7 +172,7 @@ def run(n_entries: int, n_urls: int) -> dict[str, float]:
     blocked = [(kind, url) for kind, url in urls if matcher.check(url).blocked]
     t3 = time.perf_counter()
     # Stage 2 was reached: the near-misses are on hosts that carry entries.
-    stage2 = sum(kind != "stage 1 only" for kind, _ in urls)
+    stage2 = sum(kind not in ("stage 1 only", "twin near-miss") for kind, _ in urls)
     non_members = f.probes - f.bloom_confirmed
     figures = {"entries": n_entries, "urls": n_urls, "stage2_urls": stage2, "blocked": len(blocked),
                "probes": f.probes, "bloom_confirmed": f.bloom_confirmed, "bloom_refuted": f.bloom_refuted,
@@ -168,7 +190,7 @@ def run(n_entries: int, n_urls: int) -> dict[str, float]:
 def test_unlisted_urls_are_never_blocked(soak: bool) -> None:
     n_entries, n_urls = SOAK_SIZES if soak else DEFAULT_SIZES
     figures = run(n_entries, n_urls)
-    assert figures["stage2_urls"] > 0.85 * n_urls
+    assert figures["stage2_urls"] > 0.75 * n_urls
     assert figures["bloom_refuted"] > 0  # the filter does produce false positives at this rate ...
     assert figures["fp_rate"] < 3 * RATE  # ... about as many as configured, and each one refuted
     # Every confirmed Bloom hit was a host-level one (a host that carries entries): never an entry.
@@ -190,6 +212,10 @@ def test_the_listed_urls_themselves_are_blocked() -> None:
             url = url.replace("http://", "http://www.") + "x"
         verdict = m.check(url)
         assert verdict.blocked and verdict.scope is scope, url
+        if scope is not Scope.DOMAIN and reach_of(i, hosts) is not Reach.EXACT:  # its twin, and below with subdomains
+            twin = url.replace("http://", "http://www.www." if reach_of(i, hosts) is Reach.TWIN else "http://q.www.")
+            verdict = m.check(twin)
+            assert verdict.blocked and verdict.scope is scope and verdict.reach is reach_of(i, hosts), twin
 
 
 def test_other_schemes_block_no_more_than_their_host_listing(hotline, plugin) -> None:

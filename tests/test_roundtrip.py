@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 from blocklist.core.format.artifacts import read_delta, read_snapshot
@@ -14,15 +15,33 @@ from resolver_plugin.config import load_config
 from tests.conftest import Hotline, Plugin
 
 
+def bare(host: str) -> str:
+    """A host without its leading "www." labels, keeping two labels; an IP address as it is."""
+    if re.fullmatch(r"[0-9.]+|\[.*\]", host):
+        return host
+    while re.match(r"www\.[^.]+\.", host) and not re.fullmatch(r"www\.[0-9.]+", host):
+        host = host[4:]
+    return host
+
+
+def host_reached(reach: str, listed: str, host: str) -> bool:
+    """Whether a page or folder entry listed on `listed` with `reach` applies on `host`."""
+    if reach == "exact":
+        return host == listed
+    if reach == "twin":
+        return bare(host) == bare(listed)
+    return host == bare(listed) or host.endswith("." + bare(listed))
+
+
 def reference_listed(entries: list[dict], url: str) -> bool:
-    """An independent oracle over the plaintext entries: the scope rules of docs/ARCHITECTURE.md."""
+    """An independent oracle over the plaintext entries: the scope and reach rules of docs/ARCHITECTURE.md."""
     c = canonicalize(url)
     for e in entries:
         ec = canonicalize(e["url"])
         if e["scope"] == "domain":
             if c.host == ec.host or c.host.endswith("." + ec.host):
                 return True
-        elif c.host != ec.host:
+        elif not host_reached(e.get("reach", "exact"), ec.host, c.host):
             continue
         elif e["scope"] == "folder":
             if c.path.startswith(ec.path) or c.path + "/" == ec.path:
@@ -35,33 +54,56 @@ def reference_listed(entries: list[dict], url: str) -> bool:
     return False
 
 
-def write_import(path: Path, rows: list[tuple[str, str]]) -> None:
-    path.write_text("url,scope\n" + "".join(f"{u},{s}\n" for u, s in rows))
+def write_import(path: Path, rows: list[tuple[str, str]] | list[tuple[str, str, str]]) -> None:
+    """A CSV import of (url, scope) or (url, scope, reach) rows; exact rows need --exact-host."""
+    path.write_text("url,scope,subdomains\n" + "".join(
+        f"{u},{s},{'true' if r == ['subdomains'] else ''}\n" for u, s, *r in rows))
+
+
+def _import(hotline: Hotline, folder: Path, name: str, rows: list[tuple[str, str, str]]) -> None:
+    """Import `rows` in two files: the exact ones with --exact-host, the others as the CSV says."""
+    write_import(folder / f"{name}.csv", [r for r in rows if r[2] != "exact"])
+    hotline.run("import", str(folder / f"{name}.csv"))
+    exact = [r for r in rows if r[2] == "exact"]
+    if exact:
+        write_import(folder / f"{name}-exact.csv", exact)
+        hotline.run("import", "--exact-host", str(folder / f"{name}-exact.csv"))
+
+
+def _variants(url: str, scope: str, reach: str, rng: random.Random) -> list[str]:
+    """Request URLs next to an entry: its twins, subdomains and parents, on and off its path."""
+    c = canonicalize(url)
+    base = bare(c.host)
+    hosts = {c.host, base, "www." + base, "www.www." + base, "a." + base, "www.a." + base,
+             "x.www." + base, base.split(".", 1)[1]}
+    path = c.path + ("deeper/x.html" if scope == "folder" else "")
+    out = [f"http://{h}{path}" for h in hosts]
+    out += [f"http://{h}/other{rng.randrange(10**6)}.html" for h in rng.sample(sorted(hosts), 2)]
+    return out
 
 
 def test_snapshot_plus_deltas_match_the_store(hotline: Hotline, plugin: Plugin, tmp_path: Path) -> None:
     rng = random.Random(7)
     hosts = [f"h{i}.example" for i in range(400)]
-    rows = []
+    rows: list[tuple[str, str, str]] = []
     for i in range(10000):
         host = rng.choice(hosts)
+        listed_on = rng.choice(("", "", "", "www.", "www.www."))  # twins are listed either way round
+        reach = rng.choice(("twin",) * 6 + ("exact", "exact", "subdomains"))
         kind = rng.random()
         if kind < 0.8:
-            rows.append((f"http://{host}/p/{i}.html" + (f"?id={i}" if i % 5 == 0 else ""), "page"))
+            rows.append((f"http://{listed_on}{host}/p/{i}.html" + (f"?id={i}" if i % 5 == 0 else ""), "page", reach))
         elif kind < 0.97:
-            rows.append((f"http://{host}/d{i}/sub/", "folder"))
+            rows.append((f"http://{listed_on}{host}/d{i}/sub/", "folder", reach))
         else:
-            rows.append((f"http://s{i}.{host}/", "domain"))
-    write_import(tmp_path / "v1.csv", rows[:7000])
-    hotline.run("import", str(tmp_path / "v1.csv"))
+            rows.append((f"http://s{i}.{host}/", "domain", "exact"))
+    _import(hotline, tmp_path, "v1", rows[:7000])
     hotline.run("publish")
-    write_import(tmp_path / "v2.csv", rows[7000:9000])
-    hotline.run("import", str(tmp_path / "v2.csv"))
-    removed = [u for u, _ in rows[:300]]
+    _import(hotline, tmp_path, "v2", rows[7000:9000])
+    removed = [u for u, _, _ in rows[:300]]
     hotline.run("remove", *removed)
     hotline.run("publish")
-    write_import(tmp_path / "v3.csv", rows[9000:])
-    hotline.run("import", str(tmp_path / "v3.csv"))
+    _import(hotline, tmp_path, "v3", rows[9000:])
     hotline.run("publish")
 
     # read as a plugin would: snapshot 1, then deltas 1->2->3
@@ -79,35 +121,42 @@ def test_snapshot_plus_deltas_match_the_store(hotline: Hotline, plugin: Plugin, 
 
     entries = json.loads(hotline.run("ls", "--json").output)
     assert len(entries) == 10000 - 300
-    by_host: dict[str, list[dict]] = {}
+    assert {e["reach"] for e in entries if e["scope"] != "domain"} == {"exact", "twin", "subdomains"}
+    by_base: dict[str, list[dict]] = {}
     for e in entries:
-        by_host.setdefault(canonicalize(e["url"]).host, []).append(e)
+        by_base.setdefault(bare(canonicalize(e["url"]).host), []).append(e)
 
     listed_urls = []
-    for u, scope in rows[300:]:
+    for u, scope, _ in rows[300:]:
         if scope == "page":
             listed_urls.append(u)
         elif scope == "folder":
             listed_urls.append(u + "deeper/x.html")
         else:
             listed_urls.append(u.replace("http://", "http://www.") + "any/path")
+    nearby = [v for u, scope, reach in rows[::7] if scope != "domain" for v in _variants(u, scope, reach, rng)]
     unlisted_urls = [f"http://{rng.choice(hosts)}/p/{rng.randrange(10**6, 10**7)}.html" for _ in range(50000)]
     unlisted_urls += [f"http://other{rng.randrange(10**6)}.example/x/{i}" for i in range(40000)]
-    unlisted_urls += [u for u, _ in rows[:300] if _ != "domain"]  # removed ones
+    unlisted_urls += [u for u, _, _ in rows[:300] if _ != "domain"]  # removed ones
     unlisted_urls += [f"http://{h}/d{i}sub/" for i, h in enumerate(hosts)]
     unlisted_urls += [f"http://{h}/p/{i}.html?id=other" for i, h in zip(range(0, 10000, 5), hosts * 25, strict=False)]
-    assert len(listed_urls) == 9700 and len(unlisted_urls) >= 90000
+    assert len(listed_urls) == 9700 and len(unlisted_urls) >= 90000 and len(nearby) > 10000
 
-    mismatches = []
-    for url in listed_urls + unlisted_urls:
+    mismatches, blocked = [], []
+    for url in listed_urls + unlisted_urls + nearby:
         labels = canonicalize(url).host.split(".")
-        candidates = [e for i in range(len(labels)) for e in by_host.get(".".join(labels[i:]), [])]
+        candidates = [e for i in range(len(labels)) for e in by_base.get(bare(".".join(labels[i:])), [])]
         expected = reference_listed(candidates, url)
         got = from_deltas.check(url).blocked
         if got != expected or from_snapshot.check(url).blocked != expected:
             mismatches.append(url)
+        if expected:
+            blocked.append(url)
     assert mismatches == []
     assert sum(from_deltas.check(u).blocked for u in listed_urls) == 9700
+    # the nearby URLs are both: twins and subdomains that are listed, and ones that are not
+    nearby_blocked = len(set(blocked) & set(nearby))
+    assert 2000 < nearby_blocked < len(set(nearby)) - 2000, (nearby_blocked, len(nearby))
 
 
 def test_published_files_hold_no_plaintext(hotline: Hotline, tmp_path: Path) -> None:
@@ -182,7 +231,7 @@ def _oracle_hosts(hotline: Hotline) -> list[int]:
         salt = store.require_list("default").salt
         hosts = set()
         for row in store.entries("default"):
-            entry = make_entry(row.url, Scope(row.scope))
+            entry = make_entry(row.url, Scope(row.scope), row.reach)
             hosts.add(entry_digests(salt, entry)[1])
             hosts.update(subtree_markers(salt, entry.host))
         return sorted(hosts)
@@ -253,3 +302,48 @@ def test_a_store_from_before_markers_is_upgraded(hotline: Hotline) -> None:
         assert version == (str(SCHEMA_VERSION),)
     finally:
         store.close()
+
+
+V2_ENTRIES = """CREATE TABLE entries (id INTEGER PRIMARY KEY, list_id INTEGER NOT NULL REFERENCES lists(id),
+    scope TEXT NOT NULL, key TEXT NOT NULL, url TEXT NOT NULL, digest BLOB, host_digest BLOB NOT NULL,
+    added_by TEXT NOT NULL, added_at INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    ref TEXT NOT NULL DEFAULT '', UNIQUE (list_id, scope, key))"""
+
+
+def test_a_store_from_before_reaches_is_upgraded_to_twins(hotline: Hotline, plugin: Plugin) -> None:
+    """Schema 2 entries are host-exact: they become twin entries, re-keyed, and the next publish
+    is a full compile whose delta carries the new digests to the plugins."""
+    import sqlite3
+
+    from blocklist.store import SCHEMA_VERSION, Store
+    hotline.run("add", "http://b.example/keep", "http://www.c.example/x")
+    hotline.run("add", "--exact-host", "http://www.b.example/keep")  # two rows in schema 2: one twin in 3
+    hotline.run("add", "--scope", "domain", "http://d.example/")
+    hotline.run("publish")
+    db = sqlite3.connect(hotline.home / "store.sqlite")
+    with db:  # the store as schema 2 had it: no reach, keys on the host as listed
+        rows = db.execute("SELECT id, list_id, scope, url, digest, host_digest, added_by, added_at "
+                          "FROM entries ORDER BY id").fetchall()
+        db.execute("DROP TABLE entries")
+        db.execute(V2_ENTRIES)
+        for row_id, list_id, scope, url, d, hd, by, at in rows:
+            db.execute("INSERT INTO entries (id, list_id, scope, key, url, digest, host_digest, added_by, added_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (row_id, list_id, scope, url.split("//", 1)[1].rstrip("/"), url, d, hd, by, at))
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.close()
+    store = Store(hotline.home / "store.sqlite")
+    try:
+        record = store.log()[-1]
+        assert record.action == "upgrade-store"
+        assert record.detail == {"from": 2, "to": SCHEMA_VERSION, "twin_entries": 2, "merged_into_a_twin": ["http://www.b.example/keep"]}
+        assert [(r.url, r.reach.value) for r in store.entries()] == [
+            ("http://b.example/keep", "twin"), ("http://d.example/", "exact"), ("http://www.c.example/x", "twin")]
+    finally:
+        store.close()
+    assert store_checksum(hotline) != ""
+    hotline.run("publish")
+    checksum, matcher = published(hotline, plugin)
+    assert checksum == store_checksum(hotline) and sorted(matcher.filters[0].hosts) == _oracle_hosts(hotline)
+    for url in ("http://www.b.example/keep", "http://b.example/keep", "http://c.example/x", "http://x.d.example/"):
+        assert matcher.check(url).blocked, url

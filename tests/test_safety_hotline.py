@@ -13,6 +13,7 @@ from blocklist.core.format.artifacts import read_snapshot
 from blocklist.core.matcher import ListFilter, Matcher
 from blocklist.home import Home
 from blocklist.publish import current_manifest
+from blocklist.store import SCHEMA_VERSION
 from tests.conftest import Hotline
 
 
@@ -353,7 +354,7 @@ def test_versions_published_before_the_store_kept_records(hotline: Hotline) -> N
     db.close()
     hotline.run("add", "http://c.example/3.html")  # opens the store: upgrade
     upgrade = next(r for r in json.loads(hotline.run("log", "--json").output) if r["action"] == "upgrade-store")
-    assert upgrade["detail"] == {"from": 2, "to": 3}
+    assert upgrade["detail"] == {"from": 2, "to": SCHEMA_VERSION}
     old = hotline.run("revert", "default", "--to", "1", ok=None)
     assert old.exit_code == 1
     assert "no record of the entries of default version 1" in old.output and "versions with a record: 2" in old.output
@@ -377,3 +378,70 @@ def test_versions_published_before_the_store_kept_records(hotline: Hotline) -> N
 def test_guard_rail_commands_have_help_with_an_example(hotline: Hotline, args: list[str]) -> None:
     out = hotline.run(*args, "--help").output
     assert "Usage:" in out and "Example" in out
+
+
+def reaches(hotline: Hotline, name: str = "default") -> set[tuple[str, str, str]]:
+    return {(r["url"], r["scope"], r["reach"]) for r in json.loads(hotline.run("ls", "--list", name, "--json").output)}
+
+
+def test_revert_restores_each_entry_with_its_reach(hotline: Hotline) -> None:
+    """The history keeps every entry's reach: a revert brings back a subdomains or exact-host
+    entry as it was, not as the default twin entry of the same URL."""
+    hotline.run("add", "http://kit.example/a/", "--scope", "folder", "--subdomains")
+    hotline.run("add", "http://www.b.example/p.html", "--exact-host")
+    hotline.run("add", "http://c.example/t.html")
+    hotline.run("publish")
+    v1 = reaches(hotline)
+    assert v1 == {("http://kit.example/a/", "folder", "subdomains"), ("http://www.b.example/p.html", "page", "exact"),
+                  ("http://c.example/t.html", "page", "twin")}
+    hotline.run("remove", "http://kit.example/a/", "http://www.b.example/p.html")
+    hotline.run("add", "http://kit.example/a/", "--scope", "folder", "--exact-host")
+    hotline.run("add", "http://www.b.example/p.html")
+    hotline.run("publish")
+    _, m2 = published_matcher(hotline)
+    assert not m2.check("http://x.kit.example/a/z").blocked and m2.check("http://b.example/p.html").blocked
+    assert hotline.run("revert", "default", "--to", "1").stdout.strip() == "default 3"
+    assert reaches(hotline) == v1
+    _, m3 = published_matcher(hotline)
+    assert m3.check("http://x.kit.example/a/z").blocked and m3.check("http://www.c.example/t.html").blocked
+    assert not m3.check("http://b.example/p.html").blocked and m3.check("http://www.b.example/p.html").blocked
+
+
+def test_a_store_of_schema_3_gets_reaches_in_its_history(hotline: Hotline) -> None:
+    """Schema 3 (history without reaches) to 4: entries, history rows and the journal of changed
+    entries are re-keyed alike, so a revert to a version from before the upgrade works."""
+    hotline.run("add", "http://www.h.example/1.html")
+    hotline.run("publish")
+    hotline.run("remove", "http://www.h.example/1.html")
+    hotline.run("add", "http://k.example/2.html")  # pending: in the journal of changed entries
+    db = sqlite3.connect(hotline.home / "store.sqlite")
+    with db:  # the tables as schema 3 had them: no reach, keys on the host as listed
+        old_key = "substr(url, instr(url, '//') + 2)"
+        db.executescript(f"""
+            CREATE TABLE e3 AS SELECT id, list_id, scope, {old_key} AS key, url, digest, host_digest, added_by,
+                added_at, reason, ref FROM entries;
+            DROP TABLE entries;
+            CREATE TABLE entries (id INTEGER PRIMARY KEY, list_id INTEGER NOT NULL, scope TEXT NOT NULL,
+                key TEXT NOT NULL, url TEXT NOT NULL, digest BLOB, host_digest BLOB NOT NULL,
+                added_by TEXT NOT NULL, added_at INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '',
+                ref TEXT NOT NULL DEFAULT '', UNIQUE (list_id, scope, key));
+            INSERT INTO entries SELECT * FROM e3; DROP TABLE e3;
+            CREATE TABLE h3 AS SELECT list_id, scope, {old_key} AS key, url, added_by, added_at, reason, ref,
+                since_version, until_version FROM history;
+            DROP TABLE history; ALTER TABLE h3 RENAME TO history;
+            CREATE UNIQUE INDEX history_open ON history(list_id, scope, key) WHERE until_version IS NULL;
+            DROP TABLE changed;
+            CREATE TABLE changed (list_id INTEGER NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL,
+                PRIMARY KEY (list_id, scope, key)) WITHOUT ROWID;
+            INSERT INTO changed VALUES (1, 'page', 'www.h.example/1.html'), (1, 'page', 'k.example/2.html');
+            UPDATE meta SET value = '3' WHERE key = 'schema_version';
+        """)
+    db.close()
+    assert reaches(hotline) == {("http://k.example/2.html", "page", "twin")}  # opens the store: upgrade
+    upgrade = next(r for r in json.loads(hotline.run("log", "--json").output) if r["action"] == "upgrade-store")
+    assert upgrade["detail"] == {"from": 3, "to": SCHEMA_VERSION, "twin_entries": 1, "merged_into_a_twin": []}
+    assert hotline.run("publish").stdout.strip() == "default 2"
+    assert hotline.run("revert", "default", "--to", "1").stdout.strip() == "default 3"
+    assert reaches(hotline) == {("http://www.h.example/1.html", "page", "twin")}
+    _, matcher = published_matcher(hotline)
+    assert matcher.check("http://h.example/1.html").blocked and not matcher.check("http://k.example/2.html").blocked

@@ -274,6 +274,24 @@ async def test_squid_connect_checks_the_host(squid: Squid, origin: str) -> None:
     assert (await connect_status(squid.port, origin)).startswith(b"HTTP/1.1 200 ")
 
 
+async def test_squid_deny_page_says_who_blocks(squid: Squid, origin: str, hotline, plugin) -> None:
+    """The list's signed metadata reaches Squid's deny page through the helper's message=, escaped."""
+    hotline.run("lists", "set", "default", "--title", "Hotline <b>&</b> Co", "--legal-basis", "Act 1978 s.1",
+                "--appeal-url", "https://appeal.example/form?a=1&b=2")
+    hotline.run("add", f"http://{origin}/titled.html")
+    hotline.run("publish")
+    plugin.install_published()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        code, body = await curl(squid.port, f"http://{origin}/titled.html")
+        if code == 451 and "Act 1978" in body:
+            break
+        await asyncio.sleep(0.3)
+    assert code == 451 and "blocked by list default: Hotline &lt;b&gt;&amp;&lt;/b&gt; Co" in body, body
+    assert "legal basis: Act 1978 s.1; appeal: https://appeal.example/form?a=1&amp;b=2" in body
+    assert "<b>" not in body and "titled.html" not in body
+
+
 @pytest.fixture
 def squid_with_policy(request: pytest.FixtureRequest, plugin, origin: str) -> Squid:
     """The squid fixture with a local policy: the listed page allowed, an unlisted folder blocked."""

@@ -543,3 +543,28 @@ def test_status_json_records_the_kind_beside_the_message(plugin: Plugin) -> None
     assert sync_once(plugin) == 1
     raw = json.loads(Cache(plugin.config().cache_dir).status_file.read_text())["lists"]["default"]
     assert raw["last_error_kind"] == "network" and raw["last_error"].startswith("network: ")
+
+
+def test_a_plugin_older_than_the_format_keeps_its_last_good_list(hotline: Hotline, plugin: Plugin,
+                                                               monkeypatch) -> None:
+    """A plugin that reads format 1 only (before www twins) refuses format 2 files with a clear
+    error in its status, the words of that plugin's reader, and goes on enforcing the version it
+    has; upgraded, it syncs."""
+    from blocklist.core.format import container
+    monkeypatch.setattr(container, "FORMAT_VERSION", 1)  # the old hotline writes, the old plugin reads
+    monkeypatch.setattr(container, "READABLE_VERSIONS", (1,))
+    hotline.run("add", URL_A)
+    hotline.run("publish")
+    with ServerThread(make_app(Home(hotline.home))) as server:
+        plugin.write_config(source=server.url, long_poll=0)
+        assert sync_once(plugin) == 0 and blocked(plugin, URL_A)
+        monkeypatch.setattr(container, "FORMAT_VERSION", 2)  # the hotline is upgraded, the plugin not
+        hotline.run("add", URL_B)
+        hotline.run("publish")
+        assert sync_once(plugin) == 1
+        st = status_of(plugin).lists["default"]
+        assert st.version == 1 and st.last_error == "format: snapshot: unsupported format version 2"
+        assert blocked(plugin, URL_A) and not blocked(plugin, URL_B)
+        monkeypatch.undo()  # the plugin is upgraded
+        assert sync_once(plugin) == 0 and blocked(plugin, URL_A) and blocked(plugin, URL_B)
+        assert status_of(plugin).lists["default"].version == 2

@@ -54,7 +54,7 @@ PROXY = "127.0.0.1"
 
 # The "internet": every name here resolves to the origin address (and ::2).
 INTERNET_HOSTS = ("good.example", "blocked.example", "www.blocked.example", "pages.example",
-                  "www.pages.example", "late.example", "cached.example")
+                  "www.pages.example", "a.pages.example", "late.example", "cached.example")
 INTERNET_EXTRA = ('"alias.example. 3600 IN CNAME www.blocked.example."',
                   '"chain.example. 3600 IN CNAME good.example."',
                   # a zone whose nameserver is a listed host: the internet itself (127.0.0.1)
@@ -97,7 +97,8 @@ def live(hotline: Hotline, plugin: Plugin) -> LiveMatcher:
     ("pages.example.", RR_ANY, Decision(HostAction.PROXY, Reply.ANSWER, RR_A, PROXY, 30, "default")),
     ("pages.example.", RR_HTTPS, Decision(HostAction.PROXY, Reply.ANSWER, RR_HTTPS, None, 30, "default")),
     ("pages.example.", RR_MX, Decision(HostAction.PROXY, Reply.PASS, list="default")),
-    ("www.pages.example.", RR_A, Decision(HostAction.PASS, Reply.PASS)),  # pages are per host
+    ("www.pages.example.", RR_A, Decision(HostAction.PROXY, Reply.ANSWER, RR_A, PROXY, 30, "default")),  # twin
+    ("a.pages.example.", RR_A, Decision(HostAction.PASS, Reply.PASS)),  # pages are per site, not per domain
     ("good.example.", RR_A, Decision(HostAction.PASS, Reply.PASS)),
     ("example.", RR_A, Decision(HostAction.PASS, Reply.PASS)),
     (".", RR_A, Decision(HostAction.PASS, Reply.PASS)),
@@ -313,7 +314,8 @@ def test_quick_pass_learns_clear_names_and_forgets_them_on_a_new_version(
     assert stage.quick_pass(_wire("q2.cdn.late.example"))      # and remembered
     assert stage.quick_pass(_wire("q3.other.late.example"))
     assert not stage.quick_pass(_wire("x.blocked.example")) and not stage.quick_pass(_wire("pages.example"))
-    assert stage.quick_pass(_wire("www.pages.example"))        # pages are per host: clear below it
+    assert not stage.quick_pass(_wire("www.pages.example"))    # the twin of a host with pages
+    assert stage.quick_pass(_wire("a.pages.example"))          # pages are per site: clear below it
     hotline.run("add", "http://late.example/", "--scope", "domain")
     hotline.run("publish")
     plugin.install_published()
@@ -556,7 +558,8 @@ def test_unbound_answers(listed: Plugin, start_resolver, modules: str) -> None:
 
     assert dig(port, "good.example").data == [ORIGIN]
     assert dig(port, "good.example", "AAAA").data == ["::2"]
-    assert dig(port, "www.pages.example").data == [ORIGIN]
+    assert dig(port, "www.pages.example").data == [PROXY]  # the www. twin of a host with pages
+    assert dig(port, "a.pages.example").data == [ORIGIN]
     assert dig(port, "nowhere.example").status == "NXDOMAIN"  # the internet's own answer
     assert resolver.alive
     assert "blocked.example" not in resolver.log_text()

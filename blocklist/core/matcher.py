@@ -4,14 +4,17 @@ A `ListFilter` is one list at one version, immutable once built: a delta makes a
 new one (`apply`), and shells swap a whole `Matcher` by reference, so a request
 is always answered by exactly one version of every list.
 
-Lookup order for a URL (see blocklist.core.digests for the keys):
+Lookup order for a URL (see blocklist.core.digests for the keys and reaches):
 1. host level, in the host Bloom filter, every hit confirmed against the exact
    sorted host digests: the host's suffixes, the shortest first, each by its
-   subtree marker (absent: nothing is listed at or below it, the URL is allowed)
-   and its domain digest (present: blocked); then the exact host's host digest
-   (absent: the host carries nothing, the URL is allowed).
-2. entry level, only for hosts that carry entries: page and folder digests, in
-   the entry Bloom filter, confirmed against the exact entry digests.
+   subtree marker (absent: nothing is listed at or below it; a "www." name has
+   none and goes on), its domain digest (present: blocked) and its sub-host
+   digest (present: its subdomain-reach entries apply to the URL); then the host's
+   own host digest (exact entries) and its www base's twin-host digest (twin
+   entries). No name that carries entries: the URL is allowed.
+2. entry level, only for hosts that carry entries: page and folder digests of
+   each name found in step 1, in the entry Bloom filter, confirmed against the
+   exact entry digests.
 A Bloom hit that the exact digests refute never blocks; it is counted.
 A URL whose escaped "?" the spec reads as the query start is also checked as a
 server reads it (blocklist.core.urls.server_view), on hosts that carry entries.
@@ -29,18 +32,27 @@ import re
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from pybloom_live import BloomFilter
 
-from blocklist.core.digests import HOST_KIND, TREE_KIND, Scope, domain_keys, entry_keys, kind_of
+from blocklist.core.digests import (
+    TREE_KIND,
+    Reach,
+    Scope,
+    domain_keys,
+    folder_tails,
+    host_kind,
+    kind_of,
+    www_base,
+)
 from blocklist.core.errors import ChecksumError, FormatError
 from blocklist.core.format.artifacts import Delta, Snapshot
 from blocklist.core.format.bloom import bloom_key, grow_bloom
 from blocklist.core.format.digestset import contains, merge_sorted, set_checksum
 from blocklist.core.urls import MAX_URL_LENGTH, CanonicalURL, canonicalize, canonicalize_host, server_view
 
-__all__ = ["ALLOWED", "HOST_PASS", "FailClosedHostVerdict", "FailClosedVerdict", "HostAction", "HostVerdict",
+__all__ = ["ALLOWED", "HOST_PASS", "Carrier", "FailClosedHostVerdict", "FailClosedVerdict", "HostAction", "HostVerdict",
            "ListFilter", "Matcher", "Verdict", "plain_authority"]
 
 HOST_CACHE_SIZE = 65536
@@ -58,6 +70,27 @@ def plain_authority(url: str) -> str | None:
     return match.group(1) if match else None
 
 _DOMAIN = kind_of(Scope.DOMAIN)
+_SUB_HOST, _TWIN_HOST, _EXACT_HOST = host_kind(Reach.SUBDOMAINS), host_kind(Reach.TWIN), host_kind(Reach.EXACT)
+
+
+class Carrier(NamedTuple):
+    """A name whose page and folder entries of one reach apply to the host being checked."""
+
+    page_kind: bytes
+    folder_kind: bytes
+    name: str
+    reach: Reach
+
+
+def _carrier(reach: Reach, name: str) -> Carrier:
+    return Carrier(kind_of(Scope.PAGE, reach), kind_of(Scope.FOLDER, reach), name, reach)
+
+
+# What check_entries found: one constant per scope and reach, so a block allocates nothing more.
+_PAGE_FOUND = {reach: (Scope.PAGE, reach) for reach in Reach}
+_FOLDER_FOUND = {reach: (Scope.FOLDER, reach) for reach in Reach}
+# How specific a scope is, for naming one list when several block a URL.
+_RANK = {Scope.DOMAIN: 0, Scope.FOLDER: 1, Scope.PAGE: 2}
 
 
 class HostAction(str, enum.Enum):
@@ -77,6 +110,7 @@ class Verdict:
     list: str | None = None
     version: int | None = None
     scope: Scope | None = None
+    reach: Reach | None = None  # of a page or folder entry
 
 
 @dataclass(frozen=True)
@@ -107,11 +141,13 @@ class FailClosedHostVerdict(HostVerdict):
 
 ALLOWED = Verdict(False)
 HOST_PASS = HostVerdict(HostAction.PASS)
-_PASS: tuple[HostAction, Scope | None] = (HostAction.PASS, None)
-_PROXY: tuple[HostAction, Scope | None] = (HostAction.PROXY, None)
-_BLOCK_DOMAIN: tuple[HostAction, Scope | None] = (HostAction.BLOCK, Scope.DOMAIN)
-# What a host suffix says (ListFilter._suffix): nothing at or below it, listed whole, or neither.
-_CLEAR, _LISTED, _MARKED = "clear", "listed", "marked"
+# The host-level answer: the action, the scope of a block, and the names whose entries apply.
+HostAnswer = tuple[HostAction, Scope | None, tuple[Carrier, ...]]
+_PASS: HostAnswer = (HostAction.PASS, None, ())
+_BLOCK_DOMAIN: HostAnswer = (HostAction.BLOCK, Scope.DOMAIN, ())
+# What a host suffix says (ListFilter._suffix): nothing at or below it, listed whole, carrier of
+# subdomain-reach entries, or none of these.
+_CLEAR, _LISTED, _SUBS, _MARKED = "clear", "listed", "subdomains", "marked"
 
 
 class ListFilter:
@@ -129,7 +165,7 @@ class ListFilter:
         self.created, self.expires = created, expires
         self.checksum = checksum if checksum is not None else set_checksum(entries, hosts)
         self._base = hashlib.sha256(salt)
-        self._host_cache: dict[str, tuple[HostAction, Scope | None]] = {}
+        self._host_cache: dict[str, HostAnswer] = {}
         self._suffix_cache: dict[str, str] = {}
         self.bloom_confirmed = 0
         self.bloom_refuted = 0
@@ -178,7 +214,7 @@ class ListFilter:
             self.bloom_refuted += 1
         return False
 
-    def host_stage(self, host: str) -> tuple[HostAction, Scope | None]:
+    def host_stage(self, host: str) -> HostAnswer:
         """The host-level answer for a canonical host (cached, and so are its parents' answers)."""
         cached = self._host_cache.get(host)
         if cached is None:
@@ -188,28 +224,34 @@ class ListFilter:
             self._host_cache[host] = cached
         return cached
 
-    def _host_answer(self, host: str) -> tuple[HostAction, Scope | None]:
-        # The suffixes, the shortest first: one listed whole blocks; one without a subtree
-        # marker has nothing at or below it, so the host passes. The walk's steps are
-        # cached, so a fresh name under a known parent costs no digest.
-        suffixes = domain_keys(host)
-        for parent in suffixes[:0:-1]:
-            state = self._suffix(parent)
-            if state is not _MARKED:
-                return _PASS if state is _CLEAR else _BLOCK_DOMAIN
-        if self.subtree_markers and not self._member(self.host_bloom, self.hosts, self._digest(TREE_KIND, host)):
-            return _PASS
-        if self._member(self.host_bloom, self.hosts, self._digest(_DOMAIN, host)):
-            return _BLOCK_DOMAIN
-        if self._member(self.host_bloom, self.hosts, self._digest(HOST_KIND, host)):
-            return _PROXY
-        return _PASS
+    def _host_answer(self, host: str) -> HostAnswer:
+        # The suffixes, the shortest first, the host last: one listed whole blocks; one without
+        # a subtree marker has nothing at or below it, so the walk stops there; each carrier of
+        # subdomain-reach entries on the way applies to the host. The walk's steps are cached,
+        # so a fresh name under a known parent costs no digest.
+        carriers: list[Carrier] = []
+        for name in domain_keys(host)[::-1]:
+            state = self._suffix(name)
+            if state is _CLEAR:
+                break
+            if state is _LISTED:
+                return _BLOCK_DOMAIN
+            if state is _SUBS:
+                carriers.append(_carrier(Reach.SUBDOMAINS, name))
+        else:
+            if self._member(self.host_bloom, self.hosts, self._digest(_EXACT_HOST, host)):
+                carriers.append(_carrier(Reach.EXACT, host))
+            base = www_base(host)
+            if self._member(self.host_bloom, self.hosts, self._digest(_TWIN_HOST, base)):
+                carriers.append(_carrier(Reach.TWIN, base))
+        return (HostAction.PROXY, None, tuple(carriers)) if carriers else _PASS
 
     def clear_suffix(self, host: str) -> str | None:
         """The shortest suffix of the canonical `host` with nothing listed at or below it, if any.
 
         Every name below that suffix passes the host stage. None when the subtree
-        markers do not show one (or a suffix is listed whole).
+        markers do not show one (or a suffix is listed whole or carries subdomain-reach
+        entries, which apply to every name below it).
         """
         for name in domain_keys(host)[::-1]:
             if "." not in name and not name.startswith("["):
@@ -220,14 +262,22 @@ class ListFilter:
         return None
 
     def _suffix(self, name: str) -> str:
-        """_CLEAR (nothing at or below `name`), _LISTED (listed whole) or _MARKED (cached)."""
+        """_CLEAR, _LISTED, _SUBS or _MARKED for one suffix (cached).
+
+        A "www." name has no marker of its own (its base's speaks for it, and the walk
+        met the base first), so it is never _CLEAR, and no entry is filed under it but
+        exact and domain ones.
+        """
         state = self._suffix_cache.get(name)
         if state is None:
-            if self.subtree_markers and not self._member(self.host_bloom, self.hosts,
-                                                         self._digest(TREE_KIND, name)):
+            base = not name.startswith("www.") or www_base(name) == name
+            if base and self.subtree_markers and not self._member(self.host_bloom, self.hosts,
+                                                                  self._digest(TREE_KIND, name)):
                 state = _CLEAR
             elif self._member(self.host_bloom, self.hosts, self._digest(_DOMAIN, name)):
                 state = _LISTED
+            elif base and self._member(self.host_bloom, self.hosts, self._digest(_SUB_HOST, name)):
+                state = _SUBS
             else:
                 state = _MARKED
             if len(self._suffix_cache) >= HOST_CACHE_SIZE:
@@ -237,18 +287,26 @@ class ListFilter:
 
     def check_canonical(self, url: CanonicalURL) -> Scope | None:
         """The scope of the entry that covers `url`, or None."""
-        action, scope = self.host_stage(url.host)
-        if action is HostAction.BLOCK:
-            return scope
-        if action is HostAction.PASS:
-            return None
-        return self.check_entries(url)
+        action, scope, carriers = self.host_stage(url.host)
+        if action is HostAction.PROXY:
+            found = self.check_entries(url, carriers)
+            return None if found is None else found[0]
+        return scope
 
-    def check_entries(self, url: CanonicalURL) -> Scope | None:
-        """Stage 2 for a host that carries entries: the page or folder entry covering `url`."""
-        for scope, key in entry_keys(url):
-            if self._member(self.entry_bloom, self.entries, self._digest(kind_of(scope), key)):
-                return scope
+    def check_entries(self, url: CanonicalURL, carriers: tuple[Carrier, ...]) -> tuple[Scope, Reach] | None:
+        """Stage 2 for a host that carries entries: the page, else the folder entry covering `url`."""
+        member, digest, bloom, entries = self._member, self._digest, self.entry_bloom, self.entries
+        path, query = url.path, url.query
+        for page_kind, _, name, reach in carriers:
+            if query is not None and member(bloom, entries, digest(page_kind, f"{name}{path}?{query}")):
+                return _PAGE_FOUND[reach]
+            if member(bloom, entries, digest(page_kind, name + path)):
+                return _PAGE_FOUND[reach]
+        tails = folder_tails(url)
+        for _, folder_kind, name, reach in carriers:
+            for tail in tails:
+                if member(bloom, entries, digest(folder_kind, name + tail)):
+                    return _FOLDER_FOUND[reach]
         return None
 
 
@@ -285,15 +343,26 @@ class Matcher:
                 return ALLOWED
             canonical = canonicalize(url)
         host_listed = False
+        best: Verdict | None = None
+        best_rank = -1
         for f in self.filters:
-            action, scope = f.host_stage(canonical.host)
+            action, scope, carriers = f.host_stage(canonical.host)
             if action is HostAction.PASS:
                 continue
             host_listed = True
+            reach = None
             if action is HostAction.PROXY:
-                scope = f.check_entries(canonical)
-            if scope is not None:
-                return Verdict(True, f.name, f.version, scope)
+                found = f.check_entries(canonical, carriers)
+                if found is None:
+                    continue
+                scope, reach = found
+            if scope is not None and _RANK[scope] > best_rank:
+                # Several lists may block a URL: the most specific entry names it, the first list on a tie.
+                best, best_rank = Verdict(True, f.name, f.version, scope, reach), _RANK[scope]
+                if scope is Scope.PAGE:
+                    break
+        if best is not None:
+            return best
         if authority is not None and not host_listed:
             if len(self._unlisted_authorities) >= AUTHORITY_CACHE_SIZE:
                 self._unlisted_authorities.clear()
@@ -319,7 +388,7 @@ class Matcher:
         canonical = canonicalize_host(host)
         proxy: HostVerdict | None = None
         for f in self.filters:
-            action, _ = f.host_stage(canonical)
+            action, _, _ = f.host_stage(canonical)
             if action is HostAction.BLOCK:
                 return HostVerdict(action, f.name, f.version)
             if action is HostAction.PROXY and proxy is None:

@@ -130,6 +130,17 @@ class Syncer:
                 st.version, st.checksum = loaded.version, loaded.checksum
         if self.trust.manifest is not None:
             self._record_manifest(self.status.manifest.fetched_at)
+            self._save_meta()
+
+    def _save_meta(self) -> None:
+        """The configured lists' metadata of the trusted manifest into the cache (block pages read it)."""
+        manifest = self.trust.manifest
+        try:
+            if manifest is not None and self.cache.write_meta(
+                    {n: manifest.lists[n].meta for n in self.config.lists if n in manifest.lists}):
+                log.info("list metadata updated manifest=%d", manifest.version)
+        except OSError as exc:
+            log.error("cache: cannot write meta.json: %s", exc.strerror)
 
     # -- one sync
 
@@ -176,6 +187,7 @@ class Syncer:
                 self._record_manifest(now)
             if not self._manifest_saved:
                 self.cache.write_manifest(self.trust.manifest_bytes or resp.body)
+                self._save_meta()
                 self._manifest_saved = True
             self.etag = resp.etag
             return True

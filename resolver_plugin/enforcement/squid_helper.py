@@ -76,7 +76,7 @@ class SquidHelper:
     def __init__(self, live: LiveMatcher, log_blocked_urls: bool = False) -> None:
         self.live = live
         self.log_blocked_urls = log_blocked_urls
-        self._blocked: dict[tuple[str | None, int | None], bytes] = {}
+        self._blocked: dict[tuple[str | None, int | None, str], bytes] = {}
         self._checks = 0                   # URL checks since the last flush_metrics
         self._blocks: Counter[str] = Counter()
 
@@ -160,12 +160,13 @@ class SquidHelper:
 
     def _ok(self, name: str | None, version: int | None) -> bytes:
         """The OK answer of a list: the same bytes for every URL it blocks (cached)."""
-        key = (name, version)
+        message = self.live.block_message(name or "unknown")  # with the list's title, basis, appeal URL
+        key = (name, version, message)
         cached = self._blocked.get(key)
         if cached is None:
             name = name or "unknown"
             at = f":v{version}" if version is not None else ""
-            cached = (f"OK message={_quote(f'blocked by list {name}')} "
+            cached = (f"OK message={_quote(message)} "
                       f"log={_quote(f'blocklist:{name}{at}')}").encode("utf-8", "replace")
             if len(self._blocked) > 256:
                 self._blocked.clear()

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from blocklist.core.digests import Scope, entry_digests, make_entry, subtree_markers
+from blocklist.core.digests import Reach, Scope, entry_digests, make_entry, subtree_markers
 from blocklist.core.format.artifacts import Snapshot, read_snapshot
 from blocklist.core.format.bloom import build_bloom
 from blocklist.core.format.digestset import digest_array, set_checksum
@@ -38,12 +38,15 @@ def manifest(version: int = 1) -> Manifest:
                        deltas=(DeltaRef(ref.path, 3, ref.sha256, 0, 1),))})
 
 
-def make_filter(entries: list[tuple[str, Scope]], name: str = "iwf", version: int = 1,
-                rate: float = 1e-6, bloom: bool = True, markers: bool = True) -> ListFilter:
-    """A filter as publish compiles it; markers=False: as published before subtree markers."""
+def make_filter(entries: list[tuple[str, Scope]] | list[tuple[str, Scope, Reach]], name: str = "iwf",
+                version: int = 1, rate: float = 1e-6, bloom: bool = True, markers: bool = True) -> ListFilter:
+    """A filter as publish compiles it; markers=False: as published before subtree markers.
+
+    Entries are (url, scope) with the default reach, or (url, scope, reach).
+    """
     e, h = set(), set()
-    for url, scope in entries:
-        entry = make_entry(url, scope)
+    for url, scope, *reach in entries:
+        entry = make_entry(url, scope, *reach)
         d, hd = entry_digests(SALT, entry)
         if d is not None:
             e.add(d)

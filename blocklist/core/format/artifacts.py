@@ -17,6 +17,7 @@ from pybloom_live import BloomFilter
 from blocklist.core.errors import ChecksumError, FormatError
 from blocklist.core.format.bloom import bloom_bytes, bloom_from, bloom_params
 from blocklist.core.format.container import (
+    FORMAT_VERSION,
     KIND_DELTA,
     KIND_SNAPSHOT,
     pack_container,
@@ -44,6 +45,7 @@ class Snapshot:
     hosts: array[int]    # sorted host, domain and parent-marker digests
     counts: dict[str, int] = field(default_factory=dict)  # entries by scope, informational
     subtree_markers: bool = False  # `hosts` holds subtree markers (blocklist.core.digests); publish sets it
+    format_version: int = FORMAT_VERSION  # of the file it was read from; written: always the current one
 
 
 def write_snapshot(snap: Snapshot, private_key: Ed25519PrivateKey) -> bytes:
@@ -63,7 +65,7 @@ def write_snapshot(snap: Snapshot, private_key: Ed25519PrivateKey) -> bytes:
 
 def read_snapshot(data: bytes, keys: Keyring, max_size: int = 2**31) -> Snapshot:
     what = "snapshot"
-    header, sections = unpack_container(data, KIND_SNAPSHOT, keys, max_size, what)
+    header, sections, version = unpack_container(data, KIND_SNAPSHOT, keys, max_size, what)
     if header.get("type") != "snapshot" or header.get("digest_size") != 8:
         raise FormatError(f"{what}: unsupported header type or digest size")
     salt = _hex(typed_field(header, "salt", str, what), what)
@@ -76,7 +78,7 @@ def read_snapshot(data: bytes, keys: Keyring, max_size: int = 2**31) -> Snapshot
         entry_bloom=bloom_from(header.get("entry_bloom"), section(sections, "entry_bloom", what), what),
         host_bloom=bloom_from(header.get("host_bloom"), section(sections, "host_bloom", what), what),
         entries=entries, hosts=hosts, counts=_counts(header.get("counts", {}), what),
-        subtree_markers=_flag(header, "subtree_markers", what))
+        subtree_markers=_flag(header, "subtree_markers", what), format_version=version)
     if set_checksum(entries, hosts) != snap.checksum:
         raise ChecksumError(f"{what}: digest set does not match its checksum")
     return snap
@@ -146,7 +148,7 @@ def write_delta(delta: Delta, private_key: Ed25519PrivateKey) -> bytes:
 
 def read_delta(data: bytes, keys: Keyring, max_size: int = 2**31) -> Delta:
     what = "delta"
-    header, sections = unpack_container(data, KIND_DELTA, keys, max_size, what)
+    header, sections, _ = unpack_container(data, KIND_DELTA, keys, max_size, what)
     if header.get("type") != "delta":
         raise FormatError(f"{what}: unsupported header type")
     arrays = {name: _digests(sections, name, count_field(header, name, what), what)

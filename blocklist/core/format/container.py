@@ -2,7 +2,7 @@
 
     magic        4 bytes  b"BLKL"
     kind         1 byte   b"S" snapshot, b"D" delta
-    format       1 byte   1
+    format       1 byte   2 (1: written before www twins and subdomain reach; still read)
     reserved     2 bytes  zero
     header_len   u32 BE   at most MAX_HEADER bytes
     header       header_len bytes of canonical JSON (UTF-8, sorted keys, no spaces)
@@ -26,12 +26,16 @@ from blocklist.core.format.keys import Keyring, key_id, verify_signature
 from blocklist.core.format.strictjson import canonical_json, strict_loads, typed_field
 
 __all__ = [
-    "MAGIC", "FORMAT_VERSION", "KIND_SNAPSHOT", "KIND_DELTA", "PREFIX", "SIG_SIZE", "MAX_HEADER",
+    "MAGIC", "FORMAT_VERSION", "READABLE_VERSIONS", "KIND_SNAPSHOT", "KIND_DELTA", "PREFIX", "SIG_SIZE", "MAX_HEADER",
     "pack_container", "unpack_container", "section", "signer_of",
 ]
 
 MAGIC = b"BLKL"
-FORMAT_VERSION = 1
+# 2: the digest kinds of www twins and subdomain reach, and subtree markers of www bases
+# (blocklist.core.digests). A version-1 reader would miss those entries, so it must refuse
+# these files; a version-1 file holds none of them and reads by the same rules.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 KIND_SNAPSHOT = b"S"
 KIND_DELTA = b"D"
 PREFIX = struct.Struct(">4sc B 2s I")  # magic, kind, format, reserved, header_len
@@ -51,8 +55,8 @@ def pack_container(kind: bytes, header: dict[str, Any], sections: list[tuple[str
 
 
 def unpack_container(data: bytes, kind: bytes, keys: Keyring, max_size: int, what: str
-                     ) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The verified header and the sections by name."""
+                     ) -> tuple[dict[str, Any], dict[str, bytes], int]:
+    """The verified header, the sections by name and the format version."""
     if len(data) > max_size:
         raise SizeError(f"{what}: {len(data)} bytes exceeds the limit of {max_size}")
     if len(data) < PREFIX.size + SIG_SIZE:
@@ -62,7 +66,10 @@ def unpack_container(data: bytes, kind: bytes, keys: Keyring, max_size: int, wha
         raise FormatError(f"{what}: not a blocklist file (bad magic)")
     if got_kind != kind:
         raise FormatError(f"{what}: wrong kind {got_kind!r}, expected {kind!r}")
-    if version != FORMAT_VERSION:
+    if version > FORMAT_VERSION:
+        raise FormatError(f"{what}: format version {version} is newer than this reader understands "
+                          f"(up to {FORMAT_VERSION}): upgrade blocklist-plugin; the last good list stays in force")
+    if version not in READABLE_VERSIONS:
         raise FormatError(f"{what}: unsupported format version {version}")
     if head_len > MAX_HEADER or PREFIX.size + head_len + SIG_SIZE > len(data):
         raise FormatError(f"{what}: header length {head_len} out of range")
@@ -84,7 +91,7 @@ def unpack_container(data: bytes, kind: bytes, keys: Keyring, max_size: int, wha
         offset += length
     if offset != len(data) - SIG_SIZE:
         raise FormatError(f"{what}: {len(data) - SIG_SIZE - offset} unexplained bytes")
-    return header, sections
+    return header, sections, version
 
 
 def section(sections: Mapping[str, bytes], name: str, what: str) -> bytes:

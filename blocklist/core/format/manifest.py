@@ -1,7 +1,7 @@
 """The signed manifest: canonical JSON of the lists' files, sizes and hashes, under one root version.
 
     {"signed": {"type", "spec_version": 2, "version", "created", "expires", "root_version",
-                "lists": {name: {"version", "checksum", "entries", "snapshot", "deltas"}}},
+                "lists": {name: {"version", "checksum", "entries", "snapshot", "deltas", ["meta"]}}},
      "signatures": [{"key_id", "sig"}]}
 
 Each signature is over the canonical JSON of "signed" (core.format.envelope),
@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from blocklist.core.errors import ChecksumError, FormatError, SignatureError, SizeError
 from blocklist.core.format.envelope import Envelope, count_signers, open_envelope, seal
 from blocklist.core.format.keys import Keyring, shown_id
+from blocklist.core.format.listmeta import ListMeta, meta_from_json
 from blocklist.core.format.strictjson import check_list_name, count_field, strict_loads, typed_field
 
 __all__ = [
@@ -30,7 +31,8 @@ __all__ = [
 
 MAX_MANIFEST = 4 * 1024 * 1024
 MANIFEST_TYPE = "blocklist/manifest"
-MANIFEST_FORMAT = 2  # 1: signed by a key chain, before root documents
+MANIFEST_FORMAT = 2  # 1: signed by a key chain, before root documents; snapshots and deltas have their
+#                     own (container.FORMAT_VERSION)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class ListRef:
     entries: int
     snapshot: FileRef
     deltas: tuple[DeltaRef, ...] = ()
+    meta: ListMeta = ListMeta()  # who blocks with it (blocklist.core.format.listmeta); optional
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,17 @@ def manifest_signed(manifest: Manifest) -> dict[str, Any]:
     return {
         "type": MANIFEST_TYPE, "spec_version": MANIFEST_FORMAT, "version": manifest.version,
         "created": manifest.created, "expires": manifest.expires, "root_version": manifest.root_version,
-        "lists": {name: {"version": ref.version, "checksum": ref.checksum, "entries": ref.entries,
-                         "snapshot": _ref_json(ref.snapshot),
-                         "deltas": [dict(_ref_json(d), **{"from": d.from_version, "to": d.to_version})
-                                    for d in ref.deltas]}
-                  for name, ref in sorted(manifest.lists.items())},
+        "lists": {name: _list_json(ref) for name, ref in sorted(manifest.lists.items())},
     }
+
+
+def _list_json(ref: ListRef) -> dict[str, Any]:
+    out = {"version": ref.version, "checksum": ref.checksum, "entries": ref.entries,
+           "snapshot": _ref_json(ref.snapshot),
+           "deltas": [dict(_ref_json(d), **{"from": d.from_version, "to": d.to_version}) for d in ref.deltas]}
+    if ref.meta:
+        out["meta"] = ref.meta.as_json()
+    return out
 
 
 def write_manifest(manifest: Manifest, private_keys: list[Ed25519PrivateKey]) -> bytes:
@@ -170,7 +178,7 @@ def _list_ref(item: Any, what: str) -> ListRef:
                    checksum=typed_field(item, "checksum", str, what),
                    entries=count_field(item, "entries", what),
                    snapshot=_file_ref(typed_field(item, "snapshot", dict, what), what),
-                   deltas=tuple(deltas))
+                   deltas=tuple(deltas), meta=meta_from_json(item["meta"], what) if "meta" in item else ListMeta())
 
 
 def check_file(ref: FileRef, data: bytes, what: str) -> None:

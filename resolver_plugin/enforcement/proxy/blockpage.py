@@ -1,26 +1,34 @@
 """The proxy's own responses: the block page and the error pages, as complete HTTP/1.1 bytes.
 
-No oracle: a block response depends only on the list's name, the
+No oracle: a block response depends only on the list (its name and the
+metadata the hotline signed for it: title, legal basis, appeal URL), the
 configured status, the request method (HEAD gets no body) and the current
 minute, never on the URL, the matched entry or its scope. Pages are rendered
-once per list and minute and reused.
+once per list, metadata and minute and reused.
 
 Templates are `string.Template` HTML with these variables, all HTML-escaped:
-`$list` (list name), `$appeal_url` (proxy.appeal_url, may be empty), `$time`
-(UTC, to the minute), `$status` (the HTTP status), and `$appeal_link` (a
-ready paragraph with the appeal link, or nothing when there is no appeal_url).
+`$list` (list name), `$title` and `$legal_basis` (the list's, may be empty),
+`$appeal_url` (the list's appeal URL, else proxy.appeal_url; may be empty),
+`$time` (UTC, to the minute), `$status` (the HTTP status), `$list_info` (ready
+paragraphs with the title and legal basis, or nothing) and `$appeal_link` (a
+ready paragraph with the appeal link, or nothing when there is no appeal URL).
 Unknown `$names` are left as they are (`safe_substitute`).
+
+With an appeal URL the response carries `Link: <URL>; rel="blocked-by"` (RFC 7725),
+when the URL is one a header can carry unchanged (the hotline's always is).
 """
 
 from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from string import Template
 
 from blocklist.core.errors import ConfigError
+from blocklist.core.format.listmeta import ListMeta, meta_problem
 from resolver_plugin.config import ProxyConfig
 
 BUILTIN_TEMPLATE = Path(__file__).parents[2] / "templates" / "block.html"
@@ -67,35 +75,56 @@ def load_template(config: ProxyConfig) -> Template:
     return template
 
 
-class BlockPage:
-    """Renders the block response of a list; identical bytes for every URL it blocks."""
+_NO_META = ListMeta()
 
-    def __init__(self, config: ProxyConfig) -> None:
+
+def _no_meta(name: str) -> ListMeta:
+    return _NO_META
+
+
+class BlockPage:
+    """Renders the block response of a list; identical bytes for every URL it blocks.
+
+    `list_meta` gives a list's metadata (LiveMatcher.list_meta: from the verified manifest).
+    """
+
+    def __init__(self, config: ProxyConfig, list_meta: Callable[[str], ListMeta] = _no_meta) -> None:
         self.status = config.block_status
         self.appeal_url = config.appeal_url
         self.template = load_template(config)
-        self._cache: dict[tuple[str, str], bytes] = {}
+        self.list_meta = list_meta
+        self._cache: dict[tuple[str, str, ListMeta], bytes] = {}
 
-    def render(self, list_name: str, minute: str | None = None) -> bytes:
+    def render(self, list_name: str, minute: str | None = None, meta: ListMeta = _NO_META) -> bytes:
         """The HTML body for `list_name` at `minute` ("YYYY-MM-DD HH:MM UTC"; default now)."""
         minute = minute or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        appeal = html.escape(self.appeal_url, quote=True)
+        appeal_url = meta.appeal_url or self.appeal_url
+        appeal = html.escape(appeal_url, quote=True)
         link = (f'<p>If you believe this page was blocked in error, you can '
-                f'<a href="{appeal}">appeal the block</a>.</p>') if self.appeal_url else ""
+                f'<a href="{appeal}">appeal the block</a>.</p>') if appeal_url else ""
+        title, basis = html.escape(meta.title, quote=True), html.escape(meta.legal_basis, quote=True)
+        info = "".join([f'<p class="who">Blocked by <strong>{title}</strong>.</p>' if title else "",
+                        f'<p class="basis">Legal basis: {basis}</p>' if basis else ""])
         text = self.template.safe_substitute(
             list=html.escape(list_name, quote=True), appeal_url=appeal, time=html.escape(minute),
-            status=str(self.status), appeal_link=link)
+            status=str(self.status), appeal_link=link, title=title, legal_basis=basis, list_info=info)
         return text.encode("utf-8")
 
     def response(self, list_name: str, head_only: bool = False) -> bytes:
         """The complete HTTP response (status line, headers, body) blocking with `list_name`."""
         minute = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        key = (list_name, minute)
+        meta = self.list_meta(list_name)
+        key = (list_name, minute, meta)
         full = self._cache.get(key)
         if full is None:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
-            full = _response(self.status, self.render(list_name, minute), "text/html; charset=utf-8", False)
+            appeal_url = meta.appeal_url or self.appeal_url
+            extra: tuple[tuple[str, str], ...] = ()
+            if appeal_url and meta_problem(ListMeta(appeal_url=appeal_url)) is None:
+                extra = (("Link", f'<{appeal_url}>; rel="blocked-by"'),)
+            full = _response(self.status, self.render(list_name, minute, meta), "text/html; charset=utf-8",
+                             False, extra)
             self._cache[key] = full
         if head_only:
             return full[:full.index(b"\r\n\r\n") + 4]

@@ -120,7 +120,7 @@ class ProxyServer:
         started with, the next one gets the new ones. The listening addresses and the upstream
         connection pools stay as they were started.
         """
-        page = BlockPage(config.proxy)
+        page = BlockPage(config.proxy, self.live.list_meta)
         header_timeout, idle_timeout = self._timeouts
         self.config, self.proxy, self.page = config, config.proxy, page
         self.header_timeout = header_timeout or config.proxy.header_timeout
