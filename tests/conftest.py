@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -169,6 +170,21 @@ async def origin() -> AsyncIterator[str]:
     await site.start()
     yield f"127.0.0.1:{port}"
     await runner.cleanup()
+
+
+@pytest.fixture
+def no_sockets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every byte comes from an in-memory source: a connection attempt fails the test.
+
+    Modules driven by the RepositorySimulator use it with
+    `pytestmark = pytest.mark.usefixtures("no_sockets")`.
+    """
+    module = request.module.__name__
+
+    def refuse(self: socket.socket, *args: object) -> None:
+        raise AssertionError(f"a test of {module} opened a connection: {args}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -8,7 +8,6 @@ left, through `gather` and through the CLI.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -29,11 +28,7 @@ SNAPSHOT_2 = "lists/default/snapshot-2"
 DELTA_1_2 = "lists/default/delta-1-2"
 
 
-@pytest.fixture(autouse=True)
-def no_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self: socket.socket, *args: object) -> None:
-        raise AssertionError(f"a test of {__name__} opened a connection: {args}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("no_sockets")  # every byte comes from the simulator
 
 
 @pytest.fixture

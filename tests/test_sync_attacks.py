@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -39,13 +38,7 @@ SNAPSHOT_2 = "lists/default/snapshot-2"
 DELTA_1_2 = "lists/default/delta-1-2"
 
 
-@pytest.fixture(autouse=True)
-def no_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every byte comes from the simulator: a connection attempt fails the test."""
-    def refuse(self: socket.socket, *args: object) -> None:
-        raise AssertionError(f"a test of {__name__} opened a connection: {args}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+pytestmark = pytest.mark.usefixtures("no_sockets")  # every byte comes from the simulator
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -33,12 +32,7 @@ URL_B = "http://bad.example/b.html"
 URL_C = "http://bad.example/c.html"
 
 
-@pytest.fixture(autouse=True)
-def no_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every byte comes from the simulator or a directory: a connection attempt fails the test."""
-    def refuse(self: socket.socket, *args: object) -> None:
-        raise AssertionError(f"a test of {__name__} opened a connection: {args}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("no_sockets")  # every byte comes from the simulator
 
 
 @pytest.fixture
