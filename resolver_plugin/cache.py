@@ -10,7 +10,10 @@ Layout under `cache_dir` (written only by `sync`, read by every enforcement proc
     sync.lock                   flock held by the one `sync` that writes this cache
     lists/<name>/snapshot-N     a verified snapshot, bytes as fetched (signed)
     lists/<name>/delta-M-N      verified deltas applied on top of it, in order
-    lists/<name>/state.json     {"version", "checksum", "snapshot", "deltas"}: what to load
+    lists/<name>/compiled-N-C   the list at version N (C: its checksum's first 16 hex digits)
+                                as blocklist.core.format.compiled lays it out, which every
+                                enforcing process maps read-only: one copy per node
+    lists/<name>/state.json     {"version", "checksum", "snapshot", "deltas", "compiled"}: what to load
     generation                  rewritten after every change; readers stat it to reload
     status.json                 the node status (resolver_plugin.operations.node_status)
     metrics/<pid>.json          each enforcing process's counters (resolver_plugin.operations.metrics)
@@ -18,10 +21,16 @@ Layout under `cache_dir` (written only by `sync`, read by every enforcement proc
 `Cache` is the one owner of these names: everything else asks it for a path.
 
 Writers put new artifact files first and replace state.json last (each file
-atomically), then bump `generation`, then delete files state.json no longer
-names: a kill -9 anywhere leaves a state.json that names complete files.
-Readers verify the signatures and the resulting checksum again on every load,
-so a damaged cache is refused and the previous in-memory list stays in force.
+atomically: temp file, fsync, rename), then bump `generation`, then delete files
+state.json no longer names, but the compiled file it named before (processes
+still mapping it move on at their next reload; an unlinked mapped file stays
+readable to them): a kill -9 anywhere leaves a state.json that names complete files.
+`sync` verifies the signatures and the resulting checksum on every load. Enforcing
+processes map the compiled file and check its header, bounds and SHA-256 against
+state.json (blocklist.core.format.compiled), without parsing or copying; a cache
+without one (written by a release before it) or with one that fails the check is
+read from the signed files as sync reads it, so a damaged cache is refused and the
+node never starts open. A list that fails both keeps its previous in-memory version.
 An expired list is still loaded: a plugin never starts open when it has a cache.
 """
 
@@ -31,11 +40,12 @@ import base64
 import fcntl
 import json
 import logging
+import mmap
 import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +56,7 @@ from blocklist.core import atomic
 from blocklist.core.digests import Scope
 from blocklist.core.errors import BlocklistError, ChecksumError, ConfigError, FormatError
 from blocklist.core.format.artifacts import read_delta, read_snapshot
+from blocklist.core.format.compiled import read_compiled, write_compiled
 from blocklist.core.format.container import MAX_HEADER, PREFIX, signer_of
 from blocklist.core.format.keys import Keyring, key_id
 from blocklist.core.format.listmeta import ListMeta, meta_from_json
@@ -81,10 +92,14 @@ class ListState:
     checksum: str
     snapshot: str           # file name inside lists/<name>/
     deltas: tuple[str, ...]  # file names, applied in order
+    compiled: str | None = None  # the compiled list file of the result; None in caches written before it
 
     def as_json(self) -> dict[str, Any]:
-        return {"version": self.version, "checksum": self.checksum, "snapshot": self.snapshot,
-                "deltas": list(self.deltas)}
+        out: dict[str, Any] = {"version": self.version, "checksum": self.checksum, "snapshot": self.snapshot,
+                               "deltas": list(self.deltas)}
+        if self.compiled is not None:
+            out["compiled"] = self.compiled
+        return out
 
 
 def _safe_name(name: Any) -> str:
@@ -190,22 +205,55 @@ class Cache:
             raw = json.loads(path.read_text())
             return ListState(version=int(raw["version"]), checksum=str(raw["checksum"]),
                              snapshot=_safe_name(raw["snapshot"]),
-                             deltas=tuple(_safe_name(d) for d in raw["deltas"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+                             deltas=tuple(_safe_name(d) for d in raw["deltas"]),
+                             compiled=_safe_name(raw["compiled"]) if raw.get("compiled") is not None else None)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FormatError(f"cache: {path}: unreadable state ({exc})") from None
 
-    def write_list(self, name: str, state: ListState, files: dict[str, bytes]) -> None:
-        """Store verified `files` and make `state` current, crash-safely."""
+    def write_list(self, name: str, state: ListState, files: dict[str, bytes],
+                   compiled: ListFilter | None = None) -> ListState:
+        """Store verified `files` and make `state` current, crash-safely; returns the state written.
+
+        With `compiled` (the filter `state` describes) its compiled list file is written
+        too, under a new name, and state.json names it.
+        """
         folder = self.list_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
+        files = dict(files)
+        if compiled is not None and compiled.entry_bloom is not None and compiled.host_bloom is not None:
+            state = replace(state, compiled=f"compiled-{state.version}-{state.checksum[:16]}")
+            files[state.compiled] = write_compiled(compiled.compiled())  # type: ignore[index]
+        try:
+            before = self.state(name)
+        except FormatError:
+            before = None
         for file_name, data in files.items():
             atomic.write_bytes(folder / _safe_name(file_name), data)
         atomic.write_bytes(self.state_file(name), json.dumps(state.as_json()).encode())
         self.bump_generation()
-        keep = {state.snapshot, *state.deltas, "state.json"}
+        # The compiled file named before stays one more write: processes still mapping it
+        # reload at their next generation check, and deleting it under them is safe anyway.
+        keep = {state.snapshot, *state.deltas, state.compiled, before and before.compiled, "state.json"}
         for path in folder.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
+        return state
+
+    def ensure_compiled(self, name: str, current: ListFilter) -> bool:
+        """Write the compiled file of the cached list `current` (sync verified it) if it is
+        missing or fails the readers' check; True if it was written."""
+        state = self.state(name)
+        if state is None or state.version != current.version or state.checksum != current.checksum:
+            return False
+        if state.compiled is not None:
+            try:
+                self._mapped(name, state)
+                return False
+            except FormatError as exc:
+                log.error("cache: list %s: compiled file refused, writing it again: %s", name, exc,
+                          extra={"event": "compiled_refused", "list": name, "file": state.compiled,
+                                 "reason": str(exc)})
+        return self.write_list(name, state, {}, current).compiled is not None
 
     def write_manifest(self, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -262,11 +310,56 @@ class Cache:
         except OSError:
             return 0
 
-    def load_list(self, name: str, keys: Keyring, max_bytes: int) -> ListFilter | None:
-        """The verified ListFilter of a cached list, None if not cached; raises if damaged."""
+    def load_list(self, name: str, keys: Keyring, max_bytes: int, mapped: bool = False) -> ListFilter | None:
+        """The verified ListFilter of a cached list, None if not cached; raises if damaged.
+
+        `mapped` (enforcing processes): the compiled file, mapped and checked (not its
+        signatures: sync verified them before it wrote it), when state.json names one and
+        it passes; else, with a log line, the signed files, verified as sync loads them.
+        """
         state = self.state(name)
         if state is None:
             return None
+        if mapped and state.compiled is not None:
+            try:
+                return self._mapped(name, state)
+            except FileNotFoundError:
+                # sync replaced state.json and deleted the file between our two reads: read it again
+                state = self.state(name)
+                if state is None:
+                    return None
+                if state.compiled is not None:
+                    try:
+                        return self._mapped(name, state)
+                    except (FormatError, OSError) as exc:
+                        self._refused(name, state, exc)
+            except (FormatError, OSError) as exc:
+                self._refused(name, state, exc)
+        return self._parsed(name, state, keys, max_bytes)
+
+    def _refused(self, name: str, state: ListState, exc: Exception) -> None:
+        reason = f"{exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        log.error("cache: list %s: compiled file %s refused (%s); reading the signed files instead",
+                  name, state.compiled, reason,
+                  extra={"event": "compiled_refused", "list": name, "file": state.compiled, "reason": reason})
+
+    def _mapped(self, name: str, state: ListState) -> ListFilter:
+        """The list from its compiled file, mapped read-only; raises FormatError (or OSError)."""
+        path = self.list_dir(name) / _safe_name(state.compiled)
+        with open(path, "rb") as f:
+            try:
+                mapping = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                                    prot=mmap.PROT_READ)
+            except ValueError:  # an empty file
+                raise FormatError(f"cache: {name}: {state.compiled}: empty") from None
+        try:
+            compiled = read_compiled(mapping, name, state.version, state.checksum, f"cache: {name}: {state.compiled}")
+        except FormatError:
+            mapping.close()
+            raise
+        return ListFilter.from_compiled(compiled)
+
+    def _parsed(self, name: str, state: ListState, keys: Keyring, max_bytes: int) -> ListFilter:
         folder = self.list_dir(name)
         try:
             snap = read_snapshot((folder / state.snapshot).read_bytes(), keys, max_bytes)
@@ -289,7 +382,7 @@ class Cache:
         filters, missing = [], []
         for name in config.lists:
             try:
-                loaded = self.load_list(name, keys, config.limits.max_snapshot_bytes)
+                loaded = self.load_list(name, keys, config.limits.max_snapshot_bytes, mapped=True)
             except BlocklistError as exc:
                 log.error("cache: list %s refused, keeping the last good version: %s", name, exc,
                           extra={"event": "cache_refused", "list": name, "kind": exc.kind, "reason": str(exc)})
