@@ -63,8 +63,10 @@ def install_plugin_cache(home: Home, folder: Path, extra_yaml: str = "") -> Path
     ref = read_manifest(data, {key_id(key): key}).lists["bench"]
     name = ref.snapshot.path.rsplit("/", 1)[1]
     cache = Cache(folder / "cache")
-    cache.write_list("bench", ListState(ref.version, ref.checksum, name, ()),
-                     {name: (home.publish_dir / ref.snapshot.path).read_bytes()})
+    snap = (home.publish_dir / ref.snapshot.path).read_bytes()
+    # with its compiled list file, as sync writes it: enforcing processes map that
+    built = ListFilter.from_snapshot(read_snapshot(snap, {key_id(key): key}))
+    cache.write_list("bench", ListState(ref.version, ref.checksum, name, ()), {name: snap}, built)
     cache.write_manifest(data)
     return config
 
