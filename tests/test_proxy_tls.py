@@ -21,7 +21,7 @@ from aiohttp import web
 from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
 from tests.support.net import free_port
 from tests.support.proxy import RunningProxy, raw_exchange, start_proxy
-from tests.support.tls import self_signed_cert, sni_extension, with_extensions
+from tests.support.tls import client_hello, self_signed_cert, sni_extension, with_extensions
 
 
 @pytest.fixture
@@ -188,6 +188,46 @@ async def test_connect_to_a_host_with_listed_pages_carries_tls_only(listed, tmp_
     assert any(f" CONNECT localhost:{origin_port} 403 0 " in line and line.endswith(" refused not-tls")
                for line in lines), lines
     assert any(" CONNECT - 403 0 " in line and line.endswith(" refused port=80") for line in lines), lines
+
+
+async def test_connect_to_an_ip_address_checks_the_server_name(listed, tmp_path: Path, tls_origin) -> None:
+    """An address names no site: the tunnel carries TLS only, and the name in its ClientHello is checked."""
+    origin_port, cafile = tls_origin
+    running = start_proxy(listed, tmp_path, connect_ports=[origin_port])
+    connect = f"CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\n\r\n".encode()
+    try:
+        # a ClientHello naming a host listed whole: a TLS alert, nothing reaches the origin
+        answer = await raw_exchange(running.port, connect + client_hello("www.blocked.example"))
+        assert answer == b"HTTP/1.1 200 Connection established\r\n\r\n" + ACCESS_DENIED_ALERT
+        # the address in another spelling is still an address
+        answer = await raw_exchange(running.port, f"CONNECT 0x7f.1:{origin_port} HTTP/1.1\r\n\r\n".encode()
+                                    + client_hello("blocked.example"))
+        assert answer.endswith(ACCESS_DENIED_ALERT)
+        # plain HTTP through a tunnel to an address: refused, whatever Host it names
+        answer = await raw_exchange(running.port, connect + b"GET /secret.html HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 403 Forbidden\r\n")
+        # TLS naming a host with listed pages, or no name at all (an address certificate): tunnelled
+        for server_name in ("localhost", None):
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+            writer.write(connect)
+            assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == \
+                b"HTTP/1.1 200 Connection established\r\n\r\n"
+            context = ssl.create_default_context(cafile=str(cafile))
+            context.check_hostname = server_name is not None
+            await asyncio.wait_for(writer.start_tls(context, server_hostname=server_name or "127.0.0.1"), 10)
+            writer.write(b"GET /innocent.html HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            response = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert response.endswith(b"tls origin content at /innocent.html for localhost"), server_name
+        # a host with listed pages, asked by name, whose ClientHello names a host listed whole
+        answer = await raw_exchange(running.port, f"CONNECT localhost:{origin_port} HTTP/1.1\r\n\r\n".encode()
+                                    + client_hello("blocked.example"))
+        assert answer.endswith(ACCESS_DENIED_ALERT)
+    finally:
+        running.stop()
+    lines = access_lines(running)
+    assert sum(" CONNECT - 451 0 " in line and line.endswith(" blocked list=default") for line in lines) == 3, lines
+    assert not any("blocked.example" in line for line in lines)
 
 
 async def test_tls_listener_refuses_private_destinations_by_default(listed, tmp_path: Path, tls_origin) -> None:

@@ -324,7 +324,13 @@ class ListFilter:
 
 
 class Matcher:
-    """Every enforced list together; checks them in order and names the first that matches."""
+    """Every enforced list together.
+
+    A URL is checked against every list: the most specific entry that covers it names the
+    verdict (page over folder over domain), the first list in order on a tie, and a page
+    entry ends the search. Stage 1 (`check_host`) answers BLOCK from the first list that
+    lists the host whole, else PROXY from the first that carries entries under it.
+    """
 
     def __init__(self, filters: Iterable[ListFilter] = ()) -> None:
         self.filters: tuple[ListFilter, ...] = tuple(filters)

@@ -20,7 +20,20 @@ proxy could have checked. `CONNECT host:port`:
    tunnel closes before a byte reaches the origin. Refused, not parsed as
    HTTP: a client that wants plain HTTP to such a host asks the proxy for it
    with GET, where every URL is checked.
-5. A host that carries no entries: tunnelled at once, nothing read (no cost).
+5. An IP literal (`CONNECT 192.0.2.7:443`, `CONNECT [2001:db8::7]:443`): an
+   address names no site, and a server on it may host many, so the tunnel is
+   read as in 4 (TLS only), and the server name the ClientHello asks for (SNI)
+   is checked as the TLS listener checks it: a name listed whole, or any name
+   while fail-closed, gets a TLS access_denied alert, `blocked list=NAME` in
+   the access log (target `-`), and nothing reaches the origin. A ClientHello
+   naming no server passes (an address certificate names none); one naming
+   something no URL could name gets the alert and `refused server-name`.
+   Hosts that carry entries (4) get the same server-name check.
+6. A host that carries no entries: tunnelled at once, nothing read (no cost).
+   A client could send another site's name in its ClientHello through such a
+   tunnel; where one server answers for both, it reaches that site. Squid
+   without ssl_bump has the same gap; stage 1 still blocks the listed name
+   itself when the client resolves it.
 """
 
 from __future__ import annotations
@@ -29,14 +42,17 @@ import asyncio
 import time
 from typing import Protocol
 
+from blocklist.core.digests import is_ip
+from blocklist.core.errors import InvalidURL
 from blocklist.core.matcher import HostAction, HostVerdict
+from blocklist.core.urls import canonicalize_host
 from resolver_plugin.config import ProxyConfig
-from resolver_plugin.enforcement.proxy.blockpage import error_response
+from resolver_plugin.enforcement.proxy.blockpage import BlockPage, error_response
 from resolver_plugin.enforcement.proxy.destinations import Destinations
 from resolver_plugin.enforcement.proxy.forward import UpstreamError, open_tunnel, tunnel
 from resolver_plugin.enforcement.proxy.head import RequestHead
 from resolver_plugin.enforcement.proxy.tls import read_hello
-from resolver_plugin.enforcement.proxy.tls_hello import ClientHelloError
+from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT, ClientHelloError
 from resolver_plugin.operations import metrics
 
 COMPONENT = "proxy"
@@ -50,6 +66,7 @@ class ConnectServer(Protocol):
     """What CONNECT needs of the proxy it belongs to (server.ProxyServer)."""
 
     proxy: ProxyConfig
+    page: BlockPage
     header_timeout: float
     destinations: Destinations
     connect_ports: frozenset[int]
@@ -96,9 +113,9 @@ async def serve_connect(server: ConnectServer, head: RequestHead, reader: asynci
                            "refused destination" if refused else "error", DESTINATION_REFUSED if refused else None)
         return
     writer.write(ESTABLISHED)
+    inspect = verdict.action is HostAction.PROXY or _is_address(host)
     try:
-        passed = verdict.action is not HostAction.PROXY or await _tls_first(server, reader, writer, up_writer,
-                                                                            client_ip, head.target, started)
+        passed = not inspect or await _tls_first(server, reader, writer, up_writer, client_ip, head.target, started)
     except BaseException:  # the client went away, a shutdown: the origin connection goes too
         up_writer.close()
         raise
@@ -123,5 +140,25 @@ async def _tls_first(server: ConnectServer, reader: asyncio.StreamReader, writer
     if hello is None:  # the client left before a whole ClientHello
         server.access(client_ip, "CONNECT", target, 200, 0, time.monotonic() - started, "tunnel")
         return False
+    if hello.server_name is not None:
+        named = server.tunnel_verdict(hello.server_name)
+        refusal = None
+        if named is None:
+            refusal = (400, "refused server-name")
+        elif named.action is HostAction.BLOCK or named.fail_closed:
+            refusal = (server.page.status, f"blocked list={named.list or 'unknown'}")
+        if refusal is not None:
+            writer.write(ACCESS_DENIED_ALERT)
+            server.access(client_ip, "CONNECT", "-", refusal[0], 0, time.monotonic() - started, refusal[1])
+            await asyncio.wait_for(writer.drain(), 5)
+            return False
     up_writer.write(data)
     return True
+
+
+def _is_address(host: str) -> bool:
+    """Whether a CONNECT target's host is an IP literal, in any form canonicalization reads as one."""
+    try:
+        return is_ip(canonicalize_host(host))
+    except InvalidURL:
+        return False
