@@ -355,7 +355,10 @@ class Cache:
         try:
             compiled = read_compiled(mapping, name, state.version, state.checksum, f"cache: {name}: {state.compiled}")
         except FormatError:
-            mapping.close()
+            try:
+                mapping.close()
+            except BufferError:  # a view is still referenced (by the traceback): unmapped when it goes
+                pass
             raise
         return ListFilter.from_compiled(compiled)
 

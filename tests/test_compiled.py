@@ -8,6 +8,7 @@ leave behind. How fast a helper answers is the bench's (tools/bench.py), not the
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -96,7 +97,18 @@ def _damaged(data: bytes) -> dict[str, bytes]:
         "garbage": os.urandom(len(data)),
         "another list's header": data[:PREFIX.size] + data[PREFIX.size:PREFIX.size + head_len].replace(
             b'"default"', b'"defaulx"') + data[PREFIX.size + head_len:],
+        "Bloom parameters out of range, hash recomputed": _rehashed(data, b'"error_rate":1e-06', b'"error_rate":2.0'),
+        "a section past the end, hash recomputed": _rehashed(data, b'"count":200,"offset"', b'"count":999,"offset"'),
     }
+
+
+def _rehashed(data: bytes, old: bytes, new: bytes) -> bytes:
+    """`data` with `old` replaced by `new` (same length or not) and its SHA-256 made right again."""
+    assert old in data
+    rest = data[PREFIX.size:].replace(old, new, 1)
+    magic, layout, reserved, head_len, _, _ = PREFIX.unpack(data[:PREFIX.size])
+    return PREFIX.pack(magic, layout, reserved, head_len + len(new) - len(old), PREFIX.size + len(rest),
+                       hashlib.sha256(rest).digest()) + rest
 
 
 def test_read_compiled_refuses_every_damaged_or_foreign_file() -> None:
@@ -111,6 +123,8 @@ def test_read_compiled_refuses_every_damaged_or_foreign_file() -> None:
         refused[label] = str(info.value)
     assert set(refused) == set(_damaged(data))
     assert "truncated" in refused["truncated in the body"] and "damaged" in refused["a bit flipped in the body"]
+    assert "out of range" in refused["Bloom parameters out of range, hash recomputed"]
+    assert "out of range" in refused["a section past the end, hash recomputed"]
     for expected in (("default", 4, f.checksum), ("other", 3, f.checksum), ("default", 3, "0" * 64)):
         with pytest.raises(FormatError, match="state names"):
             read_compiled(data, *expected)

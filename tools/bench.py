@@ -7,7 +7,8 @@ Builds its own data (tools/datagen.py: synthetic lists in all three scopes, a
 Zipf-distributed request stream with 0.1% listed), runs every measurement side by
 side, prints a table, writes tools/out/bench.json, and draws docs/bench-*.png (tools/out/
 for --quick or --sizes) when matplotlib is installed (pip install -e '.[bench]'). The
-Squid/squidGuard, proxy, Unbound and propagation measurements run the scripts beside
+Squid/squidGuard, proxy, Unbound, propagation and memory (8 helpers sharing one mapped
+list, 100 swaps) measurements run the scripts beside
 this one (tools/bench_*.py) as subprocesses and take their JSON; one that cannot run (a
 missing program) is reported, not hidden.
 """
@@ -49,6 +50,8 @@ GOALS = {
     "squid_vs_squidguard": 1.0,
     "propagation_p99_s_50_longpoll": 2.0,
     "unbound_cost": 0.20,
+    "helper_private_mb_over_one_entry": 8,
+    "helper_first_answer_ms_over_one_entry": 50,
 }
 
 RSS_PROBE = r"""
@@ -176,6 +179,7 @@ def main() -> None:
     peers = {
         "squid": ("bench_squid.py", 900), "proxy": ("bench_proxy.py", 600),
         "unbound": ("bench_unbound.py", 1800), "propagation": ("bench_propagation.py", 900),
+        "memory": ("bench_memory.py", 1800),
     }
     for name, (script, timeout) in peers.items():
         print(f"bench: {name}", file=sys.stderr)
@@ -205,7 +209,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[Any]]:
     for fp in r["fp_rate"]:
         rows.append([f"FP rate at eps {fp['configured']:g}", f"{fp['measured']:.2e} ({fp['ratio']}x)",
                      "<= 2x", _met(fp["ratio"] <= 2.0)])
-    for name in ("squid", "proxy", "unbound", "propagation"):
+    for name in ("squid", "proxy", "unbound", "propagation", "memory"):
         peer = r.get(name, {})
         for label, value in peer.get("summary", {}).items():
             rows.append([label, value.get("figure"), value.get("goal", ""), _met(value.get("met"))])

@@ -116,13 +116,14 @@ def bloom_from(params: Any, data: bytes, what: str) -> BloomFilter:
     return bloom
 
 
-def bloom_over(params: Any, buffer: memoryview, what: str) -> BloomFilter:
-    """Like bloom_from, but the filter's bits are `buffer` itself (e.g. a read-only mapping), not a copy.
+def bloom_over(params: Any, buffer: Any, start: int, end: int, what: str) -> BloomFilter:
+    """Like bloom_from, but the filter's bits are `buffer[start:end]` itself (e.g. a read-only
+    mapping), not a copy; the view is made only once the parameters passed their checks.
 
     The bit array keeps the last byte's padding bits: lookups never reach them (each
     slice's index is below bits_per_slice). grow_bloom copies it into a writable one.
     """
-    rate, slices, per_slice, capacity, count = _checked_params(params, len(buffer), what)
+    rate, slices, per_slice, capacity, count = _checked_params(params, end - start, what)
     bloom = _unfilled(rate, slices, per_slice, capacity, count)
-    bloom.bitarray = bitarray.bitarray(buffer=buffer, endian="little")
+    bloom.bitarray = bitarray.bitarray(buffer=memoryview(buffer)[start:end], endian="little")
     return bloom

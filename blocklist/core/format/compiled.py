@@ -157,8 +157,8 @@ def read_compiled(buf: Any, name: str, version: int, checksum: str, what: str = 
     subtree = header.get("subtree_markers")
     if not isinstance(subtree, bool):
         raise FormatError(f"{what}: subtree_markers must be true or false")
-    # Every check passed: from here on only views of `buf`.
-    blooms = [bloom_over(sections[n], memoryview(buf)[spans[n][0]:spans[n][1]], what) for n in _BLOOMS]
+    # Every check passed but the Bloom parameters', which bloom_over makes before its view.
+    blooms = [bloom_over(sections[n], buf, spans[n][0], spans[n][1], what) for n in _BLOOMS]
     digests = [memoryview(buf)[spans[n][0]:spans[n][1]].cast("Q") for n in _DIGESTS]
     return CompiledList(name, version, count_field(header, "created", what), count_field(header, "expires", what),
                         salt, checksum, subtree, blooms[0], blooms[1], digests[0], digests[1])
