@@ -127,8 +127,8 @@ def read_compiled(buf: Any, name: str, version: int, checksum: str, what: str = 
     size = len(buf)
     if size < PREFIX.size:
         raise FormatError(f"{what}: truncated ({size} bytes)")
-    magic, layout, _, head_len, file_len, body_hash = PREFIX.unpack(buf[:PREFIX.size])
-    if magic != MAGIC:
+    magic, layout, reserved, head_len, file_len, body_hash = PREFIX.unpack(buf[:PREFIX.size])
+    if magic != MAGIC or reserved != b"\0\0":
         raise FormatError(f"{what}: not a compiled list file (bad magic)")
     if layout != LAYOUT_VERSION:
         raise FormatError(f"{what}: layout version {layout}, this reader knows {LAYOUT_VERSION}")
