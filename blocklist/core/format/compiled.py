@@ -97,7 +97,7 @@ def write_compiled(c: CompiledList) -> bytes:
     }
     # Offsets depend on the header's length, which depends on the offsets' digits: lay out
     # twice with room for the largest offset this file can have.
-    placeholder = len(canonical_json(header)) + 512
+    placeholder = len(canonical_json(header)) + 1024
     offset = PREFIX.size + placeholder + _pad(PREFIX.size + placeholder)
     sections: dict[str, dict[str, Any]] = {}
     for name, data, bloom in zip(_BLOOMS, bodies[:2], (c.entry_bloom, c.host_bloom), strict=True):
