@@ -221,8 +221,8 @@ def record_trip(folder: Path, trip: Trip) -> Trip:
                  "back to v%d", trip.list, trip.version, trip.blocks, trip.requests, 100 * trip.ratio,
                  100 * trip.max_block_ratio, trip.by, trip.fallback,
                  extra={"event": "breaker_tripped", "list": trip.list, "version": trip.version,
-                        "fallback": trip.fallback, "requests": trip.requests, "blocks": trip.blocks,
-                        "ratio": round(trip.ratio, 4), "by": trip.by})
+                        "fallback": trip.fallback, "counts": {"requests": trip.requests, "blocks": trip.blocks},
+                        "who": trip.by})
     return trip
 
 
@@ -236,7 +236,8 @@ def reset(folder: Path, name: str, version: int, who: str) -> Trip | None:
         atomic.write_bytes(_record(folder, name), json.dumps(done.as_json()).encode(), 0o664)
         _audit(folder, "breaker_reset", done, who=who)
     log.warning("breaker: list %s reset by %s: v%d is enforced again and not judged again", name, who, version,
-                extra={"event": "breaker_reset", "list": name, "version": version, "who": who})
+                extra={"event": "breaker_reset", "list": name, "version": version, "fallback": current.fallback,
+                       "who": who})
     return done
 
 
@@ -257,7 +258,8 @@ def clear_stale(folder: Path, name: str, version: int) -> None:
         return
     if current.state is BreakerState.OPEN:
         log.warning("breaker: list %s closed: v%d arrived after v%d tripped", name, version, current.version,
-                    extra={"event": "breaker_closed", "list": name, "version": version, "tripped": current.version})
+                    extra={"event": "breaker_closed", "list": name, "version": version,
+                           "reason": f"v{current.version} tripped; v{version} arrived"})
 
 
 # ----------------------------------------------------------------------------- one process's judgment
@@ -316,7 +318,7 @@ class Watch:
             log.info("breaker: list %s v%d passed: blocked %d of %d requests", name, window.version,
                      window.blocks, window.requests,
                      extra={"event": "breaker_passed", "list": name, "version": window.version,
-                            "requests": window.requests, "blocks": window.blocks})
+                            "counts": {"requests": window.requests, "blocks": window.blocks}})
             return False
         trip = Trip(name, window.version, window.fallback, BreakerState.OPEN, time.time(), self.by,
                     window.requests, window.blocks, ratio, self.safety.max_block_ratio)

@@ -33,6 +33,7 @@ from tests.conftest import Hotline, Plugin
 from tests.support.plugin import plugin_cli
 from tests.support.proxy import raw_exchange, start_proxy
 from tests.support.squid import Helper
+from tests.test_unbound import ORIGIN, PROXY, RESOLVER, dig, internet, start_resolver  # noqa: F401
 
 SAFETY = {"max_block_ratio": 0.5, "min_requests": 20}
 PAGE = "http://pages.example/bad.html"   # listed from version 1 on
@@ -79,6 +80,8 @@ def test_a_bad_version_trips_within_min_requests_and_the_previous_one_is_enforce
     assert "popular" not in caplog.text                           # no URL, no host in the logs
     audit = (Cache(plugin.config().cache_dir).breaker_dir / "audit.jsonl").read_text().splitlines()
     assert [json.loads(line)["event"] for line in audit] == ["breaker_tripped"]
+    files = [p for p in Cache(plugin.config().cache_dir).breaker_dir.iterdir() if p.is_file()]
+    assert files and all("popular" not in p.read_text() and "pages.example" not in p.read_text() for p in files)
 
 
 def test_every_process_of_the_node_follows_the_trip_unbound_too(hotline: Hotline, plugin: Plugin) -> None:
@@ -365,3 +368,24 @@ async def test_squid_helper_process_trips_within_min_requests(hotline: Hotline, 
         helper.close()
     trip = breaker.read_trip(Cache(plugin.config().cache_dir).breaker_dir, "default")
     assert trip is not None and trip.by.startswith("squid pid ") and trip.requests == 20
+
+
+def test_real_unbound_follows_a_trip_of_the_proxy(hotline: Hotline, plugin: Plugin,
+                                                  start_resolver) -> None:  # noqa: F811
+    hotline.run("add", "http://pages.example/bad.html")
+    hotline.run("publish")
+    plugin.write_config(resolver=RESOLVER, safety=SAFETY)
+    plugin.install_published()
+    hotline.run("add", "--scope", "domain", "http://good.example/")  # the bad version
+    hotline.run("publish")
+    plugin.install_published()
+    port = start_resolver().port
+    assert dig(port, "good.example").status == "NXDOMAIN"
+    proxy = LiveMatcher(plugin.config(), check_interval=float("inf"), component="proxy")
+    for i in range(20):
+        assert proxy.check(f"http://good.example/{i}.html").blocked
+    deadline = time.monotonic() + 10
+    while dig(port, "good.example").data != [ORIGIN] and time.monotonic() < deadline:
+        time.sleep(0.2)  # the module's reload thread looks once a second
+    assert dig(port, "good.example").data == [ORIGIN]   # v1: resolves normally
+    assert dig(port, "pages.example").data == [PROXY]   # v1 still enforced: to the proxy
