@@ -21,17 +21,20 @@ from typing import Any
 
 import pytest
 
+from blocklist.core.digests import Scope
 from blocklist.core.errors import ConfigError
 from blocklist.core.matcher import HostAction
 from resolver_plugin import breaker
 from resolver_plugin.breaker import BreakerState, Traffic
 from resolver_plugin.cache import Cache, ListState, LiveMatcher
 from resolver_plugin.config import load_config
+from resolver_plugin.distribution.sync import Syncer
 from resolver_plugin.operations.admin import make_admin_app
 from resolver_plugin.operations.status import gather, render
 from tests.conftest import Hotline, Plugin
 from tests.support.plugin import plugin_cli
 from tests.support.proxy import raw_exchange, start_proxy
+from tests.support.repository import RepositorySimulator
 from tests.support.squid import Helper
 from tests.test_unbound import ORIGIN, PROXY, RESOLVER, dig, internet, start_resolver  # noqa: F401
 
@@ -389,3 +392,30 @@ def test_real_unbound_follows_a_trip_of_the_proxy(hotline: Hotline, plugin: Plug
         time.sleep(0.2)  # the module's reload thread looks once a second
     assert dig(port, "good.example").data == [ORIGIN]   # v1: resolves normally
     assert dig(port, "pages.example").data == [PROXY]   # v1 still enforced: to the proxy
+
+
+async def test_sync_keeps_the_previous_version_of_a_delta_and_reports_what_the_node_enforces(
+        tmp_path: Path, no_sockets: None) -> None:
+    sim = RepositorySimulator()
+    sim.add(PAGE)
+    sim.publish()
+    node = Syncer(sim.plugin_config(tmp_path / "plugin", safety=SAFETY), sim)
+    assert await node.sync_once()
+    sim.add(f"http://{POPULAR}/", scope=Scope.DOMAIN)  # the bad version lists the host whole
+    sim.publish()
+    assert await node.sync_once() and node.filters["default"].version == 2
+    assert [r.path for r in sim.requests if "delta" in r.path] == ["lists/default/delta-1-2"]
+    live = LiveMatcher(node.config, component="squid")
+    _traffic(live, 20, 1.0)
+    assert live.check(PAGE).blocked and live.matcher.versions() == {"default": 1}  # from the kept files
+    sim.requests.clear()
+    assert await node.sync_once()
+    assert sim.requests[0].headers["X-Blocklist-Have"] == "default=1"  # the fleet sees the node behind
+    assert node.filters["default"].version == 2  # sync itself stays at the newest: deltas build on it
+    sim.remove(f"http://{POPULAR}/")
+    sim.publish()
+    assert await node.sync_once()
+    sim.requests.clear()
+    assert await node.sync_once()
+    assert sim.requests[0].headers["X-Blocklist-Have"] == "default=3"
+    assert breaker.read_trip(node.cache.breaker_dir, "default") is None
