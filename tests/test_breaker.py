@@ -26,7 +26,7 @@ from blocklist.core.errors import ConfigError
 from blocklist.core.matcher import HostAction
 from resolver_plugin import breaker
 from resolver_plugin.breaker import BreakerState, Traffic
-from resolver_plugin.cache import Cache, ListState, LiveMatcher
+from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.config import load_config
 from resolver_plugin.distribution.sync import Syncer
 from resolver_plugin.operations.admin import make_admin_app
