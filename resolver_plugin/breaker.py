@@ -44,14 +44,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from blocklist.core import atomic
-from blocklist.core.errors import ConfigError
+from blocklist.core.errors import BlocklistError, ConfigError
 from resolver_plugin.local_policy import Lines
 
 log = logging.getLogger("blocklist.plugin.breaker")
@@ -265,6 +265,13 @@ def clear_stale(folder: Path, name: str, version: int) -> None:
 # ----------------------------------------------------------------------------- one process's judgment
 
 
+class Versioned(Protocol):
+    """What the breaker reads of a cached list state (resolver_plugin.cache.ListState)."""
+
+    @property
+    def version(self) -> int: ...
+
+
 @dataclass
 class _Window:
     version: int
@@ -295,6 +302,23 @@ class Watch:
         self.armed = {name: old[name] if name in old and old[name].version == version else _Window(version, fallback)
                       for name, (version, fallback) in candidates.items()
                       if (name, version) not in self._judged}
+
+    def arm_for(self, enforced: dict[str, int], state: Callable[[str], Versioned | None],
+                previous: Callable[[str], Versioned | None]) -> None:
+        """Judge the `enforced` versions (list -> version) that are the cached one (`state`), have an
+        older one to fall back to (`previous`) and no record yet (the cache's readers, which raise
+        BlocklistError for a damaged file: that list is not judged)."""
+        candidates = {}
+        for name, version in enforced.items():
+            try:
+                current, before = state(name), previous(name)
+            except BlocklistError:
+                continue
+            trip = read_trip(self.folder, name)
+            if (current is not None and current.version == version and before is not None
+                    and before.version < version and (trip is None or trip.version != version)):
+                candidates[name] = (version, before.version)
+        self.arm(candidates)
 
     def observe(self, blocked_by: str | None, version: int | None) -> bool:
         """Count one request (blocked by list `blocked_by` at `version`, or not); True when it tripped a list."""

@@ -451,19 +451,8 @@ class LiveMatcher:
             return
         if self.watch is None or self.watch.safety != safety:
             self.watch = breaker.Watch(safety, self.cache.breaker_dir, self.component, self.config.node_id)
-        candidates = {}
-        for f in matcher.filters:
-            if f.name in self.config.monitored:
-                continue
-            try:
-                state, previous = self.cache.state(f.name), self.cache.previous(f.name)
-            except FormatError:
-                continue
-            trip = breaker.read_trip(self.cache.breaker_dir, f.name)
-            if (state is not None and state.version == f.version and previous is not None
-                    and previous.version < f.version and (trip is None or trip.version != f.version)):
-                candidates[f.name] = (f.version, previous.version)
-        self.watch.arm(candidates)
+        self.watch.arm_for({f.name: f.version for f in matcher.filters if f.name not in self.config.monitored},
+                           self.cache.state, self.cache.previous)
         self._watching = self.watch if self.watch.armed else None
 
     def _observe(self, watch: breaker.Watch, blocked_by: str | None, version: int | None) -> None:
