@@ -419,3 +419,17 @@ async def test_sync_keeps_the_previous_version_of_a_delta_and_reports_what_the_n
     assert await node.sync_once()
     assert sim.requests[0].headers["X-Blocklist-Have"] == "default=3"
     assert breaker.read_trip(node.cache.breaker_dir, "default") is None
+
+
+def test_local_policy_and_fail_closed_hold_across_a_trip(hotline: Hotline, plugin: Plugin) -> None:
+    _versions(hotline, plugin, fail_closed=True,
+              local={"allow": [{"url": "http://pages.example/bad.html"}],
+                     "block": [{"url": "http://court.example/", "scope": "domain"}]})
+    live = LiveMatcher(plugin.config(), component="squid")
+    assert live.watch is not None and live.watch.armed
+    _traffic(live, 20, 1.0)  # local decisions and the lists' blocks: v2 blocks 20 of 20
+    assert live.matcher.versions() == {"default": 2}
+    assert not live.check(f"http://{POPULAR}/").blocked and live.matcher.versions() == {"default": 1}
+    assert live.check("http://www.court.example/x").list == "local"   # the ISP's own block
+    assert not live.check(PAGE).blocked                                # the ISP's allow still wins
+    assert not live.fail_closed_active and live.matcher                # a list is loaded: not fail-closed
