@@ -14,17 +14,23 @@ Layout under `cache_dir` (written only by `sync`, read by every enforcement proc
                                 as blocklist.core.format.compiled lays it out, which every
                                 enforcing process maps read-only: one copy per node
     lists/<name>/state.json     {"version", "checksum", "snapshot", "deltas", "compiled"}: what to load
+    lists/<name>/previous.json  the same for the version before it, whose files are kept too: what
+                                the circuit breaker falls back to (resolver_plugin.breaker)
+    breaker/<name>.json         a trip of the circuit breaker; breaker/audit.jsonl its history. Written
+                                by enforcement processes and `breaker reset`, not by sync
     generation                  rewritten after every change; readers stat it to reload
     status.json                 the node status (resolver_plugin.operations.node_status)
     metrics/<pid>.json          each enforcing process's counters (resolver_plugin.operations.metrics)
 
 `Cache` is the one owner of these names: everything else asks it for a path.
 
-Writers put new artifact files first and replace state.json last (each file
+Writers put new artifact files first (the compiled file among them), then
+previous.json (the state being replaced), and replace state.json last (each file
 atomically: temp file, fsync, rename), then bump `generation`, then delete files
-state.json no longer names, but the compiled file it named before (processes
-still mapping it move on at their next reload; an unlinked mapped file stays
-readable to them): a kill -9 anywhere leaves a state.json that names complete files.
+neither state.json nor previous.json names: a kill -9 anywhere leaves a state.json
+and a previous.json that name complete files. A compiled file of an older version
+is deleted while processes may still map it: they move on at their next reload,
+and an unlinked mapped file stays readable to them.
 `sync` verifies the signatures and the resulting checksum on every load. Enforcing
 processes map the compiled file and check its header, bounds and SHA-256 against
 state.json (blocklist.core.format.compiled), without parsing or copying; a cache
@@ -40,6 +46,7 @@ import base64
 import fcntl
 import json
 import logging
+import math
 import mmap
 import os
 import threading
@@ -74,6 +81,7 @@ from blocklist.core.matcher import (
 )
 from blocklist.core.policy import Note, Policy
 from blocklist.core.urls import canonicalize, web_form
+from resolver_plugin import breaker
 from resolver_plugin.config import PluginConfig
 
 log = logging.getLogger("blocklist.plugin.cache")
@@ -139,6 +147,11 @@ class Cache:
         """One counter file per enforcing process (resolver_plugin.operations.metrics)."""
         return self.root / "metrics"
 
+    @property
+    def breaker_dir(self) -> Path:
+        """The circuit breaker's records (resolver_plugin.breaker)."""
+        return self.root / "breaker"
+
     def state_file(self, name: str) -> Path:
         return self.list_dir(name) / "state.json"
 
@@ -198,7 +211,14 @@ class Cache:
     # -- state
 
     def state(self, name: str) -> ListState | None:
-        path = self.state_file(name)
+        return self._read_state(self.state_file(name))
+
+    def previous(self, name: str) -> ListState | None:
+        """The version enforced before state.json's, kept for the circuit breaker; raises if damaged."""
+        previous = self._read_state(self.list_dir(name) / "previous.json")
+        return previous if previous is not None and previous.version > 0 else None
+
+    def _read_state(self, path: Path) -> ListState | None:
         if not path.exists():
             return None
         try:
@@ -223,21 +243,30 @@ class Cache:
         if compiled is not None and compiled.entry_bloom is not None and compiled.host_bloom is not None:
             state = replace(state, compiled=f"compiled-{state.version}-{state.checksum[:16]}")
             files[state.compiled] = write_compiled(compiled.compiled())  # type: ignore[index]
-        try:
-            before = self.state(name)
-        except FormatError:
-            before = None
         for file_name, data in files.items():
             atomic.write_bytes(folder / _safe_name(file_name), data)
+        previous = self._kept_previous(name, state)
         atomic.write_bytes(self.state_file(name), json.dumps(state.as_json()).encode())
         self.bump_generation()
-        # The compiled file named before stays one more write: processes still mapping it
-        # reload at their next generation check, and deleting it under them is safe anyway.
-        keep = {state.snapshot, *state.deltas, state.compiled, before and before.compiled, "state.json"}
+        keep = {state.snapshot, *state.deltas, state.compiled, "state.json"}
+        if previous is not None:
+            keep |= {previous.snapshot, *previous.deltas, previous.compiled, "previous.json"}
         for path in folder.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
+        breaker.clear_stale(self.breaker_dir, name, state.version)
         return state
+
+    def _kept_previous(self, name: str, state: ListState) -> ListState | None:
+        """Make the state `state` replaces previous.json (when older); the previous state to keep."""
+        try:
+            current, previous = self.state(name), self.previous(name)
+        except FormatError:
+            current, previous = None, None  # damaged: nothing to fall back to but what is being written
+        if current is not None and current.version < state.version:
+            atomic.write_bytes(self.list_dir(name) / "previous.json", json.dumps(current.as_json()).encode())
+            return current
+        return previous if previous is not None and previous.version < state.version else None
 
     def ensure_compiled(self, name: str, current: ListFilter) -> bool:
         """Write the compiled file of the cached list `current` (sync verified it) if it is
@@ -310,29 +339,28 @@ class Cache:
         except OSError:
             return 0
 
-    def load_list(self, name: str, keys: Keyring, max_bytes: int, mapped: bool = False) -> ListFilter | None:
-        """The verified ListFilter of a cached list, None if not cached; raises if damaged.
+    def load_list(self, name: str, keys: Keyring, max_bytes: int, state: ListState | None = None,
+                  mapped: bool = False) -> ListFilter | None:
+        """The verified ListFilter of a cached list (`state`, by default state.json's), None if not
+        cached; raises if damaged.
 
         `mapped` (enforcing processes): the compiled file, mapped and checked (not its
-        signatures: sync verified them before it wrote it), when state.json names one and
+        signatures: sync verified them before it wrote it), when the state names one and
         it passes; else, with a log line, the signed files, verified as sync loads them.
         """
-        state = self.state(name)
+        given = state
+        state = state or self.state(name)
         if state is None:
             return None
         if mapped and state.compiled is not None:
             try:
                 return self._mapped(name, state)
-            except FileNotFoundError:
-                # sync replaced state.json and deleted the file between our two reads: read it again
-                state = self.state(name)
-                if state is None:
-                    return None
-                if state.compiled is not None:
-                    try:
-                        return self._mapped(name, state)
-                    except (FormatError, OSError) as exc:
-                        self._refused(name, state, exc)
+            except FileNotFoundError as exc:
+                fresh = self.state(name) if given is None else None
+                if fresh is not None and fresh != state:
+                    # sync replaced state.json and deleted the file between our two reads
+                    return self.load_list(name, keys, max_bytes, fresh, mapped)
+                self._refused(name, state, exc)
             except (FormatError, OSError) as exc:
                 self._refused(name, state, exc)
         return self._parsed(name, state, keys, max_bytes)
@@ -375,6 +403,24 @@ class Cache:
             raise ChecksumError(f"cache: {name}: loaded version {current.version} does not match state.json")
         return current
 
+    def load_enforced(self, name: str, keys: Keyring, max_bytes: int, mapped: bool = False) -> ListFilter | None:
+        """load_list, or the previous version while the circuit breaker holds the cached one;
+        never nothing: a previous version that fails to load leaves the cached one in force."""
+        state = self.state(name)
+        trip = breaker.read_trip(self.breaker_dir, name) if state is not None else None
+        if state is not None and trip is not None and trip.holds(state.version):
+            try:
+                previous = self.previous(name)
+                if previous is not None and previous.version == trip.fallback:
+                    return self.load_list(name, keys, max_bytes, previous, mapped)
+                raise FormatError(f"cache: {name}: previous.json does not name version {trip.fallback}")
+            except BlocklistError as exc:
+                log.error("breaker: list %s: cannot load v%d to fall back to (%s); v%d stays in force",
+                          name, trip.fallback, exc, state.version,
+                          extra={"event": "breaker_fallback_failed", "list": name, "version": trip.fallback,
+                                 "kind": exc.kind, "reason": str(exc)})
+        return self.load_list(name, keys, max_bytes, state, mapped)
+
     def load_matcher(self, config: PluginConfig, previous: Matcher | None = None) -> tuple[Matcher, list[str]]:
         """A Matcher of every cached list (in config order) and the names that failed or are missing.
 
@@ -385,7 +431,8 @@ class Cache:
         filters, missing = [], []
         for name in config.lists:
             try:
-                loaded = self.load_list(name, keys, config.limits.max_snapshot_bytes, mapped=True)
+                loaded = (self.load_enforced if config.safety.enabled else self.load_list)(
+                    name, keys, config.limits.max_snapshot_bytes, mapped=True)
             except BlocklistError as exc:
                 log.error("cache: list %s refused, keeping the last good version: %s", name, exc,
                           extra={"event": "cache_refused", "list": name, "kind": exc.kind, "reason": str(exc)})
@@ -419,6 +466,9 @@ class LiveMatcher:
         self.check_interval = check_interval
         self._lock = threading.Lock()
         self._generation = -1
+        self._breaker_generation = -1
+        self.watch: breaker.Watch | None = None  # set by reload when this stage judges new versions
+        self._watching: breaker.Watch | None = None  # the same, while it has a version under judgment
         self._meta_generation = -1
         self.meta: dict[str, ListMeta] = {}  # who blocks with each list, from the verified manifest
         self._messages: dict[str, tuple[ListMeta, str]] = {}  # block_message's, by list
@@ -432,13 +482,15 @@ class LiveMatcher:
     def reload(self) -> bool:
         """Load the cache now; returns True if the enforced versions changed."""
         with self._lock:
-            generation = self.cache.generation()
+            generation, breaker_generation = self.cache.generation(), breaker.generation(self.cache.breaker_dir)
             matcher, missing = self.cache.load_matcher(self.config, self.matcher)
             changed = matcher.versions() != self.matcher.versions()
             # the policy before the matcher: see clear_suffix
             self._policy = _policy(self.config, matcher)
             self.matcher, self.missing, self._generation = matcher, missing, generation
+            self._breaker_generation = breaker_generation
             self.loaded_at = time.time()
+            self._arm(matcher)
         if changed:
             log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
                      extra={"event": "lists_enforced", "versions": matcher.versions()})
@@ -456,11 +508,13 @@ class LiveMatcher:
         signed with) keeps the version this process enforces. Same cache_dir only.
         """
         with self._lock:
-            generation = self.cache.generation()
+            generation, breaker_generation = self.cache.generation(), breaker.generation(self.cache.breaker_dir)
             matcher, missing = self.cache.load_matcher(config, self.matcher)
             self._policy = _policy(config, matcher)
             self.config, self.matcher, self.missing, self._generation = config, matcher, missing, generation
+            self._breaker_generation = breaker_generation
             self.loaded_at = time.time()
+            self._arm(matcher)
         log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
                  extra={"event": "lists_enforced", "versions": matcher.versions()})
         if missing:
@@ -471,9 +525,31 @@ class LiveMatcher:
     def maybe_reload(self) -> bool:
         if self.cache.meta_generation() != self._meta_generation:
             self.reload_meta()
-        if self.cache.generation() != self._generation:
+        if (self.cache.generation() != self._generation
+                or breaker.generation(self.cache.breaker_dir) != self._breaker_generation):
             return self.reload()
         return False
+
+    def _arm(self, matcher: Matcher) -> None:
+        """Judge the versions of `matcher` that the circuit breaker should (resolver_plugin.breaker):
+        enforced lists at the cached version, with an older one to fall back to and no record yet."""
+        safety = self.config.safety
+        if not safety.enabled or self.component not in breaker.COUNTED_COMPONENTS:
+            self.watch = self._watching = None
+            return
+        if self.watch is None or self.watch.safety != safety:
+            self.watch = breaker.Watch(safety, self.cache.breaker_dir, self.component, self.config.node_id)
+        self.watch.arm_for({f.name: f.version for f in matcher.filters if f.name not in self.config.monitored},
+                           self.cache.state, self.cache.previous)
+        self._watching = self.watch if self.watch.armed else None
+
+    def _observe(self, watch: breaker.Watch, blocked_by: str | None, version: int | None) -> None:
+        """Count a request for the circuit breaker; after a trip, reload at the next check."""
+        if watch.observe(blocked_by, version):
+            if self.check_interval != math.inf:
+                self._next_check = 0.0  # the Squid helper: its next request loads the previous version
+        if not watch.armed:
+            self._watching = None
 
     def reload_meta(self) -> None:
         """Load the lists' metadata now (its own file: a new title does not reload the lists)."""
@@ -528,11 +604,15 @@ class LiveMatcher:
             return FAIL_CLOSED_VERDICT
         policy = self._policy
         if policy is None:
-            return matcher.check(url)
-        notes: list[Note] = []
-        verdict = policy.check(url, notes)
-        if notes:
-            self._noted(notes, url)
+            verdict = matcher.check(url)
+        else:
+            notes: list[Note] = []
+            verdict = policy.check(url, notes)
+            if notes:
+                self._noted(notes, url)
+        watch = self._watching
+        if watch is not None:
+            self._observe(watch, verdict.list if verdict.blocked else None, verdict.version)
         return verdict
 
     def check_any_scheme(self, url: str) -> Verdict:
@@ -554,11 +634,15 @@ class LiveMatcher:
             return FAIL_CLOSED_HOST_VERDICT
         policy = self._policy
         if policy is None:
-            return matcher.check_host(host) if matcher else HOST_PASS
-        notes: list[Note] = []
-        verdict = policy.check_host(host, notes)
-        if notes:
-            self._noted(notes, None)
+            verdict = matcher.check_host(host) if matcher else HOST_PASS
+        else:
+            notes: list[Note] = []
+            verdict = policy.check_host(host, notes)
+            if notes:
+                self._noted(notes, None)
+        watch = self._watching
+        if watch is not None:
+            self._observe(watch, verdict.list if verdict.action is HostAction.BLOCK else None, verdict.version)
         return verdict
 
     def clear_suffix(self, matcher: Matcher, host: str) -> str | None:

@@ -202,3 +202,34 @@ def squid_helper(ctx: click.Context) -> None:
     """
     from resolver_plugin.enforcement.squid_helper import run_helper
     sys.exit(run_helper(_config(ctx), sys.stdin.buffer, sys.stdout.buffer))
+
+
+@main.group()
+def breaker() -> None:
+    """The circuit breaker (plugin.yaml `safety:`): a new list version that blocks an implausible
+    share of requests gives way to the previous one; `status` shows it (CRITICAL).
+
+    \b
+    Example:
+      blocklist-plugin -c plugin.yaml status                # names the list and the version that tripped
+      blocklist-plugin -c plugin.yaml breaker reset iwf     # enforce that version anyway
+    """
+
+
+@breaker.command("reset")
+@click.argument("list_name", metavar="LIST")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@click.pass_context
+def breaker_reset(ctx: click.Context, list_name: str, as_json: bool) -> None:
+    """Enforce the version of LIST that tripped the breaker, and stop judging it.
+
+    Audited: who and when go into cache_dir/breaker/audit.jsonl and a log line (event
+    breaker_reset). A newer version of the list is judged again. Exit 0 when reset, 1 when
+    the breaker of LIST is not open, 2 when plugin.yaml names no such list.
+
+    \b
+    Example:
+      sudo -u blocklist blocklist-plugin -c /etc/blocklist/plugin.yaml breaker reset iwf
+    """
+    from resolver_plugin.operations.breaker_reset import reset_command
+    sys.exit(reset_command(_config(ctx), list_name, as_json))

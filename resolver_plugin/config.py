@@ -24,6 +24,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     admin: {listen: 127.0.0.1:9150}
     logging: {format: text, level: info}      # or json: one object per line (--log-format overrides)
     local: {allow: [{url, scope}], block: [{url, scope}]}   # resolver_plugin.local_policy
+    safety: {enabled, traffic, max_block_ratio, min_requests}  # resolver_plugin.breaker (off without it)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from blocklist.core.format.keys import load_public_key
 from blocklist.core.format.root import MAX_ROOT, Root, bare_key_root, read_anchor
 from blocklist.core.format.strictjson import check_list_name
 from blocklist.core.logs import LogFormat, LogLevel
+from resolver_plugin.breaker import SafetyConfig, parse_safety
 from resolver_plugin.local_policy import Lines, LocalPolicyConfig, parse_lists, parse_local
 
 
@@ -165,6 +167,7 @@ class PluginConfig:
     tls_ca_file: Path | None = None
     monitored: frozenset[str] = frozenset()  # lists in mode monitor (also in `lists`, for sync)
     local: LocalPolicyConfig = LocalPolicyConfig()
+    safety: SafetyConfig = SafetyConfig()  # the circuit breaker (resolver_plugin.breaker)
 
     @property
     def public_keys(self) -> dict[str, Ed25519PublicKey]:
@@ -177,7 +180,7 @@ _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "admin": AdminConfig, "logging": LoggingConfig}
 _TOP = {"source", "public_key", "public_key_file", "lists", "cache_dir", "node_id",
         "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", "clock_skew", "local",
-        *_SECTIONS}
+        "safety", *_SECTIONS}
 
 
 def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
@@ -437,6 +440,10 @@ def load_config(path: Path | str) -> PluginConfig:
     values["cache_dir"] = (path.parent / cache_dir).resolve()
     for name, cls in _SECTIONS.items():
         values[name] = _section(where, name, cls, raw.get(name))
+    resolver = values["resolver"]
+    safety = raw.get("safety") if raw.get("safety") is not None or "safety" not in raw else {}  # bare `safety:`: on
+    values["safety"] = parse_safety(where, lines, safety,
+                                    stage_one=bool(resolver.proxy_address or resolver.proxy_address6))
     for key in ("node_token_file", "tls_ca_file"):
         if key in raw:
             values[key] = (path.parent / _coerce(where, key, str, raw[key])).resolve()

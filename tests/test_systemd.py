@@ -108,10 +108,11 @@ def test_services_are_sandboxed(name: str, tmp_path: Path) -> None:
     # Only the proxy may bind ports below 1024, and it has nothing else.
     wanted = "CAP_NET_BIND_SERVICE" if name == "blocklist-plugin-proxy.service" else ""
     assert service["CapabilityBoundingSet"] == wanted and service.get("AmbientCapabilities", "") == wanted
-    # Writable: the cache or the hotline's home (and the proxy's log directory), nothing else.
+    # Writable: the cache or the hotline's home (and the proxy's log directory, counters and
+    # circuit breaker records), nothing else.
+    proxy_writes = "-/var/lib/blocklist-plugin/metrics -/var/lib/blocklist-plugin/breaker"
     writable = [service.get(key) for key in ("ReadWritePaths", "StateDirectory", "CacheDirectory")]
-    assert [w for w in writable if w] in (["/srv/hotline"], ["blocklist-plugin"],
-                                          ["-/var/lib/blocklist-plugin/metrics"]), name
+    assert [w for w in writable if w] in (["/srv/hotline"], ["blocklist-plugin"], [proxy_writes]), name
     copy = next(p for p in local_copies(tmp_path) if p.name == name)
     result = subprocess.run([require_program("systemd-analyze"), "security", "--offline=yes", "--threshold=20",
                              "--no-pager", str(copy)], capture_output=True, text=True, timeout=60)

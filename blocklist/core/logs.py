@@ -58,7 +58,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "signed_by": (str,), "attempt": (int,), "delay_ms": (int, float), "lists": (list,),
     "missing": (list,), "versions": (dict,), "config": (str,), "changed": (list,), "listen": (str,), "counts": (dict,),
     "outcome": (str,), "client": (str,), "method": (str,), "target": (str,), "status": (int,),
-    "url": (str,), "exc": (str,),
+    "url": (str,), "exc": (str,), "fallback": (int,), "who": (str,),
 }
 REQUIRED = ("ts", "level", "logger", "event", "msg")
 _OPTIONAL = tuple(name for name in FIELDS if name not in REQUIRED)

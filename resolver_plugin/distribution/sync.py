@@ -3,7 +3,8 @@
 A shell around resolver_plugin.distribution.trust.TrustedState, which judges every byte.
 One sync (`Syncer.sync_once`):
   1. GET <source>/manifest.json naming this node (X-Blocklist-Node), the versions
-     it enforces (X-Blocklist-Have), with node_token_file a proof of the node's
+     it enforces (X-Blocklist-Have; the previous one of a list whose circuit breaker is
+     open, resolver_plugin.breaker), with node_token_file a proof of the node's
      token for this poll (X-Blocklist-Proof), If-None-Match and, once the source
      has shown it long-polls (its answers carry X-Blocklist-Wait), X-Blocklist-Wait: long_poll.
   2. A new manifest names its root version: the roots up to it are fetched
@@ -48,6 +49,7 @@ from blocklist.core.format.manifest import DeltaRef, FileRef, root_version_hint
 from blocklist.core.format.root import MAX_ROOT
 from blocklist.core.matcher import ListFilter
 from blocklist.core.protocol import HAVE, REPORT, clean_node_id, format_have
+from resolver_plugin import breaker
 from resolver_plugin.cache import Cache, ListState
 from resolver_plugin.config import PluginConfig
 from resolver_plugin.distribution.credentials import Reporter
@@ -180,7 +182,7 @@ class Syncer:
 
     async def _poll(self, wait: float, now: float) -> bool:
         """Fetch and judge the manifest; False (and the error recorded) if it failed."""
-        have = format_have({n: f.version for n, f in self.filters.items()})
+        have = format_have({n: self._enforced_version(n, f.version) for n, f in self.filters.items()})
         headers = {"Accept-Encoding": "identity", HAVE: have, **self.reporter.headers(have)}
         wait = wait if (self.etag and self.long_poll_ok) else 0.0
         if self.etag:
@@ -209,6 +211,15 @@ class Syncer:
         except (BlocklistError, OSError) as exc:
             self._record_error(None, exc, MANIFEST)
             return False
+
+    def _enforced_version(self, name: str, version: int) -> int:
+        """What the node's enforcement processes enforce of cached `version`: the previous one while
+        the circuit breaker holds it (the fleet view then shows the node behind)."""
+        if self.config.safety.enabled:
+            trip = breaker.read_trip(self.cache.breaker_dir, name)
+            if trip is not None and trip.holds(version):
+                return trip.fallback
+        return version
 
     async def _walk_roots(self, hint: int) -> None:
         """Fetch, judge and cache each root version up to `hint`; keys.json before any file they verify."""

@@ -98,6 +98,9 @@ class PluginCollector(Collector):
                      ["list"], [([r.name], r.last_success) for r in lists if r.last_success])
         yield _gauge("blocklist_list_expiry_timestamp_seconds", "Expiry of the manifest behind the enforced version",
                      ["list"], [([r.name], r.expires) for r in lists if r.expires])
+        yield _gauge("blocklist_breaker_open", "1 while the circuit breaker holds the cached version of a list "
+                     "and the node enforces the previous one (plugin.yaml safety:; always 0 without it)",
+                     ["list"], [([r.name], int(r.breaker_open)) for r in lists if r.mode == "enforce"])
         yield _gauge("blocklist_manifest_version", "Version of the last verified manifest", [],
                      [([], report.manifest_version)])
         if report.status_updated:

@@ -8,6 +8,9 @@ are the two outputs, shared by the CLI, the admin endpoint and /metrics.
 Per configured list, the worst of:
 
     CRITICAL  no cached version ("no list"), or its state.json is unreadable;
+              the circuit breaker holds the cached version (plugin.yaml `safety:`,
+              resolver_plugin.breaker): the list and the version that tripped, and the
+              previous version the node enforces instead (`enforced`);
               the manifest that announced it has expired;
               lag_versions >= warn_lag_versions for crit_lag_seconds or more;
               no successful sync for crit_lag_seconds or more
@@ -47,6 +50,7 @@ from blocklist.core.errors import BlocklistError, ConfigError, ErrorKind
 from blocklist.core.severity import Severity, worst
 from blocklist.core.table import render as render_table
 from blocklist.core.timefmt import human_duration, relative, utc
+from resolver_plugin.breaker import Trip, read_trip
 from resolver_plugin.cache import Cache
 from resolver_plugin.config import PluginConfig, load_config
 from resolver_plugin.operations import metrics
@@ -80,9 +84,13 @@ class ListReport:
     refused_kind: ErrorKind | None = None
     refused_at: float = 0.0
     mode: str = "enforce"        # or "monitor": never blocks
+    breaker: Trip | None = None  # the circuit breaker's record about the cached version
+    breaker_open: bool = False   # it holds that version: `enforced` is the previous one
 
     def as_json(self, now: float) -> dict[str, Any]:
-        return {"list": self.name, "mode": self.mode, "state": self.state.name, "reasons": list(self.reasons),
+        breaker = {**self.breaker.as_json(), "open": self.breaker_open} if self.breaker else None
+        return {"list": self.name, "mode": self.mode, "breaker": breaker, "state": self.state.name,
+                "reasons": list(self.reasons),
                 "enforced": self.enforced, "newest_seen": self.newest_seen,
                 "lag_versions": self.lag_versions, "lag_seconds": round(self.lag_seconds, 3),
                 "entries": self.entries, "last_success": self.last_success or None,
@@ -208,12 +216,14 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
 
 def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: Mapping[str, int | None],
              now: float, *, status_error: str | None = None,
-             cache_errors: Mapping[str, str] | None = None, tally: metrics.Tally | None = None) -> Report:
+             cache_errors: Mapping[str, str] | None = None, tally: metrics.Tally | None = None,
+             trips: Mapping[str, Trip] | None = None) -> Report:
     """Judge every configured list; pure: the caller reads the files (see `gather`).
 
     `cached_versions` maps a list to its cached version (None: not cached);
     `status_error` says why the status file could not be read, `cache_errors`
-    which lists' cache state could not be; `tally` holds the node's counters.
+    which lists' cache state could not be; `tally` holds the node's counters;
+    `trips` the circuit breaker's records about each list's cached version.
     """
     cache_errors = cache_errors or {}
     how = "read" if status is not None else "unreadable" if status_error else "missing"
@@ -223,7 +233,11 @@ def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: M
         enforced = 0 if name in cache_errors else (cached_versions.get(name) or 0)
         report = _judge_list(config, name, ls, how, enforced, cache_errors.get(name),
                              status.manifest.expires if status else 0.0, now)
-        reports.append(dataclasses.replace(report, mode="monitor") if name in config.monitored else report)
+        if name in config.monitored:
+            report = dataclasses.replace(report, mode="monitor")
+        elif trip := (trips or {}).get(name):
+            report = _with_breaker(report, trip)
+        reports.append(report)
     t = config.status
     decided: dict[str, int] = {"allow": 0, "block": 0}
     hits = dict.fromkeys(sorted(config.monitored), 0)
@@ -244,6 +258,18 @@ def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: M
                   local_decisions=decided, monitor_hits=hits)
 
 
+def _with_breaker(report: ListReport, trip: Trip) -> ListReport:
+    """`report` with the breaker's record about its cached version; CRITICAL while it holds it."""
+    if not trip.holds(report.enforced):
+        return dataclasses.replace(report, breaker=trip)
+    reason = (f"circuit breaker open: v{trip.version} blocked {trip.blocks} of {trip.requests} requests "
+              f"({trip.ratio:.0%} > {trip.max_block_ratio:.0%}, {trip.by}); enforcing v{trip.fallback} "
+              f"until a newer version or `breaker reset {report.name}`")
+    return dataclasses.replace(report, state=Severity.CRITICAL, reasons=(reason, *report.reasons),
+                               enforced=trip.fallback, breaker=trip, breaker_open=True,
+                               lag_versions=report.newest_seen - trip.fallback, entries=None)
+
+
 def gather(config: PluginConfig, now: float | None = None) -> Report:
     """Read the cache states and the status file, and `evaluate` them."""
     now = time.time() if now is None else now
@@ -257,6 +283,11 @@ def gather(config: PluginConfig, now: float | None = None) -> Report:
             cache_errors[name] = str(exc)
             continue
         cached[name] = state.version if state else None
+    trips: dict[str, Trip] = {}
+    for name in config.lists if config.safety.enabled else ():
+        trip = read_trip(cache.breaker_dir, name)
+        if trip is not None and trip.version == cached.get(name):
+            trips[name] = trip
     status, status_error = None, None
     try:
         status = read_status(Cache(config.cache_dir).status_file)
@@ -265,7 +296,8 @@ def gather(config: PluginConfig, now: float | None = None) -> Report:
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         status_error = f"{Cache(config.cache_dir).status_file}: corrupt ({type(exc).__name__})"
     tally = metrics.total(config.cache_dir) if config.local or config.monitored else None
-    return evaluate(config, status, cached, now, status_error=status_error, cache_errors=cache_errors, tally=tally)
+    return evaluate(config, status, cached, now, status_error=status_error, cache_errors=cache_errors, tally=tally,
+                    trips=trips)
 
 
 def _lag_text(r: ListReport) -> str:
