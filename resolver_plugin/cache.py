@@ -348,21 +348,24 @@ class Cache:
         signatures: sync verified them before it wrote it), when the state names one and
         it passes; else, with a log line, the signed files, verified as sync loads them.
         """
-        given = state
+        pinned = state is not None
         state = state or self.state(name)
         if state is None:
             return None
-        if mapped and state.compiled is not None:
+        for _ in range(3):
+            if not mapped or state.compiled is None:
+                break
             try:
                 return self._mapped(name, state)
             except FileNotFoundError as exc:
-                fresh = self.state(name) if given is None else None
-                if fresh is not None and fresh != state:
-                    # sync replaced state.json and deleted the file between our two reads
-                    return self.load_list(name, keys, max_bytes, fresh, mapped)
-                self._refused(name, state, exc)
+                fresh = None if pinned else self.state(name)
+                if fresh is None or fresh == state:
+                    self._refused(name, state, exc)
+                    break
+                state = fresh  # sync replaced state.json and deleted the file between our two reads
             except (FormatError, OSError) as exc:
                 self._refused(name, state, exc)
+                break
         return self._parsed(name, state, keys, max_bytes)
 
     def _refused(self, name: str, state: ListState, exc: Exception) -> None:
