@@ -352,7 +352,7 @@ class CacheFlush:
 
 def _control_exchange(sock: socket.socket, command: str) -> str:
     sock.sendall(f"UBCT1 {command}\n".encode())
-    chunks = []
+    chunks: list[bytes] = []
     while len(chunks) < 64:  # bounded: a reply to flush_zone is one line
         data = sock.recv(4096)
         if not data:
