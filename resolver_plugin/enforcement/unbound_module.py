@@ -104,6 +104,7 @@ except ImportError as exc:
 CONFIG_ENV = "BLOCKLIST_PLUGIN_CONFIG"
 COMPONENT = "unbound"      # the component label of our counters in /metrics
 RELOAD_INTERVAL = 0.25     # seconds between checks of the cache's generation file (two stat()s)
+METRICS_INTERVAL = 1.0     # seconds between batches of quick passes recorded in /metrics
 STATS_INTERVAL = 3600.0    # seconds between the counters' log lines
 JOIN_TIMEOUT = 10.0        # seconds deinit waits for a reload in progress
 MAX_CHAIN = 16             # answer RRsets checked for a listed CNAME target
@@ -422,7 +423,6 @@ class _Stage:
         self.quick_timed = 0
         self.quick_seconds = 0.0
         self._quick_flushed = (0, 0, 0.0)
-        self._seen_generation = live.cache.generation()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._reload_loop, name="blocklist-unbound-reload",
                                         daemon=True)
@@ -440,25 +440,26 @@ class _Stage:
 
     def _reload_loop(self) -> None:
         next_stats = time.monotonic() + STATS_INTERVAL
+        next_flush = time.monotonic() + METRICS_INTERVAL
         while not self._stop.wait(RELOAD_INTERVAL):
             try:
                 self.reload()
             except Exception:  # noqa: BLE001 - the reload thread must survive anything
                 log.exception("cache reload failed; keeping the current lists")
-            self.flush_quick()
+            if time.monotonic() >= next_flush:
+                next_flush = time.monotonic() + METRICS_INTERVAL
+                self.flush_quick()
             if time.monotonic() >= next_stats:
                 next_stats += STATS_INTERVAL
                 self.log_counts()
 
     def reload(self) -> bool:
         """Load a new version if the cache has one; then empty Unbound's caches. True if it did."""
-        generation = self.live.cache.generation()
-        if not self.live.maybe_reload():
-            if generation != self._seen_generation:  # reloaded, same versions (or a refused one)
-                self._seen_generation = generation
+        before = self.live.matcher
+        if not self.live.maybe_reload():  # two stat()s when nothing changed
+            if self.live.matcher is not before:  # reloaded, the same versions (or a refused one)
                 _trim_memory()
             return False
-        self._seen_generation = generation
         self.epoch += 1
         self.clear = (None, set())  # let go of the old matcher now, not at the next query
         started = time.monotonic()
