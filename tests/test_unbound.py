@@ -706,12 +706,19 @@ def test_unbound_cached_name_gets_the_new_answer(hotline: Hotline, listed: Plugi
     assert dig(port, "cached.example").data == [ORIGIN]  # now in the cache for 3600 s
     assert dig(port, "late.example").data == [ORIGIN]
     assert dig(port, "cached.example").records[0][1] > 30  # and answered from it
+    # with the flush in place, our own answers are cached too (for resolver.ttl), and stay right
+    assert dig(port, "pages.example").data == [PROXY]
+    assert dig(port, "blocked.example").status == "NXDOMAIN"
+    assert _wait_for(lambda: dig(port, "pages.example").records[0][1] < 30, timeout=3)  # from the cache
+    assert dig(port, "blocked.example").status == "NXDOMAIN"
     hotline.run("add", "http://cached.example/", "--scope", "domain")
     hotline.run("add", "http://late.example/page.html", "--scope", "page")
+    hotline.run("remove", "http://blocked.example/")
     hotline.run("publish")
     listed.install_published()
     assert _wait_for(lambda: dig(port, "cached.example").status == "NXDOMAIN", timeout=5, interval=0.05)
     assert _wait_for(lambda: dig(port, "late.example").data == [PROXY], timeout=5, interval=0.05)
+    assert dig(port, "blocked.example").data == [ORIGIN]  # its cached NXDOMAIN went with the flush
     assert "cache flushed in" in resolver.log_text()
     assert dig(port, "good.example").data == [ORIGIN]
     assert resolver.alive

@@ -16,18 +16,22 @@ Rules, for a query of class IN (everything else goes on to the iterator untouche
   deployed and the host resolves normally;
 - anything else resolves normally.
 
-Synthesized answers carry ``resolver.ttl`` and are never stored in Unbound's
-cache, so a host removed from the list resolves normally at once. A host
-resolved normally *is* cached by the iterator, and Unbound answers a cached name
-without asking any module. So on every new version the reload thread empties
-Unbound's message and RRset caches through Unbound's own remote control
-(``flush_zone .``, read from Unbound's config: a ``control-interface`` socket
-path, or TCP with the control certificates): a newly listed host that was in the
-cache gets its new answer within RELOAD_INTERVAL plus the load and the flush. A
-query that the old version passed and whose answer arrives after the flush is
-checked again against the new one on its way back. Without remote control a
-cached name changes its answer when its entry expires (bound it with
-``cache-max-ttl``); a warning at start says so. A CNAME chain that passes through a domain-listed host is
+Synthesized answers carry ``resolver.ttl``. A host resolved normally is cached
+by the iterator, and Unbound answers a cached name without asking any module. So
+on every new version the reload thread empties Unbound's message and RRset caches
+through Unbound's own remote control (``flush_zone .``, read from Unbound's config:
+a ``control-interface`` socket path, or TCP with the control certificates): a newly
+listed host that was in the cache gets its new answer within RELOAD_INTERVAL plus
+the load and the flush. A query that the old version passed and whose answer
+arrives after the flush is checked again against the new one on its way back.
+With the flush in place, synthesized answers are stored in Unbound's cache too
+(for ``resolver.ttl``), so that a listed name asked again is answered there, as
+any other name is, without the module; the flush takes them out when a new
+version comes, so a host removed from the list resolves normally just as fast.
+Without remote control nothing can be flushed: synthesized answers are never
+cached (a removed host resolves normally at once), and a cached name changes its
+answer when its entry expires (bound it with ``cache-max-ttl``); a warning at
+start says so. A CNAME chain that passes through a domain-listed host is
 blocked too, and its cached copy invalidated. The iterator's own lookups (the
 address of a nameserver that is a listed host) are left alone, so other zones
 that host serves still resolve, but their answers are dropped from the cache.
@@ -783,6 +787,17 @@ def _reply(id: int, qstate: Swig, owner: str, decision: Decision) -> None:
         log.error("could not build the answer to a query; answering SERVFAIL")
         _set_state(qstate, id, ub.MODULE_ERROR)
         return
-    qstate.return_rcode = ub.RCODE_NXDOMAIN if decision.reply is Reply.NXDOMAIN else ub.RCODE_NOERROR
-    qstate.return_msg.rep.security = _SECURITY_INDETERMINATE
+    rcode = ub.RCODE_NXDOMAIN if decision.reply is Reply.NXDOMAIN else ub.RCODE_NOERROR
+    qstate.return_rcode = rcode
+    rep = qstate.return_msg.rep
+    rep.security = _SECURITY_INDETERMINATE
+    stage = _stage
+    if stage is not None and stage.flush is not None and stage.config.resolver.ttl > 0:
+        # Cached like any answer (the next new version flushes it): the cached copy carries the
+        # rcode in its flags and the TTL, and is not "authoritative", which Unbound refuses to cache.
+        rep.flags |= rcode
+        rep.ttl = rep.prefetch_ttl = stage.config.resolver.ttl
+        rep.authoritative = 0
+        ub.storeQueryInCache(qstate, qstate.qinfo, rep, 0)
+        rep.authoritative = 1
     _set_state(qstate, id, ub.MODULE_FINISHED)
