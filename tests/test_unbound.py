@@ -208,7 +208,8 @@ class _FakeMessage:
         _FakeMessage.built.append(self)
 
     def set_return_msg(self, qstate: object) -> bool:
-        qstate.return_msg = SimpleNamespace(rep=SimpleNamespace(security=0), message=self)
+        qstate.return_msg = SimpleNamespace(rep=SimpleNamespace(security=0, flags=0, ttl=0, prefetch_ttl=0,
+                                                                authoritative=1), message=self)
         return True
 
 
@@ -216,7 +217,7 @@ _FAKE_UB = SimpleNamespace(
     MODULE_EVENT_NEW=0, MODULE_EVENT_PASS=1, MODULE_EVENT_MODDONE=5, MODULE_EVENT_ERROR=6,
     MODULE_WAIT_MODULE=3, MODULE_FINISHED=5, MODULE_ERROR=4, RR_CLASS_IN=1,
     PKT_QR=1, PKT_RA=2, PKT_AA=4, RCODE_NOERROR=0, RCODE_NXDOMAIN=3, DNSMessage=_FakeMessage,
-    invalidateQueryInCache=lambda qstate, qinfo: None)
+    invalidateQueryInCache=lambda qstate, qinfo: None, storeQueryInCache=lambda qstate, qinfo, rep, referral: 1)
 
 
 def _wire(name: str) -> bytes:
@@ -372,6 +373,22 @@ def test_an_answer_passed_by_an_older_version_is_checked_again(glue, hotline: Ho
     fine.return_msg = SimpleNamespace(rep=SimpleNamespace(an_numrrsets=1))
     glue.operate(0, _FAKE_UB.MODULE_EVENT_MODDONE, fine, qdata)
     assert (fine.ext_state[0], fine.return_rcode) == (_FAKE_UB.MODULE_FINISHED, None)
+
+
+def test_own_answers_are_cached_only_with_the_flush_and_the_version_they_were_made_with(glue) -> None:
+    stored = []
+    glue.ub.storeQueryInCache = lambda qstate, qinfo, rep, referral: stored.append(
+        (qinfo.qname, rep.flags, rep.ttl, rep.authoritative)) or 1
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, _qstate("blocked.example"), {})
+    assert stored == []  # no remote control: nothing could flush it, so never cached
+    glue._stage.flush = object()  # a CacheFlush (tried with Unbound below)
+    blocked = _qstate("blocked.example")
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, blocked, {})
+    assert stored == [(_wire("blocked.example"), _FAKE_UB.RCODE_NXDOMAIN, 30, 0)]  # the rcode rides in the flags
+    assert blocked.return_msg.rep.authoritative == 1  # the answer itself is unchanged
+    glue._reply(0, _qstate("pages.example"), "pages.example.", Decision(
+        HostAction.PROXY, Reply.ANSWER, RR_A, PROXY, 30, "default"), glue._stage.epoch - 1)
+    assert len(stored) == 1  # made with a version that is gone: answered, not cached
 
 
 # -- a real Unbound ---------------------------------------------------------------------

@@ -27,7 +27,9 @@ arrives after the flush is checked again against the new one on its way back.
 With the flush in place, synthesized answers are stored in Unbound's cache too
 (for ``resolver.ttl``), so that a listed name asked again is answered there, as
 any other name is, without the module; the flush takes them out when a new
-version comes, so a host removed from the list resolves normally just as fast.
+version comes, so a host removed from the list resolves normally just as fast
+(an answer made with a version replaced before it reached the cache is taken out
+again).
 Without remote control nothing can be flushed: synthesized answers are never
 cached (a removed host resolves normally at once), and a cached name changes its
 answer when its entry expires (bound it with ``cache-max-ttl``); a warning at
@@ -537,8 +539,8 @@ class _Stage:
     def log_counts(self) -> None:
         c = self.counts
         log.info("stage 1: %d queries checked, %d blocked (%d via CNAME), %d sent to the proxy, "
-                 "%d malformed names, %d errors; %d Bloom hits refuted", c.queries + self.quick, c.blocked,
-                 c.cname_blocked, c.proxied, c.malformed, c.errors, self.bloom_refuted())
+                 "%d malformed names, %d errors; %d Bloom hits refuted; %d cache flushes", c.queries + self.quick,
+                 c.blocked, c.cname_blocked, c.proxied, c.malformed, c.errors, self.bloom_refuted(), self.flushes)
 
     def decide(self, qname: str, qtype: int) -> Decision:
         """decide(), counted (here and in /metrics); refuted Bloom hits logged at debug level."""
@@ -693,7 +695,7 @@ def _on_query(id: int, qstate: Swig, qdata: Swig) -> None:
     if decision.action is HostAction.PROXY and stage.debug:
         log.debug("%s %s: sent to the proxy (list %s)", qname, _RR_NAMES.get(decision.rrtype, "NODATA"),
                   decision.list)
-    _reply(id, qstate, qname, decision)
+    _reply(id, qstate, qname, decision, epoch)
 
 
 def _on_answer(id: int, qstate: Swig, qdata: Swig) -> None:
@@ -742,7 +744,7 @@ def _decide_quietly(stage: _Stage, qinfo: Swig) -> Decision:
 
 def _recheck(id: int, qstate: Swig, stage: _Stage) -> bool:
     """A query passed by an older version: answered (and its cached copy dropped) if the lists act now."""
-    qinfo = _qinfo(qstate)
+    epoch, qinfo = stage.epoch, _qinfo(qstate)
     decision = _decide_quietly(stage, qinfo) if _qclass(qinfo) == ub.RR_CLASS_IN else PASS
     if decision.reply is Reply.PASS:
         return False
@@ -751,13 +753,13 @@ def _recheck(id: int, qstate: Swig, stage: _Stage) -> bool:
     else:
         stage.counts.proxied += 1
     ub.invalidateQueryInCache(qstate, qinfo)
-    _reply(id, qstate, qname_from_wire(_qname(qinfo)), decision)
+    _reply(id, qstate, qname_from_wire(_qname(qinfo)), decision, epoch)
     return True
 
 
 def _check_chain(id: int, qstate: Swig, stage: _Stage, rep: Swig) -> None:
     """An answer with a chain: blocked if an owner name in it is listed whole, else finished."""
-    started = _clock()
+    started, epoch = _clock(), stage.epoch
     qinfo = _qinfo(qstate)
     qwire = _qname(qinfo).lower()
     for i in range(min(_an_numrrsets(rep), MAX_CHAIN)):
@@ -774,12 +776,13 @@ def _check_chain(id: int, qstate: Swig, stage: _Stage, rep: Swig) -> None:
             metrics.observe_host_check(COMPONENT, HostVerdict(decision.action, decision.list),
                                        _clock() - started)
             ub.invalidateQueryInCache(qstate, qinfo)  # the iterator cached the chain
-            _reply(id, qstate, qname_from_wire(_qname(qinfo)), decision)
+            _reply(id, qstate, qname_from_wire(_qname(qinfo)), decision, epoch)
             return
     _set_state(qstate, id, ub.MODULE_FINISHED)
 
 
-def _reply(id: int, qstate: Swig, owner: str, decision: Decision) -> None:
+def _reply(id: int, qstate: Swig, owner: str, decision: Decision, epoch: int) -> None:
+    """Answer the query with `decision`, made with the lists of `epoch` (cached while that is in force)."""
     msg = ub.DNSMessage(owner, qstate.qinfo.qtype, ub.RR_CLASS_IN, ub.PKT_QR | ub.PKT_RA | ub.PKT_AA)
     if decision.reply is Reply.ANSWER and decision.address is not None:
         msg.answer.append(f"{owner} {decision.ttl} IN {_RR_NAMES[decision.rrtype]} {decision.address}")
@@ -792,7 +795,7 @@ def _reply(id: int, qstate: Swig, owner: str, decision: Decision) -> None:
     rep = qstate.return_msg.rep
     rep.security = _SECURITY_INDETERMINATE
     stage = _stage
-    if stage is not None and stage.flush is not None and stage.config.resolver.ttl > 0:
+    if stage is not None and stage.flush is not None and stage.config.resolver.ttl > 0 and stage.epoch == epoch:
         # Cached like any answer (the next new version flushes it): the cached copy carries the
         # rcode in its flags and the TTL, and is not "authoritative", which Unbound refuses to cache.
         rep.flags |= rcode
@@ -800,4 +803,6 @@ def _reply(id: int, qstate: Swig, owner: str, decision: Decision) -> None:
         rep.authoritative = 0
         ub.storeQueryInCache(qstate, qstate.qinfo, rep, 0)
         rep.authoritative = 1
+        if stage.epoch != epoch:  # a new version (and its flush) came meanwhile: not for the cache
+            ub.invalidateQueryInCache(qstate, qstate.qinfo)
     _set_state(qstate, id, ub.MODULE_FINISHED)
