@@ -800,7 +800,7 @@ def main() -> None:
             print(f"  {label}: {row['figure']}" + (f" (goal {row['goal']})" if "goal" in row else ""))
     if "instructions" in result:
         f = result["instructions"]
-        print("user-space instructions the resolver runs per answered query, uncached mix (callgrind, "
+        print("user-space instructions the resolver runs per query it received, uncached mix (callgrind, "
               f"{f['queries']:,} queries at {f['rate_qps']} q/s; the kernel's work is not counted):")
         print(f"  baseline {f['baseline']['instructions_per_query']:,} | no-op python "
               f"{f['noop_python']['instructions_per_query']:,} (bridge {f['bridge_per_query']:,}) | stage 1 "
