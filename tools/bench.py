@@ -9,7 +9,10 @@ side, prints a table, writes tools/out/bench.json, and draws docs/bench-*.png (t
 for --quick or --sizes) when matplotlib is installed (pip install -e '.[bench]'). The
 Squid/squidGuard, proxy, Unbound and propagation measurements run the scripts beside
 this one (tools/bench_*.py) as subprocesses and take their JSON; one that cannot run (a
-missing program) is reported, not hidden.
+missing program) is reported, not hidden. The Unbound rows compare stage 1 with plain
+Unbound and with Unbound's own RPZ (a zone of the same hosts, which bench_unbound builds
+and checks answers alike), and say how fast a new version reaches cached names, what the
+cache flush costs, and whether the resolver's memory stays flat over reloads.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ GOALS = {
     "squid_vs_squidguard": 1.0,
     "propagation_p99_s_50_longpoll": 2.0,
     "unbound_cost": 0.20,
+    "unbound_vs_rpz": 1.0,          # stage 1's queries per CPU-second over Unbound's RPZ, every mix
+    "unbound_fresh_s": 1.0,         # a new version reaches a cached name
+    "unbound_reload_growth_mb": 8,  # resolver RSS over 100 reloads, after a warm-up
 }
 
 RSS_PROBE = r"""
@@ -175,7 +181,7 @@ def main() -> None:
     quick = ["--quick"] if args.quick else []
     peers = {
         "squid": ("bench_squid.py", 900), "proxy": ("bench_proxy.py", 600),
-        "unbound": ("bench_unbound.py", 1800), "propagation": ("bench_propagation.py", 900),
+        "unbound": ("bench_unbound.py", 3600), "propagation": ("bench_propagation.py", 900),
     }
     for name, (script, timeout) in peers.items():
         print(f"bench: {name}", file=sys.stderr)
