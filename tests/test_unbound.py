@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import logging
 import os
 import re
 import signal
@@ -207,7 +208,8 @@ class _FakeMessage:
         _FakeMessage.built.append(self)
 
     def set_return_msg(self, qstate: object) -> bool:
-        qstate.return_msg = SimpleNamespace(rep=SimpleNamespace(security=0), message=self)
+        qstate.return_msg = SimpleNamespace(rep=SimpleNamespace(security=0, flags=0, ttl=0, prefetch_ttl=0,
+                                                                authoritative=1), message=self)
         return True
 
 
@@ -215,7 +217,7 @@ _FAKE_UB = SimpleNamespace(
     MODULE_EVENT_NEW=0, MODULE_EVENT_PASS=1, MODULE_EVENT_MODDONE=5, MODULE_EVENT_ERROR=6,
     MODULE_WAIT_MODULE=3, MODULE_FINISHED=5, MODULE_ERROR=4, RR_CLASS_IN=1,
     PKT_QR=1, PKT_RA=2, PKT_AA=4, RCODE_NOERROR=0, RCODE_NXDOMAIN=3, DNSMessage=_FakeMessage,
-    invalidateQueryInCache=lambda qstate, qinfo: None)
+    invalidateQueryInCache=lambda qstate, qinfo: None, storeQueryInCache=lambda qstate, qinfo, rep, referral: 1)
 
 
 def _wire(name: str) -> bytes:
@@ -322,6 +324,71 @@ def test_quick_pass_learns_clear_names_and_forgets_them_on_a_new_version(
     assert live.maybe_reload()
     assert not stage.quick_pass(_wire("q4.cdn.late.example"))
     assert decide(live, "q4.cdn.late.example.", RR_A).action is HostAction.BLOCK
+
+
+def test_a_new_version_flushes_unbounds_cache_once(hotline: Hotline, plugin: Plugin, live: LiveMatcher,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from resolver_plugin.enforcement.unbound_module import _Stage
+    flushes: list[int] = []
+
+    class Flush:  # CacheFlush's interface; the real one is tried with Unbound below
+        where = "/run/unbound.ctl"
+
+        def __call__(self) -> str:
+            flushes.append(1)
+            if len(flushes) > 1:
+                raise OSError("control socket gone")
+            return "ok removed 3 rrsets, 2 messages and 0 key entries"
+
+    caplog.set_level(logging.INFO, logger="blocklist")
+    stage = _Stage(live.config, live, Flush())  # type: ignore[arg-type]
+    assert not stage.reload() and flushes == [] and stage.epoch == 0  # nothing new
+    for version in (1, 2):
+        hotline.run("add", f"http://late{version}.example/", "--scope", "domain")
+        hotline.run("publish")
+        plugin.install_published()
+        assert stage.reload()  # the second flush fails: logged, and the reload thread goes on
+        assert (len(flushes), stage.epoch) == (version, version)
+    assert not stage.reload() and len(flushes) == 2
+    assert "cache flushed in" in caplog.text and "control socket gone" in caplog.text
+
+
+def test_an_answer_passed_by_an_older_version_is_checked_again(glue, hotline: Hotline, plugin: Plugin) -> None:
+    """A query that was upstream while a new version came in gets the new version's answer."""
+    invalidated = []
+    glue.ub.invalidateQueryInCache = lambda qstate, qinfo: invalidated.append(qinfo.qname)
+    early, qdata = _qstate("late.example"), {}
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, early, qdata)
+    assert early.ext_state[0] == _FAKE_UB.MODULE_WAIT_MODULE  # passed on, upstream now
+    hotline.run("add", "http://late.example/", "--scope", "domain")
+    hotline.run("publish")
+    plugin.install_published()
+    assert glue._stage.reload()
+    early.return_msg = SimpleNamespace(rep=SimpleNamespace(an_numrrsets=1))
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_MODDONE, early, qdata)
+    assert (early.ext_state[0], early.return_rcode) == (_FAKE_UB.MODULE_FINISHED, _FAKE_UB.RCODE_NXDOMAIN)
+    assert invalidated == [_wire("late.example")]  # the iterator had cached it
+    fine, qdata = _qstate("good.example"), {}
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, fine, qdata)
+    fine.return_msg = SimpleNamespace(rep=SimpleNamespace(an_numrrsets=1))
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_MODDONE, fine, qdata)
+    assert (fine.ext_state[0], fine.return_rcode) == (_FAKE_UB.MODULE_FINISHED, None)
+
+
+def test_own_answers_are_cached_only_with_the_flush_and_the_version_they_were_made_with(glue) -> None:
+    stored = []
+    glue.ub.storeQueryInCache = lambda qstate, qinfo, rep, referral: stored.append(
+        (qinfo.qname, rep.flags, rep.ttl, rep.authoritative)) or 1
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, _qstate("blocked.example"), {})
+    assert stored == []  # no remote control: nothing could flush it, so never cached
+    glue._stage.flush = object()  # a CacheFlush (tried with Unbound below)
+    blocked = _qstate("blocked.example")
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, blocked, {})
+    assert stored == [(_wire("blocked.example"), _FAKE_UB.RCODE_NXDOMAIN, 30, 0)]  # the rcode rides in the flags
+    assert blocked.return_msg.rep.authoritative == 1  # the answer itself is unchanged
+    glue._reply(0, _qstate("pages.example"), "pages.example.", Decision(
+        HostAction.PROXY, Reply.ANSWER, RR_A, PROXY, 30, "default"), glue._stage.epoch - 1)
+    assert len(stored) == 1  # made with a version that is gone: answered, not cached
 
 
 # -- a real Unbound ---------------------------------------------------------------------
@@ -489,8 +556,9 @@ forward-zone:
   name: "."
   forward-addr: 127.0.0.1@{internet}
 remote-control:
-  control-enable: no
+{control}
 """
+CONTROL_OFF = "  control-enable: no"
 
 
 @pytest.fixture(scope="module")
@@ -510,11 +578,11 @@ def start_resolver(internet: Unbound, plugin: Plugin, tmp_path: Path):
     started: list[Unbound] = []
 
     def start(modules: str = "python iterator", extra: str = "", verbosity: int = 1,
-              env: dict[str, str] | None = None, wait: bool = True) -> Unbound:
+              env: dict[str, str] | None = None, wait: bool = True, control: str = CONTROL_OFF) -> Unbound:
         environment = {"PYTHONPATH": _python_path(), "BLOCKLIST_PLUGIN_CONFIG": str(plugin.config_path)}
         server = Unbound(tmp_path / f"resolver{len(started)}", "resolver", RESOLVER_CONF,
                          {**environment, **(env or {})}, modules=modules, extra=extra, script=MODULE,
-                         internet=internet.port, verbosity=verbosity)
+                         internet=internet.port, verbosity=verbosity, control=control)
         started.append(server)
         return server.start() if wait else server
 
@@ -565,6 +633,8 @@ def test_unbound_answers(listed: Plugin, start_resolver, modules: str) -> None:
     assert "blocked.example" not in resolver.log_text()
     # the hot path calls SWIG's C accessors, not the slower generated attributes
     assert "SWIG accessors direct" in resolver.log_text()
+    # no remote control here: cached names cannot be flushed, and the log says so
+    assert "remote-control is off" in resolver.log_text()
 
 
 def test_unbound_block_mode_address(hotline: Hotline, plugin: Plugin, start_resolver) -> None:
@@ -625,6 +695,99 @@ def test_unbound_cached_answer_changes_within_cache_max_ttl(hotline: Hotline, li
     hotline.run("publish")
     listed.install_published()
     assert _wait_for(lambda: dig(port, "cached.example").status == "NXDOMAIN", timeout=10)
+
+
+def _control(kind: str, folder: Path) -> tuple[str, str]:
+    """Unbound's remote-control section, on a socket path or on TCP with certificates (TLS), and its address."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "socket":  # a path of at most 107 bytes: pytest's tmp_path keeps well under it
+        path = folder / "control.sock"
+        return f'  control-enable: yes\n  control-interface: "{path}"', str(path)
+    require_program("unbound-control-setup")
+    subprocess.run(["unbound-control-setup", "-d", str(folder)], capture_output=True, check=True, timeout=60)
+    port = _free_port("127.0.0.1")
+    return (f"  control-enable: yes\n  control-interface: 127.0.0.1\n  control-port: {port}\n"
+            f'  server-key-file: "{folder}/unbound_server.key"\n  server-cert-file: "{folder}/unbound_server.pem"\n'
+            f'  control-key-file: "{folder}/unbound_control.key"\n'
+            f'  control-cert-file: "{folder}/unbound_control.pem"', f"127.0.0.1@{port}")
+
+
+@pytest.mark.parametrize("kind", ["socket", "tls"])
+def test_unbound_cached_name_gets_the_new_answer(hotline: Hotline, listed: Plugin, start_resolver,
+                                                 tmp_path: Path, kind: str) -> None:
+    """A name in Unbound's cache answers the new way soon after a new version: the module flushes the cache."""
+    control, where = _control(kind, tmp_path / "control")
+    resolver = start_resolver(control=control)
+    port = resolver.port
+    assert f"cache flush {where}" in resolver.log_text()  # found in Unbound's own config
+    assert dig(port, "cached.example").data == [ORIGIN]  # now in the cache for 3600 s
+    assert dig(port, "late.example").data == [ORIGIN]
+    assert dig(port, "cached.example").records[0][1] > 30  # and answered from it
+    # with the flush in place, our own answers are cached too (for resolver.ttl), and stay right
+    assert dig(port, "pages.example").data == [PROXY]
+    assert dig(port, "blocked.example").status == "NXDOMAIN"
+    assert _wait_for(lambda: dig(port, "pages.example").records[0][1] < 30, timeout=3)  # from the cache
+    assert dig(port, "blocked.example").status == "NXDOMAIN"
+    hotline.run("add", "http://cached.example/", "--scope", "domain")
+    hotline.run("add", "http://late.example/page.html", "--scope", "page")
+    hotline.run("remove", "http://blocked.example/")
+    hotline.run("publish")
+    listed.install_published()
+    assert _wait_for(lambda: dig(port, "cached.example").status == "NXDOMAIN", timeout=5, interval=0.05)
+    assert _wait_for(lambda: dig(port, "late.example").data == [PROXY], timeout=5, interval=0.05)
+    assert dig(port, "blocked.example").data == [ORIGIN]  # its cached NXDOMAIN went with the flush
+    assert "cache flushed in" in resolver.log_text()
+    assert dig(port, "good.example").data == [ORIGIN]
+    assert resolver.alive
+    assert "cached.example" not in resolver.log_text()  # no listed host in the log
+
+
+def _current(plugin: Plugin) -> tuple[object, dict[str, bytes]]:
+    """The cached state and files of the list "default", to be written back later as `sync` would."""
+    cache = Cache(plugin.dir / "cache")
+    state = cache.state("default")
+    assert state is not None
+    folder = cache.list_dir("default")
+    return state, {name: (folder / name).read_bytes() for name in (state.snapshot, *state.deltas)}
+
+
+def _resident_kb(pid: int) -> int:
+    return int(re.search(r"^VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)[1])
+
+
+def test_unbound_memory_flat_over_reloads(hotline: Hotline, listed: Plugin, start_resolver,
+                                          tmp_path: Path) -> None:
+    """Two versions in turn, each reload awaited by its answer: the resident size stays flat after a warm-up."""
+    bulk = tmp_path / "bulk.txt"  # big enough that a list version kept alive per reload would show
+    bulk.write_text("".join(f"http://h{i % 997}.bulk.example/p{i}.html\n" for i in range(RELOAD_LIST)))
+    hotline.run("import", str(bulk))
+    hotline.run("publish")
+    listed.install_published()
+    versions = [_current(listed)]
+    hotline.run("add", "http://late.example/", "--scope", "domain")
+    hotline.run("publish")
+    listed.install_published()
+    versions.append(_current(listed))
+    resolver = start_resolver(control=_control("socket", tmp_path / "control")[0])
+    cache = Cache(listed.dir / "cache")
+    sizes = []
+    for i in range(RELOADS):
+        state, files = versions[i % 2]
+        cache.write_list("default", state, files)
+        want = "NOERROR" if i % 2 == 0 else "NXDOMAIN"
+        assert _wait_for(lambda want=want: dig(resolver.port, "late.example").status == want, timeout=10,
+                         interval=0.02), f"reload {i + 1} did not reach the answers"
+        if i + 1 in (RELOADS // 4, RELOADS):
+            sizes.append(_resident_kb(resolver.proc.pid))
+    assert resolver.alive
+    print(f"resident size over {RELOADS} reloads: {sizes[0]} kB -> {sizes[1]} kB")
+    assert sizes[1] - sizes[0] < RELOAD_GROWTH_KB, f"resident size {sizes[0]} kB -> {sizes[1]} kB"
+    assert resolver.log_text().count("cache flushed in") >= RELOADS - 1
+
+
+RELOADS = 32              # new versions in the memory test (a quarter of them warm up)
+RELOAD_LIST = 10000       # entries in its list: a version kept alive per reload adds about 170 kB
+RELOAD_GROWTH_KB = 2560   # generous (clean runs grow < 100 kB); a matcher kept per reload adds ~4 MB
 
 
 def test_unbound_survives_malformed_names(listed: Plugin, start_resolver) -> None:

@@ -10,7 +10,10 @@ for --quick or --sizes) when matplotlib is installed (pip install -e '.[bench]')
 Squid/squidGuard, proxy, Unbound, propagation and memory (8 helpers sharing one mapped
 list, 100 swaps) measurements run the scripts beside
 this one (tools/bench_*.py) as subprocesses and take their JSON; one that cannot run (a
-missing program) is reported, not hidden.
+missing program) is reported, not hidden. The Unbound rows compare stage 1 with plain
+Unbound and with Unbound's own RPZ (a zone of the same hosts, which bench_unbound builds
+and checks answers alike), and say how fast a new version reaches cached names, what the
+cache flush costs, and whether the resolver's memory stays flat over reloads.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ GOALS = {
     "unbound_cost": 0.20,
     "helper_private_mb_over_one_entry": 8,
     "helper_first_answer_ms_over_one_entry": 50,
+    "unbound_vs_rpz": 1.0,          # stage 1's queries per CPU-second over Unbound's RPZ, every mix
+    "unbound_fresh_s": 1.0,         # a new version reaches a cached name
+    "unbound_reload_growth_mb": 8,  # resolver RSS over 100 reloads, after a warm-up
 }
 
 RSS_PROBE = r"""
@@ -178,7 +184,7 @@ def main() -> None:
     quick = ["--quick"] if args.quick else []
     peers = {
         "squid": ("bench_squid.py", 900), "proxy": ("bench_proxy.py", 600),
-        "unbound": ("bench_unbound.py", 1800), "propagation": ("bench_propagation.py", 900),
+        "unbound": ("bench_unbound.py", 3600), "propagation": ("bench_propagation.py", 900),
         "memory": ("bench_memory.py", 1800),
     }
     for name, (script, timeout) in peers.items():

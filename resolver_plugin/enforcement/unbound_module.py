@@ -16,11 +16,24 @@ Rules, for a query of class IN (everything else goes on to the iterator untouche
   deployed and the host resolves normally;
 - anything else resolves normally.
 
-Synthesized answers carry ``resolver.ttl`` and are never stored in Unbound's
-cache, so a host removed from the list resolves normally at once. A host
-resolved normally *is* cached by the iterator: a newly listed host that is in
-the cache changes its answer when that entry expires (bound it with
-``cache-max-ttl``). A CNAME chain that passes through a domain-listed host is
+Synthesized answers carry ``resolver.ttl``. A host resolved normally is cached
+by the iterator, and Unbound answers a cached name without asking any module. So
+on every new version the reload thread empties Unbound's message and RRset caches
+through Unbound's own remote control (``flush_zone .``, read from Unbound's config:
+a ``control-interface`` socket path, or TCP with the control certificates): a newly
+listed host that was in the cache gets its new answer within RELOAD_INTERVAL plus
+the load and the flush. A query that the old version passed and whose answer
+arrives after the flush is checked again against the new one on its way back.
+With the flush in place, synthesized answers are stored in Unbound's cache too
+(for ``resolver.ttl``), so that a listed name asked again is answered there, as
+any other name is, without the module; the flush takes them out when a new
+version comes, so a host removed from the list resolves normally just as fast
+(an answer made with a version replaced before it reached the cache is taken out
+again).
+Without remote control nothing can be flushed: synthesized answers are never
+cached (a removed host resolves normally at once), and a cached name changes its
+answer when its entry expires (bound it with ``cache-max-ttl``); a warning at
+start says so. A CNAME chain that passes through a domain-listed host is
 blocked too, and its cached copy invalidated. The iterator's own lookups (the
 address of a nameserver that is a listed host) are left alone, so other zones
 that host serves still resolve, but their answers are dropped from the cache.
@@ -53,12 +66,15 @@ never name a listed host; a host sent to the proxy appears at debug level only.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import logging
 import math
 import operator
 import os
 import re
+import socket
+import ssl
 import sys
 import threading
 import time
@@ -93,13 +109,15 @@ except ImportError as exc:
 
 CONFIG_ENV = "BLOCKLIST_PLUGIN_CONFIG"
 COMPONENT = "unbound"      # the component label of our counters in /metrics
-RELOAD_INTERVAL = 1.0      # seconds between checks of the cache's generation file
+RELOAD_INTERVAL = 0.25     # seconds between checks of the cache's generation file (two stat()s)
+METRICS_INTERVAL = 1.0     # seconds between batches of quick passes recorded in /metrics
 STATS_INTERVAL = 3600.0    # seconds between the counters' log lines
 JOIN_TIMEOUT = 10.0        # seconds deinit waits for a reload in progress
 MAX_CHAIN = 16             # answer RRsets checked for a listed CNAME target
 CLEAR_CACHE_SIZE = 65536   # clear names remembered for the quick path (cleared when full)
 QUICK_SAMPLE = 64          # one quick pass in this many is timed for /metrics
-_CHECKED = "blocklist-checked"  # in Unbound's per-query dict: we saw this query arrive
+_CHECKED = "blocklist-checked"  # in Unbound's per-query dict: the epoch of the lists that passed this query
+CONTROL_TIMEOUT = 5.0      # seconds for one remote-control command (the cache flush)
 
 RR_A, RR_AAAA, RR_SVCB, RR_HTTPS, RR_ANY = 1, 28, 64, 65, 255
 _RR_NAMES = {RR_A: "A", RR_AAAA: "AAAA"}
@@ -277,6 +295,110 @@ class _UnboundLogHandler(logging.Handler):
             self.handleError(record)
 
 
+class CacheFlush:
+    """Empties Unbound's message and RRset caches through its remote control: ``flush_zone .``.
+
+    The module cannot flush a listed name by name (it holds digests only), and
+    Unbound's pythonmod offers no call that empties the caches, so it speaks
+    unbound-control's protocol (``UBCT1 <command>``) to the process it runs in:
+    over a ``control-interface`` that is a socket path (no TLS), or over TCP with
+    the control key and certificates from Unbound's config (TLS), falling back to
+    plain TCP for ``control-use-cert: no``. ``flush_zone .`` marks every entry
+    expired (as ``unbound-control flush_zone .`` does), stale answers included.
+    """
+
+    def __init__(self, interface: str, port: int, tls_files: tuple[str, str, str] | None = None) -> None:
+        self.interface, self.port, self.tls_files = interface, port, tls_files
+        self._use_tls = tls_files is not None and not interface.startswith("/")
+
+    @property
+    def where(self) -> str:
+        return self.interface if self.interface.startswith("/") else f"{self.interface}@{self.port}"
+
+    @classmethod
+    def from_unbound(cls, cfg: Swig) -> CacheFlush | None:
+        """The remote control of the Unbound whose config `cfg` is; None when it is off."""
+        if not int(cfg.remote_control_enable):
+            return None
+        interface = _first_string(cfg.control_ifs) or "127.0.0.1"
+        files = (str(cfg.server_cert_file or ""), str(cfg.control_key_file or ""), str(cfg.control_cert_file or ""))
+        tls = files if all(files) and all(os.path.exists(f) for f in files) else None
+        return cls(interface, int(cfg.control_port), tls)
+
+    def __call__(self) -> str:
+        """Flush; Unbound's one-line reply ("ok removed ..."). Raises OSError when it cannot."""
+        reply = self.command("flush_zone .")
+        if not reply.startswith("ok"):
+            raise OSError(f"unbound remote control refused the flush: {reply[:200]}")
+        return reply
+
+    def command(self, command: str) -> str:
+        if self.interface.startswith("/"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(CONTROL_TIMEOUT)
+                sock.connect(self.interface)
+                return _control_exchange(sock, command)
+        if self._use_tls and self.tls_files:
+            try:
+                return self._command_tls(command, self.tls_files)
+            except ssl.SSLError:  # control-use-cert: no (the files exist but Unbound speaks plain)
+                self._use_tls = False
+        with socket.create_connection((self.interface, self.port), CONTROL_TIMEOUT) as sock:
+            return _control_exchange(sock, command)
+
+    def _command_tls(self, command: str, files: tuple[str, str, str]) -> str:
+        server_cert, key, cert = files
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False  # Unbound's self-signed server certificate names "unbound"
+        context.load_verify_locations(server_cert)
+        context.load_cert_chain(cert, key)
+        with socket.create_connection((self.interface, self.port), CONTROL_TIMEOUT) as raw:
+            with context.wrap_socket(raw) as sock:
+                return _control_exchange(sock, command)
+
+
+def _control_exchange(sock: socket.socket, command: str) -> str:
+    sock.sendall(f"UBCT1 {command}\n".encode())
+    chunks: list[bytes] = []
+    while len(chunks) < 64:  # bounded: a reply to flush_zone is one line
+        data = sock.recv(4096)
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
+def _first_string(head: Swig) -> str | None:
+    """The first string of a ``struct config_strlist_head *`` (SWIG gives only the pointer)."""
+    try:
+        address = int(head)
+        first = ctypes.c_void_p.from_address(address).value if address else None
+        if not first:
+            return None
+        text = ctypes.c_char_p.from_address(first + ctypes.sizeof(ctypes.c_void_p)).value  # after `next`
+    except (TypeError, ValueError):
+        return None
+    return text.decode(errors="replace") if text else None
+
+
+def _trim_memory() -> None:
+    """Give the freed pages of an old list back to the system (glibc's malloc_trim; no-op elsewhere).
+
+    The reload thread allocates in a malloc arena of its own, and glibc's dynamic mmap threshold
+    puts a second big snapshot buffer on the heap after the first is freed: without a trim the
+    freed pages stay in the process and the resident size climbs with every reload.
+    """
+    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC is not None else None
+    if trim is not None:
+        trim(0)
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None)
+except OSError:
+    _LIBC = None
+
+
 @dataclass
 class _Counts:
     queries: int = 0
@@ -290,13 +412,17 @@ class _Counts:
 class _Stage:
     """What init builds: config, live matcher, the out-of-band reload thread and counters."""
 
-    def __init__(self, config: PluginConfig, live: LiveMatcher) -> None:
-        self.config, self.live = config, live
+    def __init__(self, config: PluginConfig, live: LiveMatcher, flush: CacheFlush | None = None) -> None:
+        self.config, self.live, self.flush = config, live, flush
+        # One more for every new version enforced; stored in a passed query's qdata, so that
+        # an answer that comes back after a new version is checked again (see _on_answer).
+        self.epoch = 0
+        self.flushes = 0
         self.counts = _Counts()
         self.debug = log.isEnabledFor(logging.DEBUG)
         # Names (lowercased wire format) with nothing listed at or below them, and the
         # matcher they were found with; replaced as one tuple when the matcher changes.
-        self._clear: tuple[object, set[bytes]] = (None, set())
+        self.clear: tuple[object, set[bytes]] = (None, set())  # read by _on_query
         # Queries passed by quick_pass(), and the time of one in QUICK_SAMPLE of them (a clock
         # read costs a tenth of a quick pass); flushed to /metrics out of band.
         self.quick = 0
@@ -320,15 +446,42 @@ class _Stage:
 
     def _reload_loop(self) -> None:
         next_stats = time.monotonic() + STATS_INTERVAL
+        next_flush = time.monotonic() + METRICS_INTERVAL
         while not self._stop.wait(RELOAD_INTERVAL):
             try:
-                self.live.maybe_reload()
+                self.reload()
             except Exception:  # noqa: BLE001 - the reload thread must survive anything
                 log.exception("cache reload failed; keeping the current lists")
-            self.flush_quick()
+            if time.monotonic() >= next_flush:
+                next_flush = time.monotonic() + METRICS_INTERVAL
+                self.flush_quick()
             if time.monotonic() >= next_stats:
                 next_stats += STATS_INTERVAL
                 self.log_counts()
+
+    def reload(self) -> bool:
+        """Load a new version if the cache has one; then empty Unbound's caches. True if it did."""
+        before = self.live.matcher
+        if not self.live.maybe_reload():  # two stat()s when nothing changed
+            if self.live.matcher is not before:  # reloaded, the same versions (or a refused one)
+                _trim_memory()
+            return False
+        self.epoch += 1
+        self.clear = (None, set())  # let go of the old matcher now, not at the next query
+        started = time.monotonic()
+        if self.flush is not None:
+            try:
+                reply = self.flush()
+            except OSError as exc:
+                log.error("new lists enforced, but Unbound's cache could not be flushed through its "
+                          "remote control (%s): cached names keep their answers until they expire: %s",
+                          self.flush.where, exc)
+            else:
+                self.flushes += 1
+                log.info("new lists: Unbound's cache flushed in %.3f s (%s)", time.monotonic() - started, reply)
+        _trim_memory()
+        log.debug("reload %d done in %.3f s", self.epoch, time.monotonic() - started)
+        return True
 
     def flush_quick(self) -> None:
         """Record the quick passes since the last flush in /metrics (one batch, at their sampled mean time)."""
@@ -349,19 +502,24 @@ class _Stage:
         that now: then the shortest such suffix is remembered for its other names.
         Either way the answer decide() would give; no means "ask decide()".
         """
-        owner, clear = self._clear
-        matcher = self.live.matcher
-        if owner is matcher:
+        owner, clear = self.clear
+        if owner is self.live.matcher:
             tail, n = wire, wire[0]
             while 0 < n < 64:
                 tail = tail[n + 1:]
                 if tail in clear:
                     return True
                 n = tail[0] if tail else 0
-        elif matcher:
-            self._clear = (matcher, clear := set())
-        else:
-            return False
+        return self.learn(wire)
+
+    def learn(self, wire: bytes) -> bool:
+        """quick_pass() for a name with no remembered clear ancestor: ask the subtree markers."""
+        owner, clear = self.clear
+        matcher = self.live.matcher
+        if owner is not matcher:
+            if not matcher:
+                return False
+            self.clear = (matcher, clear := set())
         try:
             name = qname_from_wire(wire)[:-1]
         except InvalidURL:
@@ -381,8 +539,8 @@ class _Stage:
     def log_counts(self) -> None:
         c = self.counts
         log.info("stage 1: %d queries checked, %d blocked (%d via CNAME), %d sent to the proxy, "
-                 "%d malformed names, %d errors; %d Bloom hits refuted", c.queries + self.quick, c.blocked,
-                 c.cname_blocked, c.proxied, c.malformed, c.errors, self.bloom_refuted())
+                 "%d malformed names, %d errors; %d Bloom hits refuted; %d cache flushes", c.queries + self.quick,
+                 c.blocked, c.cname_blocked, c.proxied, c.malformed, c.errors, self.bloom_refuted(), self.flushes)
 
     def decide(self, qname: str, qtype: int) -> Decision:
         """decide(), counted (here and in /metrics); refuted Bloom hits logged at debug level."""
@@ -435,14 +593,18 @@ def init_standard(id: int, env: Swig) -> bool:
         raise
     live.current()  # the one generation check a first lookup would otherwise do
     metrics.share_counters(config.cache_dir, live)
-    _stage = _Stage(config, live)
+    flush = CacheFlush.from_unbound(env.cfg)
+    _stage = _Stage(config, live, flush)
     _stage.start()
+    if flush is None:
+        log.warning("Unbound's remote-control is off: a newly listed host that is in Unbound's cache keeps "
+                    "its answer until the entry expires (cache-max-ttl); see docs/OPERATIONS.md")
     r = config.resolver
     if r.proxy_address is None and r.proxy_address6 is None:
         log.warning("resolver.proxy_address is not set: hosts with listed pages resolve normally")
-    log.info("stage 1 ready: config %s, enforcing %s, block_mode %s, SWIG accessors %s", path,
+    log.info("stage 1 ready: config %s, enforcing %s, block_mode %s, SWIG accessors %s, cache flush %s", path,
              ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet",
-             r.block_mode, "direct" if _DIRECT else "public")
+             r.block_mode, "direct" if _DIRECT else "public", flush.where if flush else "off")
     return True
 
 
@@ -463,10 +625,10 @@ def inform_super(id: int, qstate: Swig, superqstate: Swig, qdata: Swig) -> bool:
 def operate(id: int, event: int, qstate: Swig, qdata: Swig) -> bool:
     """Unbound's per-query entry point; never raises."""
     try:
-        if event == ub.MODULE_EVENT_NEW or event == ub.MODULE_EVENT_PASS:
-            _on_query(id, qstate, qdata)
-        elif event == ub.MODULE_EVENT_MODDONE:
+        if event == ub.MODULE_EVENT_MODDONE:  # half the calls: the answer side first
             _on_answer(id, qstate, qdata)
+        elif event == ub.MODULE_EVENT_NEW or event == ub.MODULE_EVENT_PASS:
+            _on_query(id, qstate, qdata)
         else:
             _set_state(qstate, id, ub.MODULE_ERROR)
     except Exception as exc:  # noqa: BLE001 - the documented last guard: Unbound must never see one
@@ -485,14 +647,28 @@ def _on_query(id: int, qstate: Swig, qdata: Swig) -> None:
     if stage is None:
         _set_state(qstate, id, ub.MODULE_WAIT_MODULE)
         return
-    passed = stage.quick
+    epoch, passed = stage.epoch, stage.quick  # the epoch before the lists are read: see _Stage.reload
     started = 0.0 if passed % QUICK_SAMPLE else _clock()
     qinfo = _qinfo(qstate)
     wire = _qname(qinfo)
+    lowered = wire.lower()  # ASCII letters only; length bytes (<= 63) are never letters
     # A name below a clear suffix passes in every class: the class is read only when it does not.
-    if stage.quick_pass(wire.lower()):  # ASCII letters only; length bytes (<= 63) are never letters
-        if isinstance(qdata, dict):
-            qdata[_CHECKED] = True
+    # Most queries: a suffix remembered for the lists in force (quick_pass's first loop, inlined).
+    owner, clear = stage.clear
+    quick = False
+    if owner is stage.live.matcher:
+        tail, n = lowered, lowered[0]
+        while 0 < n < 64:
+            tail = tail[n + 1:]
+            if tail in clear:
+                quick = True
+                break
+            n = tail[0] if tail else 0
+    if quick or stage.learn(lowered):
+        try:
+            qdata[_CHECKED] = epoch
+        except TypeError:  # an Unbound that passes no per-query dict (older ones pass None)
+            pass
         _set_state(qstate, id, ub.MODULE_WAIT_MODULE)
         stage.quick = passed + 1
         if started:
@@ -513,51 +689,77 @@ def _on_query(id: int, qstate: Swig, qdata: Swig) -> None:
         return
     if decision.reply is Reply.PASS:
         if isinstance(qdata, dict):
-            qdata[_CHECKED] = True
+            qdata[_CHECKED] = epoch
         _set_state(qstate, id, ub.MODULE_WAIT_MODULE)
         return
     if decision.action is HostAction.PROXY and stage.debug:
         log.debug("%s %s: sent to the proxy (list %s)", qname, _RR_NAMES.get(decision.rrtype, "NODATA"),
                   decision.list)
-    _reply(id, qstate, qname, decision)
+    _reply(id, qstate, qname, decision, epoch)
 
 
 def _on_answer(id: int, qstate: Swig, qdata: Swig) -> None:
     """The iterator's answer, to a query we checked or to one of the iterator's own lookups.
 
     A query we checked is blocked if its CNAME chain runs through a domain-listed
-    host. The iterator's own lookups (the address of a nameserver) start below us
-    and never pass through _on_query: they are left alone, so that a listed host
+    host; one checked by an older version of the lists (a new one came while it
+    was upstream, after or during the cache flush) is checked again as a new query
+    would be, and its answer taken out of the cache if the new version acts on it.
+    The iterator's own lookups (the address of a nameserver) start below us and
+    never pass through _on_query: they are left alone, so that a listed host
     serving DNS for other zones does not break them, but a listed name's answer
     is taken out of the cache, so that no client is answered from it.
     """
     stage = _stage
-    if stage is not None:
-        # an Unbound that passes no per-query dict (older ones pass None): treat every answer as checked
-        checked = qdata.get(_CHECKED) if isinstance(qdata, dict) else True
-        if checked:
-            # one RRset is the answer itself; a chain (CNAME, DNAME) has at least two
-            msg = _return_msg(qstate)
-            rep = _rep(msg) if msg is not None else None
-            if rep is not None and _an_numrrsets(rep) > 1:
-                _check_chain(id, qstate, stage, rep)
-            else:
-                _set_state(qstate, id, ub.MODULE_FINISHED)
-            return
+    if stage is None:
+        _set_state(qstate, id, ub.MODULE_FINISHED)
+        return
+    try:
+        checked = qdata.get(_CHECKED)
+    except AttributeError:  # an Unbound that passes no per-query dict (older ones pass None): checked now
+        checked = stage.epoch
+    if checked == stage.epoch or (checked is not None and not _recheck(id, qstate, stage)):
+        # one RRset is the answer itself; a chain (CNAME, DNAME) has at least two
+        msg = _return_msg(qstate)
+        rep = _rep(msg) if msg is not None else None
+        if rep is not None and _an_numrrsets(rep) > 1:
+            _check_chain(id, qstate, stage, rep)
+        else:
+            _set_state(qstate, id, ub.MODULE_FINISHED)
+        return
+    if checked is None:
         qinfo = _qinfo(qstate)
-        if _qclass(qinfo) == ub.RR_CLASS_IN:
-            try:
-                acts = decide(stage.live, qname_from_wire(_qname(qinfo)), qinfo.qtype).reply
-            except BlocklistError:
-                acts = Reply.PASS
-            if acts is not Reply.PASS:
-                ub.invalidateQueryInCache(qstate, qinfo)
-    _set_state(qstate, id, ub.MODULE_FINISHED)
+        if _qclass(qinfo) == ub.RR_CLASS_IN and _decide_quietly(stage, qinfo).reply is not Reply.PASS:
+            ub.invalidateQueryInCache(qstate, qinfo)
+        _set_state(qstate, id, ub.MODULE_FINISHED)
+
+
+def _decide_quietly(stage: _Stage, qinfo: Swig) -> Decision:
+    """decide() for a query's name, uncounted; PASS for a malformed one."""
+    try:
+        return decide(stage.live, qname_from_wire(_qname(qinfo)), qinfo.qtype)
+    except BlocklistError:
+        return PASS
+
+
+def _recheck(id: int, qstate: Swig, stage: _Stage) -> bool:
+    """A query passed by an older version: answered (and its cached copy dropped) if the lists act now."""
+    epoch, qinfo = stage.epoch, _qinfo(qstate)
+    decision = _decide_quietly(stage, qinfo) if _qclass(qinfo) == ub.RR_CLASS_IN else PASS
+    if decision.reply is Reply.PASS:
+        return False
+    if decision.action is HostAction.BLOCK:
+        stage.counts.blocked += 1
+    else:
+        stage.counts.proxied += 1
+    ub.invalidateQueryInCache(qstate, qinfo)
+    _reply(id, qstate, qname_from_wire(_qname(qinfo)), decision, epoch)
+    return True
 
 
 def _check_chain(id: int, qstate: Swig, stage: _Stage, rep: Swig) -> None:
     """An answer with a chain: blocked if an owner name in it is listed whole, else finished."""
-    started = _clock()
+    started, epoch = _clock(), stage.epoch
     qinfo = _qinfo(qstate)
     qwire = _qname(qinfo).lower()
     for i in range(min(_an_numrrsets(rep), MAX_CHAIN)):
@@ -574,12 +776,13 @@ def _check_chain(id: int, qstate: Swig, stage: _Stage, rep: Swig) -> None:
             metrics.observe_host_check(COMPONENT, HostVerdict(decision.action, decision.list),
                                        _clock() - started)
             ub.invalidateQueryInCache(qstate, qinfo)  # the iterator cached the chain
-            _reply(id, qstate, qname_from_wire(_qname(qinfo)), decision)
+            _reply(id, qstate, qname_from_wire(_qname(qinfo)), decision, epoch)
             return
     _set_state(qstate, id, ub.MODULE_FINISHED)
 
 
-def _reply(id: int, qstate: Swig, owner: str, decision: Decision) -> None:
+def _reply(id: int, qstate: Swig, owner: str, decision: Decision, epoch: int) -> None:
+    """Answer the query with `decision`, made with the lists of `epoch` (cached while that is in force)."""
     msg = ub.DNSMessage(owner, qstate.qinfo.qtype, ub.RR_CLASS_IN, ub.PKT_QR | ub.PKT_RA | ub.PKT_AA)
     if decision.reply is Reply.ANSWER and decision.address is not None:
         msg.answer.append(f"{owner} {decision.ttl} IN {_RR_NAMES[decision.rrtype]} {decision.address}")
@@ -587,6 +790,19 @@ def _reply(id: int, qstate: Swig, owner: str, decision: Decision) -> None:
         log.error("could not build the answer to a query; answering SERVFAIL")
         _set_state(qstate, id, ub.MODULE_ERROR)
         return
-    qstate.return_rcode = ub.RCODE_NXDOMAIN if decision.reply is Reply.NXDOMAIN else ub.RCODE_NOERROR
-    qstate.return_msg.rep.security = _SECURITY_INDETERMINATE
+    rcode = ub.RCODE_NXDOMAIN if decision.reply is Reply.NXDOMAIN else ub.RCODE_NOERROR
+    qstate.return_rcode = rcode
+    rep = qstate.return_msg.rep
+    rep.security = _SECURITY_INDETERMINATE
+    stage = _stage
+    if stage is not None and stage.flush is not None and stage.config.resolver.ttl > 0 and stage.epoch == epoch:
+        # Cached like any answer (the next new version flushes it): the cached copy carries the
+        # rcode in its flags and the TTL, and is not "authoritative", which Unbound refuses to cache.
+        rep.flags |= rcode
+        rep.ttl = rep.prefetch_ttl = stage.config.resolver.ttl
+        rep.authoritative = 0
+        ub.storeQueryInCache(qstate, qstate.qinfo, rep, 0)
+        rep.authoritative = 1
+        if stage.epoch != epoch:  # a new version (and its flush) came meanwhile: not for the cache
+            ub.invalidateQueryInCache(qstate, qstate.qinfo)
     _set_state(qstate, id, ub.MODULE_FINISHED)
