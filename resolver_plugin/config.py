@@ -377,14 +377,16 @@ def _validate_top(cfg: PluginConfig, where: str) -> None:
         raise ConfigError(f"{where}: limits.max_manifest_lifetime must be 60 to 31622400 seconds")
 
 
-def _validate_source(source: SourceConfig, at: str, key: str) -> None:
-    """One source's own rules; `at` is "file:line", `key` how plugin.yaml names its URL."""
+def _validate_source(source: SourceConfig, at: str, key: str, ca_at: str | None = None) -> None:
+    """One source's own rules; `at` is "file:line" of its URL (`ca_at` of its tls_ca_file),
+    `key` how plugin.yaml names its URL."""
     parts = urlsplit(source.url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{at}: {key} must be an http(s) URL, got {source.url!r}")
     if source.tls_ca_file is None:
         return
     ca = key.replace("url", "tls_ca_file") if source.name else "tls_ca_file"
+    at = ca_at or at
     if parts.scheme != "https":
         raise ConfigError(f"{at}: {ca} needs an https source")
     try:
@@ -539,7 +541,7 @@ def _sources(raw: dict[str, Any], path: Path, lines: Lines) -> tuple[SourceConfi
     where = str(path)
     mixed = [key for key in _ONE_SOURCE if key in raw]
     if mixed:
-        raise ConfigError(f"{where}:{lines.line(mixed[0]) or 1}: {mixed[0]!r} and 'sources' cannot both be "
+        raise ConfigError(f"{where}:{lines.key_line(mixed[0]) or 1}: {mixed[0]!r} and 'sources' cannot both be "
                           "given: with `sources:` every source has its own url, public_key_file, lists, "
                           "node_token_file and tls_ca_file (keep the top-level keys for one source only)")
     items = raw["sources"]
@@ -563,7 +565,7 @@ def _source(item: Any, i: int, path: Path, lines: Lines) -> SourceConfig:
         raise ConfigError(f"{at}: sources[{i}] must be a mapping {{name, url, public_key_file, lists}}")
     unknown = sorted(str(k) for k in item if k not in _SOURCE_KEYS)
     if unknown:
-        raise ConfigError(f"{where}:{lines.line('sources', i, unknown[0])}: unknown key sources[{i}].{unknown[0]} "
+        raise ConfigError(f"{where}:{lines.key_line('sources', i, unknown[0])}: unknown key sources[{i}].{unknown[0]} "
                           f"(known: {', '.join(_SOURCE_KEYS)})")
     for key in ("name", "url", "lists"):
         if key not in item:
@@ -579,7 +581,8 @@ def _source(item: Any, i: int, path: Path, lines: Lines) -> SourceConfig:
     names, monitored = parse_lists(where, lines, item["lists"], ("sources", i, "lists"))
     source = SourceConfig(name=name, url=url, anchor=_anchor(item, path, label + ".", at), lists=names,
                           monitored=monitored, **_source_files(item, path, at, label + "."))
-    _validate_source(source, f"{where}:{lines.line('sources', i, 'url')}", f"{label}.url")
+    _validate_source(source, f"{where}:{lines.line('sources', i, 'url')}", f"{label}.url",
+                     f"{where}:{lines.line('sources', i, 'tls_ca_file')}")
     return source
 
 

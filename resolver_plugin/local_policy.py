@@ -67,6 +67,23 @@ class Lines:
         return found
 
 
+    def key_line(self, *path: str | int) -> int | None:
+        """The 1-based line of the key that ends `path` (a mapping's key), else as `line`."""
+        parent = self.root
+        for step in path[:-1]:
+            child = None
+            if isinstance(parent, yaml.MappingNode):
+                child = next((v for k, v in parent.value if isinstance(k, yaml.ScalarNode) and k.value == step), None)
+            elif isinstance(parent, yaml.SequenceNode) and isinstance(step, int) and step < len(parent.value):
+                child = parent.value[step]
+            parent = child
+        if isinstance(parent, yaml.MappingNode):
+            for k, _ in parent.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == path[-1]:
+                    return k.start_mark.line + 1
+        return self.line(*path)
+
+
 def _at(where: str, lines: Lines, *path: str | int) -> str:
     line = lines.line(*path)
     return f"{where}:{line}" if line is not None else where
