@@ -451,8 +451,8 @@ def changed_settings(old: PluginConfig, new: PluginConfig) -> list[str]:
     `sources:`, a source's settings are named "sources.<name>.url" and so on, and a source added
     or removed "sources.<name>"; `lists` covers every source's lists.
     """
-    changed = []
-    late = []  # the one-source form's node_token_file and tls_ca_file come last, where they always were
+    changed: list[str] = []
+    late: list[str] = []  # the one-source form's node_token_file and tls_ca_file come last, where they always were
     for f in dataclasses.fields(PluginConfig):
         before, after = getattr(old, f.name), getattr(new, f.name)
         if f.name == "sources":
