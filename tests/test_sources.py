@@ -422,6 +422,14 @@ def test_two_real_publishers_over_http(publishers: tuple[Hotline, Hotline], tmp_
     assert live.block_message("police/terror") == \
         "blocked by list police/terror: Terrorist content; legal basis: TACT 2006 s3"
 
+    # privacy: nothing the node keeps or says names a listed URL (its cache, status files, outputs)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PluginCollector(load_config(config_path)))
+    said = [status.output, text, explained.output, generate_latest(registry).decode()]
+    kept = [path.read_bytes().decode("latin-1") for path in (tmp_path / "node").rglob("*") if path.is_file()]
+    for needle in ("abuse.example", "h-terror.example", "p-terror.example", "/a.html", "/x.html", "/y.html"):
+        assert not any(needle in blob for blob in said + kept), needle
+
     # each serve's fleet view shows the node, with its own lists under its own names
     for home, versions in ((hotline, {"iwf": 1, "terror": 1}), (police, {"terror": 2})):
         [node] = FleetStore(home.home / "fleet.sqlite").nodes()

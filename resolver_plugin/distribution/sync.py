@@ -422,9 +422,9 @@ async def source_loop(config: PluginConfig, source: SourceConfig, stop: asyncio.
     sources' loops go on whatever this one meets.
     """
     async with http_session(config, source) as session:
-        syncer = Syncer(config, HttpFetcher(session, config, source), source)
         backoff = _backoff(config, backoff_base, backoff_cap)
-        while not stop.is_set():
+        syncer = await _start_syncer(config, source, HttpFetcher(session, config, source), stop, backoff)
+        while syncer is not None and not stop.is_set():
             started = time.monotonic()
             task = asyncio.ensure_future(syncer.sync_once(config.long_poll))
             try:
@@ -453,6 +453,28 @@ async def source_loop(config: PluginConfig, source: SourceConfig, stop: asyncio.
                 finally:
                     sleeper.cancel()
                     await asyncio.gather(sleeper, return_exceptions=True)
+
+
+async def _start_syncer(config: PluginConfig, source: SourceConfig, fetcher: Fetcher, stop: asyncio.Event,
+                        backoff: Backoff) -> Syncer | None:
+    """A Syncer of `source`, retried with back-off while it cannot start (e.g. a node_token_file
+    a reload named is unreadable): one source's trouble never ends the daemon or the other
+    sources' loops. None when stopped first."""
+    while not stop.is_set():
+        try:
+            return Syncer(config, fetcher, source)
+        except BlocklistError as exc:
+            delay = backoff.next_delay()
+            log.error("sync cannot start%s: %s; retrying in %.2fs", f" source={source.name}" if source.name else "",
+                      exc, delay, extra={"event": "sync_crashed", "kind": "internal", "reason": str(exc),
+                                         "source_name": source.name or None})
+            sleeper = asyncio.ensure_future(asyncio.sleep(delay))
+            try:
+                await _until(stop, None, sleeper)
+            finally:
+                sleeper.cancel()
+                await asyncio.gather(sleeper, return_exceptions=True)
+    return None
 
 
 def _backoff(config: PluginConfig, base: float | None, cap: float | None) -> Backoff:
