@@ -504,3 +504,34 @@ async def _until(condition, seconds: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+async def test_a_sighup_reload_adds_a_source_to_the_running_daemon(publishers: tuple[Hotline, Hotline],
+                                                                  tmp_path: Path) -> None:
+    """The daemon starts with the hotline alone; plugin.yaml gains the police and a reload
+    (what SIGHUP sets) starts its loop, while the hotline's list stays in force throughout."""
+    hotline, police = publishers
+    with ServerThread(make_app(Home(hotline.home))) as a, ServerThread(make_app(Home(police.home))) as b:
+        config_path = http_config(tmp_path / "node", hotline, police, (a.url, b.url), long_poll=5)
+        both = yaml.safe_load(config_path.read_text())
+        config_path.write_text(yaml.safe_dump({**both, "sources": both["sources"][:1]}, sort_keys=False))
+        config = load_config(config_path)
+        stop, reload = asyncio.Event(), asyncio.Event()
+        applied: list[PluginConfig] = []
+
+        async def on_reload(new: PluginConfig) -> None:
+            applied.append(new)
+
+        daemon = asyncio.ensure_future(sync_loop(config, stop, reload=reload, on_reload=on_reload))
+        cache = Cache(config.cache_dir)
+        try:
+            await _until(lambda: _version(cache, "hotline", "iwf") == 1, 15)
+            config_path.write_text(yaml.safe_dump(both, sort_keys=False))
+            reload.set()
+            await _until(lambda: _version(cache, "police", "terror") == 1, 15)
+        finally:
+            stop.set()
+            await asyncio.wait_for(daemon, 15)
+    assert [n.lists for n in applied] == [("hotline/iwf", "hotline/terror", "police/terror")]
+    assert _version(cache, "hotline", "iwf") == 1
+    assert LiveMatcher(applied[0]).check(POLICE_TERROR).list == "police/terror"
