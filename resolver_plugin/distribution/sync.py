@@ -123,7 +123,7 @@ class Syncer:
                 if data is not None:
                     load(data)
             except (BlocklistError, OSError) as exc:
-                log.error("cache refused%s file=%s kind=%s reason=%r", self._where(), file, failure_kind(exc),
+                log.error("cache refused%s file=%s kind=%s reason=%r", self.log_tag(), file, failure_kind(exc),
                           str(exc), extra={"event": "cache_refused", "file": file, "kind": failure_kind(exc),
                                            "reason": str(exc), "source_name": self.source.name or None})
         keys = {**self.cache.trusted_keys(self.source.public_keys), **self.trust.seen_keys}
@@ -154,7 +154,7 @@ class Syncer:
         try:
             if manifest is not None and self.cache.write_meta(
                     {n: manifest.lists[n].meta for n in self.lists if n in manifest.lists}):
-                log.info("list metadata updated%s manifest=%d", self._where(), manifest.version)
+                log.info("list metadata updated%s manifest=%d", self.log_tag(), manifest.version)
         except OSError as exc:
             log.error("cache: cannot write meta.json: %s", exc.strerror)
 
@@ -221,7 +221,7 @@ class Syncer:
             if rotated:
                 self.cache.forget_manifest()
                 log.info("online key rotated%s root=%d online=%s: versions the retired key vouched for "
-                         "are forgotten", self._where(), version, ",".join(self.trust.online_keys),
+                         "are forgotten", self.log_tag(), version, ",".join(self.trust.online_keys),
                          extra={"event": "key_rotation_followed", "version": version,
                                 "signed_by": ",".join(self.trust.online_keys), "source_name": self.source.name or None})
             self._save_keys()
@@ -358,7 +358,7 @@ class Syncer:
                            "have": have if have != "-" else None, "file": file or self._file or None,
                            "kind": kind, "reason": reason, "outcome": "fallback" if fallback else "kept"})
 
-    def _where(self) -> str:
+    def log_tag(self) -> str:
         """" source=police" in a log line of a named source, "" in the one-source form."""
         return f" source={self.source.name}" if self.source.name else ""
 
@@ -443,7 +443,7 @@ async def source_loop(config: PluginConfig, source: SourceConfig, stop: asyncio.
                          else config.poll_interval)
             else:
                 delay = backoff.next_delay()
-                log.info("sync retry%s in=%.2fs attempt=%d", syncer._where(), delay, backoff.failures,
+                log.info("sync retry%s in=%.2fs attempt=%d", syncer.log_tag(), delay, backoff.failures,
                          extra={"event": "sync_retry", "delay_ms": round(delay * 1000), "attempt": backoff.failures,
                                 "source_name": source.name or None})
             if delay > 0:
