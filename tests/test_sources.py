@@ -32,7 +32,7 @@ from blocklist.serve import make_app
 from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.config import PluginConfig, changed_settings, load_config
 from resolver_plugin.distribution.sync import Syncer, sync_loop
-from resolver_plugin.operations.admin import PluginCollector
+from resolver_plugin.operations.admin import PluginCollector, status_page
 from resolver_plugin.operations.status import gather
 from tests.conftest import Hotline, require_program
 from tests.support.net import ServerThread, free_port
@@ -253,6 +253,8 @@ def test_metrics_carry_a_source_label(pair: Pair) -> None:
     assert samples[("blocklist_sync_errors_total", (("kind", "signature"), ("source", "police")))] == 0
     assert samples[("blocklist_blocks_total", (("action", "block"), ("component", "check"),
                                                ("list", "police/terror"), ("source", "police")))] >= 1
+    page = status_page(gather(pair.config))  # the admin endpoint's HTML page
+    assert "police/terror" in page and "source police OK" in page and "source hotline OK" in page
 
 
 @pytest.mark.usefixtures("no_sockets")
