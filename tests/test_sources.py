@@ -25,6 +25,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from blocklist.core.digests import Scope
 from blocklist.core.errors import ConfigError
 from blocklist.home import Home
 from blocklist.nodes import FleetStore
@@ -548,3 +549,34 @@ async def test_a_sighup_reload_adds_a_source_to_the_running_daemon(publishers: t
     assert [n.lists for n in applied] == [("hotline/iwf", "hotline/terror", "police/terror")]
     assert _version(cache, "hotline", "iwf") == 1
     assert LiveMatcher(applied[0]).check(POLICE_TERROR).list == "police/terror"
+
+
+@pytest.mark.usefixtures("no_sockets")
+def test_the_circuit_breaker_trips_one_sources_list_and_the_others_stay(tmp_path: Path) -> None:
+    """A bad police version trips police/terror alone: the node goes back to its previous version,
+    hotline/terror (the same name at another source) is untouched, and `breaker reset` takes the node's name."""
+    pair = Pair(tmp_path / "node", safety={"max_block_ratio": 0.5, "min_requests": 20})
+    pair.publish_both()
+    assert pair.sync("hotline") and pair.sync("police")
+    pair.police.add("http://popular.example/", list_name="terror", scope=Scope.DOMAIN)
+    pair.police.publish()
+    assert pair.sync("police")
+    live = LiveMatcher(pair.config, component="proxy")
+    assert live.matcher.versions() == {"hotline/iwf": 1, "hotline/terror": 1, "police/terror": 2}
+    for i in range(20):
+        live.check(f"http://popular.example/{i}.html" if i < 15 else f"http://other.example/{i}.html")
+    live.maybe_reload()  # the proxy's reload loop: every process follows the record
+    assert live.matcher.versions() == {"hotline/iwf": 1, "hotline/terror": 1, "police/terror": 1}
+    assert live.check(POLICE_TERROR).list == "police/terror" and live.check(HOTLINE_TERROR).list == "hotline/terror"
+    assert not live.check("http://popular.example/").blocked
+    breaker_dir = Cache(pair.config.cache_dir).breaker_dir
+    assert sorted(p.name for p in breaker_dir.glob("*.json")) == ["police+terror.json"]
+    report = gather(pair.config)
+    by_name = {r.name: r for r in report.lists}
+    assert by_name["police/terror"].breaker_open and by_name["police/terror"].enforced == 1
+    assert not by_name["hotline/terror"].breaker_open and report.state.name == "CRITICAL"
+    assert {s.name: s.state.name for s in report.sources} == {"hotline": "OK", "police": "CRITICAL"}
+    result = cli(pair.config.path, "breaker", "reset", "police/terror")
+    assert result.exit_code == 0, result.output
+    assert live.maybe_reload() and live.matcher.versions()["police/terror"] == 2
+    assert live.check("http://popular.example/").blocked
