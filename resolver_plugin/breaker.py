@@ -15,7 +15,8 @@ The rules:
     a version of a list once, over the first `min_requests` requests it answers with it,
     when the cache holds a previous version of that list to fall back to and no record
     exists for that version yet (`Watch`). Blocked share > max_block_ratio: it trips.
-  - A trip is recorded once, in `cache_dir/breaker/<list>.json`, written atomically under
+  - A trip is recorded once, in `cache_dir/breaker/<list>.json` (`<source>+<list>.json` for a
+    list of `sources:`), written atomically under
     an flock on `breaker/.lock`: the first process to trip a version wins, the others
     find its record. Every process of the node (Unbound too) stats `breaker/` with the
     cache's generation and, while the record is `open` and names the version state.json
@@ -158,7 +159,9 @@ class Trip:
 
 
 def _record(folder: Path, name: str) -> Path:
-    return folder / f"{name}.json"
+    """The record of the list the node calls `name`; a source's "police/terror" is police+terror.json
+    ("+" is in no list or source name)."""
+    return folder / f"{name.replace('/', '+')}.json"
 
 
 def read_trip(folder: Path, name: str) -> Trip | None:

@@ -22,7 +22,16 @@ Layout under `cache_dir` (written only by `sync`, read by every enforcement proc
     status.json                 the node status (resolver_plugin.operations.node_status)
     metrics/<pid>.json          each enforcing process's counters (resolver_plugin.operations.metrics)
 
-`Cache` is the one owner of these names: everything else asks it for a path.
+With several sources (plugin.yaml `sources:`), each source's files are kept apart, in a
+folder of its own with the layout above, and the node-wide files stay at the top:
+
+    sources/<source>/           manifest.json, meta.json, root.json, keys.json, lists/<name>/...,
+                                status.json (that source's part of the node status)
+    sync.lock, generation, metrics/
+
+The one-source form keeps everything at the top, as before sources existed.
+`Cache` is the one owner of these names: everything else asks it for a path, and
+`Cache.source(name)` is the view of one source's files (the top itself for the unnamed source).
 
 Writers put new artifact files first (the compiled file among them), then
 previous.json (the state being replaced), and replace state.json last (each file
@@ -117,40 +126,68 @@ def _safe_name(name: Any) -> str:
 
 
 class Cache:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    """The files under cache_dir, or (`source`) one source's part of them."""
+
+    def __init__(self, root: Path, top: Path | None = None, source_name: str = "") -> None:
+        self.root = root             # this source's files
+        self.top = top or root       # cache_dir: the node-wide files (lock, generation, metrics, breaker)
+        self.source_name = source_name  # "" for cache_dir itself (the one-source form)
+
+    def source(self, name: str) -> Cache:
+        """The view of source `name`'s files; the unnamed source (one-source form) is cache_dir itself."""
+        if not name:
+            return Cache(self.top)
+        return Cache(self.top / "sources" / check_list_name(name), self.top, name)
+
+    def label(self, name: str) -> str:
+        """The node's name of this view's list `name` (SourceConfig.qualified): "police/terror"."""
+        return f"{self.source_name}/{name}" if self.source_name else name
+
+    def view_of(self, label: str) -> tuple[Cache, str]:
+        """The source view that holds the list the node calls `label`, and its name there."""
+        source, _, name = label.rpartition("/")
+        return self.source(source), name
+
+    def state_of(self, label: str) -> ListState | None:
+        view, name = self.view_of(label)
+        return view.state(name)
+
+    def previous_of(self, label: str) -> ListState | None:
+        view, name = self.view_of(label)
+        return view.previous(name)
 
     def lock_writer(self) -> int:
         """Take the cache's writer lock (one sync per cache_dir); returns the fd to keep open."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "sync.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self.top.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.top / "sync.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise ConfigError(f"{self.root}: another sync already writes this cache_dir") from None
+            raise ConfigError(f"{self.top}: another sync already writes this cache_dir") from None
         self.remove_stale_temp_files()
         return fd
 
     def remove_stale_temp_files(self) -> None:
         """Temp files a killed writer left behind (only the lock holder may call this)."""
-        for path in [*self.root.glob(".*.tmp-*"), *self.root.glob("lists/*/.*.tmp-*")]:
-            path.unlink(missing_ok=True)
+        for pattern in (".*.tmp-*", "lists/*/.*.tmp-*", "sources/*/.*.tmp-*", "sources/*/lists/*/.*.tmp-*"):
+            for path in self.top.glob(pattern):
+                path.unlink(missing_ok=True)
 
     @property
     def status_file(self) -> Path:
-        """The node status that `sync` writes (resolver_plugin.operations.node_status)."""
+        """The node status (this source's part) that `sync` writes (resolver_plugin.operations.node_status)."""
         return self.root / "status.json"
 
     @property
     def metrics_dir(self) -> Path:
         """One counter file per enforcing process (resolver_plugin.operations.metrics)."""
-        return self.root / "metrics"
+        return self.top / "metrics"
 
     @property
     def breaker_dir(self) -> Path:
-        """The circuit breaker's records (resolver_plugin.breaker)."""
-        return self.root / "breaker"
+        """The circuit breaker's records: one folder for the node, by the node's list names."""
+        return self.top / "breaker"
 
     def state_file(self, name: str) -> Path:
         return self.list_dir(name) / "state.json"
@@ -254,7 +291,7 @@ class Cache:
         for path in folder.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
-        breaker.clear_stale(self.breaker_dir, name, state.version)
+        breaker.clear_stale(self.breaker_dir, self.label(name), state.version)
         return state
 
     def _kept_previous(self, name: str, state: ListState) -> ListState | None:
@@ -330,12 +367,13 @@ class Cache:
             return None
 
     def bump_generation(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(self.root / "generation", str(time.time_ns()).encode())
+        """Tell every enforcing process to reload (one file for the node: any source's change)."""
+        self.top.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(self.top / "generation", str(time.time_ns()).encode())
 
     def generation(self) -> int:
         try:
-            return (self.root / "generation").stat().st_mtime_ns
+            return (self.top / "generation").stat().st_mtime_ns
         except OSError:
             return 0
 
@@ -410,7 +448,7 @@ class Cache:
         """load_list, or the previous version while the circuit breaker holds the cached one;
         never nothing: a previous version that fails to load leaves the cached one in force."""
         state = self.state(name)
-        trip = breaker.read_trip(self.breaker_dir, name) if state is not None else None
+        trip = breaker.read_trip(self.breaker_dir, self.label(name)) if state is not None else None
         if state is not None and trip is not None and trip.holds(state.version):
             try:
                 previous = self.previous(name)
@@ -427,24 +465,51 @@ class Cache:
     def load_matcher(self, config: PluginConfig, previous: Matcher | None = None) -> tuple[Matcher, list[str]]:
         """A Matcher of every cached list (in config order) and the names that failed or are missing.
 
-        A list that fails to load keeps its filter from `previous` when there is one.
+        Each source's lists are verified with that source's keys only and named as the node
+        names them (SourceConfig.qualified). A list that fails to load keeps its filter from
+        `previous` when there is one.
         """
-        keys = self.trusted_keys(config.public_keys)
         old = {f.name: f for f in previous.filters} if previous else {}
         filters, missing = [], []
-        for name in config.lists:
-            try:
-                loaded = (self.load_enforced if config.safety.enabled else self.load_list)(
-                    name, keys, config.limits.max_snapshot_bytes, mapped=True)
-            except BlocklistError as exc:
-                log.error("cache: list %s refused, keeping the last good version: %s", name, exc,
-                          extra={"event": "cache_refused", "list": name, "kind": exc.kind, "reason": str(exc)})
-                loaded = old.get(name)
-            if loaded is None:
-                missing.append(name)
-            else:
-                filters.append(loaded)
+        for source in config.sources:
+            view = self.source(source.name)
+            keys = view.trusted_keys(source.public_keys)
+            load = view.load_enforced if config.safety.enabled else view.load_list
+            for name in source.lists:
+                label = source.qualified(name)
+                try:
+                    loaded = load(name, keys, config.limits.max_snapshot_bytes, mapped=True)
+                except BlocklistError as exc:
+                    log.error("cache: list %s refused, keeping the last good version: %s", label, exc,
+                              extra={"event": "cache_refused", "list": label, "source_name": source.name or None,
+                                     "kind": exc.kind, "reason": str(exc)})
+                    loaded = old.get(label)
+                if loaded is None:
+                    missing.append(label)
+                else:
+                    loaded.name = label  # the node's name of it: "police/terror" beside "hotline/terror"
+                    filters.append(loaded)
         return Matcher(filters), missing
+
+    def list_states(self, config: PluginConfig) -> dict[str, ListState | BlocklistError | None]:
+        """Every configured list's cached state by its node name: None if not cached, the error if unreadable."""
+        out: dict[str, ListState | BlocklistError | None] = {}
+        for source in config.sources:
+            view = self.source(source.name)
+            for name in source.lists:
+                try:
+                    out[source.qualified(name)] = view.state(name)
+                except BlocklistError as exc:
+                    out[source.qualified(name)] = exc
+        return out
+
+    def all_meta(self, config: PluginConfig) -> dict[str, ListMeta]:
+        """Every source's list metadata, by the node's names of its lists."""
+        return {source.qualified(name): meta for source in config.sources
+                for name, meta in self.source(source.name).list_meta().items()}
+
+    def all_meta_generation(self, config: PluginConfig) -> int:
+        return hash(tuple(self.source(source.name).meta_generation() for source in config.sources))
 
 
 class LiveMatcher:
@@ -518,6 +583,7 @@ class LiveMatcher:
             self._breaker_generation = breaker_generation
             self.loaded_at = time.time()
             self._arm(matcher)
+        self.reload_meta()  # another set of sources names its lists otherwise
         log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
                  extra={"event": "lists_enforced", "versions": matcher.versions()})
         if missing:
@@ -526,7 +592,7 @@ class LiveMatcher:
                         extra={"event": "lists_missing", "missing": missing})
 
     def maybe_reload(self) -> bool:
-        if self.cache.meta_generation() != self._meta_generation:
+        if self.cache.all_meta_generation(self.config) != self._meta_generation:
             self.reload_meta()
         if (self.cache.generation() != self._generation
                 or breaker.generation(self.cache.breaker_dir) != self._breaker_generation):
@@ -543,7 +609,7 @@ class LiveMatcher:
         if self.watch is None or self.watch.safety != safety:
             self.watch = breaker.Watch(safety, self.cache.breaker_dir, self.component, self.config.node_id)
         self.watch.arm_for({f.name: f.version for f in matcher.filters if f.name not in self.config.monitored},
-                           self.cache.state, self.cache.previous)
+                           self.cache.state_of, self.cache.previous_of)
         self._watching = self.watch if self.watch.armed else None
 
     def _observe(self, watch: breaker.Watch, blocked_by: str | None, version: int | None) -> None:
@@ -556,8 +622,8 @@ class LiveMatcher:
 
     def reload_meta(self) -> None:
         """Load the lists' metadata now (its own file: a new title does not reload the lists)."""
-        generation = self.cache.meta_generation()
-        self.meta, self._meta_generation = self.cache.list_meta(), generation
+        generation = self.cache.all_meta_generation(self.config)
+        self.meta, self._meta_generation = self.cache.all_meta(self.config), generation
 
     def list_meta(self, name: str) -> ListMeta:
         return self.meta.get(name, _NO_META)

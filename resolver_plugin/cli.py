@@ -99,7 +99,8 @@ def sync(ctx: click.Context, once: bool) -> None:
     from resolver_plugin.distribution.credentials import load_node_token
     from resolver_plugin.distribution.sync import run_sync
     config = _config(ctx)
-    load_node_token(config)  # a bad node_token_file stops sync here, before it takes the cache lock
+    for source in config.sources:
+        load_node_token(config, source)  # a bad node_token_file stops sync here, before it takes the cache lock
     sys.exit(run_sync(config, once=once))
 
 

@@ -25,6 +25,22 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     logging: {format: text, level: info}      # or json: one object per line (--log-format overrides)
     local: {allow: [{url, scope}], block: [{url, scope}]}   # resolver_plugin.local_policy
     safety: {enabled, traffic, max_block_ratio, min_requests}  # resolver_plugin.breaker (off without it)
+
+Several publishers (a hotline, a police unit, court orders), each with its own keys, replace the
+one-source keys (source, public_key_file / public_key, lists, node_token_file, tls_ca_file) by:
+
+    sources:
+      - {name: hotline, url: "https://lists.hotline.example/", public_key_file: hotline.pub, lists: [iwf]}
+      - {name: police, url: "https://ctiru.example/blocklist/", public_key_file: police.pub,
+         lists: [terror, {name: trial, mode: monitor}], node_token_file: police.token, tls_ca_file: police-ca.pem}
+
+Each source is a `SourceConfig`: verified against its own root only, synced on its own, cached
+apart (resolver_plugin.cache.Cache.source). Its lists are named "<source>/<list>" everywhere a
+list is named (status, metrics, logs, block pages, `check --explain`): the same list name at two
+sources stays two lists, and no source can publish, replace or roll back another's. The one-source
+form is one unnamed source whose lists keep their plain names and whose cache is cache_dir itself.
+A source name follows the list-name rules (a-z 0-9 - _ .); names are unique, a list appears
+once per source, and `sources` never comes with the one-source keys.
 """
 
 from __future__ import annotations
@@ -144,11 +160,32 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """One publisher: where its publish directory is, the root it is verified against, its lists."""
+
+    name: str                # "" for the one-source form (top-level `source`)
+    url: str
+    anchor: Root             # the pinned root (public_key_file / public_key)
+    lists: tuple[str, ...]   # as the source publishes them (its manifest's names), in check order
+    monitored: frozenset[str] = frozenset()
+    node_token_file: Path | None = None  # read by sync only (distribution.credentials), never kept here
+    tls_ca_file: Path | None = None
+
+    def qualified(self, name: str) -> str:
+        """The node's name of this source's list `name`: "police/terror", or "terror" in the one-source form."""
+        return f"{self.name}/{name}" if self.name else name
+
+    @property
+    def public_keys(self) -> dict[str, Ed25519PublicKey]:
+        """The online keys of the pinned root: what signs this source's manifests and lists until a rotation."""
+        return self.anchor.online_keys
+
+
+@dataclass(frozen=True)
 class PluginConfig:
     path: Path
-    source: str
-    anchor: Root            # the pinned root (public_key_file / public_key)
-    lists: tuple[str, ...]
+    sources: tuple[SourceConfig, ...]  # one unnamed source in the one-source form
+    lists: tuple[str, ...]  # every source's lists by their node names (SourceConfig.qualified), in check order
     cache_dir: Path
     node_id: str = field(default_factory=socket.gethostname)
     poll_interval: float = 30.0
@@ -163,24 +200,49 @@ class PluginConfig:
     resolver: ResolverConfig = ResolverConfig()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
-    node_token_file: Path | None = None  # read by sync only (distribution.credentials), never kept here
-    tls_ca_file: Path | None = None
-    monitored: frozenset[str] = frozenset()  # lists in mode monitor (also in `lists`, for sync)
+    monitored: frozenset[str] = frozenset()  # node names of the lists in mode monitor (also in `lists`)
     local: LocalPolicyConfig = LocalPolicyConfig()
     safety: SafetyConfig = SafetyConfig()  # the circuit breaker (resolver_plugin.breaker)
 
+    # The one-source form's settings (with `sources:`, the first source's): code that serves
+    # every source walks `sources` instead.
+    @property
+    def source(self) -> str:
+        return self.sources[0].url
+
+    @property
+    def anchor(self) -> Root:
+        return self.sources[0].anchor
+
     @property
     def public_keys(self) -> dict[str, Ed25519PublicKey]:
-        """The online keys of the pinned root: what signs manifests and lists until a rotation."""
-        return self.anchor.online_keys
+        """The online keys of the (first) source's pinned root."""
+        return self.sources[0].public_keys
+
+    @property
+    def node_token_file(self) -> Path | None:
+        return self.sources[0].node_token_file
+
+    @property
+    def tls_ca_file(self) -> Path | None:
+        return self.sources[0].tls_ca_file
+
+    @property
+    def several_sources(self) -> bool:
+        """plugin.yaml has `sources:` (list names are "<source>/<list>")."""
+        return bool(self.sources[0].name)
+
+    def source_named(self, name: str) -> SourceConfig | None:
+        return next((s for s in self.sources if s.name == name), None)
 
 
 _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
              "admin": AdminConfig, "logging": LoggingConfig}
-_TOP = {"source", "public_key", "public_key_file", "lists", "cache_dir", "node_id",
-        "poll_interval", "long_poll", "fail_closed", "node_token_file", "tls_ca_file", "clock_skew", "local",
-        "safety", *_SECTIONS}
+_ONE_SOURCE = ("source", "public_key", "public_key_file", "lists", "node_token_file", "tls_ca_file")
+_SOURCE_KEYS = ("name", "url", "public_key", "public_key_file", "lists", "node_token_file", "tls_ca_file")
+_TOP = {*_ONE_SOURCE, "sources", "cache_dir", "node_id", "poll_interval", "long_poll", "fail_closed",
+        "clock_skew", "local", "safety", *_SECTIONS}
 
 
 def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
@@ -308,16 +370,6 @@ def _validate(cfg: PluginConfig, where: str) -> None:
 
 
 def _validate_top(cfg: PluginConfig, where: str) -> None:
-    parts = urlsplit(cfg.source)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{where}: source must be an http(s) URL, got {cfg.source!r}")
-    if not cfg.lists:
-        raise ConfigError(f"{where}: lists must name at least one list")
-    for name in cfg.lists:
-        try:
-            check_list_name(name)
-        except FormatError as exc:
-            raise ConfigError(f"{where}: lists: {exc}") from None
     if not 0 < len(cfg.node_id) <= 128 or not cfg.node_id.isprintable() or cfg.node_id != cfg.node_id.strip():
         raise ConfigError(f"{where}: node_id must be 1-128 printable characters without surrounding spaces")
     if cfg.poll_interval < 1:
@@ -326,19 +378,26 @@ def _validate_top(cfg: PluginConfig, where: str) -> None:
         raise ConfigError(f"{where}: clock_skew must be at most 3600 seconds (fix the clock instead)")
     if not 60 <= cfg.limits.max_manifest_lifetime <= 366 * 86400:
         raise ConfigError(f"{where}: limits.max_manifest_lifetime must be 60 to 31622400 seconds")
-    if cfg.tls_ca_file is not None:
-        _validate_ca(cfg, parts.scheme, where)
 
 
-def _validate_ca(cfg: PluginConfig, scheme: str, where: str) -> None:
-    if scheme != "https":
-        raise ConfigError(f"{where}: tls_ca_file needs an https source")
+def _validate_source(source: SourceConfig, at: str, key: str, ca_at: str | None = None) -> None:
+    """One source's own rules; `at` is "file:line" of its URL (`ca_at` of its tls_ca_file),
+    `key` how plugin.yaml names its URL."""
+    parts = urlsplit(source.url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{at}: {key} must be an http(s) URL, got {source.url!r}")
+    if source.tls_ca_file is None:
+        return
+    ca = key.replace("url", "tls_ca_file") if source.name else "tls_ca_file"
+    at = ca_at or at
+    if parts.scheme != "https":
+        raise ConfigError(f"{at}: {ca} needs an https source")
     try:
-        ssl.create_default_context(cafile=cfg.tls_ca_file)
+        ssl.create_default_context(cafile=source.tls_ca_file)
     except ssl.SSLError as exc:  # before OSError, its base class
-        raise ConfigError(f"{where}: tls_ca_file {cfg.tls_ca_file}: not PEM certificates ({exc.reason})") from None
+        raise ConfigError(f"{at}: {ca} {source.tls_ca_file}: not PEM certificates ({exc.reason})") from None
     except OSError as exc:
-        raise ConfigError(f"{where}: tls_ca_file {cfg.tls_ca_file}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{at}: {ca} {source.tls_ca_file}: {exc.strerror or exc}") from None
 
 
 def _validate_timeouts(t: Timeouts, where: str) -> None:
@@ -391,24 +450,42 @@ def _validate_resolver(r: ResolverConfig, where: str) -> None:
 def changed_settings(old: PluginConfig, new: PluginConfig) -> list[str]:
     """The settings `new` sets otherwise than `old`, as dotted plugin.yaml names ("proxy.listen").
 
-    The pinned root is one setting: `public_key` changes when another root is pinned.
+    The pinned root is one setting: `public_key` changes when another root is pinned. With
+    `sources:`, a source's settings are named "sources.<name>.url" and so on, and a source added
+    or removed "sources.<name>"; `lists` covers every source's lists.
     """
-    changed = []
+    changed: list[str] = []
+    late: list[str] = []  # the one-source form's node_token_file and tls_ca_file come last, where they always were
     for f in dataclasses.fields(PluginConfig):
         before, after = getattr(old, f.name), getattr(new, f.name)
-        if f.name == "anchor":  # the pinned root, from public_key_file or public_key
-            if before != after:
-                changed.append("public_key")
+        if f.name == "sources":
+            for name in _changed_sources(before, after):
+                (late if name in ("node_token_file", "tls_ca_file") else changed).append(name)
         elif dataclasses.is_dataclass(before):
             changed += [f"{f.name}.{g.name}" for g in dataclasses.fields(before)
                         if getattr(before, g.name) != getattr(after, g.name)]
         elif before != after:
             changed.append(f.name)
+    return changed + late
+
+
+_SOURCE_SETTING = {"url": "source", "anchor": "public_key", "node_token_file": "node_token_file",
+                   "tls_ca_file": "tls_ca_file"}  # lists and monitored: PluginConfig.lists names them
+
+
+def _changed_sources(old: tuple[SourceConfig, ...], new: tuple[SourceConfig, ...]) -> list[str]:
+    before, after = {s.name: s for s in old}, {s.name: s for s in new}
+    changed = [f"sources.{name}" for name in sorted(set(before) ^ set(after))]
+    for name in [n for n in before if n in after]:
+        for attr, setting in _SOURCE_SETTING.items():
+            if getattr(before[name], attr) != getattr(after[name], attr):
+                key = "url" if attr == "url" else setting
+                changed.append(f"sources.{name}.{key}" if name else setting)
     return changed
 
 
 def load_config(path: Path | str) -> PluginConfig:
-    """Read and validate plugin.yaml; raise ConfigError naming the file and the key."""
+    """Read and validate plugin.yaml; raise ConfigError naming the file (and the line) and the key."""
     path = Path(path)
     where = str(path)
     try:
@@ -425,16 +502,16 @@ def load_config(path: Path | str) -> PluginConfig:
     if unknown:
         raise ConfigError(f"{where}:{lines.line(unknown[0]) or 1}: unknown key {unknown[0]!r} "
                           f"(known: {', '.join(sorted(_TOP))})")
-    for key in ("source", "lists", "cache_dir"):
-        if key not in raw:
-            raise ConfigError(f"{where}: missing required key {key!r}")
-    anchor = _anchor(raw, path)
+    if "cache_dir" not in raw:
+        raise ConfigError(f"{where}: missing required key 'cache_dir'")
+    sources = _sources(raw, path, lines) if "sources" in raw else (_one_source(raw, path, lines),)
     hints = typing.get_type_hints(PluginConfig)
     values: dict[str, Any] = {}
-    for key in ("source", "node_id", "poll_interval", "long_poll", "fail_closed", "clock_skew"):
+    for key in ("node_id", "poll_interval", "long_poll", "fail_closed", "clock_skew"):
         if key in raw:
             values[key] = _coerce(where, key, hints[key], raw[key])
-    values["lists"], values["monitored"] = parse_lists(where, lines, raw["lists"])
+    values["lists"] = tuple(s.qualified(n) for s in sources for n in s.lists)
+    values["monitored"] = frozenset(s.qualified(n) for s in sources for n in s.monitored)
     values["local"] = parse_local(where, lines, raw.get("local"))
     cache_dir = _coerce(where, "cache_dir", str, raw["cache_dir"])
     values["cache_dir"] = (path.parent / cache_dir).resolve()
@@ -444,34 +521,101 @@ def load_config(path: Path | str) -> PluginConfig:
     safety = raw.get("safety") if raw.get("safety") is not None or "safety" not in raw else {}  # bare `safety:`: on
     values["safety"] = parse_safety(where, lines, safety,
                                     stage_one=bool(resolver.proxy_address or resolver.proxy_address6))
-    for key in ("node_token_file", "tls_ca_file"):
-        if key in raw:
-            values[key] = (path.parent / _coerce(where, key, str, raw[key])).resolve()
     proxy = values["proxy"]
     if proxy.block_page is not None:
         values["proxy"] = dataclasses.replace(proxy, block_page=str((path.parent / proxy.block_page).resolve()))
-    cfg = PluginConfig(path=path, anchor=anchor, **values)
+    cfg = PluginConfig(path=path, sources=sources, **values)
     _validate(cfg, where)
     return cfg
 
 
-def _anchor(raw: dict[str, Any], path: Path) -> Root:
-    """The pinned root: the file `blocklist key export` printed, or a bare key from before root keys."""
+def _one_source(raw: dict[str, Any], path: Path, lines: Lines) -> SourceConfig:
+    """The one-source form: `source`, `public_key_file` (or `public_key`), `lists` at the top level."""
     where = str(path)
+    for key in ("source", "lists"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing required key {key!r} (or give `sources:`)")
+    url = _coerce(where, "source", str, raw["source"])
+    names, monitored = parse_lists(where, lines, raw["lists"])
+    source = SourceConfig(name="", url=url, anchor=_anchor(raw, path, "", where), lists=names,
+                          monitored=monitored, **_source_files(raw, path, where, ""))
+    _validate_source(source, where, "source")
+    return source
+
+
+def _sources(raw: dict[str, Any], path: Path, lines: Lines) -> tuple[SourceConfig, ...]:
+    """`sources:`: one SourceConfig per entry; errors name the file, the line and the entry."""
+    where = str(path)
+    mixed = [key for key in _ONE_SOURCE if key in raw]
+    if mixed:
+        raise ConfigError(f"{where}:{lines.key_line(mixed[0]) or 1}: {mixed[0]!r} and 'sources' cannot both be "
+                          "given: with `sources:` every source has its own url, public_key_file, lists, "
+                          "node_token_file and tls_ca_file (keep the top-level keys for one source only)")
+    items = raw["sources"]
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{where}:{lines.line('sources') or 1}: sources must be a list of "
+                          "{name, url, public_key_file, lists}")
+    sources: list[SourceConfig] = []
+    for i, item in enumerate(items):
+        source = _source(item, i, path, lines)
+        if any(s.name == source.name for s in sources):
+            raise ConfigError(f"{where}:{lines.line('sources', i, 'name')}: sources[{i}]: a second source "
+                              f"named {source.name!r} (source names must be unique)")
+        sources.append(source)
+    return tuple(sources)
+
+
+def _source(item: Any, i: int, path: Path, lines: Lines) -> SourceConfig:
+    where = str(path)
+    at = f"{where}:{lines.line('sources', i)}"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{at}: sources[{i}] must be a mapping {{name, url, public_key_file, lists}}")
+    unknown = sorted(str(k) for k in item if k not in _SOURCE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}:{lines.key_line('sources', i, unknown[0])}: unknown key sources[{i}].{unknown[0]} "
+                          f"(known: {', '.join(_SOURCE_KEYS)})")
+    for key in ("name", "url", "lists"):
+        if key not in item:
+            raise ConfigError(f"{at}: sources[{i}] misses required key {key!r}")
+    name = item["name"]
+    try:
+        check_list_name(name)
+    except FormatError:
+        raise ConfigError(f"{where}:{lines.line('sources', i, 'name')}: sources[{i}].name {name!r}: use "
+                          "1-64 of a-z 0-9 - _ . (a source is named like a list)") from None
+    label = f"sources[{name}]"
+    url = _coerce(f"{where}:{lines.line('sources', i, 'url')}", f"{label}.url", str, item["url"])
+    names, monitored = parse_lists(where, lines, item["lists"], ("sources", i, "lists"))
+    source = SourceConfig(name=name, url=url, anchor=_anchor(item, path, label + ".", at), lists=names,
+                          monitored=monitored, **_source_files(item, path, at, label + "."))
+    _validate_source(source, f"{where}:{lines.line('sources', i, 'url')}", f"{label}.url",
+                     f"{where}:{lines.line('sources', i, 'tls_ca_file')}")
+    return source
+
+
+def _source_files(raw: dict[str, Any], path: Path, where: str, prefix: str) -> dict[str, Path]:
+    """node_token_file and tls_ca_file, relative to plugin.yaml's folder."""
+    return {key: (path.parent / _coerce(where, prefix + key, str, raw[key])).resolve()
+            for key in ("node_token_file", "tls_ca_file") if key in raw}
+
+
+def _anchor(raw: dict[str, Any], path: Path, prefix: str, where: str) -> Root:
+    """The pinned root: the file `blocklist key export` printed, or a bare key from before root keys."""
     if ("public_key" in raw) == ("public_key_file" in raw):
-        raise ConfigError(f"{where}: give exactly one of public_key and public_key_file")
+        raise ConfigError(f"{where}: give exactly one of {prefix}public_key and {prefix}public_key_file")
     try:
         if "public_key" in raw:
             if not isinstance(raw["public_key"], str):
-                raise ConfigError(f"{where}: public_key must be a string")
+                raise ConfigError(f"{where}: {prefix}public_key must be a string")
             return bare_key_root(load_public_key(raw["public_key"]))
         if not isinstance(raw["public_key_file"], str):
-            raise ConfigError(f"{where}: public_key_file must be a path")
+            raise ConfigError(f"{where}: {prefix}public_key_file must be a path")
         key_path = path.parent / raw["public_key_file"]
         try:
             data = key_path.read_bytes()
         except OSError as exc:
-            raise ConfigError(f"{where}: public_key_file {key_path}: {exc.strerror}") from None
+            raise ConfigError(f"{where}: {prefix}public_key_file {key_path}: {exc.strerror}") from None
         return read_anchor(data[:MAX_ROOT + 1])
     except FormatError as exc:
-        raise ConfigError(f"{where}: {'public_key' if 'public_key' in raw else 'public_key_file'}: {exc}") from None
+        key = "public_key" if "public_key" in raw else "public_key_file"
+        raise ConfigError(f"{where}: {prefix}{key}: {exc}") from None

@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from blocklist.core.digests import Entry, Scope, make_entry
-from blocklist.core.errors import ConfigError, InvalidURL
+from blocklist.core.errors import ConfigError, FormatError, InvalidURL
+from blocklist.core.format.strictjson import check_list_name
 
 
 class ListMode(enum.StrEnum):
@@ -66,41 +67,71 @@ class Lines:
         return found
 
 
+    def key_line(self, *path: str | int) -> int | None:
+        """The 1-based line of the key that ends `path` (a mapping's key), else as `line`."""
+        parent = self.root
+        for step in path[:-1]:
+            child = None
+            if isinstance(parent, yaml.MappingNode):
+                child = next((v for k, v in parent.value if isinstance(k, yaml.ScalarNode) and k.value == step), None)
+            elif isinstance(parent, yaml.SequenceNode) and isinstance(step, int) and step < len(parent.value):
+                child = parent.value[step]
+            parent = child
+        if isinstance(parent, yaml.MappingNode):
+            for k, _ in parent.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == path[-1]:
+                    return k.start_mark.line + 1
+        return self.line(*path)
+
+
 def _at(where: str, lines: Lines, *path: str | int) -> str:
     line = lines.line(*path)
     return f"{where}:{line}" if line is not None else where
 
 
-def parse_lists(where: str, lines: Lines, raw: Any) -> tuple[tuple[str, ...], frozenset[str]]:
-    """(every list name in order, the monitored ones) from `lists:`."""
+def parse_lists(where: str, lines: Lines, raw: Any,
+                path: tuple[str | int, ...] = ("lists",)) -> tuple[tuple[str, ...], frozenset[str]]:
+    """(every list name in order, the monitored ones) from `lists:` (or a source's, at `path`)."""
+    key = _dotted(path)
     if isinstance(raw, str):
         raw = [raw]
-    if not isinstance(raw, list):
-        raise ConfigError(f"{_at(where, lines, 'lists')}: lists must be a list of names or {{name, mode}}")
-    names, monitored = [], set()
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{_at(where, lines, *path)}: {key} must be a list of names or {{name, mode}}, "
+                          "at least one")
+    names: list[str] = []
+    monitored = set()
     for i, item in enumerate(raw):
-        at = _at(where, lines, "lists", i)
+        at = _at(where, lines, *path, i)
+        name: Any
+        mode: Any
         if isinstance(item, str):
-            names.append(item)
-            continue
-        if not isinstance(item, dict):
-            raise ConfigError(f"{at}: lists[{i}] must be a list name or {{name, mode}}")
-        unknown = sorted(str(k) for k in item if k not in _LIST_KEYS)
-        if unknown:
-            raise ConfigError(f"{at}: unknown key lists[{i}].{unknown[0]} (known: {', '.join(_LIST_KEYS)})")
-        name, mode = item.get("name"), item.get("mode", ListMode.ENFORCE.value)
-        if not isinstance(name, str):
-            raise ConfigError(f"{at}: lists[{i}].name must be a list name")
+            name, mode = item, ListMode.ENFORCE.value
+        elif isinstance(item, dict):
+            unknown = sorted(str(k) for k in item if k not in _LIST_KEYS)
+            if unknown:
+                raise ConfigError(f"{at}: unknown key {key}[{i}].{unknown[0]} (known: {', '.join(_LIST_KEYS)})")
+            name, mode = item.get("name"), item.get("mode", ListMode.ENFORCE.value)
+        else:
+            raise ConfigError(f"{at}: {key}[{i}] must be a list name or {{name, mode}}")
+        try:
+            name = check_list_name(name)
+        except FormatError as exc:
+            raise ConfigError(f"{at}: {key}[{i}]: {exc}") from None
         try:
             mode = ListMode(mode)
         except ValueError:
-            raise ConfigError(f"{at}: lists[{i}].mode must be enforce or monitor") from None
+            raise ConfigError(f"{at}: {key}[{i}].mode must be enforce or monitor") from None
+        if name in names:
+            raise ConfigError(f"{at}: {key} names the list {name!r} twice")
         names.append(name)
         if mode is ListMode.MONITOR:
             monitored.add(name)
-    if len(set(names)) < len(names):
-        raise ConfigError(f"{_at(where, lines, 'lists')}: lists names a list twice")
     return tuple(names), frozenset(monitored)
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    """("sources", 1, "lists") -> "sources[1].lists"."""
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
 
 
 def parse_local(where: str, lines: Lines, raw: Any) -> LocalPolicyConfig:

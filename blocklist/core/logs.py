@@ -54,7 +54,8 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "ts": (str,), "level": (str,), "logger": (str,), "event": (str,), "msg": (str,),
     # where known
     "list": (str,), "version": (int,), "node": (str,), "kind": (str,), "duration_ms": (int, float),
-    "source": (str,), "have": (int,), "via": (str,), "bytes": (int,), "file": (str,), "reason": (str,),
+    "source": (str,), "source_name": (str,), "have": (int,), "via": (str,), "bytes": (int,), "file": (str,),
+    "reason": (str,),
     "signed_by": (str,), "attempt": (int,), "delay_ms": (int, float), "lists": (list,),
     "missing": (list,), "versions": (dict,), "config": (str,), "changed": (list,), "listen": (str,), "counts": (dict,),
     "outcome": (str,), "client": (str,), "method": (str,), "target": (str,), "status": (int,),

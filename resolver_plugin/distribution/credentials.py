@@ -20,24 +20,27 @@ import time
 
 from blocklist.core.errors import ConfigError
 from blocklist.core.protocol import NODE, PROOF, ReportOutcome, check_token, make_proof, report_key
-from resolver_plugin.config import PluginConfig
+from resolver_plugin.config import PluginConfig, SourceConfig
 
 log = logging.getLogger("blocklist.plugin.sync")
 
 MAX_TOKEN_FILE = 4096
 
 
-def load_node_token(config: PluginConfig) -> str | None:
-    """The node's token, None when plugin.yaml names none; ConfigError naming file and key otherwise.
+def load_node_token(config: PluginConfig, source: SourceConfig | None = None) -> str | None:
+    """The node's token for `source` (default: the first), None when plugin.yaml names none;
+    ConfigError naming file and key otherwise.
 
     The file must be readable, hold one token as `blocklist node add` prints it
     (white space around it is ignored), and not be readable or writable by
     every local user (mode 0600, or 0640 with a group).
     """
-    path = config.node_token_file
+    source = source or config.sources[0]
+    path = source.node_token_file
     if path is None:
         return None
-    where = f"{config.path}: node_token_file {path}"
+    key = f"sources[{source.name}].node_token_file" if source.name else "node_token_file"
+    where = f"{config.path}: {key} {path}"
     try:
         with open(path, "rb") as f:
             mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
@@ -58,22 +61,23 @@ def load_node_token(config: PluginConfig) -> str | None:
     return token
 
 
-def client_tls(config: PluginConfig) -> ssl.SSLContext | bool:
-    """The TLS settings of the client session: tls_ca_file's CA when given, else the system's (True)."""
-    if config.tls_ca_file is None:
+def client_tls(config: PluginConfig, source: SourceConfig | None = None) -> ssl.SSLContext | bool:
+    """The TLS settings of `source`'s client session: its tls_ca_file's CA when given, else the system's (True)."""
+    ca = (source or config.sources[0]).tls_ca_file
+    if ca is None:
         return True
     try:
-        return ssl.create_default_context(cafile=config.tls_ca_file)
+        return ssl.create_default_context(cafile=ca)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{config.path}: tls_ca_file {config.tls_ca_file}: {exc}") from None
+        raise ConfigError(f"{config.path}: tls_ca_file {ca}: {exc}") from None
 
 
 class Reporter:
     """The node's side of the fleet report: the headers that name and prove each poll, and what serve said."""
 
-    def __init__(self, config: PluginConfig, node_id: str | None) -> None:
+    def __init__(self, config: PluginConfig, node_id: str | None, source: SourceConfig | None = None) -> None:
         self.node_id = node_id  # None: not a valid header value, polls stay anonymous
-        token = load_node_token(config)
+        token = load_node_token(config, source)
         self.key = report_key(token) if token else None
         self.millis = 0  # proofs of this node go strictly forward in time, as serve requires
         self.outcome: str | None = None  # what serve last said of our report (X-Blocklist-Report)

@@ -18,7 +18,7 @@ from yarl import URL
 
 from blocklist.core import __version__
 from blocklist.core.errors import ErrorKind, SizeError, TransportError
-from resolver_plugin.config import PluginConfig
+from resolver_plugin.config import PluginConfig, SourceConfig
 from resolver_plugin.distribution.credentials import client_tls
 
 CHUNK = 64 * 1024
@@ -58,20 +58,23 @@ class Fetcher(Protocol):
                   wait: float = 0.0) -> Fetched: ...
 
 
-def http_session(config: PluginConfig | None = None) -> aiohttp.ClientSession:
-    """The client session HttpFetcher needs (trusting `config`'s tls_ca_file); the caller closes it."""
-    tls = client_tls(config) if config is not None else True
+def http_session(config: PluginConfig | None = None, source: SourceConfig | None = None) -> aiohttp.ClientSession:
+    """The client session HttpFetcher needs (trusting `source`'s tls_ca_file, default the first
+    source's); the caller closes it."""
+    tls = client_tls(config, source) if config is not None else True
     # auto_decompress off: the bytes hashed are the bytes received, and no decompression bomb.
     return aiohttp.ClientSession(headers={"User-Agent": f"blocklist-plugin/{__version__}"},
                                  auto_decompress=False, connector=aiohttp.TCPConnector(limit=4, ssl=tls))
 
 
 class HttpFetcher:
-    """Fetcher over HTTP(S), below `config.source`."""
+    """Fetcher over HTTP(S), below `source`'s URL (default: the first source's)."""
 
-    def __init__(self, session: aiohttp.ClientSession, config: PluginConfig) -> None:
+    def __init__(self, session: aiohttp.ClientSession, config: PluginConfig,
+                 source: SourceConfig | None = None) -> None:
         self.session = session
-        self.base = config.source if config.source.endswith("/") else config.source + "/"
+        url = (source or config.sources[0]).url
+        self.base = url if url.endswith("/") else url + "/"
         self.timeouts = config.timeouts
 
     async def get(self, path: str, limit: int, headers: Mapping[str, str] | None = None,

@@ -23,6 +23,15 @@ One sync (`Syncer.sync_once`):
      or with a damaged one gets it written (Cache.ensure_compiled).
   4. status.json (resolver_plugin.operations.node_status) records versions, lag and errors.
 
+Several sources (plugin.yaml `sources:`): one Syncer per source, each with its own
+TrustedState (its own pinned root: no other source's key verifies anything of it),
+its own cache folder (Cache.source), status file, HTTP session (its tls_ca_file),
+fleet reporter (its node_token_file: each source's serve hears only of its own
+lists, by the names it publishes them under) and its own loop in the daemon: its
+own back-off, long-poll and freshness, so a source that is down, tampered with,
+stale or signed by the wrong key never holds up the others. Logs name a list as
+the node does ("police/terror") and carry the source.
+
 Every GET goes through a `Fetcher` with a cap (the size the manifest
 announces, or limits.max_manifest_bytes). Over HTTP, HttpFetcher
 (resolver_plugin.distribution.fetch) streams each body, aborts it past the
@@ -51,7 +60,7 @@ from blocklist.core.matcher import ListFilter
 from blocklist.core.protocol import HAVE, REPORT, clean_node_id, format_have
 from resolver_plugin import breaker
 from resolver_plugin.cache import Cache, ListState
-from resolver_plugin.config import PluginConfig
+from resolver_plugin.config import PluginConfig, SourceConfig
 from resolver_plugin.distribution.credentials import Reporter
 from resolver_plugin.distribution.fetch import Backoff, Fetcher, HttpFetcher, SyncError, http_session
 from resolver_plugin.distribution.trust import TrustedState, UpdatePlan, error_kind
@@ -65,7 +74,7 @@ MANIFEST = "manifest.json"
 MIN_CYCLE = 0.1  # seconds between long-poll cycles, so a misbehaving source cannot spin us
 # What a reload cannot change: this process holds the cache directory's writer lock, and every
 # enforcement process of the node reads that directory.
-RESTART_ONLY = ("cache_dir", "tls_ca_file")  # the HTTP session with its CA lives as long as the daemon
+RESTART_ONLY = ("cache_dir",)  # each source's HTTP session (its tls_ca_file) is made again on a reload
 
 
 def failure_kind(exc: BaseException) -> ErrorKind:
@@ -74,24 +83,29 @@ def failure_kind(exc: BaseException) -> ErrorKind:
 
 
 class Syncer:
-    """One node's sync: the trusted state, the filters it enforces, the cache and the status."""
+    """One source's sync on this node: the trusted state, the filters it enforces, its cache and status.
 
-    def __init__(self, config: PluginConfig, fetcher: Fetcher) -> None:
+    `source` is one of config.sources (default: the first, the one-source form's only one).
+    """
+
+    def __init__(self, config: PluginConfig, fetcher: Fetcher, source: SourceConfig | None = None) -> None:
         self.config = config
+        self.source = source or config.sources[0]
+        self.lists = self.source.lists  # as this source publishes them
         self.fetcher = fetcher
-        self.cache = Cache(config.cache_dir)
-        self.trust = TrustedState(config.anchor, config.limits, config.clock_skew)
+        self.cache = Cache(config.cache_dir).source(self.source.name)
+        self.trust = TrustedState(self.source.anchor, config.limits, config.clock_skew)
         self.filters: dict[str, ListFilter] = {}
         self.etag: str | None = None
         self.long_poll_ok = False  # the source sends X-Blocklist-Wait: it long-polls
         self._file = ""  # the file being fetched, for log lines
         self._manifest_saved = True  # the trusted manifest is in the cache
-        self._saved_keys = set(self.cache.trusted_keys(config.public_keys))
+        self._saved_keys = set(self.cache.trusted_keys(self.source.public_keys))
         self.node_id = clean_node_id(config.node_id)  # a header value: printable, bounded
         if self.node_id is None:
             log.warning("node_id %r is not a printable name of at most 128 characters; polls stay "
                         "anonymous", config.node_id[:40], extra={"event": "node_id_unusable"})
-        self.reporter = Reporter(config, self.node_id)
+        self.reporter = Reporter(config, self.node_id, self.source)
         self.status = self._load_status()
         self._load_cache()
 
@@ -102,8 +116,8 @@ class Syncer:
             status = read_status(self.cache.status_file) or NodeStatus()
         except (OSError, ValueError, TypeError, KeyError):
             status = NodeStatus()
-        status.node_id, status.source = self.config.node_id, self.config.source
-        status.lists = {name: status.lists.get(name, ListStatus()) for name in self.config.lists}
+        status.node_id, status.source = self.config.node_id, self.source.url
+        status.lists = {name: status.lists.get(name, ListStatus()) for name in self.lists}
         return status
 
     def _load_cache(self) -> None:
@@ -114,19 +128,21 @@ class Syncer:
                 if data is not None:
                     load(data)
             except (BlocklistError, OSError) as exc:
-                log.error("cache refused file=%s kind=%s reason=%r", file, failure_kind(exc), str(exc),
-                          extra={"event": "cache_refused", "file": file, "kind": failure_kind(exc),
-                                 "reason": str(exc)})
-        keys = {**self.cache.trusted_keys(self.config.public_keys), **self.trust.seen_keys}
+                log.error("cache refused%s file=%s kind=%s reason=%r", self.log_tag(), file, failure_kind(exc),
+                          str(exc), extra={"event": "cache_refused", "file": file, "kind": failure_kind(exc),
+                                           "reason": str(exc), "source_name": self.source.name or None})
+        keys = {**self.cache.trusted_keys(self.source.public_keys), **self.trust.seen_keys}
         self.trust.seen_keys.update(keys)
-        for name in self.config.lists:
+        for name in self.lists:
             try:
                 loaded = self.cache.load_list(name, keys, self.config.limits.max_snapshot_bytes)
                 vouched = self.cache.list_signers(name) <= set(self.trust.online_keys)
             except BlocklistError as exc:
+                label = self.source.qualified(name)
                 log.error("cache refused list=%s kind=%s reason=%r; fetching it again",
-                          name, error_kind(exc), str(exc),
-                          extra={"event": "cache_refused", "list": name, "kind": error_kind(exc), "reason": str(exc)})
+                          label, error_kind(exc), str(exc),
+                          extra={"event": "cache_refused", "list": label, "source_name": self.source.name or None,
+                                 "kind": error_kind(exc), "reason": str(exc)})
                 continue
             if loaded is not None:
                 self._compile(name, loaded)
@@ -154,8 +170,8 @@ class Syncer:
         manifest = self.trust.manifest
         try:
             if manifest is not None and self.cache.write_meta(
-                    {n: manifest.lists[n].meta for n in self.config.lists if n in manifest.lists}):
-                log.info("list metadata updated manifest=%d", manifest.version)
+                    {n: manifest.lists[n].meta for n in self.lists if n in manifest.lists}):
+                log.info("list metadata updated%s manifest=%d", self.log_tag(), manifest.version)
         except OSError as exc:
             log.error("cache: cannot write meta.json: %s", exc.strerror)
 
@@ -166,15 +182,15 @@ class Syncer:
         now = time.time()
         polled = await self._poll(wait, now)
         if polled and self.trust.manifest is not None:
-            for name in self.config.lists:
+            for name in self.lists:
                 self.status.lists[name].last_attempt = now
                 self._file = ""
                 try:
                     await self._sync_list(name)
                 except (BlocklistError, OSError) as exc:
                     self._record_error(name, exc)
-        in_sync = polled and all(self.trust.in_sync(n) for n in self.config.lists)
-        for name in self.config.lists:
+        in_sync = polled and all(self.trust.in_sync(n) for n in self.lists)
+        for name in self.lists:
             if self.trust.in_sync(name) and polled:
                 self.status.lists[name].record_success(time.time())
         self.write_status()
@@ -216,7 +232,7 @@ class Syncer:
         """What the node's enforcement processes enforce of cached `version`: the previous one while
         the circuit breaker holds it (the fleet view then shows the node behind)."""
         if self.config.safety.enabled:
-            trip = breaker.read_trip(self.cache.breaker_dir, name)
+            trip = breaker.read_trip(self.cache.breaker_dir, self.cache.label(name))
             if trip is not None and trip.holds(version):
                 return trip.fallback
         return version
@@ -230,17 +246,17 @@ class Syncer:
             self.cache.write_root(resp.body)
             if rotated:
                 self.cache.forget_manifest()
-                log.info("online key rotated root=%d online=%s: versions the retired key vouched for "
-                         "are forgotten", version, ",".join(self.trust.online_keys),
+                log.info("online key rotated%s root=%d online=%s: versions the retired key vouched for "
+                         "are forgotten", self.log_tag(), version, ",".join(self.trust.online_keys),
                          extra={"event": "key_rotation_followed", "version": version,
-                                "signed_by": ",".join(self.trust.online_keys)})
+                                "signed_by": ",".join(self.trust.online_keys), "source_name": self.source.name or None})
             self._save_keys()
         self._file = ""
 
     def _save_keys(self) -> None:
         """keys.json: the online keys, and a retired key while a cached list still holds its files."""
         wanted = set(self.trust.online_keys)
-        for name in self.config.lists:
+        for name in self.lists:
             try:
                 wanted |= self.cache.list_signers(name)
             except BlocklistError:
@@ -327,10 +343,12 @@ class Syncer:
         st.version, st.checksum, st.entries = result.version, result.checksum, ref.entries
         st.expires = self.trust.deadline(manifest)  # type: ignore[arg-type]
         took_ms = (time.monotonic() - started) * 1000
-        log.info("updated list=%s version=%d from=%s via=%s bytes=%d took_ms=%d", name, result.version,
+        label = self.source.qualified(name)
+        log.info("updated list=%s version=%d from=%s via=%s bytes=%d took_ms=%d", label, result.version,
                  previous.version if previous else 0, via, size, took_ms,
-                 extra={"event": "sync_updated", "list": name, "version": result.version, "via": via, "bytes": size,
-                        "have": previous.version if previous else 0, "duration_ms": round(took_ms, 3)})
+                 extra={"event": "sync_updated", "list": label, "version": result.version, "via": via, "bytes": size,
+                        "have": previous.version if previous else 0, "duration_ms": round(took_ms, 3),
+                        "source_name": self.source.name or None})
 
     def _record_manifest(self, now: float) -> None:
         manifest = self.trust.manifest
@@ -338,7 +356,7 @@ class Syncer:
         ms = self.status.manifest
         ms.version, ms.expires, ms.signed_by, ms.fetched_at = (manifest.version, self.trust.deadline(manifest),
                                                                manifest.signed_by, now)
-        for name in self.config.lists:
+        for name in self.lists:
             ref = manifest.lists.get(name)
             st = self.status.lists[name]
             if ref is not None and ref.version != st.newest_seen:
@@ -352,18 +370,24 @@ class Syncer:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         now = time.time()
         self.status.count_error(kind)
-        names = [name] if name else list(self.config.lists)
+        names = [name] if name else list(self.lists)
         for n in names:
             self.status.lists[n].record_error(kind, reason, now)
         manifest = self.trust.manifest
         target = manifest.lists[name].version if name and manifest and name in manifest.lists else "-"
         have = self.trust.enforced_version(name) if name else "-"
         action = "falling back to the snapshot" if fallback else "keeping the last good version"
+        label = self.source.qualified(name) if name else self.source.qualified("*")
         log.warning("sync failed list=%s version=%s have=%s file=%s kind=%s reason=%r; %s",
-                    name or "*", target, have, file or self._file or "-", kind, reason, action,
-                    extra={"event": "sync_failed", "list": name, "version": target if target != "-" else None,
+                    label, target, have, file or self._file or "-", kind, reason, action,
+                    extra={"event": "sync_failed", "list": self.source.qualified(name) if name else None,
+                           "source_name": self.source.name or None, "version": target if target != "-" else None,
                            "have": have if have != "-" else None, "file": file or self._file or None,
                            "kind": kind, "reason": reason, "outcome": "fallback" if fallback else "kept"})
+
+    def log_tag(self) -> str:
+        """" source=police" in a log line of a named source, "" in the one-source form."""
+        return f" source={self.source.name}" if self.source.name else ""
 
     def write_status(self) -> None:
         try:
@@ -375,64 +399,109 @@ class Syncer:
 
 
 async def sync_once(config: PluginConfig) -> bool:
-    """One sync from scratch (what `sync --once` does): True if every list is at the newest version."""
-    async with http_session(config) as session:
-        return await Syncer(config, HttpFetcher(session, config)).sync_once()
+    """One sync from scratch (what `sync --once` does), every source at once: True if every list
+    of every source is at the newest version."""
+    async def one(source: SourceConfig) -> bool:
+        async with http_session(config, source) as session:
+            return await Syncer(config, HttpFetcher(session, config, source), source).sync_once()
+    results = await asyncio.gather(*(one(source) for source in config.sources), return_exceptions=True)
+    return all(_outcome(result) for result in results)
 
 
 async def sync_loop(config: PluginConfig, stop: asyncio.Event, *, reload: asyncio.Event | None = None,
                     on_reload: Callable[[PluginConfig], Awaitable[None]] | None = None,
                     backoff_base: float | None = None, backoff_cap: float | None = None) -> None:
-    """The daemon: sync, then long-poll (or sleep poll_interval), until `stop` is set.
+    """The daemon: each source in its own loop (`source_loop`), until `stop` is set.
 
-    After a failed sync it retries with back-off from timeouts.retry_first up to
-    timeouts.retry_max seconds (`backoff_base`/`backoff_cap` override them).
-    When `reload` is set (SIGHUP) it stops waiting, re-reads plugin.yaml, and
-    with a new configuration goes on with a new Syncer that loads the cache
-    again (what enforcement loads is never touched) and calls `on_reload`.
+    When `reload` is set (SIGHUP) it re-reads plugin.yaml; with a new configuration it
+    stops every source's loop (an interrupted sync writes its status first), starts new
+    ones over the same cache (what enforcement loads is never touched) and calls
+    `on_reload`. A refused reload leaves the loops running.
     """
-    async with http_session(config) as session:
-        syncer = Syncer(config, HttpFetcher(session, config))
-        backoff = _backoff(config, backoff_base, backoff_cap)
-        while not stop.is_set():
-            started = time.monotonic()
-            task = asyncio.ensure_future(syncer.sync_once(config.long_poll))
-            await _until(stop, reload, task)
-            if not task.done():  # stopping or reloading: cancel at an await (cache writes have none)
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                if stop.is_set():
+    while not stop.is_set():
+        tasks = [asyncio.ensure_future(source_loop(config, source, stop, backoff_base, backoff_cap))
+                 for source in config.sources]
+        try:
+            new = None
+            while new is None and not stop.is_set():
+                await _until(stop, reload, asyncio.gather(*tasks, return_exceptions=True))
+                if reload is None or not reload.is_set():
                     break
-                syncer.write_status()  # the errors this cycle counted, before another Syncer reads them
-                ok = False
-            else:
-                ok = _result(task)
-            if stop.is_set():
-                break
-            if reload is not None and reload.is_set():
                 reload.clear()
                 new = reread(config, RESTART_ONLY)
-                if new is not None:
-                    config = new
-                    syncer = Syncer(config, HttpFetcher(session, config))
-                    backoff = _backoff(config, backoff_base, backoff_cap)
-                    if on_reload is not None:
-                        await on_reload(config)
-                continue  # poll at once: a new source or new lists take effect now
-            if ok:
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if new is None:
+            break
+        config = new
+        if on_reload is not None:
+            await on_reload(config)
+
+
+async def source_loop(config: PluginConfig, source: SourceConfig, stop: asyncio.Event,
+                      backoff_base: float | None = None, backoff_cap: float | None = None) -> None:
+    """One source's sync, then long-poll (or sleep poll_interval), until `stop` is set or cancelled.
+
+    After a failed sync it retries with back-off from timeouts.retry_first up to
+    timeouts.retry_max seconds (`backoff_base`/`backoff_cap` override them). Other
+    sources' loops go on whatever this one meets.
+    """
+    async with http_session(config, source) as session:
+        backoff = _backoff(config, backoff_base, backoff_cap)
+        syncer = await _start_syncer(config, source, HttpFetcher(session, config, source), stop, backoff)
+        while syncer is not None and not stop.is_set():
+            started = time.monotonic()
+            task = asyncio.ensure_future(syncer.sync_once(config.long_poll))
+            try:
+                await _until(stop, None, task)
+            finally:
+                if not task.done():  # stopping or reloading: cancel at an await (cache writes have none)
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    syncer.write_status()  # the errors this cycle counted, before another Syncer reads them
+            if stop.is_set():
+                break
+            if _result(task):
                 backoff.reset()
                 long_poll = config.long_poll > 0 and syncer.long_poll_ok
                 delay = (max(0.0, MIN_CYCLE - (time.monotonic() - started)) if long_poll
                          else config.poll_interval)
             else:
                 delay = backoff.next_delay()
-                log.info("sync retry in=%.2fs attempt=%d", delay, backoff.failures,
-                         extra={"event": "sync_retry", "delay_ms": round(delay * 1000), "attempt": backoff.failures})
+                log.info("sync retry%s in=%.2fs attempt=%d", syncer.log_tag(), delay, backoff.failures,
+                         extra={"event": "sync_retry", "delay_ms": round(delay * 1000), "attempt": backoff.failures,
+                                "source_name": source.name or None})
             if delay > 0:
                 sleeper = asyncio.ensure_future(asyncio.sleep(delay))
-                await _until(stop, reload, sleeper)
+                try:
+                    await _until(stop, None, sleeper)
+                finally:
+                    sleeper.cancel()
+                    await asyncio.gather(sleeper, return_exceptions=True)
+
+
+async def _start_syncer(config: PluginConfig, source: SourceConfig, fetcher: Fetcher, stop: asyncio.Event,
+                        backoff: Backoff) -> Syncer | None:
+    """A Syncer of `source`, retried with back-off while it cannot start (e.g. a node_token_file
+    a reload named is unreadable): one source's trouble never ends the daemon or the other
+    sources' loops. None when stopped first."""
+    while not stop.is_set():
+        try:
+            return Syncer(config, fetcher, source)
+        except BlocklistError as exc:
+            delay = backoff.next_delay()
+            log.error("sync cannot start%s: %s; retrying in %.2fs", f" source={source.name}" if source.name else "",
+                      exc, delay, extra={"event": "sync_crashed", "kind": "internal", "reason": str(exc),
+                                         "source_name": source.name or None})
+            sleeper = asyncio.ensure_future(asyncio.sleep(delay))
+            try:
+                await _until(stop, None, sleeper)
+            finally:
                 sleeper.cancel()
                 await asyncio.gather(sleeper, return_exceptions=True)
+    return None
 
 
 def _backoff(config: PluginConfig, base: float | None, cap: float | None) -> Backoff:
@@ -454,10 +523,18 @@ def _result(task: asyncio.Future[bool]) -> bool:
     try:
         return task.result()
     except Exception as exc:  # noqa: BLE001 - a bug must not end the daemon; retry later
+        return _outcome(exc)
+
+
+def _outcome(result: bool | BaseException) -> bool:
+    """A sync's result, or False for the exception it ended with (logged: a bug never ends the daemon)."""
+    if isinstance(result, BaseException):
+        exc = result
         log.error("sync crashed kind=internal reason=%r; retrying", exc,
                   extra={"event": "sync_crashed", "kind": "internal", "reason": repr(exc)})
-        log.debug("sync crash", exc_info=True)
+        log.debug("sync crash", exc_info=exc)
         return False
+    return result
 
 
 async def _main(config: PluginConfig, once: bool) -> int:
@@ -473,7 +550,7 @@ async def _main(config: PluginConfig, once: bool) -> int:
         log.info("sync started node=%s lists=%s long_poll=%g poll_interval=%g", config.node_id,
                  ",".join(config.lists), config.long_poll, config.poll_interval,
                  extra={"event": "sync_started", "node": config.node_id, "lists": config.lists,
-                        "source": config.source})
+                        "source": None if config.several_sources else config.source})
         admin = await start_admin(config)
 
         async def restart_admin(new: PluginConfig) -> None:

@@ -36,13 +36,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from blocklist.core.errors import BlocklistError
 from blocklist.core.timefmt import relative, utc
-from resolver_plugin.cache import Cache, LiveMatcher
+from resolver_plugin.cache import Cache, ListState, LiveMatcher
 from resolver_plugin.config import PluginConfig, parse_listen
 from resolver_plugin.operations import metrics
 from resolver_plugin.operations.node_status import ERROR_KINDS
-from resolver_plugin.operations.status import HEADERS, Report, gather, scrub, table_rows
+from resolver_plugin.operations.status import HEADERS, ListReport, Report, gather, scrub, table_rows
 
 log = logging.getLogger("blocklist.plugin.admin")
 
@@ -70,8 +69,26 @@ def _counter(name: str, doc: str, labels: list[str], samples: Counter[tuple[str,
     return family
 
 
+def _source_of(name: str) -> str:
+    """The source of a list by its node name ("police/terror" -> "police"); "" for any other label."""
+    return name.partition("/")[0] if "/" in name else ""
+
+
+def _with_source(samples: Counter[tuple[str, ...]], position: int) -> Counter[tuple[str, ...]]:
+    """`samples` with the source of the list at `position` appended as a label."""
+    out: Counter[tuple[str, ...]] = Counter()
+    for labels, value in samples.items():
+        out[(*labels, _source_of(labels[position]))] += value
+    return out
+
+
 class PluginCollector(Collector):
-    """Reads status.json, the cache and the counter files at scrape time, so any process can serve it."""
+    """Reads status.json, the cache and the counter files at scrape time, so any process can serve it.
+
+    With plugin.yaml `sources:` every sample that names a list also carries a `source` label
+    (the list label is the node's name, "police/terror"), and the manifest, status and sync
+    error samples are one per source; the one-source form's samples keep the labels they had.
+    """
 
     def __init__(self, config: PluginConfig) -> None:
         self.config = config
@@ -79,51 +96,54 @@ class PluginCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         report = gather(self.config)
         lists = report.lists
+        several = self.config.several_sources
+        labels = ["list", "source"] if several else ["list"]
+
+        def per_list(name: str, doc: str, values: list[tuple[ListReport, float]]) -> GaugeMetricFamily:
+            return _gauge(name, doc, labels, [([r.name, r.source] if several else [r.name], v) for r, v in values])
+
         yield _gauge("blocklist_node_info", "This node's id", ["node_id"], [([report.node_id], 1)])
         yield _gauge("blocklist_status", "Overall state, as `status` exits: 0 OK, 1 WARNING, 2 CRITICAL, "
                      "3 UNKNOWN", [], [([], int(report.state))])
-        yield _gauge("blocklist_list_state", "State of a list: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
-                     ["list"], [([r.name], int(r.state)) for r in lists])
-        yield _gauge("blocklist_list_enforced_version", "Version in the cache, that enforcement loads (0: none)",
-                     ["list"], [([r.name], r.enforced) for r in lists])
-        yield _gauge("blocklist_list_newest_seen_version", "Newest version a verified manifest announced",
-                     ["list"], [([r.name], r.newest_seen) for r in lists])
-        yield _gauge("blocklist_list_lag_versions", "Versions behind the newest seen",
-                     ["list"], [([r.name], r.lag_versions) for r in lists])
-        yield _gauge("blocklist_list_lag_seconds", "Seconds since a newer version was seen, while behind",
-                     ["list"], [([r.name], r.lag_seconds) for r in lists])
-        yield _gauge("blocklist_list_entries", "Entries in the enforced version",
-                     ["list"], [([r.name], r.entries) for r in lists if r.entries is not None])
-        yield _gauge("blocklist_list_last_success_timestamp_seconds", "Last sync that left the list current",
-                     ["list"], [([r.name], r.last_success) for r in lists if r.last_success])
-        yield _gauge("blocklist_list_expiry_timestamp_seconds", "Expiry of the manifest behind the enforced version",
-                     ["list"], [([r.name], r.expires) for r in lists if r.expires])
-        yield _gauge("blocklist_breaker_open", "1 while the circuit breaker holds the cached version of a list "
-                     "and the node enforces the previous one (plugin.yaml safety:; always 0 without it)",
-                     ["list"], [([r.name], int(r.breaker_open)) for r in lists if r.mode == "enforce"])
-        yield _gauge("blocklist_manifest_version", "Version of the last verified manifest", [],
-                     [([], report.manifest_version)])
-        if report.status_updated:
-            yield _gauge("blocklist_status_updated_timestamp_seconds", "When sync last wrote its status", [],
-                         [([], report.status_updated)])
-        errors: Counter[tuple[str, ...]] = Counter({(kind.value,): 0 for kind in ERROR_KINDS})
-        errors.update({(kind,): count for kind, count in report.errors_total.items()})
-        yield _counter("blocklist_sync_errors", "Sync attempts that failed, by kind", ["kind"], errors)
+        yield per_list("blocklist_list_state", "State of a list: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+                       [(r, int(r.state)) for r in lists])
+        yield per_list("blocklist_list_enforced_version", "Version in the cache, that enforcement loads (0: none)",
+                       [(r, r.enforced) for r in lists])
+        yield per_list("blocklist_list_newest_seen_version", "Newest version a verified manifest announced",
+                       [(r, r.newest_seen) for r in lists])
+        yield per_list("blocklist_list_lag_versions", "Versions behind the newest seen",
+                       [(r, r.lag_versions) for r in lists])
+        yield per_list("blocklist_list_lag_seconds", "Seconds since a newer version was seen, while behind",
+                       [(r, r.lag_seconds) for r in lists])
+        yield per_list("blocklist_list_entries", "Entries in the enforced version",
+                       [(r, r.entries) for r in lists if r.entries is not None])
+        yield per_list("blocklist_list_last_success_timestamp_seconds", "Last sync that left the list current",
+                       [(r, r.last_success) for r in lists if r.last_success])
+        yield per_list("blocklist_list_expiry_timestamp_seconds", "Expiry of the manifest behind the enforced version",
+                       [(r, r.expires) for r in lists if r.expires])
+        yield per_list("blocklist_breaker_open", "1 while the circuit breaker holds the cached version of a list "
+                       "and the node enforces the previous one (plugin.yaml safety:; always 0 without it)",
+                       [(r, int(r.breaker_open)) for r in lists if r.mode == "enforce"])
+        yield from self._sync_samples(report)
 
         tally = metrics.total(self.config.cache_dir)
+        blocks, monitor, bloom = tally.blocks, tally.monitor, tally.bloom
+        if several:
+            blocks, monitor, bloom = _with_source(blocks, 1), _with_source(monitor, 1), _with_source(bloom, 0)
+        src = ["source"] if several else []
         yield _counter("blocklist_checks", "URL and host checks answered", ["component", "kind"], tally.checks)
         yield _counter("blocklist_blocks", "Checks answered 'blocked' (or sent to the proxy), by list",
-                       ["component", "list", "action"], tally.blocks)
+                       ["component", "list", "action", *src], blocks)
         yield _counter("blocklist_invalid_requests", "Requests that could not be checked",
                        ["component"], tally.invalid)
         yield _counter("blocklist_local_decisions", "Checks the local policy decided (allow: un-blocked, "
                        "block: blocked what no list blocks)", ["component", "policy"], tally.local)
         yield _counter("blocklist_monitor_hits", "Checks a monitored list would have blocked (or, at stage 1, "
-                       "sent to the proxy); it blocked nothing", ["component", "list"], tally.monitor)
+                       "sent to the proxy); it blocked nothing", ["component", "list", *src], monitor)
         yield _counter("blocklist_refused_requests", "Requests refused by a rule other than a list "
                        "(reason: connect_port, not_tls, destination)", ["component", "reason"], tally.refused)
         yield _counter("blocklist_bloom_hits", "Bloom filter hits the exact digests confirmed or refuted",
-                       ["list", "outcome"], tally.bloom)
+                       ["list", "outcome", *src], bloom)
         histogram = HistogramMetricFamily("blocklist_check_seconds", "Time to answer one check",
                                           labels=["component"])
         for component, values in sorted(tally.latency.items()):
@@ -133,6 +153,31 @@ class PluginCollector(Collector):
                 buckets.append((bound, cumulative))
             histogram.add_metric([component], buckets, values[-1])
         yield histogram
+
+    def _sync_samples(self, report: Report) -> Iterator[Metric]:
+        """The manifest, the status file and the sync errors: the node's, or one sample per source."""
+        if report.sources:
+            yield _gauge("blocklist_source_state", "State of a source (its worst list): 0 OK, 1 WARNING, "
+                         "2 CRITICAL, 3 UNKNOWN", ["source"], [([s.name], int(s.state)) for s in report.sources])
+            yield _gauge("blocklist_manifest_version", "Version of the source's last verified manifest", ["source"],
+                         [([s.name], s.manifest_version) for s in report.sources])
+            yield _gauge("blocklist_status_updated_timestamp_seconds", "When sync last wrote the source's status",
+                         ["source"], [([s.name], s.status_updated) for s in report.sources if s.status_updated])
+            errors: Counter[tuple[str, ...]] = Counter()
+            for s in report.sources:
+                errors.update({(kind.value, s.name): 0 for kind in ERROR_KINDS})
+                errors.update({(kind, s.name): count for kind, count in s.errors_total.items()})
+            yield _counter("blocklist_sync_errors", "Sync attempts that failed, by kind and source",
+                           ["kind", "source"], errors)
+            return
+        yield _gauge("blocklist_manifest_version", "Version of the last verified manifest", [],
+                     [([], report.manifest_version)])
+        if report.status_updated:
+            yield _gauge("blocklist_status_updated_timestamp_seconds", "When sync last wrote its status", [],
+                         [([], report.status_updated)])
+        totals: Counter[tuple[str, ...]] = Counter({(kind.value,): 0 for kind in ERROR_KINDS})
+        totals.update({(kind,): count for kind, count in report.errors_total.items()})
+        yield _counter("blocklist_sync_errors", "Sync attempts that failed, by kind", ["kind"], totals)
 
 
 def status_page(report: Report) -> str:
@@ -149,10 +194,11 @@ def status_page(report: Report) -> str:
     footer = []
     if report.status_updated:
         footer.append(f"status written {relative(report.status_updated, report.now)}")
-    if report.manifest_version:
+    if report.manifest_version and not report.sources:
         footer.append(f"manifest v{report.manifest_version}")
     if report.errors_total:
         footer.append("sync errors: " + ", ".join(f"{k} {v}" for k, v in sorted(report.errors_total.items())))
+    footer += [one.text(report.now) for one in report.sources]
     if report.policy_text():
         footer.append(report.policy_text())
     return scrub(_PAGE.substitute(
@@ -175,11 +221,8 @@ async def healthz(request: web.Request) -> web.Response:
     if live is not None:
         enforced = bool(live.matcher)
     else:
-        cache = Cache(request.app[CONFIG].cache_dir)
-        try:
-            enforced = any(cache.state(name) for name in request.app[CONFIG].lists)
-        except BlocklistError:
-            enforced = False
+        states = Cache(request.app[CONFIG].cache_dir).list_states(request.app[CONFIG])
+        enforced = any(isinstance(state, ListState) for state in states.values())
     if enforced:
         return web.Response(text="ok\n", headers=SECURITY_HEADERS)
     return web.Response(status=503, text="no list enforced\n", headers=SECURITY_HEADERS)

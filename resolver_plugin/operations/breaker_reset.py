@@ -35,7 +35,7 @@ def run_reset(config: PluginConfig, name: str, as_json: bool) -> int:
     if name not in config.lists:
         raise ConfigError(f"{config.path}: lists names no list {name!r}")
     cache = Cache(config.cache_dir)
-    state = cache.state(name)
+    state = cache.state_of(name)  # a source's list by the node's name of it: police/terror
     done = breaker.reset(cache.breaker_dir, name, state.version, operator()) if state is not None else None
     if done is None:
         trip = breaker.read_trip(cache.breaker_dir, name)

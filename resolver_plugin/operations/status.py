@@ -25,6 +25,10 @@ Per configured list, the worst of:
     UNKNOWN   the status file is unreadable (a cached list cannot be judged)
 
 and overall the worst list (UNKNOWN outranks WARNING, CRITICAL outranks all).
+With several sources (plugin.yaml `sources:`) each source has its own status file and
+is judged on its own: its lists (named "<source>/<list>"), its manifest, its errors
+and, when its status file cannot be read, UNKNOWN with a reason that names it. The
+node's state is the worst of them, and every reason names the list, so the source.
 A monitored list (`lists: [{name, mode: monitor}]`) is judged the same way: it is synced
 and will block once enforced. The report also shows the local policy (how many entries,
 how many checks it decided) and what each monitored list would have blocked, from the
@@ -52,7 +56,7 @@ from blocklist.core.table import render as render_table
 from blocklist.core.timefmt import human_duration, relative, utc
 from resolver_plugin.breaker import Trip, read_trip
 from resolver_plugin.cache import Cache
-from resolver_plugin.config import PluginConfig, load_config
+from resolver_plugin.config import PluginConfig, SourceConfig, load_config
 from resolver_plugin.operations import metrics
 from resolver_plugin.operations.node_status import ListStatus, NodeStatus, read_status
 
@@ -86,11 +90,12 @@ class ListReport:
     mode: str = "enforce"        # or "monitor": never blocks
     breaker: Trip | None = None  # the circuit breaker's record about the cached version
     breaker_open: bool = False   # it holds that version: `enforced` is the previous one
+    source: str = ""             # the source's name ("" in the one-source form)
 
     def as_json(self, now: float) -> dict[str, Any]:
         breaker = {**self.breaker.as_json(), "open": self.breaker_open} if self.breaker else None
-        return {"list": self.name, "mode": self.mode, "breaker": breaker, "state": self.state.name,
-                "reasons": list(self.reasons),
+        return {"list": self.name, **({"source": self.source} if self.source else {}), "mode": self.mode,
+                "breaker": breaker, "state": self.state.name, "reasons": list(self.reasons),
                 "enforced": self.enforced, "newest_seen": self.newest_seen,
                 "lag_versions": self.lag_versions, "lag_seconds": round(self.lag_seconds, 3),
                 "entries": self.entries, "last_success": self.last_success or None,
@@ -100,6 +105,35 @@ class ListReport:
                 "refused": self.refused, "refused_kind": self.refused_kind, "refused_at": self.refused_at or None,
                 "expires": self.expires or None,
                 "expires_in": round(self.expires - now, 3) if self.expires else None}
+
+
+@dataclass(frozen=True)
+class SourceReport:
+    """One source of a node with `sources:`: its state (the worst of its lists), manifest and errors."""
+
+    name: str
+    state: Severity
+    problem: str | None = None          # why its status file cannot be read
+    status_updated: float = 0.0
+    manifest_version: int = 0
+    manifest_expires: float = 0.0
+    errors_total: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"source": self.name, "state": self.state.name, "problem": self.problem,
+                "status_updated": self.status_updated or None,
+                "manifest": {"version": self.manifest_version, "expires": self.manifest_expires or None},
+                "errors_total": dict(sorted(self.errors_total.items()))}
+
+    def text(self, now: float) -> str:
+        parts = [f"source {self.name} {self.state.name}"]
+        if self.status_updated:
+            parts.append(f"status written {relative(self.status_updated, now)}")
+        if self.manifest_version:
+            parts.append(f"manifest v{self.manifest_version}")
+        if self.errors_total:
+            parts.append("sync errors: " + ", ".join(f"{k} {v}" for k, v in sorted(self.errors_total.items())))
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -116,6 +150,7 @@ class Report:
     local_entries: dict[str, int] = field(default_factory=dict)    # "allow"/"block" -> entries in plugin.yaml
     local_decisions: dict[str, int] = field(default_factory=dict)  # "allow"/"block" -> checks it decided
     monitor_hits: dict[str, int] = field(default_factory=dict)     # monitored list -> would-be blocks
+    sources: tuple[SourceReport, ...] = ()  # with plugin.yaml `sources:`, one per source
 
     @property
     def state(self) -> Severity:
@@ -145,6 +180,7 @@ class Report:
                 "thresholds": self.thresholds,
                 "local": {"entries": self.local_entries, "decisions": self.local_decisions},
                 "monitor_hits": self.monitor_hits,
+                **({"sources": [s.as_json() for s in self.sources]} if self.sources else {}),
                 "lists": [r.as_json(self.now) for r in self.lists]}
 
     def policy_text(self) -> str:
@@ -160,7 +196,7 @@ class Report:
         return "; ".join(parts)
 
 
-def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
+def _judge_list(config: PluginConfig, source: SourceConfig, name: str, ls: ListStatus, status: str,
                 enforced: int, cache_error: str | None, manifest_expires: float,
                 now: float) -> ListReport:
     """One list; `status` is "read", "missing" or "unreadable" (the status file)."""
@@ -202,7 +238,7 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
         found.append((Severity.UNKNOWN, "status unreadable"))
     elif enforced:
         found.append((Severity.WARNING, "no sync status yet (has `sync` run?)"))
-    if config.anchor.bare_key:
+    if source.anchor.bare_key:
         found.append((Severity.WARNING, BARE_KEY))
     return ListReport(
         name=name, state=worst(s for s, _ in found), reasons=tuple(r for _, r in found),
@@ -211,33 +247,52 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
         last_success=ls.last_success, last_error=scrub(ls.last_error) if ls.last_error else None,
         last_error_kind=kind, last_error_at=ls.last_error_at, expires=expires,
         refused=scrub(refusal.error) if refusal else None, refused_kind=refusal.kind if refusal else None,
-        refused_at=refusal.at if refusal else 0.0)
+        refused_at=refusal.at if refusal else 0.0, source=source.name)
+
+
+# What `gather` read of one source's status file: the status (None: none yet or unreadable) and why unreadable.
+SourceRecord = tuple[NodeStatus | None, str | None]
 
 
 def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: Mapping[str, int | None],
              now: float, *, status_error: str | None = None,
              cache_errors: Mapping[str, str] | None = None, tally: metrics.Tally | None = None,
-             trips: Mapping[str, Trip] | None = None) -> Report:
+             records: Mapping[str, SourceRecord] | None = None, trips: Mapping[str, Trip] | None = None) -> Report:
     """Judge every configured list; pure: the caller reads the files (see `gather`).
 
-    `cached_versions` maps a list to its cached version (None: not cached);
-    `status_error` says why the status file could not be read, `cache_errors`
-    which lists' cache state could not be; `tally` holds the node's counters;
-    `trips` the circuit breaker's records about each list's cached version.
+    `cached_versions` maps a list (by its node name) to its cached version (None: not
+    cached); `status` and `status_error` are the status file of the one-source form, or
+    `records` maps each source's name to its own; `cache_errors` says which lists' cache
+    state could not be read; `tally` holds the node's counters; `trips` the circuit
+    breaker's records about each list's cached version.
     """
     cache_errors = cache_errors or {}
-    how = "read" if status is not None else "unreadable" if status_error else "missing"
-    reports = []
-    for name in config.lists:
-        ls = status.lists.get(name, ListStatus()) if status else ListStatus()
-        enforced = 0 if name in cache_errors else (cached_versions.get(name) or 0)
-        report = _judge_list(config, name, ls, how, enforced, cache_errors.get(name),
-                             status.manifest.expires if status else 0.0, now)
-        if name in config.monitored:
-            report = dataclasses.replace(report, mode="monitor")
-        elif trip := (trips or {}).get(name):
-            report = _with_breaker(report, trip)
-        reports.append(report)
+    if records is None:
+        records = {config.sources[0].name: (status, status_error)}
+    reports: list[ListReport] = []
+    sources: list[SourceReport] = []
+    for source in config.sources:
+        st, error = records.get(source.name, (None, None))
+        how = "read" if st is not None else "unreadable" if error else "missing"
+        mine = []
+        for name in source.lists:
+            label = source.qualified(name)
+            ls = st.lists.get(name, ListStatus()) if st else ListStatus()
+            enforced = 0 if label in cache_errors else (cached_versions.get(label) or 0)
+            report = _judge_list(config, source, label, ls, how, enforced, cache_errors.get(label),
+                                 st.manifest.expires if st else 0.0, now)
+            if label in config.monitored:
+                report = dataclasses.replace(report, mode="monitor")
+            elif trip := (trips or {}).get(label):
+                report = _with_breaker(report, trip)
+            mine.append(report)
+        reports += mine
+        problem = scrub(f"{source.name + ': ' if source.name else ''}status unreadable: {error}") if error else None
+        sources.append(SourceReport(
+            name=source.name, problem=problem,
+            state=worst([r.state for r in mine] + ([Severity.UNKNOWN] if problem else [])),
+            status_updated=st.updated if st else 0.0, manifest_version=st.manifest.version if st else 0,
+            manifest_expires=st.manifest.expires if st else 0.0, errors_total=dict(st.errors_total) if st else {}))
     t = config.status
     decided: dict[str, int] = {"allow": 0, "block": 0}
     hits = dict.fromkeys(sorted(config.monitored), 0)
@@ -246,16 +301,22 @@ def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: M
     for (_, name), count in (tally.monitor if tally else {}).items():
         if name in hits:
             hits[name] += int(count)
+    errors: dict[str, int] = {}
+    for one in sources:
+        for kind, count in one.errors_total.items():
+            errors[kind] = errors.get(kind, 0) + count
+    first = sources[0]
+    problems = [one.problem for one in sources if one.problem]
     return Report(now=now, node_id=config.node_id, lists=tuple(reports),
-                  problem=scrub(f"status unreadable: {status_error}") if status_error else None,
-                  status_updated=status.updated if status else 0.0,
-                  manifest_version=status.manifest.version if status else 0,
-                  manifest_expires=status.manifest.expires if status else 0.0,
-                  errors_total=dict(status.errors_total) if status else {},
+                  problem="; ".join(problems) if problems else None,
+                  status_updated=max(one.status_updated for one in sources),
+                  manifest_version=first.manifest_version, manifest_expires=first.manifest_expires,
+                  errors_total=errors,
                   thresholds={"warn_lag_seconds": t.warn_lag_seconds, "crit_lag_seconds": t.crit_lag_seconds,
                               "warn_lag_versions": t.warn_lag_versions},
                   local_entries={"allow": len(config.local.allow), "block": len(config.local.block)},
-                  local_decisions=decided, monitor_hits=hits)
+                  local_decisions=decided, monitor_hits=hits,
+                  sources=tuple(sources) if config.several_sources else ())
 
 
 def _with_breaker(report: ListReport, trip: Trip) -> ListReport:
@@ -271,33 +332,32 @@ def _with_breaker(report: ListReport, trip: Trip) -> ListReport:
 
 
 def gather(config: PluginConfig, now: float | None = None) -> Report:
-    """Read the cache states and the status file, and `evaluate` them."""
+    """Read the cache states and every source's status file, and `evaluate` them."""
     now = time.time() if now is None else now
     cache = Cache(config.cache_dir)
     cached: dict[str, int | None] = {}
     cache_errors: dict[str, str] = {}
-    for name in config.lists:
+    for name, state in cache.list_states(config).items():
+        if isinstance(state, BlocklistError):
+            cache_errors[name] = str(state)
+        else:
+            cached[name] = state.version if state else None
+    records: dict[str, SourceRecord] = {}
+    for source in config.sources:
+        path = cache.source(source.name).status_file
         try:
-            state = cache.state(name)
-        except BlocklistError as exc:
-            cache_errors[name] = str(exc)
-            continue
-        cached[name] = state.version if state else None
+            records[source.name] = (read_status(path), None)
+        except OSError as exc:
+            records[source.name] = (None, f"{path}: {exc.strerror}")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            records[source.name] = (None, f"{path}: corrupt ({type(exc).__name__})")
     trips: dict[str, Trip] = {}
     for name in config.lists if config.safety.enabled else ():
         trip = read_trip(cache.breaker_dir, name)
         if trip is not None and trip.version == cached.get(name):
             trips[name] = trip
-    status, status_error = None, None
-    try:
-        status = read_status(Cache(config.cache_dir).status_file)
-    except OSError as exc:
-        status_error = f"{Cache(config.cache_dir).status_file}: {exc.strerror}"
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        status_error = f"{Cache(config.cache_dir).status_file}: corrupt ({type(exc).__name__})"
     tally = metrics.total(config.cache_dir) if config.local or config.monitored else None
-    return evaluate(config, status, cached, now, status_error=status_error, cache_errors=cache_errors, tally=tally,
-                    trips=trips)
+    return evaluate(config, None, cached, now, cache_errors=cache_errors, tally=tally, records=records, trips=trips)
 
 
 def _lag_text(r: ListReport) -> str:
@@ -345,11 +405,11 @@ def render(report: Report) -> str:
     footer = f"node {report.node_id}"
     if report.status_updated:
         footer += f", status written {relative(report.status_updated, report.now)}"
-    if report.manifest_version:
+    if report.manifest_version and not report.sources:
         footer += f", manifest v{report.manifest_version}"
     if report.errors_total:
         footer += ", sync errors: " + ", ".join(f"{k} {v}" for k, v in sorted(report.errors_total.items()))
-    lines += ["", footer]
+    lines += ["", footer, *(one.text(report.now) for one in report.sources)]
     if report.policy_text():
         lines.append(report.policy_text())
     return scrub("\n".join(lines))
