@@ -279,7 +279,8 @@ class Cache:
         files = dict(files)
         if compiled is not None and compiled.entry_bloom is not None and compiled.host_bloom is not None:
             state = replace(state, compiled=f"compiled-{state.version}-{state.checksum[:16]}")
-            files[state.compiled] = write_compiled(compiled.compiled())  # type: ignore[index]
+            signers = self._signers(name, state, files)
+            files[state.compiled] = write_compiled(replace(compiled.compiled(), signers=signers))  # type: ignore[index]
         for file_name, data in files.items():
             atomic.write_bytes(folder / _safe_name(file_name), data)
         previous = self._kept_previous(name, state)
@@ -305,7 +306,21 @@ class Cache:
             return current
         return previous if previous is not None and previous.version < state.version else None
 
-    def ensure_compiled(self, name: str, current: ListFilter) -> bool:
+    def _signers(self, name: str, state: ListState, files: dict[str, bytes]) -> tuple[str, ...]:
+        """The key ids that signed `state`'s snapshot and deltas (being written, or on disk); () if unknown."""
+        signers = []
+        for file_name in (state.snapshot, *state.deltas):
+            try:
+                head = files.get(file_name)
+                if head is None:
+                    with open(self.list_dir(name) / file_name, "rb") as f:
+                        head = f.read(PREFIX.size + MAX_HEADER)
+                signers.append(signer_of(head[:PREFIX.size + MAX_HEADER]))
+            except (OSError, FormatError):
+                return ()  # readers then read the signed files
+        return tuple(signers)
+
+    def ensure_compiled(self, name: str, current: ListFilter, keys: Keyring) -> bool:
         """Write the compiled file of the cached list `current` (sync verified it) if it is
         missing or fails the readers' check; True if it was written."""
         state = self.state(name)
@@ -313,7 +328,7 @@ class Cache:
             return False
         if state.compiled is not None:
             try:
-                self._mapped(name, state)
+                self._mapped(name, state, keys)
                 return False
             except FormatError as exc:
                 log.error("cache: list %s: compiled file refused, writing it again: %s", name, exc,
@@ -394,7 +409,7 @@ class Cache:
             if not mapped or state.compiled is None:
                 break
             try:
-                return self._mapped(name, state)
+                return self._mapped(name, state, keys)
             except FileNotFoundError as exc:
                 fresh = None if pinned else self.state(name)
                 if fresh is None or fresh == state:
@@ -412,8 +427,12 @@ class Cache:
                   name, state.compiled, reason,
                   extra={"event": "compiled_refused", "list": name, "file": state.compiled, "reason": reason})
 
-    def _mapped(self, name: str, state: ListState) -> ListFilter:
-        """The list from its compiled file, mapped read-only; raises FormatError (or OSError)."""
+    def _mapped(self, name: str, state: ListState, keys: Keyring) -> ListFilter:
+        """The list from its compiled file, mapped read-only; raises FormatError (or OSError).
+
+        The file must name signers, all among `keys` (this source's): a list of another
+        source, or one its keys no longer vouch for, is read from the signed files instead.
+        """
         path = self.list_dir(name) / _safe_name(state.compiled)
         with open(path, "rb") as f:
             try:
@@ -421,8 +440,12 @@ class Cache:
                                     prot=mmap.PROT_READ)
             except ValueError:  # an empty file
                 raise FormatError(f"cache: {name}: {state.compiled}: empty") from None
+        what = f"cache: {name}: {state.compiled}"
         try:
-            compiled = read_compiled(mapping, name, state.version, state.checksum, f"cache: {name}: {state.compiled}")
+            compiled = read_compiled(mapping, name, state.version, state.checksum, what)
+            if not compiled.signers or not set(compiled.signers) <= set(keys):
+                raise FormatError(f"{what}: signed by {','.join(compiled.signers) or 'no key'}, "
+                                  "not by this source's keys")
         except FormatError:
             try:
                 mapping.close()

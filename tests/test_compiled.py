@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from pybloom_live import BloomFilter
 
-from blocklist.core.errors import FormatError
+from blocklist.core.errors import BlocklistError, FormatError
 from blocklist.core.format.bloom import build_bloom
 from blocklist.core.format.compiled import PREFIX, read_compiled, write_compiled
 from blocklist.core.format.digestset import digest_array, set_checksum
@@ -298,3 +298,15 @@ def test_the_mapping_is_read_only(installed: Plugin) -> None:
     with pytest.raises(TypeError):
         f.entries[0] = 1  # type: ignore[index]
     assert f.entry_bloom is not None and f.entry_bloom.bitarray.readonly
+
+
+def test_a_compiled_file_is_mapped_only_for_keys_that_signed_its_list(installed: Plugin,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    config = installed.config()
+    cache = Cache(config.cache_dir)
+    keys = cache.trusted_keys(config.public_keys)
+    mapped = cache.load_list("default", keys, config.limits.max_snapshot_bytes, mapped=True)
+    assert mapped is not None and isinstance(mapped.entries, memoryview)
+    with caplog.at_level(logging.ERROR), pytest.raises(BlocklistError):
+        cache.load_list("default", {}, config.limits.max_snapshot_bytes, mapped=True)  # another source's keys
+    assert "not by this source's keys" in caplog.text

@@ -54,6 +54,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from blocklist.core.errors import BlocklistError, ErrorKind
+from blocklist.core.format.keys import Keyring
 from blocklist.core.format.manifest import DeltaRef, FileRef, root_version_hint
 from blocklist.core.format.root import MAX_ROOT
 from blocklist.core.matcher import ListFilter
@@ -145,7 +146,7 @@ class Syncer:
                                  "kind": error_kind(exc), "reason": str(exc)})
                 continue
             if loaded is not None:
-                self._compile(name, loaded)
+                self._compile(name, loaded, keys)
                 self.filters[name] = loaded
                 self.trust.set_enforced(name, loaded.version, loaded.checksum, vouched=vouched)
                 st = self.status.lists[name]
@@ -154,10 +155,10 @@ class Syncer:
             self._record_manifest(self.status.manifest.fetched_at)
             self._save_meta()
 
-    def _compile(self, name: str, loaded: ListFilter) -> None:
+    def _compile(self, name: str, loaded: ListFilter, keys: Keyring) -> None:
         """The compiled file enforcing processes map, for a cache written before it or damaged since."""
         try:
-            if self.cache.ensure_compiled(name, loaded):
+            if self.cache.ensure_compiled(name, loaded, keys):
                 log.info("compiled list=%s version=%d", name, loaded.version,
                          extra={"event": "list_compiled", "list": name, "version": loaded.version})
         except (BlocklistError, OSError) as exc:

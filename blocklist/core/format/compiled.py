@@ -26,7 +26,9 @@ version, header_len, file_len against the buffer's size (a truncated file), the
 SHA-256 (a damaged one), then every section's offset, alignment and length against
 the file, the byte order, and the list name, version and set checksum the caller
 expects. It does not verify signatures or recompute the set checksum: sync did that
-before it wrote the file (docs/RELIABILITY.md states the trade-off). It raises
+before it wrote the file (docs/RELIABILITY.md states the trade-off); the header names
+the key ids that signed what sync verified, for the caller to hold against the keys
+it trusts. It raises
 FormatError for anything else and copies nothing: the result's digest arrays are
 memoryviews and its Bloom filters' bits are bitarrays over the caller's buffer.
 """
@@ -73,6 +75,9 @@ class CompiledList:
     host_bloom: BloomFilter | None
     entries: Sequence[int]  # sorted page/folder digests: array('Q') or memoryview('Q')
     hosts: Sequence[int]    # sorted host digests
+    # key ids that signed the snapshot and deltas the writer verified: a reader maps the file
+    # only for a source that trusts them (a list of one source is never read as another's)
+    signers: tuple[str, ...] = ()
 
 
 def _native(values: Sequence[int]) -> bytes:
@@ -94,6 +99,7 @@ def write_compiled(c: CompiledList) -> bytes:
         "type": "compiled", "list": check_list_name(c.list), "version": c.version, "created": c.created,
         "expires": c.expires, "salt": c.salt.hex(), "checksum": c.checksum,
         "subtree_markers": c.subtree_markers, "byte_order": sys.byteorder, "digest_size": 8,
+        "signers": sorted(set(c.signers)),
     }
     # Offsets depend on the header's length, which depends on the offsets' digits: lay out
     # twice with room for the largest offset this file can have.
@@ -157,11 +163,14 @@ def read_compiled(buf: Any, name: str, version: int, checksum: str, what: str = 
     subtree = header.get("subtree_markers")
     if not isinstance(subtree, bool):
         raise FormatError(f"{what}: subtree_markers must be true or false")
+    signers = typed_field(header, "signers", list, what)
+    if not all(isinstance(k, str) for k in signers):
+        raise FormatError(f"{what}: bad signers")
     # Every check passed but the Bloom parameters', which bloom_over makes before its view.
     blooms = [bloom_over(sections[n], buf, spans[n][0], spans[n][1], what) for n in _BLOOMS]
     digests = [memoryview(buf)[spans[n][0]:spans[n][1]].cast("Q") for n in _DIGESTS]
     return CompiledList(name, version, count_field(header, "created", what), count_field(header, "expires", what),
-                        salt, checksum, subtree, blooms[0], blooms[1], digests[0], digests[1])
+                        salt, checksum, subtree, blooms[0], blooms[1], digests[0], digests[1], tuple(signers))
 
 
 def _spans(sections: Mapping[str, Any], start: int, size: int, what: str) -> dict[str, tuple[int, int]]:
