@@ -52,14 +52,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from blocklist.core.errors import ConfigError, StoreError
 from blocklist.core.protocol import HAVE, NODE, PROOF, REPORT, ReportOutcome
 from blocklist.fleet_web import METRICS_REGISTRY, add_fleet_routes
 from blocklist.home import Home
-from blocklist.nodes import FleetStore
+from blocklist.nodes import FleetStore, precheck
 from blocklist.refresh import REFRESH_CHECK, run_refresher
 
 log = logging.getLogger("blocklist.serve")
@@ -72,7 +72,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 
-class ManifestWatcher:
+class ManifestWatcher(Collector):
     """The current manifest bytes and ETag; `changed` is set (and replaced) whenever they change."""
 
     def __init__(self, path: Path) -> None:
@@ -82,6 +82,8 @@ class ManifestWatcher:
         self.changed = asyncio.Event()
         self._key: tuple[int, int, int] | None = None
         self.closing = False
+        self.waiting = 0  # long-polls parked now
+        self.answered: Counter[tuple[str, int]] = Counter()  # (manifest|file, status) -> requests
 
     def refresh(self) -> None:
         try:
@@ -101,10 +103,35 @@ class ManifestWatcher:
         self.changed.set()
         self.changed = asyncio.Event()
 
+    async def wait(self, seconds: float) -> None:
+        """Park a long-poll until the manifest changes or `seconds` pass.
+
+        Every parked poll waits on the same Event: one change wakes them all in
+        one pass of the event loop, with no task or thread per poll (a timer each).
+        """
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(seconds):
+                await self.changed.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.waiting -= 1
+        self.refresh()
+
     async def run(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             self.refresh()
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("blocklist_serve_polls_waiting", "Manifest long-polls parked until a change",
+                                value=self.waiting)
+        answers = CounterMetricFamily("blocklist_serve_requests", "Requests answered, by what was asked "
+                                      "(manifest or file) and the status", labels=["path", "status"])
+        for (path, status), count in sorted(self.answered.items()):
+            answers.add_metric([path, str(status)], count)
+        yield answers
 
     def close(self) -> None:
         """Wake every waiting long-poll (they answer 304) so the server can stop at once."""
@@ -113,12 +140,18 @@ class ManifestWatcher:
 
 
 class FleetRecorder(Collector):
-    """Judges each poll's proof and records the verified ones off the event loop.
+    """Judges each poll's proof and records the verified ones off the event loop, in batches.
 
-    A failure is logged, never fails the poll. What was done with each poll is
-    counted (blocklist_fleet_polls_total{outcome}) and summed up in one log line
-    per LOG_EVERY seconds at most: a flood of forged polls must not flood the
-    log either, and no log line repeats a header a stranger sent.
+    A poll whose proof is malformed or out of the clock window is judged on the
+    event loop (no database access). The others wait for the next batch: while
+    one batch is written (one SQLite transaction, one disk sync, in a thread),
+    the polls that arrive gather into the next, so a thousand nodes polling at
+    once cost a few transactions rather than a thousand. A poll is answered once
+    its batch is committed: X-Blocklist-Report "recorded" means `blocklist fleet`
+    already shows it. A failure is logged, never fails the poll. What was done
+    with each poll is counted (blocklist_fleet_polls_total{outcome}) and summed
+    up in one log line per LOG_EVERY seconds at most: a flood of forged polls
+    must not flood the log either, and no log line repeats a header a stranger sent.
     """
 
     LOG_EVERY = 60.0
@@ -127,27 +160,48 @@ class FleetRecorder(Collector):
         self.store = FleetStore(path)
         self.lock = threading.Lock()
         self.outcomes: Counter[ReportOutcome] = Counter()
+        self.batches = 0
         self._unlogged: Counter[ReportOutcome] = Counter()
         self._logged_at = 0.0
+        self._pending: list[tuple[tuple[str, str, str, str], asyncio.Future[ReportOutcome]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
-    def _accept(self, node: str, have: str, proof: str, remote: str) -> ReportOutcome:
+    def _accept(self, polls: list[tuple[str, str, str, str]]) -> list[ReportOutcome]:
         with self.lock:
-            return self.store.accept(node, have, proof, remote)
+            return self.store.accept_many(polls)
 
     async def record(self, request: web.Request) -> ReportOutcome:
         headers = request.headers
         if NODE not in headers or PROOF not in headers:
             outcome = ReportOutcome.ANONYMOUS
         else:
+            checked = precheck(headers[NODE], headers[PROOF], time.time())
+            if isinstance(checked, ReportOutcome):
+                outcome = checked
+            else:
+                future = asyncio.get_running_loop().create_future()
+                self._pending.append(((headers[NODE], headers.get(HAVE, ""), headers[PROOF],
+                                       request.remote or ""), future))
+                if self._writer is None or self._writer.done():
+                    self._writer = asyncio.create_task(self._write())
+                outcome = await asyncio.shield(future)
+        self._count(outcome)
+        return outcome
+
+    async def _write(self) -> None:
+        """Write the pending polls, a batch at a time, until none is left."""
+        while self._pending:
+            batch, self._pending = self._pending, []
             try:
-                outcome = await asyncio.to_thread(self._accept, headers[NODE], headers.get(HAVE, ""),
-                                                  headers[PROOF], request.remote or "")
+                outcomes = await asyncio.to_thread(self._accept, [poll for poll, _ in batch])
             except (sqlite3.Error, StoreError) as exc:
                 log.warning("fleet record failed reason=%r", str(exc),
                             extra={"event": "fleet_record_failed", "reason": str(exc)})
-                return ReportOutcome.REFUSED
-        self._count(outcome)
-        return outcome
+                outcomes = [ReportOutcome.REFUSED] * len(batch)
+            self.batches += 1
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
 
     def _count(self, outcome: ReportOutcome) -> None:
         self.outcomes[outcome] += 1
@@ -168,8 +222,13 @@ class FleetRecorder(Collector):
         for outcome in ReportOutcome:
             polls.add_metric([outcome.value], self.outcomes[outcome])
         yield polls
+        yield CounterMetricFamily("blocklist_fleet_report_batches", "Transactions that wrote the verified polls",
+                                  value=self.batches)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Write what is pending, then close the store."""
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
         with self.lock:
             self.store.close()
 
@@ -204,19 +263,18 @@ async def manifest(request: web.Request) -> web.StreamResponse:
     wait = _wait_seconds(request)
     inm = request.headers.get("If-None-Match")
     if wait > 0 and _matches(inm, watcher.etag) and not watcher.closing:
-        try:
-            await asyncio.wait_for(watcher.changed.wait(), wait)
-        except TimeoutError:
-            pass
-        watcher.refresh()
+        await watcher.wait(wait)
     # Always present (the wait applied, 0 if none asked): tells a plugin this source long-polls.
     headers = {"Cache-Control": "no-cache", "Accept-Ranges": "none", "X-Blocklist-Wait": f"{wait:g}",
                REPORT: outcome.value}
     if watcher.data is None:
+        watcher.answered["manifest", 404] += 1
         raise web.HTTPNotFound(text="nothing published yet\n", headers=headers)
     headers["ETag"] = watcher.etag  # type: ignore[assignment]
     if _matches(inm, watcher.etag):
+        watcher.answered["manifest", 304] += 1
         return web.Response(status=304, headers=headers)
+    watcher.answered["manifest", 200] += 1
     return web.Response(body=watcher.data, content_type="application/json", headers=headers)
 
 
@@ -227,7 +285,73 @@ async def publish_tree(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     if request.method not in ("GET", "HEAD"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-    return await static_file(request)
+    try:
+        resp = await static_file(request)
+    except web.HTTPException as exc:
+        request.app[WATCHER].answered["file", exc.status] += 1
+        raise
+    request.app[WATCHER].answered["file", resp.status] += 1
+    return resp
+
+
+class SmallFiles:
+    """Whole small files of the publish tree in memory, with their ETags, checked by a stat on every use.
+
+    Thousands of nodes fetch the same new delta within a second of a publish:
+    each request then costs one stat, not an open, a path resolution and a
+    read in a thread. Files above MAX_FILE (big snapshots) are streamed from
+    disk as before; the total is capped at MAX_TOTAL, the oldest entry going
+    first. An entry is used only while the path still names the same file
+    (inode, mtime, size): a file replaced or removed is never served stale,
+    and a path only gets an entry after the full checks of `static_file`.
+    """
+
+    MAX_FILE = 1 << 20
+    MAX_TOTAL = 32 << 20
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple[tuple[int, int, int], str, bytes]] = {}
+        self.size = 0
+        self.hits = 0
+
+    @staticmethod
+    def key(st: os.stat_result) -> tuple[int, int, int]:
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def get(self, path: Path) -> tuple[str, bytes] | None:
+        entry = self._files.get(path)
+        if entry is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or self.key(st) != entry[0]:
+            self._drop(path)
+            return None
+        self.hits += 1
+        return entry[1], entry[2]
+
+    def keep(self, path: Path, st: os.stat_result, etag: str, data: bytes) -> None:
+        if len(data) > self.MAX_FILE or len(data) != st.st_size:
+            return
+        self._drop(path)
+        while self._files and self.size + len(data) > self.MAX_TOTAL:
+            self._drop(next(iter(self._files)))
+        self._files[path] = (self.key(st), etag, data)
+        self.size += len(data)
+
+    def _drop(self, path: Path) -> None:
+        entry = self._files.pop(path, None)
+        if entry is not None:
+            self.size -= len(entry[2])
+
+
+FILES = web.AppKey("small_files", SmallFiles)
+
+
+def _file_headers(etag: str) -> dict[str, str]:
+    return {"ETag": etag, "Accept-Ranges": "none", "Cache-Control": "public, max-age=300"}
 
 
 async def static_file(request: web.Request) -> web.StreamResponse:
@@ -237,6 +361,13 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
         raise web.HTTPNotFound()
     path = root.joinpath(*parts)
+    cache = request.app[FILES]
+    cached = cache.get(path)
+    if cached is not None:
+        etag, data = cached
+        if _matches(request.headers.get("If-None-Match"), etag):
+            return web.Response(status=304, headers=_file_headers(etag))
+        return web.Response(body=data, content_type="application/octet-stream", headers=_file_headers(etag))
     try:
         if not path.resolve().is_relative_to(root.resolve()):
             raise web.HTTPNotFound()
@@ -248,9 +379,15 @@ async def static_file(request: web.Request) -> web.StreamResponse:
         if not stat.S_ISREG(st.st_mode):
             raise web.HTTPNotFound()
         etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
-        headers = {"ETag": etag, "Accept-Ranges": "none", "Cache-Control": "public, max-age=300"}
+        headers = _file_headers(etag)
         if _matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers=headers)
+        if st.st_size <= cache.MAX_FILE and request.method != "HEAD":
+            data = await asyncio.to_thread(f.read, st.st_size + 1)
+            cache.keep(path, st, etag, data)
+            if len(data) == st.st_size:
+                return web.Response(body=data, content_type="application/octet-stream", headers=headers)
+            f.seek(0)  # it changed while read: stream it as before
         resp = web.StreamResponse(headers=headers)
         resp.content_type = "application/octet-stream"
         resp.content_length = st.st_size
@@ -274,12 +411,14 @@ async def _watch(app: web.Application) -> AsyncIterator[None]:
     app[WATCHER] = watcher
     app[FLEET] = FleetRecorder(home.fleet_path)
     app[METRICS_REGISTRY].register(app[FLEET])
+    app[METRICS_REGISTRY].register(watcher)
     task = asyncio.create_task(watcher.run(app[WATCH_EVERY]))
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     app[METRICS_REGISTRY].unregister(app[FLEET])
-    app[FLEET].close()
+    app[METRICS_REGISTRY].unregister(watcher)
+    await app[FLEET].close()
 
 
 async def _refresh(app: web.Application) -> AsyncIterator[None]:
@@ -303,6 +442,7 @@ def make_app(home: Home, *, watch_interval: float = WATCH_INTERVAL,
     app = web.Application(middlewares=[publish_tree])
     app[HOME] = home
     app[WATCH_EVERY] = watch_interval
+    app[FILES] = SmallFiles()
     app.cleanup_ctx.append(_watch)
     if refresh_interval is not None:
         app[REFRESH_EVERY] = refresh_interval
