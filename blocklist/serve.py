@@ -50,6 +50,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -113,6 +114,7 @@ class ManifestWatcher(Collector):
         try:
             async with asyncio.timeout(seconds):
                 await self.changed.wait()
+            return  # woken by `refresh`, which has just read the new manifest (or by `close`)
         except TimeoutError:
             pass
         finally:
@@ -301,7 +303,9 @@ class SmallFiles:
     each request then costs one stat, not an open, a path resolution and a
     read in a thread. Files above MAX_FILE (big snapshots) are streamed from
     disk as before; the total is capped at MAX_TOTAL, the oldest entry going
-    first. An entry is used only while the path still names the same file
+    first. While one request reads a file, the others asking for it wait for
+    that read rather than each reading it (the herd after a publish). An entry
+    is used only while the path still names the same file
     (inode, mtime, size): a file replaced or removed is never served stale,
     and a path only gets an entry after the full checks of `static_file`.
     """
@@ -311,6 +315,7 @@ class SmallFiles:
 
     def __init__(self) -> None:
         self._files: dict[Path, tuple[tuple[int, int, int], str, bytes]] = {}
+        self.loading: dict[Path, asyncio.Future[None]] = {}  # set when the file is kept (or not)
         self.size = 0
         self.hits = 0
 
@@ -331,6 +336,26 @@ class SmallFiles:
             return None
         self.hits += 1
         return entry[1], entry[2]
+
+    async def lookup(self, path: Path) -> tuple[str, bytes] | None:
+        """`get`, after the read of `path` another request is making, if any."""
+        loading = self.loading.get(path)
+        if loading is not None and path not in self._files:
+            await asyncio.shield(loading)
+        return self.get(path)
+
+    async def read(self, path: Path, f: BinaryIO, st: os.stat_result, etag: str) -> bytes:
+        """Read the open file `f` at `path` in a thread and keep it; a longer read means it grew."""
+        done = self.loading.setdefault(path, asyncio.get_running_loop().create_future())
+        try:
+            data = await asyncio.to_thread(f.read, st.st_size + 1)
+            self.keep(path, st, etag, data)
+        finally:
+            if self.loading.get(path) is done:
+                del self.loading[path]
+            if not done.done():
+                done.set_result(None)
+        return data
 
     def keep(self, path: Path, st: os.stat_result, etag: str, data: bytes) -> None:
         if len(data) > self.MAX_FILE or len(data) != st.st_size:
@@ -354,6 +379,12 @@ def _file_headers(etag: str) -> dict[str, str]:
     return {"ETag": etag, "Accept-Ranges": "none", "Cache-Control": "public, max-age=300"}
 
 
+def _from_memory(request: web.Request, etag: str, data: bytes) -> web.Response:
+    if _matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=_file_headers(etag))
+    return web.Response(body=data, content_type="application/octet-stream", headers=_file_headers(etag))
+
+
 async def static_file(request: web.Request) -> web.StreamResponse:
     root: Path = request.app[HOME].publish_dir
     rel = request.path.lstrip("/")
@@ -362,12 +393,9 @@ async def static_file(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound()
     path = root.joinpath(*parts)
     cache = request.app[FILES]
-    cached = cache.get(path)
+    cached = await cache.lookup(path)
     if cached is not None:
-        etag, data = cached
-        if _matches(request.headers.get("If-None-Match"), etag):
-            return web.Response(status=304, headers=_file_headers(etag))
-        return web.Response(body=data, content_type="application/octet-stream", headers=_file_headers(etag))
+        return _from_memory(request, *cached)
     try:
         if not path.resolve().is_relative_to(root.resolve()):
             raise web.HTTPNotFound()
@@ -383,10 +411,9 @@ async def static_file(request: web.Request) -> web.StreamResponse:
         if _matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers=headers)
         if st.st_size <= cache.MAX_FILE and request.method != "HEAD":
-            data = await asyncio.to_thread(f.read, st.st_size + 1)
-            cache.keep(path, st, etag, data)
+            data = await cache.read(path, f, st, etag)
             if len(data) == st.st_size:
-                return web.Response(body=data, content_type="application/octet-stream", headers=headers)
+                return _from_memory(request, etag, data)
             f.seek(0)  # it changed while read: stream it as before
         resp = web.StreamResponse(headers=headers)
         resp.content_type = "application/octet-stream"

@@ -5,8 +5,10 @@
     python tools/bench_fleet.py --json         # one JSON line (for tools/bench.py)
     python tools/bench_fleet.py --nodes 1000 --runs longpoll
 
-A node is a light client (`--client`, in --procs worker processes of asyncio and
-aiohttp, one connection per node) that polls and reports as the plugin does:
+A node is a light client (`--client`, in --procs worker processes of asyncio,
+one keep-alive connection per node, a minimal HTTP/1.1 GET rather than aiohttp's
+client, which cost as much CPU as serve and shares its cores) that polls and
+reports as the plugin does:
 GET manifest.json with X-Blocklist-Node, X-Blocklist-Have and an
 X-Blocklist-Proof made with the node's token (blocklist.core.protocol; the
 tokens are issued by `blocklist node add`, run in-process), If-None-Match, and
@@ -91,11 +93,54 @@ class Node:
         return headers
 
 
-async def _get(session: Any, url: str, headers: dict[str, str] | None = None,
-               timeout: float = 30) -> tuple[int, bytes, Any]:
-    import aiohttp
-    async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-        return resp.status, await resp.read(), resp.headers
+class Connection:
+    """One node's keep-alive HTTP/1.1 connection: GET with Content-Length answers, nothing more.
+
+    A light client on purpose: aiohttp's client costs the nodes about as much
+    CPU as serve spends answering them, and on one machine the two share the
+    cores. Serve and nginx answer every GET with a Content-Length (or a 304).
+    """
+
+    def __init__(self, base: str) -> None:
+        hostport = base.split("//", 1)[1].split("/", 1)[0]
+        self.host, port = hostport.rsplit(":", 1)
+        self.port = int(port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str, headers: dict[str, str], timeout: float) -> tuple[int, dict[str, str], bytes]:
+        for attempt in range(2):  # a keep-alive connection the server closed: once more on a new one
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            assert self.reader is not None
+            lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            self.writer.write(f"GET /{path} HTTP/1.1\r\nHost: {self.host}\r\n{lines}\r\n".encode())
+            try:
+                async with asyncio.timeout(timeout):
+                    head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                    status = int(head[0].split()[1])
+                    fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
+                    if "chunked" in fields.get("transfer-encoding", ""):
+                        raise ValueError(f"{path}: a chunked answer")
+                    length = 0 if status in (204, 304) else int(fields.get("content-length", "0"))
+                    body = await self.reader.readexactly(length) if length else b""
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                self.close()
+                if attempt or isinstance(exc, TimeoutError):
+                    raise
+                continue
+            except BaseException:
+                self.close()
+                raise
+            if fields.get("connection", "").lower() == "close":
+                self.close()
+            return status, fields, body
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
 def _files_to_fetch(ref: dict[str, Any], have: int) -> list[dict[str, Any]]:
@@ -111,37 +156,36 @@ def _files_to_fetch(ref: dict[str, Any], have: int) -> list[dict[str, Any]]:
 async def run_node(node: Node, base: str, long_poll: float, interval: float, stop: asyncio.Event,
                    out: list[str]) -> None:
     """Poll, fetch and report until `stop`; a failure waits a second and polls again, as a plugin would."""
-    import aiohttp
-    connector = aiohttp.TCPConnector(limit=1, force_close=False)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        if not long_poll:
-            await asyncio.sleep(random.random() * interval)  # nodes start at random phases
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                status, body, headers = await _get(session, base + "manifest.json", node.headers(long_poll),
-                                                   timeout=long_poll + 30)
-                node.long_poll_ok = WAIT in headers
-                if status == 200:
-                    ref = json.loads(body)["signed"]["lists"][LIST]
-                    if ref["version"] != node.version:
-                        for f in _files_to_fetch(ref, node.version):
-                            fstatus, data, _ = await _get(session, base + f["path"], {"Accept-Encoding": "identity"})
-                            if fstatus != 200 or len(data) != f["size"] or \
-                                    hashlib.sha256(data).hexdigest() != f["sha256"]:
-                                raise ValueError(f"{f['path']}: HTTP {fstatus}, {len(data)} bytes, not as named")
-                        node.version = ref["version"]
-                        out.append(f"F {node.version} {time.time():.6f}")
-                    node.etag = headers.get("ETag")
-                elif status != 304:
-                    raise ValueError(f"manifest: HTTP {status}")
-            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-                out.append(f"E {type(exc).__name__}")
-                await asyncio.sleep(1)
-                continue
-            delay = 0.1 - (time.monotonic() - started) if long_poll and node.long_poll_ok else interval
-            if delay > 0:
-                await asyncio.sleep(delay)
+    conn = Connection(base)
+    if not long_poll:
+        await asyncio.sleep(random.random() * interval)  # nodes start at random phases
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            status, headers, body = await conn.get("manifest.json", node.headers(long_poll), long_poll + 30)
+            node.long_poll_ok = WAIT.lower() in headers
+            if status == 200:
+                ref = json.loads(body)["signed"]["lists"][LIST]
+                if ref["version"] != node.version:
+                    for f in _files_to_fetch(ref, node.version):
+                        fstatus, _, data = await conn.get(f["path"], {"Accept-Encoding": "identity"}, 30)
+                        if fstatus != 200 or len(data) != f["size"] or \
+                                hashlib.sha256(data).hexdigest() != f["sha256"]:
+                            raise ValueError(f"{f['path']}: HTTP {fstatus}, {len(data)} bytes, not as named")
+                    node.version = ref["version"]
+                    out.append(f"F {node.version} {time.time():.6f}")
+                node.etag = headers.get("etag")
+            elif status != 304:
+                raise ValueError(f"manifest: HTTP {status}")
+        except (OSError, asyncio.IncompleteReadError, ValueError, KeyError) as exc:
+            out.append(f"E {type(exc).__name__}")
+            conn.close()
+            await asyncio.sleep(1)
+            continue
+        delay = 0.1 - (time.monotonic() - started) if long_poll and node.long_poll_ok else interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+    conn.close()
 
 
 async def client_main(args: argparse.Namespace) -> None:
@@ -176,6 +220,15 @@ def raise_nofile(needed: int) -> tuple[int, int]:
     if want < needed:
         raise SystemExit(f"bench_fleet: RLIMIT_NOFILE hard limit {hard} is below the {needed} descriptors needed")
     return want, hard
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User and system CPU seconds of these processes so far (/proc/<pid>/stat)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -230,8 +283,9 @@ class Fleet:
         return subprocess.run([sys.executable, "-m", "blocklist", "--home", str(self.home), *args],
                               check=True, capture_output=True, text=True, env=self.env).stdout
 
-    def start_serve(self, port: int) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "blocklist", "--home", str(self.home), "serve",
+    def start_serve(self, port: int, profile: Path | None = None) -> subprocess.Popen:
+        prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        proc = subprocess.Popen([sys.executable, *prefix, "-m", "blocklist", "--home", str(self.home), "serve",
                                  "--port", str(port)], stdout=subprocess.DEVNULL,
                                 stderr=open(self.tmp / f"serve-{port}.log", "w"), env=self.env)
         wait_port(port)
@@ -333,6 +387,8 @@ def measure(fleet: Fleet, publishes: int, metrics: Metrics, serve: subprocess.Po
     after_return: list[float] = []
     rest: list[float] = []
     requests_before, started = metrics.requests(), time.monotonic()
+    workers = [p.pid for p in fleet.workers]
+    serve_cpu = workers_cpu = 0.0
     for _ in range(publishes):
         if parked:  # every node's poll parked in serve: its memory at rest
             deadline = time.monotonic() + 60
@@ -341,8 +397,11 @@ def measure(fleet: Fleet, publishes: int, metrics: Metrics, serve: subprocess.Po
             rest.append(rss_mb(serve.pid))
         else:
             time.sleep(1.5)
+        cpu = cpu_s([serve.pid]), cpu_s(workers)
         version, written, returned = fleet.publish()
         fleet.wait_all(version, 60)
+        serve_cpu += cpu_s([serve.pid]) - cpu[0]
+        workers_cpu += cpu_s(workers) - cpu[1]
         with fleet.lock:
             times += [t - written for t in fleet.fetched[version]]
             after_return += [max(0.0, t - returned) for t in fleet.fetched[version]]
@@ -354,7 +413,10 @@ def measure(fleet: Fleet, publishes: int, metrics: Metrics, serve: subprocess.Po
            "p99_after_publish_returned_s": round(percentile(after_return, 99), 3),
            "serve_requests": int(served), "serve_requests_per_s": round(served / elapsed, 1),
            "serve_requests_per_publish": round(served / publishes, 1),
-           "serve_rss_peak_mb": rss_mb(serve.pid, "VmHWM")}
+           "serve_rss_peak_mb": rss_mb(serve.pid, "VmHWM"),
+           # CPU seconds from each publish to the last node holding it: what bounds the figure when a core is busy
+           "serve_cpu_s_per_publish": round(serve_cpu / publishes, 3),
+           "nodes_cpu_s_per_publish": round(workers_cpu / publishes, 3)}
     if rest:
         row["serve_rss_rest_mb"] = max(rest)
     return row
@@ -373,7 +435,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["setup_s"] = round(time.monotonic() - t0, 1)
         for mode in args.runs:
             port = free_port()
-            serve = fleet.start_serve(port)  # a fresh serve per run: its own peak RSS
+            profile = Path(args.profile).with_suffix(f".{mode}.prof") if args.profile else None
+            serve = fleet.start_serve(port, profile)  # a fresh serve per run: its own peak RSS
             metrics = Metrics(port)
             nginx = None
             try:
@@ -438,6 +501,8 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=1.0, help="plain polling's interval (s)")
     parser.add_argument("--manifest-valid", default="1s", help="how long the tier caches manifest.json")
     parser.add_argument("--runs", default=None, help="comma-separated: longpoll,tier,direct")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="run serve under cProfile, writing FILE.<run>.prof (python -m pstats FILE...)")
     # the worker side (run by the bench itself)
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
