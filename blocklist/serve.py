@@ -69,6 +69,7 @@ MANIFEST = "manifest.json"
 MAX_WAIT = 60.0
 WATCH_INTERVAL = 0.05
 CHUNK = 256 * 1024
+BACKLOG = 4096  # a fleet reconnects at once after a restart (the kernel caps it at net.core.somaxconn)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -505,7 +506,7 @@ def run_serve(home_path: Path, bind: str, port: int, tls: ssl.SSLContext | None 
                     "source": f"{'https' if tls else 'http'}://{bind}:{port}/"})
     try:
         web.run_app(make_app(home), host=bind, port=port, print=None, shutdown_timeout=2.0,
-                    access_log=None, ssl_context=tls)
+                    access_log=None, ssl_context=tls, backlog=BACKLOG)
     except OSError as exc:
         log.error("cannot listen on=%s:%d reason=%r", bind, port, exc.strerror or str(exc),
                   extra={"event": "serve_listen_failed", "listen": f"{bind}:{port}",
