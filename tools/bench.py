@@ -263,10 +263,10 @@ def _plots(r: dict[str, Any], folder: Path) -> None:
 
 
 def _fleet_plot(plt: Any, fleet: dict[str, Any], folder: Path) -> None:
-    """Publish-to-fetched p50/p99/max per run (long-poll, nginx tier, direct polling) and serve's RSS."""
+    """Per run (long-poll, nginx tier, direct polling): publish to fetched p50/p99/max, serve's RSS and requests/s."""
     runs = {mode: row for mode, row in fleet["runs"].items() if "p99_s" in row}
     labels = {"longpoll": "long-poll\nserve", "tier": "polling via\nnginx cache", "direct": "polling\nserve"}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
     x = range(len(runs))
     for offset, key in ((-0.25, "p50_s"), (0, "p99_s"), (0.25, "max_s")):
         ax1.bar([i + offset for i in x], [row[key] for row in runs.values()], width=0.25, label=key[:-2])
@@ -280,6 +280,10 @@ def _fleet_plot(plt: Any, fleet: dict[str, Any], folder: Path) -> None:
     ax2.axhline(GOALS["fleet_serve_rss_mb_2000"], color="grey", linestyle="--", label="goal")
     ax2.set_ylabel("serve RSS, MB")
     ax2.legend()
+    ax3.bar(list(x), [max(row["serve_requests_per_s"], 0.1) for row in runs.values()])
+    ax3.set_yscale("log")
+    ax3.set_xticks(list(x), [labels.get(m, m) for m in runs])
+    ax3.set_ylabel("requests/s serve answered")
     fig.tight_layout()
     path = folder / "bench-fleet.png"
     fig.savefig(path, dpi=90)
