@@ -68,6 +68,7 @@ log = logging.getLogger("blocklist.serve")
 MANIFEST = "manifest.json"
 MAX_WAIT = 60.0
 WATCH_INTERVAL = 0.05
+FRESH = 0.005  # a poll sees a manifest checked at most this long ago (the watcher checks every WATCH_INTERVAL)
 CHUNK = 256 * 1024
 BACKLOG = 4096  # a fleet reconnects at once after a restart (the kernel caps it at net.core.somaxconn)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -85,9 +86,15 @@ class ManifestWatcher(Collector):
         self._key: tuple[int, int, int] | None = None
         self.closing = False
         self.waiting = 0  # long-polls parked now
+        self._checked = -1.0  # time.monotonic() of the last stat
         self.answered: Counter[tuple[str, int]] = Counter()  # (manifest|file, status) -> requests
 
-    def refresh(self) -> None:
+    def refresh(self, max_age: float = 0.0) -> None:
+        """Read the manifest again if it changed; not if it was checked less than `max_age` s ago."""
+        now = time.monotonic()
+        if now - self._checked < max_age:
+            return
+        self._checked = now
         try:
             st = os.stat(self.path)
             key = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -187,7 +194,7 @@ class FleetRecorder(Collector):
                                        request.remote or ""), future))
                 if self._writer is None or self._writer.done():
                     self._writer = asyncio.create_task(self._write())
-                outcome = await asyncio.shield(future)
+                outcome = await future  # cancelled with the request: `_write` skips it
         self._count(outcome)
         return outcome
 
@@ -261,7 +268,7 @@ def _wait_seconds(request: web.Request) -> float:
 
 async def manifest(request: web.Request) -> web.StreamResponse:
     watcher = request.app[WATCHER]
-    watcher.refresh()
+    watcher.refresh(FRESH)  # a herd of polls shares one stat
     outcome = await request.app[FLEET].record(request)
     wait = _wait_seconds(request)
     inm = request.headers.get("If-None-Match")
