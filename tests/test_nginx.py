@@ -126,3 +126,54 @@ def test_nginx_as_a_caching_tier_in_front_of_serve(tmp_path: Path, hotline: Hotl
     doc = json.loads(hotline.run("fleet", "--json", ok=None).output)
     assert "edge-node" in [n["node_id"] for n in doc["nodes"]]
     assert all(n["flags"] == ["NEVER REPORTED"] for n in doc["nodes"]) and doc["nodes"]
+
+
+def test_a_caching_tier_can_pass_the_node_reports_to_serve(tmp_path: Path, hotline: Hotline) -> None:
+    """Polls with a proof bypass the edge's cache (recorded, long-polled); the rest and the files stay cached."""
+    import json
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from tests.support.nodes import enroll, poll_headers
+    from tests.support.processes import launch
+    from tools.nginx_mirror import start_nginx_cache
+
+    hotline.run("add", URL_A)
+    hotline.run("publish")
+    token = enroll(hotline.home, "edge-node", tmp_path / "tokens").read_text().strip()
+    upstream, port = free_port(), free_port()
+    serve = launch([sys.executable, "-m", "blocklist", "--home", str(hotline.home), "serve", "--port", str(upstream)],
+                   tmp_path / "serve.stderr")
+    nginx = start_nginx_cache(require_program("nginx"), tmp_path / "edge", port, upstream, reports=True)
+
+    def get(path: str, headers: dict[str, str] | None = None) -> tuple[dict[str, str], bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return {"status": str(r.status), **r.headers}, r.read()
+        except urllib.error.HTTPError as exc:
+            return {"status": str(exc.code), **exc.headers}, b""
+
+    try:
+        wait_for_port(upstream, 15)
+        wait_for_port(port, 10)
+        manifest = (hotline.publish_dir / "manifest.json").read_bytes()
+        reported, body = get("manifest.json", poll_headers(token, "edge-node", "default=1"))
+        assert body == manifest and reported["X-Blocklist-Report"] == "recorded" and "X-Blocklist-Wait" in reported
+        assert "X-Cache-Status" not in reported
+        get("manifest.json")
+        anonymous, body = get("manifest.json")
+        assert body == manifest and anonymous["X-Cache-Status"] == "HIT" and "X-Blocklist-Wait" not in anonymous
+        started = time.monotonic()  # a long-poll through the edge: parked in serve until it times out
+        waited, _ = get("manifest.json", {**poll_headers(token, "edge-node", "default=1"),
+                                          "If-None-Match": reported["ETag"], "X-Blocklist-Wait": "1"})
+        assert waited["status"] == "304" and waited["X-Blocklist-Report"] == "recorded"
+        assert time.monotonic() - started >= 0.9
+        get("lists/default/snapshot-1")
+        assert get("lists/default/snapshot-1")[0]["X-Cache-Status"] == "HIT"
+    finally:
+        stop_nginx(nginx)
+        assert serve.stop() == 0
+    doc = json.loads(hotline.run("fleet", "--json", ok=None).output)
+    assert [(n["node_id"], n["versions"], n["polls"]) for n in doc["nodes"]] == [("edge-node", {"default": 1}, 2)]

@@ -265,7 +265,8 @@ def _plots(r: dict[str, Any], folder: Path) -> None:
 def _fleet_plot(plt: Any, fleet: dict[str, Any], folder: Path) -> None:
     """Per run (long-poll, nginx tier, direct polling): publish to fetched p50/p99/max, serve's RSS and requests/s."""
     runs = {mode: row for mode, row in fleet["runs"].items() if "p99_s" in row}
-    labels = {"longpoll": "long-poll\nserve", "tier": "polling via\nnginx cache", "direct": "polling\nserve"}
+    labels = {"longpoll": "long-poll\nserve", "tier": "polling via\nnginx cache", "direct": "polling\nserve",
+              "tier-reports": "long-poll serve\nvia nginx cache"}
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
     x = range(len(runs))
     for offset, key in ((-0.25, "p50_s"), (0, "p99_s"), (0.25, "max_s")):
