@@ -18,7 +18,8 @@ What the application `make_app` builds answers:
     /fleet, /fleet.json, /metrics   blocklist.fleet_web (loopback clients only)
     GET|HEAD /<path>          any other path: a regular file below publish/,
                               strong ETag, If-None-Match -> 304, Content-Length,
-                              no Range, no directory listing, no dot files
+                              Cache-Control max-age=300 (an edge may keep the
+                              versioned files far longer), no Range, no directory listing, no dot files
                               (publish's temp files), nothing outside publish/
                               (.., symlinks). A middleware serves them only when
                               no route matched, so routes added to the app
@@ -31,7 +32,11 @@ network in the clear (a proof is good for one poll, but who polls is private).
 The semantics are those of a plain static server, so the same directory copied
 to nginx, an object store or a CDN works unchanged (plugins then poll).
 One shared task stats manifest.json every WATCH_INTERVAL seconds and wakes the
-waiting long-polls when it changes; publish replaces it atomically. Another
+waiting long-polls when it changes, all at once (one Event); publish replaces it
+atomically. Built for fleets of thousands: the reports of polls that arrive
+together are written in one transaction (FleetRecorder), files up to 1 MiB are
+answered from memory (SmallFiles), and a herd of requests shares one stat of
+the manifest and one read of a new file. Another
 (blocklist.refresh.run_refresher) re-signs it before it expires: serve runs in
 the hotline home, which holds the online key.
 """
@@ -208,6 +213,10 @@ class FleetRecorder(Collector):
                 log.warning("fleet record failed reason=%r", str(exc),
                             extra={"event": "fleet_record_failed", "reason": str(exc)})
                 outcomes = [ReportOutcome.REFUSED] * len(batch)
+            except BaseException:  # never leave a poll waiting for a batch that will not come
+                for _, future in batch:
+                    future.cancel()
+                raise
             self.batches += 1
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():
