@@ -142,3 +142,24 @@ async def test_a_herd_asking_for_one_new_file_costs_one_read(aiohttp_client, pub
     answers = await asyncio.gather(*[client.get("/lists/default/snapshot-1") for _ in range(50)])
     assert all([a.status == 200 and await a.read() == data for a in answers])
     assert app[FILES].hits == 49 and not app[FILES].loading
+
+
+async def test_big_files_are_streamed_and_memory_stays_within_its_cap(aiohttp_client, published: Hotline) -> None:
+    published.run("add", "http://bad.example/c.html")
+    published.run("publish")  # snapshot-2 and delta-1-2 besides snapshot-1
+    app = make_app(Home(published.home), watch_interval=0.02)
+    client = await aiohttp_client(app)
+    files = app[FILES]
+    folder = published.publish_dir / "lists" / "default"
+    sizes = {name: (folder / name).stat().st_size for name in ("snapshot-1", "snapshot-2", "delta-1-2")}
+    files.MAX_FILE = sizes["delta-1-2"]  # the snapshots are bigger: streamed from disk
+    files.MAX_TOTAL = sizes["delta-1-2"]
+    for _ in range(2):
+        for name in sizes:
+            resp = await client.get(f"/lists/default/{name}")
+            assert await resp.read() == (folder / name).read_bytes()
+    assert files.hits == 1 and files.size == sizes["delta-1-2"]  # only the delta was kept
+    (folder / "padding").write_bytes(b"x" * sizes["delta-1-2"])
+    assert await (await client.get("/lists/default/padding")).read() == b"x" * sizes["delta-1-2"]
+    assert files.size <= files.MAX_TOTAL  # the delta made room for it
+    assert await (await client.get("/lists/default/delta-1-2")).read() == (folder / "delta-1-2").read_bytes()
