@@ -21,9 +21,10 @@ What the application `make_app` builds answers:
                               Cache-Control max-age=300 (an edge may keep the
                               versioned files far longer), no Range, no directory listing, no dot files
                               (publish's temp files), nothing outside publish/
-                              (.., symlinks). A middleware serves them only when
-                              no route matched, so routes added to the app
-                              after make_app still win.
+                              (.., symlinks). Below /lists/ and /root/ (the
+                              versioned files) a route serves them; elsewhere a
+                              middleware, only when no route matched, so routes
+                              added to the app after make_app still win.
 
 With --tls-cert and --tls-key (`run_serve(..., tls=make_tls_context(...))`)
 it serves HTTPS only, so node ids and reported versions never cross the
@@ -304,12 +305,18 @@ async def publish_tree(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     if request.method not in ("GET", "HEAD"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+    return await publish_file(request)
+
+
+async def publish_file(request: web.Request) -> web.StreamResponse:
+    """A file of the publish tree (`static_file`), counted in blocklist_serve_requests_total."""
+    answered = request.app[WATCHER].answered
     try:
         resp = await static_file(request)
     except web.HTTPException as exc:
-        request.app[WATCHER].answered["file", exc.status] += 1
+        answered["file", exc.status] += 1
         raise
-    request.app[WATCHER].answered["file", resp.status] += 1
+    answered["file", resp.status] += 1
     return resp
 
 
@@ -331,8 +338,8 @@ class SmallFiles:
     MAX_TOTAL = 32 << 20
 
     def __init__(self) -> None:
-        self._files: dict[Path, tuple[tuple[int, int, int], str, bytes]] = {}
-        self.loading: dict[Path, asyncio.Future[None]] = {}  # set when the file is kept (or not)
+        self._files: dict[str, tuple[tuple[int, int, int], str, bytes]] = {}
+        self.loading: dict[str, asyncio.Future[None]] = {}  # set when the file is kept (or not)
         self.size = 0
         self.hits = 0
 
@@ -340,7 +347,7 @@ class SmallFiles:
     def key(st: os.stat_result) -> tuple[int, int, int]:
         return st.st_ino, st.st_mtime_ns, st.st_size
 
-    def get(self, path: Path) -> tuple[str, bytes] | None:
+    def get(self, path: str) -> tuple[str, bytes] | None:
         entry = self._files.get(path)
         if entry is None:
             return None
@@ -354,14 +361,14 @@ class SmallFiles:
         self.hits += 1
         return entry[1], entry[2]
 
-    async def lookup(self, path: Path) -> tuple[str, bytes] | None:
+    async def lookup(self, path: str) -> tuple[str, bytes] | None:
         """`get`, after the read of `path` another request is making, if any."""
         loading = self.loading.get(path)
         if loading is not None and path not in self._files:
             await asyncio.shield(loading)
         return self.get(path)
 
-    async def read(self, path: Path, f: BinaryIO, st: os.stat_result, etag: str) -> bytes:
+    async def read(self, path: str, f: BinaryIO, st: os.stat_result, etag: str) -> bytes:
         """Read the open file `f` at `path` in a thread and keep it; a longer read means it grew."""
         done = self.loading.setdefault(path, asyncio.get_running_loop().create_future())
         try:
@@ -374,7 +381,7 @@ class SmallFiles:
                 done.set_result(None)
         return data
 
-    def keep(self, path: Path, st: os.stat_result, etag: str, data: bytes) -> None:
+    def keep(self, path: str, st: os.stat_result, etag: str, data: bytes) -> None:
         if len(data) > self.MAX_FILE or len(data) != st.st_size:
             return
         self._drop(path)
@@ -383,7 +390,7 @@ class SmallFiles:
         self._files[path] = (self.key(st), etag, data)
         self.size += len(data)
 
-    def _drop(self, path: Path) -> None:
+    def _drop(self, path: str) -> None:
         entry = self._files.pop(path, None)
         if entry is not None:
             self.size -= len(entry[2])
@@ -408,11 +415,12 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     parts = rel.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
         raise web.HTTPNotFound()
-    path = root.joinpath(*parts)
+    name = os.path.join(root, *parts)  # a str: pathlib costs more than the rest of a cached answer
     cache = request.app[FILES]
-    cached = await cache.lookup(path)
+    cached = await cache.lookup(name)
     if cached is not None:
         return _from_memory(request, *cached)
+    path = Path(name)
     try:
         if not path.resolve().is_relative_to(root.resolve()):
             raise web.HTTPNotFound()
@@ -428,7 +436,7 @@ async def static_file(request: web.Request) -> web.StreamResponse:
         if _matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers=headers)
         if st.st_size <= cache.MAX_FILE and request.method != "HEAD":
-            data = await cache.read(path, f, st, etag)
+            data = await cache.read(name, f, st, etag)
             if len(data) == st.st_size:
                 return _from_memory(request, etag, data)
             f.seek(0)  # it changed while read: stream it as before
@@ -493,6 +501,8 @@ def make_app(home: Home, *, watch_interval: float = WATCH_INTERVAL,
         app.cleanup_ctx.append(_refresh)
     app.on_shutdown.append(_wake_waiters)
     app.router.add_get("/" + MANIFEST, manifest)
+    for folder in ("lists", "root"):  # the versioned files, fetched by every node after a publish: routed
+        app.router.add_get(f"/{folder}/{{tail:.+}}", publish_file)
     add_fleet_routes(app, home, fleet_allowed)
     return app
 
