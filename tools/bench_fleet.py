@@ -57,7 +57,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,7 @@ async def run_node(node: Node, base: str, long_poll: float, interval: float, sto
             elif status != 304:
                 raise ValueError(f"manifest: HTTP {status}")
         except (OSError, asyncio.IncompleteReadError, ValueError, KeyError) as exc:
-            out.append(f"E {type(exc).__name__}")
+            out.append(f"E {type(exc).__name__}: {str(exc)[:120]}".replace("\n", " "))
             conn.close()
             await asyncio.sleep(1)
             continue
@@ -282,6 +282,7 @@ class Fleet:
         self.workers: list[subprocess.Popen] = []
         self.fetched: dict[int, list[float]] = defaultdict(list)
         self.errors = 0
+        self.error_kinds: Counter[str] = Counter()
         self.lock = threading.Lock()
 
     def hotline(self, *args: str) -> str:
@@ -299,6 +300,7 @@ class Fleet:
     def start_workers(self, url: str, procs: int, long_poll: float, interval: float) -> None:
         self.fetched.clear()
         self.errors = 0
+        self.error_kinds.clear()
         share = -(-self.nodes // procs)
         for first in range(0, self.nodes, share):
             proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--client", "--url", url,
@@ -317,6 +319,7 @@ class Fleet:
                     self.fetched[int(rest[0])].append(float(rest[1]))
                 else:
                     self.errors += 1
+                    self.error_kinds[line.strip()[2:]] += 1
 
     def stop_workers(self) -> None:
         for p in self.workers:
@@ -427,6 +430,7 @@ def measure(fleet: Fleet, publishes: int, metrics: Metrics, serve: subprocess.Po
     row = {"nodes": fleet.nodes, "publishes": publishes, "samples": len(times),
            "p50_s": round(percentile(times, 50), 3), "p99_s": round(percentile(times, 99), 3),
            "max_s": round(max(times), 3), "errors": fleet.errors,
+           "error_kinds": dict(fleet.error_kinds.most_common(5)),
            "p99_after_publish_returned_s": round(percentile(after_return, 99), 3),
            "serve_requests": int(served), "serve_requests_per_s": round(served / elapsed, 1),
            "serve_requests_per_publish": round(served / publishes, 1),
@@ -468,11 +472,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     edge = free_port()
                     reports = mode == "tier-reports"
                     nginx = start_nginx_cache(program, tmp / f"nginx-{edge}", edge, port, args.manifest_valid,
-                                              connections=2 * args.nodes + 256, reports=reports)
+                                              connections=3 * args.nodes + 256, reports=reports)
                     wait_port(edge)
                     fleet.start_workers(f"http://127.0.0.1:{edge}/", args.procs, 25 if reports else 0,
                                         args.poll_interval)
                     result["runs"][mode] = measure(fleet, args.publishes, metrics, serve, parked=reports)
+                    log = (tmp / f"nginx-{edge}" / "error.log").read_text(errors="replace").splitlines()
+                    result["runs"][mode]["nginx_error_log"] = log[-5:]
                 elif mode == "direct":
                     fleet.start_workers(f"http://127.0.0.1:{port}/", args.procs, 0, args.poll_interval)
                     result["runs"][mode] = measure(fleet, args.publishes, metrics, serve, parked=False)
