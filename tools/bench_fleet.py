@@ -361,13 +361,21 @@ class Fleet:
         proc = subprocess.Popen([sys.executable, "-m", "blocklist", "--home", str(self.home), "publish"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env)
         while proc.poll() is None:
-            if appeared is None and path.stat().st_ino != before:
+            if appeared is None and _inode(path) not in (before, None):
                 appeared = time.time()
             time.sleep(0.001)
         returned = time.time()
         if proc.returncode != 0:
-            raise RuntimeError(f"publish exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(f"publish exited {proc.returncode}: "
+                               f"{proc.stderr.read().decode(errors='replace') if proc.stderr else ''}")
         return list_version(self.home), appeared or returned, returned
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 def list_version(home: Path) -> int:
