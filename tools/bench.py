@@ -7,7 +7,7 @@ Builds its own data (tools/datagen.py: synthetic lists in all three scopes, a
 Zipf-distributed request stream with 0.1% listed), runs every measurement side by
 side, prints a table, writes tools/out/bench.json, and draws docs/bench-*.png (tools/out/
 for --quick or --sizes) when matplotlib is installed (pip install -e '.[bench]'). The
-Squid/squidGuard, proxy, Unbound and propagation measurements run the scripts beside
+Squid/squidGuard, proxy, Unbound, propagation and fleet measurements run the scripts beside
 this one (tools/bench_*.py) as subprocesses and take their JSON; one that cannot run (a
 missing program) is reported, not hidden. The Unbound rows compare stage 1 with plain
 Unbound and with Unbound's own RPZ (a zone of the same hosts, which bench_unbound builds
@@ -51,6 +51,8 @@ GOALS = {
     "plugin_rss_formula": "3 x snapshot + 40 MB",
     "squid_vs_squidguard": 1.0,
     "propagation_p99_s_50_longpoll": 2.0,
+    "fleet_p99_s_2000_longpoll": 1.0,
+    "fleet_serve_rss_mb_2000": 250,
     "unbound_cost": 0.20,
     "unbound_vs_rpz": 1.0,          # stage 1's queries per CPU-second over Unbound's RPZ, every mix
     "unbound_fresh_s": 1.0,         # a new version reaches a cached name
@@ -182,6 +184,7 @@ def main() -> None:
     peers = {
         "squid": ("bench_squid.py", 900), "proxy": ("bench_proxy.py", 600),
         "unbound": ("bench_unbound.py", 3600), "propagation": ("bench_propagation.py", 900),
+        "fleet": ("bench_fleet.py", 1500),
     }
     for name, (script, timeout) in peers.items():
         print(f"bench: {name}", file=sys.stderr)
@@ -211,7 +214,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[Any]]:
     for fp in r["fp_rate"]:
         rows.append([f"FP rate at eps {fp['configured']:g}", f"{fp['measured']:.2e} ({fp['ratio']}x)",
                      "<= 2x", _met(fp["ratio"] <= 2.0)])
-    for name in ("squid", "proxy", "unbound", "propagation"):
+    for name in ("squid", "proxy", "unbound", "propagation", "fleet"):
         peer = r.get(name, {})
         for label, value in peer.get("summary", {}).items():
             rows.append([label, value.get("figure"), value.get("goal", ""), _met(value.get("met"))])
@@ -259,6 +262,37 @@ def _plots(r: dict[str, Any], folder: Path) -> None:
     ax2.legend()
     fig.tight_layout()
     path = folder / "bench-matcher-memory.png"
+    fig.savefig(path, dpi=90)
+    print(f"bench: wrote {path}", file=sys.stderr)
+    if r.get("fleet", {}).get("runs"):
+        _fleet_plot(plt, r["fleet"], folder)
+
+
+def _fleet_plot(plt: Any, fleet: dict[str, Any], folder: Path) -> None:
+    """Per run (long-poll, nginx tier, direct polling): publish to fetched p50/p99/max, serve's RSS and requests/s."""
+    runs = {mode: row for mode, row in fleet["runs"].items() if "p99_s" in row}
+    labels = {"longpoll": "long-poll\nserve", "tier": "polling via\nnginx cache", "direct": "polling\nserve",
+              "tier-reports": "long-poll serve\nvia nginx cache"}
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
+    x = range(len(runs))
+    for offset, key in ((-0.25, "p50_s"), (0, "p99_s"), (0.25, "max_s")):
+        ax1.bar([i + offset for i in x], [row[key] for row in runs.values()], width=0.25, label=key[:-2])
+    ax1.set_xticks(list(x), [labels.get(m, m) for m in runs])
+    ax1.axhline(GOALS["fleet_p99_s_2000_longpoll"], color="grey", linestyle="--", label="goal (long-poll p99)")
+    ax1.set_ylabel(f"s from publish to fetched, {fleet['nodes']} nodes")
+    ax1.legend()
+    ax2.bar(list(x), [row.get("serve_rss_rest_mb", 0) for row in runs.values()], width=0.35, label="at rest")
+    ax2.bar([i + 0.35 for i in x], [row["serve_rss_peak_mb"] for row in runs.values()], width=0.35, label="peak")
+    ax2.set_xticks([i + 0.17 for i in x], [labels.get(m, m) for m in runs])
+    ax2.axhline(GOALS["fleet_serve_rss_mb_2000"], color="grey", linestyle="--", label="goal")
+    ax2.set_ylabel("serve RSS, MB")
+    ax2.legend()
+    ax3.bar(list(x), [max(row["serve_requests_per_s"], 0.1) for row in runs.values()])
+    ax3.set_yscale("log")
+    ax3.set_xticks(list(x), [labels.get(m, m) for m in runs])
+    ax3.set_ylabel("requests/s serve answered")
+    fig.tight_layout()
+    path = folder / "bench-fleet.png"
     fig.savefig(path, dpi=90)
     print(f"bench: wrote {path}", file=sys.stderr)
 
