@@ -25,7 +25,9 @@ and overall the worst list (UNKNOWN outranks WARNING, CRITICAL outranks all).
 A monitored list (`lists: [{name, mode: monitor}]`) is judged the same way: it is synced
 and will block once enforced. The report also shows the local policy (how many entries,
 how many checks it decided) and what each monitored list would have blocked, from the
-counters of every enforcing process (resolver_plugin.operations.metrics).
+counters of every enforcing process (resolver_plugin.operations.metrics), and the last
+`selftest` result (resolver_plugin.operations.selftest), which does not change the state:
+the selftest is its own Nagios check, and a node does not alert twice for one fault.
 Network errors alone are no problem until they make the node lag or go silent.
 No output names the source or any other URL.
 """
@@ -108,6 +110,7 @@ class Report:
     local_entries: dict[str, int] = field(default_factory=dict)    # "allow"/"block" -> entries in plugin.yaml
     local_decisions: dict[str, int] = field(default_factory=dict)  # "allow"/"block" -> checks it decided
     monitor_hits: dict[str, int] = field(default_factory=dict)     # monitored list -> would-be blocks
+    selftest: dict[str, Any] | None = None  # the last `selftest` result, as it kept it; None: never run
 
     @property
     def state(self) -> Severity:
@@ -137,7 +140,27 @@ class Report:
                 "thresholds": self.thresholds,
                 "local": {"entries": self.local_entries, "decisions": self.local_decisions},
                 "monitor_hits": self.monitor_hits,
+                "selftest": self.selftest_summary(),
                 "lists": [r.as_json(self.now) for r in self.lists]}
+
+    def selftest_summary(self) -> dict[str, Any] | None:
+        """The last selftest's state, summary and time (its probes: the admin endpoint's /selftest)."""
+        doc = self.selftest
+        if doc is None:
+            return None
+        at = doc.get("checked_at")
+        age = round(self.now - at, 3) if isinstance(at, int | float) else None
+        return {"state": doc.get("state"), "exit_code": doc.get("exit_code"), "summary": doc.get("summary"),
+                "checked_at": at, "age": age}
+
+    def selftest_text(self) -> str:
+        """One line on the last selftest ("" when none has run)."""
+        doc = self.selftest_summary()
+        if doc is None:
+            return ""
+        at = doc["checked_at"]
+        when = f" {relative(at, self.now)}" if isinstance(at, int | float) else ""
+        return f"last selftest{when}: {doc['state']} - {doc['summary']}"
 
     def policy_text(self) -> str:
         """The local policy and the monitored lists in one line ("" when the node has neither)."""
@@ -208,12 +231,14 @@ def _judge_list(config: PluginConfig, name: str, ls: ListStatus, status: str,
 
 def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: Mapping[str, int | None],
              now: float, *, status_error: str | None = None,
-             cache_errors: Mapping[str, str] | None = None, tally: metrics.Tally | None = None) -> Report:
+             cache_errors: Mapping[str, str] | None = None, tally: metrics.Tally | None = None,
+             selftest: dict[str, Any] | None = None) -> Report:
     """Judge every configured list; pure: the caller reads the files (see `gather`).
 
     `cached_versions` maps a list to its cached version (None: not cached);
     `status_error` says why the status file could not be read, `cache_errors`
-    which lists' cache state could not be; `tally` holds the node's counters.
+    which lists' cache state could not be; `tally` holds the node's counters;
+    `selftest` is the last selftest result.
     """
     cache_errors = cache_errors or {}
     how = "read" if status is not None else "unreadable" if status_error else "missing"
@@ -241,7 +266,7 @@ def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: M
                   thresholds={"warn_lag_seconds": t.warn_lag_seconds, "crit_lag_seconds": t.crit_lag_seconds,
                               "warn_lag_versions": t.warn_lag_versions},
                   local_entries={"allow": len(config.local.allow), "block": len(config.local.block)},
-                  local_decisions=decided, monitor_hits=hits)
+                  local_decisions=decided, monitor_hits=hits, selftest=selftest)
 
 
 def gather(config: PluginConfig, now: float | None = None) -> Report:
@@ -265,7 +290,8 @@ def gather(config: PluginConfig, now: float | None = None) -> Report:
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         status_error = f"{Cache(config.cache_dir).status_file}: corrupt ({type(exc).__name__})"
     tally = metrics.total(config.cache_dir) if config.local or config.monitored else None
-    return evaluate(config, status, cached, now, status_error=status_error, cache_errors=cache_errors, tally=tally)
+    return evaluate(config, status, cached, now, status_error=status_error, cache_errors=cache_errors, tally=tally,
+                    selftest=cache.selftest())
 
 
 def _lag_text(r: ListReport) -> str:
@@ -320,6 +346,8 @@ def render(report: Report) -> str:
     lines += ["", footer]
     if report.policy_text():
         lines.append(report.policy_text())
+    if report.selftest_text():
+        lines.append(report.selftest_text())
     return scrub("\n".join(lines))
 
 
