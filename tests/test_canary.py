@@ -210,7 +210,7 @@ def test_the_judges_tell_our_block_from_anything_else() -> None:
     assert judge_proxy(HttpSeen(451, blocked_by=True), 451) == ("blocked", 'HTTP 451 with Link rel="blocked-by"')
     assert judge_proxy(HttpSeen(502), 451) == ("passed", "HTTP 502")
     assert judge_proxy(HttpSeen(error="connection refused"), 451)[0] == "error"
-    assert judge_squid(HttpSeen(451, "ERR_BLOCKLIST 0"))[0] == "blocked"
+    assert judge_squid(HttpSeen(451, "451:ERR_BLOCKLIST 0")) == ("blocked", "HTTP 451 ERR_BLOCKLIST")
     assert judge_squid(HttpSeen(403, "ERR_ACCESS_DENIED 0"))[0] == "blocked"
     assert judge_squid(HttpSeen(503, "ERR_DNS_FAIL 0")) == ("passed", "HTTP 503 ERR_DNS_FAIL")
     assert judge_resolver(DnsSeen("NOERROR", ("10.0.0.3",)), ["10.0.0.3"])[0] == "blocked"

@@ -11,6 +11,7 @@ request to the resolved address.
 from __future__ import annotations
 
 import http.client
+import json
 import http.server
 import os
 import re
@@ -30,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from blocklist.core.canary import ZONE_LINE
 from blocklist.core.matcher import HostAction
 from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.enforcement.unbound_module import (
@@ -43,6 +45,7 @@ from resolver_plugin.enforcement.unbound_module import (
     qname_from_wire,
 )
 from tests.conftest import IN_CI, Hotline, Plugin, require_program
+from tests.support.plugin import plugin_cli
 from tests.support.tls import self_signed_cert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -841,3 +844,32 @@ def test_end_to_end_with_proxy(hotline: Hotline, plugin: Plugin, start_resolver,
         for server in (origin, tls_origin):
             server.shutdown()
             server.server_close()
+
+
+def test_unbound_selftest_needs_the_canary_zone_line(listed: Plugin, start_resolver) -> None:
+    """Unbound answers .invalid itself (a default local-zone) before any module runs: without
+    ZONE_LINE the canary never reaches our module and `selftest` says so (CRITICAL, with the
+    line to add); with it, the canary's host is steered to the proxy and the control is not."""
+    plain = start_resolver()
+    result = plugin_cli(listed, "selftest", "--resolver", f"127.0.0.1:{plain.port}", "--json")
+    doc = json.loads(result.output)
+    assert result.exit_code == 2, doc
+    canary = doc["probes"][0]
+    assert (canary["expected"], canary["got"]) == ("blocked", "passed")
+    assert canary["seen"].startswith("NXDOMAIN (Unbound answered .invalid itself?")
+    assert ZONE_LINE in canary["seen"]
+
+    resolver = start_resolver(extra=f"  {ZONE_LINE}")
+    result = plugin_cli(listed, "selftest", "--resolver", f"127.0.0.1:{resolver.port}", "--json")
+    doc = json.loads(result.output)
+    assert result.exit_code == 0, doc
+    canary, control = doc["probes"]
+    assert (canary["stage"], canary["list"], canary["seen"]) == ("resolver", "default", f"NOERROR {PROXY}")
+    assert control["seen"] == "NXDOMAIN" and control["got"] == "passed"  # the "internet" answered it
+    assert dig(resolver.port, "blocklist-canary.invalid").status == "NXDOMAIN"
+    assert "blocklist-canary" not in resolver.log_text()
+
+    resolver.stop()
+    result = plugin_cli(listed, "selftest", "--resolver", f"127.0.0.1:{resolver.port}", "--json")
+    assert result.exit_code == 2
+    assert "unreachable" in json.loads(result.output)["summary"]

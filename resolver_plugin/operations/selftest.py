@@ -265,7 +265,8 @@ def judge_squid(seen: HttpSeen) -> tuple[str, str]:
     """(got, seen text) for Squid: denied by the blocklist ACL (deny_info ERR_BLOCKLIST) or a plain deny."""
     if seen.error:
         return "error", f"unreachable: {seen.error}"
-    error = seen.squid_error.split(" ", 1)[0]
+    # "ERR_DNS_FAIL 0", or with deny_info's status: "451:ERR_BLOCKLIST 0"
+    error = seen.squid_error.split(" ", 1)[0].rpartition(":")[2]
     text = f"HTTP {seen.status}" + (f" {error}" if error else "")
     return ("blocked" if error in ("ERR_BLOCKLIST", "ERR_ACCESS_DENIED") else "passed"), text
 
