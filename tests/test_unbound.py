@@ -11,8 +11,8 @@ request to the resolved address.
 from __future__ import annotations
 
 import http.client
-import json
 import http.server
+import json
 import os
 import re
 import signal

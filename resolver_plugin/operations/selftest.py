@@ -359,8 +359,9 @@ def run(config: PluginConfig, stages: dict[str, str | None], as_json: bool = Fal
         Cache(config.cache_dir).write_selftest(doc)
     except OSError as exc:
         log.warning("selftest: cannot keep the result in the cache: %s", exc.strerror,
-                    extra={"event": "selftest_not_saved"})
+                    extra={"event": "selftest_not_saved", "file": str(exc.filename), "reason": str(exc.strerror)})
+    counts = {got: sum(p.got == got for p in result.probes) for got in ("blocked", "passed", "error")}
     log.info("selftest %s: %s", result.state.name, result.summary,
-             extra={"event": "selftest", "state": result.state.name, "canary": True})
+             extra={"event": "selftest_result", "outcome": result.state.name, "counts": counts})
     click.echo(json.dumps(doc, indent=1) if as_json else render(result))
     return int(result.state)
