@@ -200,7 +200,7 @@ def selftest(ctx: click.Context, proxy_url: str | None, squid_url: str | None, r
     config = _config(ctx)
     for name, value in (("--proxy", proxy_url), ("--squid", squid_url)):
         if value is not None and not value.startswith("http://"):
-            raise click.BadParameter(f"{value!r} is not http://HOST:PORT", param_hint=name)
+            raise ConfigError(f"{name}: {value!r} is not http://HOST:PORT")  # exit 3: UNKNOWN
     if resolver is not None:
         parse_listen(resolver, "--resolver")
     sys.exit(run(config, stages_to_test(config, proxy_url, squid_url, resolver), as_json=as_json))

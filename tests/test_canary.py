@@ -299,9 +299,13 @@ def test_selftest_expects_a_monitored_list_to_pass(listed: Plugin, tmp_path: Pat
 
 def test_selftest_is_unknown_without_a_cached_list_or_a_stage(hotline: Hotline, plugin: Plugin) -> None:
     plugin.write_config()
+    code, doc = _selftest(plugin)
+    assert code == 3
+    assert doc["unknown"] == ["list default: no cached version (has `sync` run?)",
+                              "no stage to test: give --proxy, --squid or --resolver, or plugin.yaml's selftest"]
     code, doc = _selftest(plugin, "--proxy", f"http://127.0.0.1:{free_port()}")
-    assert code == 3 or code == 2
-    assert "list default: no cached version" in doc["summary"]
+    assert code == 2  # a stage that cannot be reached outranks what could not be tested
+    assert [p["probe"] for p in doc["probes"]] == ["control"]
     hotline.run("publish")
     plugin.install_published()
     code, doc = _selftest(plugin)  # plugin.yaml names no stage
@@ -309,6 +313,8 @@ def test_selftest_is_unknown_without_a_cached_list_or_a_stage(hotline: Hotline, 
     assert doc["summary"].startswith("no stage to test")
     bad = plugin_cli(plugin, "selftest", "--resolver", "nowhere")
     assert bad.exit_code == 3 and "HOST:PORT" in bad.output
+    bad = plugin_cli(plugin, "selftest", "--proxy", "ftp://127.0.0.1:21")
+    assert bad.exit_code == 3 and "--proxy" in bad.output
 
 
 async def test_status_and_the_admin_endpoint_show_the_last_result(listed: Plugin, tmp_path: Path,
