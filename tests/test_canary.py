@@ -189,6 +189,23 @@ def test_canary_hits_are_counted_apart_from_real_blocks(hotline: Hotline, plugin
     assert gained == {("test-canary", "default", "canary"): 2, ("test-canary", "default", "block"): 1}
 
 
+def test_the_squid_helper_counts_canary_hits_apart(hotline: Hotline, plugin: Plugin) -> None:
+    from resolver_plugin.enforcement.squid_helper import COMPONENT, SquidHelper
+    hotline.run("add", LISTED)
+    hotline.run("publish")
+    plugin.write_config()
+    plugin.install_published()
+    helper = SquidHelper(LiveMatcher(plugin.config()))
+    before = metrics.snapshot().blocks
+    assert helper.answer(f"0 {canary_url('default')} -".encode()).startswith(b"0 OK ")
+    assert helper.answer(f"1 {LISTED} -".encode()).startswith(b"1 OK ")
+    assert helper.answer(f"2 {CONTROL_URL} -".encode()) == b"2 ERR"
+    helper.flush_metrics(0.001)
+    after = metrics.snapshot().blocks
+    assert after[(COMPONENT, "default", "canary")] == before.get((COMPONENT, "default", "canary"), 0) + 1
+    assert after[(COMPONENT, "default", "block")] == before.get((COMPONENT, "default", "block"), 0) + 1
+
+
 # -- the DNS wire and the judges --------------------------------------------------------------
 
 

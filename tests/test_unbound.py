@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocklist.core.canary import ZONE_LINE
+from blocklist.core.canary import ZONE_LINE, canary_host
 from blocklist.core.matcher import HostAction
 from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.enforcement.unbound_module import (
@@ -307,6 +307,19 @@ def test_quick_passes_reach_the_metrics(glue) -> None:
     glue._stage.flush_quick()
     glue._stage.flush_quick()  # nothing new: nothing counted twice
     assert metrics._tally.checks[("unbound", "host")] == before + 5
+
+
+def test_canary_queries_are_counted_apart_from_real_ones(glue) -> None:
+    """A list's canary host is steered like any host with pages, and counted with action "canary"."""
+    from resolver_plugin.operations import metrics
+    blocks = metrics._tally.blocks
+    before = (blocks[("unbound", "default", "canary")], blocks[("unbound", "default", "proxy")])
+    canary = _qstate(canary_host("default"))
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, canary, {})
+    assert canary.return_msg.message.answer == [f"{canary_host('default')}. 30 IN A {PROXY}"]
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, _qstate("pages.example"), {})
+    after = (blocks[("unbound", "default", "canary")], blocks[("unbound", "default", "proxy")])
+    assert after == (before[0] + 1, before[1] + 1)
 
 
 def test_quick_pass_learns_clear_names_and_forgets_them_on_a_new_version(
