@@ -150,6 +150,7 @@ async def test_rules_and_dashboard_read_only_metrics_that_exist(installed: Plugi
     metrics.observe_check("names", live.check("http://bad.example/a.html"), 1e-5)  # a Bloom hit too
     metrics.observe_host_check("names", live.check_host("bad.example"), 1e-5)
     metrics.observe_invalid("names")
+    metrics.observe_refused("names", "destination")  # else its samples exist only after the proxy's tests ran
     assert not live.check("http://bad.example/b.html").blocked and not live.check("http://trial.example/").blocked
     app = make_admin_app(installed.config(), live)
     plugin_text = await (await (await aiohttp_client(app)).get("/metrics")).text()
