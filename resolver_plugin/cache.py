@@ -454,7 +454,7 @@ class LiveMatcher:
         else:
             notes: list[Note] = []
             verdict = policy.check(url, notes)
-            if notes:
+            if notes and not is_canary_url(url):  # the selftest's probe is no would-be block
                 self._noted(notes, url)
         if verdict.blocked and is_canary_url(url):
             # the selftest's canary (blocklist.core.canary): counted apart from real blocks
@@ -484,7 +484,7 @@ class LiveMatcher:
         else:
             notes: list[Note] = []
             verdict = policy.check_host(host, notes)
-            if notes:
+            if notes and not is_canary_host(host.lower().rstrip(".")):
                 self._noted(notes, None)
         if verdict.list is not None and is_canary_host(host.lower().rstrip(".")):
             return CanaryHostVerdict(verdict.action, verdict.list, verdict.version)

@@ -312,6 +312,9 @@ def test_selftest_expects_a_monitored_list_to_pass(listed: Plugin, tmp_path: Pat
         proxy.stop()
     assert code == 0, doc
     assert doc["probes"][0]["expected"] == "passed" and doc["probes"][0]["got"] == "passed"
+    live = LiveMatcher(listed.config())  # the monitored list's canary is no would-be block either
+    assert not live.check(canary_url("default")).blocked and not live.monitor_counts
+    assert live.check(LISTED).blocked is False and live.monitor_counts
 
 
 def test_selftest_is_unknown_without_a_cached_list_or_a_stage(hotline: Hotline, plugin: Plugin) -> None:
