@@ -22,6 +22,10 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     squid: {}
     resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
     admin: {listen: 127.0.0.1:9150}
+    selftest: {proxy: URL, squid: URL, resolver: HOST:PORT, timeout: 5}   # where `selftest` finds
+                                              # each stage; proxy defaults to proxy.listen when
+                                              # plugin.yaml has a proxy section, resolver to
+                                              # 127.0.0.1:53 when resolver.proxy_address is set
     logging: {format: text, level: info}      # or json: one object per line (--log-format overrides)
     local: {allow: [{url, scope}], block: [{url, scope}]}   # resolver_plugin.local_policy
     safety: {enabled, traffic, max_block_ratio, min_requests}  # resolver_plugin.breaker (off without it)
@@ -154,6 +158,16 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class SelftestConfig:
+    """Where `blocklist-plugin selftest` sends the canary (resolver_plugin.operations.selftest)."""
+
+    proxy: str | None = None     # http://HOST:PORT of the filtering proxy; None: not tested
+    squid: str | None = None     # http://HOST:PORT of Squid (its http_port); None: not tested
+    resolver: str | None = None  # HOST:PORT of the Unbound that runs stage 1; None: not tested
+    timeout: float = 5.0         # seconds for each request
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     format: LogFormat = LogFormat.TEXT   # the CLI's --log-format and --log-level win over these
     level: LogLevel = LogLevel.INFO
@@ -200,6 +214,7 @@ class PluginConfig:
     resolver: ResolverConfig = ResolverConfig()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
+    selftest: SelftestConfig = SelftestConfig()
     monitored: frozenset[str] = frozenset()  # node names of the lists in mode monitor (also in `lists`)
     local: LocalPolicyConfig = LocalPolicyConfig()
     safety: SafetyConfig = SafetyConfig()  # the circuit breaker (resolver_plugin.breaker)
@@ -238,7 +253,7 @@ class PluginConfig:
 
 _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
-             "admin": AdminConfig, "logging": LoggingConfig}
+             "admin": AdminConfig, "logging": LoggingConfig, "selftest": SelftestConfig}
 _ONE_SOURCE = ("source", "public_key", "public_key_file", "lists", "node_token_file", "tls_ca_file")
 _SOURCE_KEYS = ("name", "url", "public_key", "public_key_file", "lists", "node_token_file", "tls_ca_file")
 _TOP = {*_ONE_SOURCE, "sources", "cache_dir", "node_id", "poll_interval", "long_poll", "fail_closed",
@@ -364,6 +379,7 @@ def _validate(cfg: PluginConfig, where: str) -> None:
     if cfg.admin.listen is not None:
         parse_listen(cfg.admin.listen, f"{where}: admin.listen")
     _validate_resolver(cfg.resolver, where)
+    _validate_selftest(cfg.selftest, where)
     s = cfg.status
     if s.crit_lag_seconds < s.warn_lag_seconds:
         raise ConfigError(f"{where}: status.crit_lag_seconds must be >= warn_lag_seconds")
@@ -447,6 +463,32 @@ def _validate_resolver(r: ResolverConfig, where: str) -> None:
         raise ConfigError(f"{where}: resolver.block_mode address needs block_address or block_address6")
 
 
+def _validate_selftest(t: SelftestConfig, where: str) -> None:
+    for key in ("proxy", "squid"):
+        value = getattr(t, key)
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+                raise ConfigError(f"{where}: selftest.{key} must be http://HOST:PORT, got {value!r}")
+    if t.resolver is not None:
+        parse_listen(t.resolver, f"{where}: selftest.resolver")
+    if not 0 < t.timeout <= 60:
+        raise ConfigError(f"{where}: selftest.timeout must be more than 0 and at most 60 seconds")
+
+
+def _selftest_defaults(raw: dict[str, Any], values: dict[str, Any]) -> SelftestConfig:
+    """selftest's stages: as set, else the stages plugin.yaml configures (a `proxy:` section: the
+    proxy on proxy.listen; resolver.proxy_address: Unbound on 127.0.0.1:53). `null` turns one off."""
+    section = raw.get("selftest")
+    given: dict[str, Any] = section if isinstance(section, dict) else {}
+    selftest: SelftestConfig = values["selftest"]
+    if "proxy" not in given and "proxy" in raw:
+        selftest = dataclasses.replace(selftest, proxy=f"http://{values['proxy'].listen}")
+    if "resolver" not in given and values["resolver"].proxy_address is not None:
+        selftest = dataclasses.replace(selftest, resolver="127.0.0.1:53")
+    return selftest
+
+
 def changed_settings(old: PluginConfig, new: PluginConfig) -> list[str]:
     """The settings `new` sets otherwise than `old`, as dotted plugin.yaml names ("proxy.listen").
 
@@ -521,6 +563,7 @@ def load_config(path: Path | str) -> PluginConfig:
     safety = raw.get("safety") if raw.get("safety") is not None or "safety" not in raw else {}  # bare `safety:`: on
     values["safety"] = parse_safety(where, lines, safety,
                                     stage_one=bool(resolver.proxy_address or resolver.proxy_address6))
+    values["selftest"] = _selftest_defaults(raw, values)
     proxy = values["proxy"]
     if proxy.block_page is not None:
         values["proxy"] = dataclasses.replace(proxy, block_page=str((path.parent / proxy.block_page).resolve()))
