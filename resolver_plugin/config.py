@@ -251,7 +251,7 @@ def _flag_or_strings(where: str, key: str, options: list[Any], value: Any) -> bo
 def _count_or_auto(where: str, key: str, value: Any) -> int | str:
     """A count of at least 1, or "auto" (`int | str`: proxy.workers)."""
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return value  # type: ignore[no-any-return]
+        return value
     raise ConfigError(f"{where}: {key} must be a whole number of at least 1, or auto")
 
 

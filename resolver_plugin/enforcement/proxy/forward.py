@@ -183,7 +183,7 @@ async def forward(session: aiohttp.ClientSession, head: RequestHead, url: URL,
             sent = len(first)
             if not no_body:
                 sent += await _copy_body(resp, writer, chunked, timeout.sock_read)
-            await _drain(writer, timeout.sock_read)
+            await drain(writer, timeout.sock_read)
             return Forwarded(resp.status, sent, keep_alive)
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         # ValueError: e.g. UnicodeError from getaddrinfo for a host label IDNA cannot encode.
@@ -198,7 +198,7 @@ async def forward(session: aiohttp.ClientSession, head: RequestHead, url: URL,
         raise UpstreamError(502, type(exc).__name__) from None
 
 
-async def _drain(writer: asyncio.StreamWriter, timeout: float | None) -> None:
+async def drain(writer: asyncio.StreamWriter, timeout: float | None) -> None:
     """Wait until the client took what we wrote; a client that stops reading is dropped."""
     if writer.transport.get_write_buffer_size() <= DRAIN_QUIET:
         await writer.drain()  # not paused: returns at once (raises if the connection is lost)
@@ -218,7 +218,7 @@ async def _copy_body(resp: aiohttp.ClientResponse, writer: asyncio.StreamWriter,
         if piece:
             sent += len(piece)
             writer.write(_frame(piece, chunked))
-            await _drain(writer, timeout)
+            await drain(writer, timeout)
     if chunked:
         writer.write(b"0\r\n\r\n")
     return sent

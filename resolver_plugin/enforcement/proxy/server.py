@@ -16,7 +16,8 @@ Per connection: refuse when over `max_connections` (503) or not in
 block or the client closes:
 
 - absolute-form `http://` or `https://` target: checked; listed -> the block page
-  (`block_status`, default 451) and close; else forwarded, bodies streamed;
+  (`block_status`, default 451), and the connection closes if the request had a body
+  (it is never read) or asked to close; else forwarded, bodies streamed;
 - origin-form `/path` with one Host: the request of a client that stage 1's
   DNS answer (resolver.proxy_address) or an interception rule sent here as
   if we were the origin; checked and forwarded as `http://Host/path`. One that
@@ -56,6 +57,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -72,6 +74,7 @@ from resolver_plugin.enforcement.proxy.forward import (
     BodyStream,
     UpstreamError,
     client_address,
+    drain,
     forward,
     upstream_url,
 )
@@ -247,7 +250,7 @@ class ProxyServer:
     async def _refuse(self, writer: asyncio.StreamWriter, status: int, client_ip: str, tls: bool) -> None:
         writer.write(ACCESS_DENIED_ALERT if tls else error_response(status))
         self.access(client_ip, "-", "-", status, 0, 0.0, "refused")
-        await asyncio.wait_for(writer.drain(), 5)
+        await drain(writer, 5)
 
     async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        client_ip: str, first: bool) -> bool:
@@ -282,8 +285,10 @@ class ProxyServer:
         except RequestError as exc:
             return await self.error(writer, exc.status, client_ip, head.method, "-")
         if verdict.blocked:
-            await self.block(writer, head, client_ip, verdict.list or "unknown", started)
-            return False
+            # A request without a body leaves nothing unread: its connection may carry the next one.
+            keep_alive = head.keep_alive and not head.has_body
+            await self.block(writer, head, client_ip, verdict.list or "unknown", started, keep_alive)
+            return keep_alive
         return await self._forward(reader, writer, head, target, url, client_ip, started)
 
     async def _other_scheme(self, writer: asyncio.StreamWriter, head: RequestHead, client_ip: str,
@@ -344,19 +349,19 @@ class ProxyServer:
                     target: str, outcome: str = "error", text: str | None = None) -> bool:
         writer.write(error_response(status, head_only=method == "HEAD", text=text))
         self.access(client_ip, method, target, status, 0, 0.0, outcome)
-        await asyncio.wait_for(writer.drain(), 5)
+        await drain(writer, 5)
         return False
 
     async def block(self, writer: asyncio.StreamWriter, head: RequestHead, client_ip: str, list_name: str,
-                    started: float) -> None:
-        response = self.page.response(list_name, head_only=head.method == "HEAD")
+                    started: float, keep_alive: bool = False) -> None:
+        response = self.page.response(list_name, head_only=head.method == "HEAD", keep_alive=keep_alive)
         writer.write(response)
         target = "-"
         if self.proxy.log_blocked_urls:
             target = (intercepted_url(head) or "-") if head.target.startswith("/") else head.target
         self.access(client_ip, head.method, target, self.page.status, len(response),
                      time.monotonic() - started, f"blocked list={list_name}")
-        await asyncio.wait_for(writer.drain(), 5)
+        await drain(writer, 5)
 
     def tunnel_verdict(self, host: str) -> HostVerdict | None:
         """check_host for a tunnel (CONNECT, TLS), counted in /metrics; None for a host no URL names."""
@@ -538,5 +543,21 @@ def run_proxy(config: PluginConfig) -> int:
     setup_access_log(config.proxy.access_log)
     count = proxy_workers(config.proxy)
     if count > 1:
-        return run_workers(config, count, serve, RESTART_ONLY, check=lambda c: BlockPage(c.proxy))
-    return asyncio.run(serve(config))
+        return run_workers(config, count, serve_worker, RESTART_ONLY, check=lambda c: BlockPage(c.proxy))
+    return _run(serve(config))
+
+
+def serve_worker(config: PluginConfig, sockets: Listeners, worker: int, parent: int) -> int:
+    """One worker of `proxy.workers` (in the forked process): serve `sockets` until stopped; the exit code."""
+    return _run(serve(config, sockets=sockets, worker=worker, parent=parent))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run the proxy on uvloop's event loop (libuv: less time in the loop and its transports per
+    request than asyncio's own), or on asyncio's where uvloop is not installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; a platform without it still runs
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

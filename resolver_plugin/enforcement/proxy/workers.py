@@ -23,16 +23,14 @@ itself, so all enforce the same version within about a second of `sync` writing 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from blocklist.core.errors import BlocklistError
 from resolver_plugin.config import PluginConfig, changed_settings, load_config, parse_listen
@@ -44,8 +42,9 @@ MAX_BACKOFF = 30.0
 STOP_GRACE = 10.0
 _SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
 
-# serve(config, sockets=, worker=, parent=): one worker's proxy (resolver_plugin.enforcement.proxy.server.serve)
-ServeWorker = Callable[..., Coroutine[Any, Any, int]]
+# serve(config, sockets, worker, parent) -> exit code: one worker's proxy, its event loop included
+# (resolver_plugin.enforcement.proxy.server.serve_worker)
+ServeWorker = Callable[[PluginConfig, "Listeners", int, int], int]
 Check = Callable[[PluginConfig], object]
 
 
@@ -232,7 +231,7 @@ def _quiet_reread(current: PluginConfig, restart_only: tuple[str, ...], check: C
 
 
 def _worker_main(serve: ServeWorker, config: PluginConfig, listeners: list[Listeners], index: int,
-                 mask: set[signal.Signals]) -> None:
+                 mask: set[signal.Signals | int]) -> None:
     """In the forked worker: serve its own sockets until told to stop; exits the process."""
     code = 1
     try:
@@ -242,7 +241,7 @@ def _worker_main(serve: ServeWorker, config: PluginConfig, listeners: list[Liste
                 for sock in other.all():
                     sock.close()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        code = asyncio.run(serve(config, sockets=listeners[index], worker=index, parent=parent))
+        code = serve(config, listeners[index], index, parent)
     except BaseException:  # noqa: BLE001 - a worker logs and exits; the parent restarts it
         log.exception("proxy: worker %d failed", index, extra={"event": "proxy_worker_failed"})
     finally:
