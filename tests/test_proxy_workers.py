@@ -93,7 +93,7 @@ class Connection:
 
     def get(self, url: str) -> int:
         host = url.split("/")[2]
-        self.sock.sendall(f"GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        self.sock.sendall(f"GET {url} HTTP/1.1\r\nHost: {host}\r\nProxy-Connection: keep-alive\r\n\r\n".encode())
         data = b""
         while b"\r\n\r\n" not in data:
             piece = self.sock.recv(65536)

@@ -58,6 +58,7 @@ PLUGIN_MAIN = "from resolver_plugin.cli import main; main()"
 BODY = b"x" * 1024
 BLOCKED_HOST = "blocked.bench.test"
 URL_VARIANTS = 1000
+KEEP = "Proxy-Connection: keep-alive\r\n"  # what browsers send a proxy (both proxies get the same bytes)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SQUID_USER = "proxy"
 
@@ -225,9 +226,9 @@ class Client:
 
 def requests_for(origin: int, mix: str) -> list[bytes]:
     if mix == "blocked":
-        return [f"GET http://{BLOCKED_HOST}/page/{i} HTTP/1.1\r\nHost: {BLOCKED_HOST}\r\n\r\n".encode()
+        return [f"GET http://{BLOCKED_HOST}/page/{i} HTTP/1.1\r\nHost: {BLOCKED_HOST}\r\n{KEEP}\r\n".encode()
                 for i in range(URL_VARIANTS)]
-    return [f"GET http://127.0.0.1:{origin}/obj/{i} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode()
+    return [f"GET http://127.0.0.1:{origin}/obj/{i} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n{KEEP}\r\n".encode()
             for i in range(URL_VARIANTS)]
 
 

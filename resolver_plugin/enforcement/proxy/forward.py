@@ -121,10 +121,15 @@ def upstream_url(target: str) -> URL:
 
 def _response_head(resp: aiohttp.ClientResponse, chunked: bool, keep_alive: bool) -> bytes:
     pairs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in resp.raw_headers]
+    return response_head(resp.status, resp.reason or "", pairs, chunked, keep_alive)
+
+
+def response_head(status: int, reason: str, pairs: list[tuple[str, str]], chunked: bool, keep_alive: bool) -> bytes:
+    """The response head for the client: the origin's fields less hop-by-hop ones, our Via and framing."""
     drop = HOP_BY_HOP | _connection_named(pairs)
     if chunked:
         drop = drop | {"content-length"}
-    lines = [f"HTTP/1.1 {resp.status} {resp.reason or ''}".rstrip()]
+    lines = [f"HTTP/1.1 {status} {reason}".rstrip()]
     lines += [f"{n}: {v}" for n, v in pairs if n.lower() not in drop]
     lines.append(f"Via: {VIA}")
     if chunked:
@@ -175,11 +180,11 @@ async def forward(session: aiohttp.ClientSession, head: RequestHead, url: URL,
             has_length = "Content-Length" in resp.headers and "Transfer-Encoding" not in resp.headers
             keep_alive = head.keep_alive and (no_body or has_length or head.version == "HTTP/1.1")
             chunked = not no_body and not has_length and head.version == "HTTP/1.1"
-            response_head = _response_head(resp, chunked, keep_alive)
+            out_head = _response_head(resp, chunked, keep_alive)
             # Body bytes already here go out with the head: one write, one packet for small answers.
             first = b"" if no_body else resp.content.read_nowait(COPY_SIZE)
             started = True
-            writer.write(response_head + _frame(first, chunked) if first else response_head)
+            writer.write(out_head + frame(first, chunked) if first else out_head)
             sent = len(first)
             if not no_body:
                 sent += await _copy_body(resp, writer, chunked, timeout.sock_read)
@@ -207,7 +212,7 @@ async def drain(writer: asyncio.StreamWriter, timeout: float | None) -> None:
         await writer.drain()
 
 
-def _frame(piece: bytes, chunked: bool) -> bytes:
+def frame(piece: bytes, chunked: bool) -> bytes:
     return b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
 
 
@@ -217,7 +222,7 @@ async def _copy_body(resp: aiohttp.ClientResponse, writer: asyncio.StreamWriter,
     async for piece in resp.content.iter_chunked(COPY_SIZE):
         if piece:
             sent += len(piece)
-            writer.write(_frame(piece, chunked))
+            writer.write(frame(piece, chunked))
             await drain(writer, timeout)
     if chunked:
         writer.write(b"0\r\n\r\n")

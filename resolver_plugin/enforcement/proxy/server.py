@@ -16,8 +16,9 @@ Per connection: refuse when over `max_connections` (503) or not in
 block or the client closes:
 
 - absolute-form `http://` or `https://` target: checked; listed -> the block page
-  (`block_status`, default 451), and the connection closes if the request had a body
-  (it is never read) or asked to close; else forwarded, bodies streamed;
+  (`block_status`, default 451), then the next request if the blocked one had no body
+  and said `keep-alive` (Connection or Proxy-Connection, as browsers do), else close;
+  else forwarded, bodies streamed;
 - origin-form `/path` with one Host: the request of a client that stage 1's
   DNS answer (resolver.proxy_address) or an interception rule sent here as
   if we were the origin; checked and forwarded as `http://Host/path`. One that
@@ -79,6 +80,7 @@ from resolver_plugin.enforcement.proxy.forward import (
     upstream_url,
 )
 from resolver_plugin.enforcement.proxy.head import RequestError, RequestHead, iter_body, read_head
+from resolver_plugin.enforcement.proxy.origin import OriginPool, fetch, lean
 from resolver_plugin.enforcement.proxy.target import OTHER_SCHEME, absolute_target, intercepted_url
 from resolver_plugin.enforcement.proxy.tls import sni_tunnel
 from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
@@ -114,6 +116,7 @@ class ProxyServer:
         self.open_connections = 0
         listening = [parse_listen(a)[0] for a in (self.proxy.listen, self.proxy.tls_listen) if a]
         self.destinations = Destinations(self.proxy.allow_private_destinations, [*self.own_addresses, *listening])
+        self.origins = OriginPool(self.destinations)
         self._loop_warned = -math.inf
         self.server: asyncio.Server | None = None
         self.tls_server: asyncio.Server | None = None
@@ -196,6 +199,7 @@ class ProxyServer:
             await server.wait_closed()
         if self.session is not None:
             await self.session.close()
+        self.origins.close()
 
     # -- one connection
 
@@ -285,8 +289,10 @@ class ProxyServer:
         except RequestError as exc:
             return await self.error(writer, exc.status, client_ip, head.method, "-")
         if verdict.blocked:
-            # A request without a body leaves nothing unread: its connection may carry the next one.
-            keep_alive = head.keep_alive and not head.has_body
+            # A request without a body leaves nothing unread: its connection may carry the next one
+            # when the client asked for that in so many words (browsers and curl send keep-alive in
+            # Connection or Proxy-Connection); one that did not is answered and closed, as ever.
+            keep_alive = head.keep_alive and not head.has_body and "keep-alive" in head.connection_tokens
             await self.block(writer, head, client_ip, verdict.list or "unknown", started, keep_alive)
             return keep_alive
         return await self._forward(reader, writer, head, target, url, client_ip, started)
@@ -323,8 +329,12 @@ class ProxyServer:
             body = BodyStream(iter_body(reader, head, self.proxy.max_body_bytes, self.proxy.upstream_timeout))
         assert self.session is not None
         try:
-            result = await forward(self.session, head, url, body, writer, client_ip, self.timeout,
-                                   self.proxy.forwarded_for)
+            if body is None and lean(head, url):
+                result = await fetch(self.origins, head, url, writer, client_ip, self.proxy.connect_timeout,
+                                     self.proxy.upstream_timeout, self.proxy.forwarded_for)
+            else:
+                result = await forward(self.session, head, url, body, writer, client_ip, self.timeout,
+                                       self.proxy.forwarded_for)
         except UpstreamError as exc:
             if exc.status == 403:
                 metrics.observe_refused(COMPONENT, "destination")

@@ -23,6 +23,7 @@ itself, so all enforce the same version within about a second of `sync` writing 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -62,6 +63,8 @@ class Listeners:
 def bind_reuseport(address: str, where: str, backlog: int = 1024) -> list[socket.socket]:
     """Listening sockets on HOST:PORT (one per address it names) with SO_REUSEPORT; OSError if not."""
     host, port = parse_listen(address, where)
+    if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - not Linux or a BSD
+        raise OSError(errno.ENOPROTOOPT, f"{address}: this system has no SO_REUSEPORT (use proxy.workers: 1)")
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
@@ -125,7 +128,7 @@ class Supervisor:
             for worker in self.workers:
                 self._spawn(worker)
             log.info("proxy: %d workers on %s (parent %d)", len(self.workers), self.config.proxy.listen, os.getpid(),
-                     extra={"event": "proxy_workers_started", "workers": len(self.workers),
+                     extra={"event": "proxy_workers_started", "counts": {"workers": len(self.workers)},
                             "listen": self.config.proxy.listen})
             while not self.stopping:
                 info = signal.sigtimedwait(_SIGNALS, self._wait())
@@ -186,7 +189,7 @@ class Supervisor:
             worker.restart_at = time.monotonic() + worker.backoff
             log.error("proxy: worker %d (pid %d) %s after %.1f s; restarting it%s", worker.index, pid,
                       _how(status), lived, f" in {worker.backoff:.0f} s" if worker.backoff else "",
-                      extra={"event": "proxy_worker_exited", "reason": _how(status), "workers": len(self.workers)})
+                      extra={"event": "proxy_worker_exited", "reason": _how(status)})
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -194,7 +197,7 @@ class Supervisor:
             if not self.stopping and worker.restart_at is not None and worker.restart_at <= now:
                 self._spawn(worker)
                 log.info("proxy: worker %d restarted (pid %d)", worker.index, worker.pid,
-                         extra={"event": "proxy_worker_restarted", "workers": len(self.workers)})
+                         extra={"event": "proxy_worker_restarted"})
 
     def _stop(self) -> int:
         log.info("proxy: stopping %d workers", len(self.workers), extra={"event": "proxy_stopping"})
