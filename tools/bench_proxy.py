@@ -154,20 +154,20 @@ def stop(proc: subprocess.Popen, grace: float = 15) -> None:
 
 # -- CPU time of a process tree, from /proc
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, utime + stime in seconds) of `pid`; None when it is gone."""
+def _stat(pid: int) -> tuple[int, tuple[float, float]] | None:
+    """(parent pid, (utime, stime) in seconds) of `pid`; None when it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) ": state is fields[0]
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[1]), (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK)
 
 
-def tree_cpu(root: int) -> dict[int, float]:
-    """CPU seconds so far of `root` and every descendant, by pid."""
+def tree_cpu(root: int) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds so far of `root` and every descendant, by pid."""
     parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
+    cpu: dict[int, tuple[float, float]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             got = _stat(int(entry))
@@ -183,9 +183,13 @@ def tree_cpu(root: int) -> dict[int, float]:
     return {pid: cpu[pid] for pid in tree if pid in cpu}
 
 
-def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds the tree spent between two samples (a process born in between counts whole)."""
-    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+def cpu_between(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]
+                ) -> tuple[float, float]:
+    """(user, system) CPU seconds the tree spent between two samples (a process born in between
+    counts whole)."""
+    user = sum(u - before.get(pid, (0.0, 0.0))[0] for pid, (u, _) in after.items())
+    system = sum(s - before.get(pid, (0.0, 0.0))[1] for pid, (_, s) in after.items())
+    return user, system
 
 
 # -- the load generator
@@ -273,9 +277,11 @@ def measure_run(pid: int, port: int, requests: list[bytes], expect: int, args: a
     done, wall, latencies = asyncio.run(load(port, requests, args.connections, args.seconds, expect))
     after = tree_cpu(pid)
     gen1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = cpu_between(before, after)
+    user, system = cpu_between(before, after)
+    cpu = user + system
     generator_cpu = (gen1.ru_utime - gen0.ru_utime) + (gen1.ru_stime - gen0.ru_stime)
-    return {"requests": done, "rps": round(done / wall), "cpu_s": round(cpu, 3),
+    return {"requests": done, "rps": round(done / wall), "cpu_s": round(cpu, 3), "cpu_user_s": round(user, 3),
+            "cpu_system_s": round(system, 3),
             "requests_per_cpu_s": round(done / cpu) if cpu > 0 else None,
             "latency_p50_ms": round(pct(latencies, 0.50) * 1000, 3),
             "latency_p99_ms": round(pct(latencies, 0.99) * 1000, 3),
@@ -498,6 +504,7 @@ def main() -> None:
         for mix, r in mixes.items():
             print(f"{name:10} {mix:8} {r['rps']:>7,} req/s  {r['requests_per_cpu_s'] or 0:>7,} per CPU-s  "
                   f"p50 {r['latency_p50_ms']:.3f} ms  p99 {r['latency_p99_ms']:.3f} ms  "
+                  f"user/sys {r['cpu_user_s']}/{r['cpu_system_s']} s  "
                   f"proxy cores {r['proxy_cores_busy']}  generator cores {r['generator_cores_busy']}")
 
 

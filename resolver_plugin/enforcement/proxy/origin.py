@@ -52,7 +52,7 @@ from resolver_plugin.enforcement.proxy.forward import (
 )
 from resolver_plugin.enforcement.proxy.head import RequestHead
 
-MAX_IDLE_PER_ORIGIN = 16
+MAX_IDLE_PER_ORIGIN = 128  # about as many as requests in flight to one busy origin
 IDLE_SECONDS = 15.0
 MAX_HEAD = 65536
 MAX_FIELDS = 128
