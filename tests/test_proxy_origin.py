@@ -184,3 +184,61 @@ def test_a_block_keeps_the_connection_of_a_client_that_said_keep_alive(proxy: Ru
     assert data.count(b"HTTP/1.1 200 OK\r\n") == 1 and data.endswith(BODY)
     closed = exchange(proxy.port, b"GET http://bad.example/a.html HTTP/1.1\r\nHost: bad.example\r\n\r\n")
     assert closed.startswith(b"HTTP/1.1 451 ") and b"Connection: close\r\n" in closed
+
+
+# ----------------------------------------------------------------------------- heads read whole or line by line
+
+FRAGMENTS = [b"GET http://a.test/ HTTP/1.1", b"POST / HTTP/1.0", b"G T / HTTP/1.1", b"GET / HTTP/2.0",
+             b"HTTP/1.1 200 OK", b"HTTP/1.1 103 Early", b"HTTP/1.0 204 ", b"HTTP/1.1 101 Up", b"HTTP/1.1 2000 X",
+             b"Host: a.test", b"Content-Length: 5", b"Content-Length: 5, 6", b"Transfer-Encoding: chunked",
+             b"Connection: close", b"Expect: 100-continue", b" folded", b"X : y", b"X: a\rb", b"X: \x00",
+             b"X: " + b"v" * 300, b"", b"\xff\xfe: x"]
+EOLS = [b"\r\n", b"\n", b"\r"]
+
+
+async def _outcome(parse, data: bytes, at_once: bool) -> object:
+    """What `parse(reader)` gives for `data`: all received before the call, or arriving after it."""
+    import asyncio as aio
+    reader = aio.StreamReader(limit=65536)
+    if at_once:
+        reader.feed_data(data)
+        reader.feed_eof()
+    task = aio.ensure_future(parse(reader))
+    if not at_once:
+        await aio.sleep(0)  # parse is waiting for its first line now
+        for i in range(0, len(data), 7):
+            reader.feed_data(data[i:i + 7])
+            await aio.sleep(0)
+        reader.feed_eof()
+    try:
+        result = await aio.wait_for(task, 5)
+    except Exception as exc:  # noqa: BLE001 - the outcome compared is the exception's kind and status
+        return (type(exc).__name__, getattr(exc, "status", None), str(exc))
+    if result is None:
+        return None
+    return (repr(result), reader._buffer and bytes(reader._buffer))  # what is left for the next request
+
+
+def test_a_head_read_whole_or_line_by_line_gives_the_same_outcome() -> None:
+    import asyncio as aio
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from resolver_plugin.enforcement.proxy.head import read_head
+    from resolver_plugin.enforcement.proxy.origin import read_response_head
+
+    heads = st.lists(st.tuples(st.sampled_from(FRAGMENTS), st.sampled_from(EOLS)), max_size=9).map(
+        lambda parts: b"".join(f + e for f, e in parts))
+    limits = st.sampled_from([64, 200, 16384])
+
+    @settings(max_examples=300, deadline=None)
+    @given(heads, st.binary(max_size=12), limits)
+    def check(head: bytes, tail: bytes, limit: int) -> None:
+        data = head + tail
+        for parse in (lambda r: read_head(r, limit), read_response_head):
+            assert aio.run(_outcome(parse, data, True)) == aio.run(_outcome(parse, data, False)), data
+
+    check()
+    outcome = aio.run(_outcome(lambda r: read_head(r, 16384), b"GET / HTTP/1.1\r\nHost: a\r\n\r\nNEXT", True))
+    assert outcome is not None and outcome[1] == b"NEXT"  # exactly the head was taken
