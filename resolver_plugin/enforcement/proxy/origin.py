@@ -142,6 +142,11 @@ def _buffered(reader: asyncio.StreamReader) -> int:
     return len(getattr(reader, "_buffer", b""))
 
 
+def _received(reader: asyncio.StreamReader, size: int) -> bytes:
+    """A copy of up to `size` bytes the reader holds already, without taking them."""
+    return bytes(getattr(reader, "_buffer", b"")[:size])
+
+
 @dataclass
 class _Response:
     status: int
@@ -157,11 +162,7 @@ def request_bytes(head: RequestHead, url: URL, client_ip: str, forwarded_for: Fo
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
-async def _line(reader: asyncio.StreamReader, budget: int) -> bytes:
-    try:
-        raw = await reader.readuntil(b"\n")
-    except asyncio.LimitOverrunError:
-        raise BadResponse("line too long") from None
+def _cut(raw: bytes, budget: int) -> bytes:
     if len(raw) > budget:
         raise BadResponse("head too large")
     line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
@@ -170,29 +171,73 @@ async def _line(reader: asyncio.StreamReader, budget: int) -> bytes:
     return line
 
 
-async def read_response_head(reader: asyncio.StreamReader) -> _Response:
-    """The origin's final response head (1xx skipped); BadResponse, IncompleteReadError or OSError."""
-    budget = MAX_HEAD
-    while True:
-        line = await _line(reader, budget)
-        budget -= len(line) + 2
-        match = _STATUS.fullmatch(line)
-        if match is None:
-            raise BadResponse("bad status line")
-        status = int(match.group(2))
-        pairs: list[tuple[str, str]] = []
-        while True:
-            line = await _line(reader, budget)
-            budget -= len(line) + 2
-            if not line:
-                break
-            if len(pairs) >= MAX_FIELDS:
+async def _line(reader: asyncio.StreamReader, budget: int) -> bytes:
+    try:
+        raw = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise BadResponse("line too long") from None
+    return _cut(raw, budget)
+
+
+class _Head:
+    """The response head, a line at a time (the same rules for lines awaited or already here)."""
+
+    def __init__(self) -> None:
+        self.budget = MAX_HEAD
+        self.status: re.Match[bytes] | None = None
+        self.pairs: list[tuple[str, str]] = []
+
+    def feed(self, line: bytes) -> _Response | None:
+        """Take one line; the final response once its head is complete (1xx ones are skipped)."""
+        self.budget -= len(line) + 2
+        if self.status is None:
+            self.status = _STATUS.fullmatch(line)
+            if self.status is None:
+                raise BadResponse("bad status line")
+            return None
+        if line:
+            if len(self.pairs) >= MAX_FIELDS:
                 raise BadResponse("too many fields")
-            pairs.append(_field(line))
+            self.pairs.append(_field(line))
+            return None
+        status = int(self.status.group(2))
         if status == 101:
             raise BadResponse("upgrade not asked for")
-        if status >= 200:
-            return _Response(status, (match.group(3) or b"").decode("latin-1"), int(match.group(1)), pairs)
+        if status < 200:  # 100, 102, 103: the final answer follows
+            self.status, self.pairs = None, []
+            return None
+        return _Response(status, (self.status.group(3) or b"").decode("latin-1"), int(self.status.group(1)),
+                         self.pairs)
+
+
+async def _feed_received(reader: asyncio.StreamReader, parser: _Head) -> _Response | None:
+    """Feed `parser` the complete lines `reader` holds already, taking them; the response if they end its head."""
+    data = _received(reader, max(parser.budget, 0) + 2)
+    pos = 0
+    resp = None
+    while resp is None:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        line = _cut(data[pos:end + 1], parser.budget)
+        pos = end + 1
+        resp = parser.feed(line)
+    if pos:
+        await reader.readexactly(pos)  # already here: returns at once
+    return resp
+
+
+async def read_response_head(reader: asyncio.StreamReader) -> _Response:
+    """The origin's final response head (1xx skipped); BadResponse, IncompleteReadError or OSError.
+    Lines already received are parsed at once, the others a line per `await`, by the same rules."""
+    parser = _Head()
+    while True:
+        resp = await _feed_received(reader, parser)
+        if resp is not None:
+            return resp
+        resp = parser.feed(await _line(reader, parser.budget))
+        if resp is not None:
+            return resp
 
 
 def _field(line: bytes) -> tuple[str, str]:
