@@ -22,6 +22,7 @@ from resolver_plugin.config import MAX_PROXY_WORKERS, proxy_workers
 from tests.conftest import Plugin
 from tests.support.net import ServerThread
 from tests.support.plugin import env, plugin_argv
+from tests.support.procfs import alive, children, socket_inodes
 from tests.support.proxy import LOOPBACK_DESTINATIONS, RunningProxy, make_origin, start_proxy
 from tests.support.status import publish
 
@@ -35,43 +36,6 @@ def wait_for(what: str, condition: Callable[[], object], timeout: float = 20) ->
         if time.monotonic() > deadline:
             pytest.fail(f"not within {timeout} s: {what}")
         time.sleep(0.05)
-
-
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-                found.add(int(entry))
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie that nobody reaped yet does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
-def socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    except OSError:
-        pass
-    return inodes
 
 
 def owner(proxy_port: int, client_port: int, workers: set[int]) -> int | None:
