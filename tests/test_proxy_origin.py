@@ -242,3 +242,40 @@ def test_a_head_read_whole_or_line_by_line_gives_the_same_outcome() -> None:
     check()
     outcome = aio.run(_outcome(lambda r: read_head(r, 16384), b"GET / HTTP/1.1\r\nHost: a\r\n\r\nNEXT", True))
     assert outcome is not None and outcome[1] == b"NEXT"  # exactly the head was taken
+
+
+async def test_the_pool_keeps_at_most_its_idle_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio as aio
+
+    from resolver_plugin.enforcement.proxy import origin as lean_origin
+    from resolver_plugin.enforcement.proxy.destinations import Destinations
+
+    monkeypatch.setattr(lean_origin, "MAX_IDLE_PER_ORIGIN", 3)
+    monkeypatch.setattr(lean_origin, "MAX_IDLE", 4)
+    accepted: list[aio.StreamWriter] = []
+
+    async def hold(reader: aio.StreamReader, writer: aio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    servers = [await aio.start_server(hold, "127.0.0.1", 0) for _ in range(2)]
+    ports = [s.sockets[0].getsockname()[1] for s in servers]
+    pool = lean_origin.OriginPool(Destinations(True))
+    try:
+        conns = [(port, (await pool.get("127.0.0.1", port, 5))[0]) for port in ports for _ in range(4)]
+        for port, conn in conns:
+            pool.put("127.0.0.1", port, conn)
+        kept = {port: len(pool.idle.get(("127.0.0.1", port), [])) for port in ports}
+        assert kept == {ports[0]: 3, ports[1]: 1} and pool.idle_count == 4
+        assert sum(conn.writer.is_closing() for _, conn in conns) == 4  # the rest were closed
+        again, reused = await pool.get("127.0.0.1", ports[0], 5)
+        assert reused and pool.idle_count == 3
+        pool.put("127.0.0.1", ports[0], again)
+        pool._purge(pool._purged + lean_origin.IDLE_SECONDS + 1)  # all of them idle too long
+        assert pool.idle == {} and pool.idle_count == 0
+    finally:
+        pool.close()
+        for writer in accepted:
+            writer.close()
+        for server in servers:
+            server.close()
+            await server.wait_closed()

@@ -4,8 +4,8 @@ Most of what a browser asks a proxy for is a GET without a body. For those, the 
 does not need a general HTTP client (aiohttp's, which forward.py uses for everything
 else: bodies, https:// targets, other methods): it writes one request head and reads one
 response, on a connection to the origin it keeps open for the next request to the same
-host and port (at most MAX_IDLE_PER_ORIGIN idle ones per origin, closed after
-IDLE_SECONDS). Per request that is one write towards the origin, one read of its answer
+host and port (at most MAX_IDLE_PER_ORIGIN idle ones per origin and MAX_IDLE in all,
+closed after IDLE_SECONDS). Per request that is one write towards the origin, one read of its answer
 and, for a small object, one write to the client.
 
 The request is the one forward.upstream_headers makes (hop-by-hop fields removed, Via and
@@ -53,6 +53,7 @@ from resolver_plugin.enforcement.proxy.forward import (
 from resolver_plugin.enforcement.proxy.head import RequestHead
 
 MAX_IDLE_PER_ORIGIN = 128  # about as many as requests in flight to one busy origin
+MAX_IDLE = 1024            # idle connections to all origins together (each holds a descriptor)
 IDLE_SECONDS = 15.0
 MAX_HEAD = 65536
 MAX_FIELDS = 128
@@ -92,6 +93,7 @@ class OriginPool:
     def __init__(self, destinations: Destinations) -> None:
         self.destinations = destinations
         self.idle: dict[tuple[str, int], list[_Connection]] = {}
+        self.idle_count = 0
         self._purged = time.monotonic()
 
     async def get(self, host: str, port: int, connect_timeout: float) -> tuple[_Connection, bool]:
@@ -100,6 +102,7 @@ class OriginPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
+            self.idle_count -= 1
             if now - conn.used < IDLE_SECONDS and not conn.reader.at_eof() and not conn.writer.is_closing() \
                     and not _buffered(conn.reader):
                 return conn, True
@@ -111,10 +114,11 @@ class OriginPool:
         now = time.monotonic()
         conn.used = now
         idle = self.idle.setdefault((host, port), [])
-        if len(idle) >= MAX_IDLE_PER_ORIGIN:
+        if len(idle) >= MAX_IDLE_PER_ORIGIN or self.idle_count >= MAX_IDLE:
             conn.close()
         else:
             idle.append(conn)
+            self.idle_count += 1
         if now - self._purged > IDLE_SECONDS:
             self._purge(now)
 
@@ -125,6 +129,7 @@ class OriginPool:
             for conn in idle:
                 if conn not in kept:
                     conn.close()
+            self.idle_count -= len(idle) - len(kept)
             if kept:
                 self.idle[key] = kept
             else:
@@ -135,6 +140,7 @@ class OriginPool:
             for conn in idle:
                 conn.close()
         self.idle.clear()
+        self.idle_count = 0
 
 
 def _buffered(reader: asyncio.StreamReader) -> int:
