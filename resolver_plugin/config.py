@@ -18,7 +18,7 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     timeouts: {connect: 5, read: 30, retry_first: 1, retry_max: 300}
     status: {warn_lag_seconds: 3600, crit_lag_seconds: 86400, warn_lag_versions: 1}
     proxy: {listen, allowed_clients, block_status, block_page, appeal_url, tls_listen,
-            connect_ports, allow_private_destinations, ...}
+            connect_ports, allow_private_destinations, workers, ...}
     squid: {}
     resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
     admin: {listen: 127.0.0.1:9150}
@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import os
 import socket
 import ssl
 import types
@@ -112,6 +113,9 @@ class StatusThresholds:
     warn_lag_versions: int = 1         # WARNING when this many versions behind for warn_lag_seconds
 
 
+MAX_PROXY_WORKERS = 256
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     listen: str = "127.0.0.1:3128"
@@ -135,6 +139,19 @@ class ProxyConfig:
     # Destinations that are not global unicast (loopback, private, link-local, the proxy's own
     # addresses, ...): refused; true lets every one through, a list of networks those.
     allow_private_destinations: bool | tuple[str, ...] = False
+    # Processes that serve the listeners (SO_REUSEPORT), under one supervising parent; "auto": one
+    # per core. 1: the proxy is one process, no parent.
+    workers: int | str = 1
+
+
+def proxy_workers(p: ProxyConfig) -> int:
+    """How many proxy processes `proxy.workers` asks for ("auto": one per core this process may use)."""
+    if p.workers == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            return os.cpu_count() or 1
+    return int(p.workers)
 
 
 @dataclass(frozen=True)
@@ -268,6 +285,8 @@ def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if options == [int, str]:
+            return _count_or_auto(where, key, value)
         if len(options) > 1:
             return _flag_or_strings(where, key, options, value)
         hint = options[0]
@@ -307,6 +326,13 @@ def _flag_or_strings(where: str, key: str, options: list[Any], value: Any) -> bo
     if isinstance(value, list | str):
         return _strings(where, key, value)
     raise ConfigError(f"{where}: {key} must be true, false or a list")
+
+
+def _count_or_auto(where: str, key: str, value: Any) -> int | str:
+    """A count of at least 1, or "auto" (`int | str`: proxy.workers)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ConfigError(f"{where}: {key} must be a whole number of at least 1, or auto")
 
 
 def _flag(where: str, key: str, hint: type, value: Any) -> bool:
@@ -437,6 +463,8 @@ def _validate_proxy(p: ProxyConfig, where: str) -> None:
     for key in ("connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout"):
         if getattr(p, key) <= 0:
             raise ConfigError(f"{where}: proxy.{key} must be more than 0 seconds")
+    if isinstance(p.workers, int) and p.workers > MAX_PROXY_WORKERS:
+        raise ConfigError(f"{where}: proxy.workers must be at most {MAX_PROXY_WORKERS}")
     if not 0 < p.tls_origin_port < 65536:
         raise ConfigError(f"{where}: proxy.tls_origin_port must be a TCP port (1-65535)")
     if not all(0 < port < 65536 for port in p.connect_ports):

@@ -57,6 +57,9 @@ GOALS = {
     "unbound_vs_rpz": 1.0,          # stage 1's queries per CPU-second over Unbound's RPZ, every mix
     "unbound_fresh_s": 1.0,         # a new version reaches a cached name
     "unbound_reload_growth_mb": 8,  # resolver RSS over 100 reloads, after a warm-up
+    # tools/bench_proxy.py: ours / Squid, requests per CPU-second (1 worker each) and requests/s (N each)
+    "proxy_vs_squid_per_cpu_s": 1.0,
+    "proxy_vs_squid_rps": 1.0,
 }
 
 RSS_PROBE = r"""
@@ -266,6 +269,28 @@ def _plots(r: dict[str, Any], folder: Path) -> None:
     print(f"bench: wrote {path}", file=sys.stderr)
     if r.get("fleet", {}).get("runs"):
         _fleet_plot(plt, r["fleet"], folder)
+    _plot_proxy(r.get("proxy", {}), folder, plt)
+
+
+def _plot_proxy(proxy: dict[str, Any], folder: Path, plt: Any) -> None:
+    """Ours and Squid side by side: requests/s and requests per CPU-second, per mix and worker count."""
+    results = proxy.get("results")
+    if not results:
+        return
+    names = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "rps", "requests / s"), (axes[1], "requests_per_cpu_s", "requests / CPU-s")):
+        for i, mix in enumerate(("allowed", "blocked")):
+            values = [results[n][mix][key] or 0 for n in names]
+            ax.bar([x + i * 0.4 for x in range(len(names))], values, width=0.4, label=mix)
+        ax.set_xticks([x + 0.2 for x in range(len(names))], names)
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle(f"proxy vs Squid, {proxy.get('connections')} connections, 1 KiB objects")
+    fig.tight_layout()
+    path = folder / "bench-proxy-squid.png"
+    fig.savefig(path, dpi=90)
+    print(f"bench: wrote {path}", file=sys.stderr)
 
 
 def _fleet_plot(plt: Any, fleet: dict[str, Any], folder: Path) -> None:
