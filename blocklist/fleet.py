@@ -169,8 +169,8 @@ def fleet_table(report: FleetReport) -> tuple[list[str], list[list[str]]]:
             elif name not in report.published:
                 cells.append(f"{node.versions[name]} (not published)")
             else:
-                lag = node.lag[name]
-                cells.append(f"{node.versions[name]}" + (f" ({lag} behind)" if lag else ""))
+                lag, version = node.lag[name], node.versions[name]
+                cells.append(f"{version or 'none'}" + (f" ({lag} behind)" if lag else ""))
         rows.append([node.node_id, " ".join(node.flags) or "OK",
                      relative(node.last_seen, report.now) if node.reported else "never", str(node.polls), *cells])
     return ["NODE", "STATE", "LAST SEEN", "POLLS", *names], rows

@@ -24,13 +24,14 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from blocklist.core.errors import StoreError
 from blocklist.core.protocol import (
     PROOF_WINDOW_MS,
+    Proof,
     ReportOutcome,
     clean_node_id,
     new_token,
@@ -151,19 +152,34 @@ class FleetStore:
 
     def accept(self, node_header: str, have_header: str, proof_header: str, remote: str,
                now: float | None = None) -> ReportOutcome:
-        """Record one manifest poll if its proof holds; what serve did with it either way.
+        """Record one manifest poll if its proof holds; what serve did with it either way."""
+        return self.accept_many([(node_header, have_header, proof_header, remote)], now)[0]
 
-        Checks in an order that tells a stranger nothing about which nodes exist:
-        the grammar, then the clock, then the key and MAC (one answer for an
-        unknown node and a bad MAC), then the replay floor.
+    def accept_many(self, polls: Sequence[tuple[str, str, str, str]],
+                    now: float | None = None) -> list[ReportOutcome]:
+        """`accept` for each (node, have, proof, remote) poll, in order, in one transaction.
+
+        One disk sync for the lot, however many polls: serve gathers the polls
+        that arrive while the previous lot is written (blocklist.serve.FleetRecorder).
+        A poll that fails `precheck` costs no database access; a lot without a
+        verified poll writes nothing.
         """
         now = time.time() if now is None else now
-        node = clean_node_id(node_header)
-        proof = parse_proof(proof_header)
-        if node is None or proof is None:
-            return ReportOutcome.ANONYMOUS if not proof_header else ReportOutcome.MALFORMED
-        if abs(proof.millis - now * 1000) > PROOF_WINDOW_MS:
-            return ReportOutcome.CLOCK
+        checked = [(precheck(node, proof, now), node, have, remote) for node, have, proof, remote in polls]
+        if not any(isinstance(c, Proof) for c, *_ in checked):
+            return [c for c, *_ in checked if isinstance(c, ReportOutcome)]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            outcomes = [c if isinstance(c, ReportOutcome) else self._accept(clean_node_id(node) or "", have, c,
+                                                                           remote, now)
+                        for c, node, have, remote in checked]
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return outcomes
+
+    def _accept(self, node: str, have_header: str, proof: Proof, remote: str, now: float) -> ReportOutcome:
         row = self.db.execute("SELECT report_key FROM nodes WHERE node_id = ?", (node,)).fetchone()
         if row is None or not verify_proof(row[0], proof, node, have_header):
             return ReportOutcome.REFUSED
@@ -187,3 +203,19 @@ class FleetStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def precheck(node_header: str, proof_header: str, now: float) -> Proof | ReportOutcome:
+    """The checks of a poll's report that need no key: the proof to verify, or the outcome already.
+
+    In an order that tells a stranger nothing about which nodes exist: the
+    grammar, then the clock; the key and MAC (one answer for an unknown node
+    and a bad MAC), then the replay floor, are `FleetStore.accept`'s.
+    """
+    node = clean_node_id(node_header)
+    proof = parse_proof(proof_header)
+    if node is None or proof is None:
+        return ReportOutcome.ANONYMOUS if not proof_header else ReportOutcome.MALFORMED
+    if abs(proof.millis - now * 1000) > PROOF_WINDOW_MS:
+        return ReportOutcome.CLOCK
+    return proof

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from blocklist.core.canary import with_canary
 from blocklist.core.digests import Entry, Reach, Scope, domain_keys
 from blocklist.core.format.digestset import set_checksum
 from blocklist.core.table import render
@@ -71,12 +72,14 @@ def preview_list(store: Store, info: ListInfo, target: list[HistoryRow] | None =
     protected = [hit for r in added for hit in guard.hits(r.entry)]
     if published == 0:
         would_publish = True
-    elif baseline is not None:
-        would_publish = bool(added or removed)
-    else:  # no record of the published entries: compare the digests, as publish does
+    elif baseline is not None and (added or removed):
+        would_publish = True
+    else:  # no record of the published entries, or no change to them: compare the digests, as publish
+        # does (a version published before canaries gets one now: blocklist.core.canary)
         row = store.db.execute("SELECT checksum FROM publications WHERE list_id = ? AND version = ?",
                                (info.id, published)).fetchone()
-        would_publish = row is None or row[0] != set_checksum(*store.digest_sets(info))
+        would_publish = row is None or row[0] != set_checksum(*with_canary(info.name, info.salt,
+                                                                           *store.digest_sets(info)))
     return ListPreview(info.name, published, would_publish, baseline is not None, added, removed,
                        blocked_whole, proxied, protected)
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pybloom_live import BloomFilter
 
 from blocklist.core import atomic
+from blocklist.core.canary import has_canary, with_canary
 from blocklist.core.format.artifacts import Delta, Snapshot, diff, read_snapshot, write_delta, write_snapshot
 from blocklist.core.format.bloom import build_bloom, grow_bloom
 from blocklist.core.format.container import FORMAT_VERSION
@@ -120,10 +121,12 @@ def _compile(home: Home, store: Store, info: ListInfo, before: ListRef | None, k
         old = read_snapshot((home.publish_dir / before.snapshot.path).read_bytes(), keys)
     counts = store.count(info)
     # The journal path needs a previous snapshot of the current layout; one written
-    # before subtree markers or the current format existed is recompiled in full (its
-    # delta brings the new digests).
+    # before subtree markers, the canary or the current format existed is recompiled in
+    # full (its delta brings the new digests). The journal never touches the canary's
+    # digests: the store refuses names in its zone.
     if (old is not None and before is not None and old.subtree_markers and old.format_version == FORMAT_VERSION
-            and store.last_published(info) == before.version):
+            and store.last_published(info) == before.version
+            and has_canary(info.name, info.salt, old.entries, old.hosts)):
         e_add, e_rem, h_add, h_rem = _changes(store, info, old)
         if not (e_add or e_rem or h_add or h_rem):
             return None
@@ -138,7 +141,8 @@ def _compile(home: Home, store: Store, info: ListInfo, before: ListRef | None, k
         return snap, Delta(info.name, old.version, version, now, snap.checksum, e_add, e_rem, h_add, h_rem,
                            subtree_markers=True)
     progress(f"compiling {info.name} ({sum(counts.values())} entries)")
-    entries, hosts = store.digest_sets(info)
+    # the canary (blocklist.core.canary): in every snapshot, in no store row
+    entries, hosts = with_canary(info.name, info.salt, *store.digest_sets(info))
     if before is not None and before.checksum == set_checksum(entries, hosts):
         return None
     snap = compile_snapshot(info, entries, hosts, counts, version, now, expires)

@@ -18,11 +18,13 @@ What the application `make_app` builds answers:
     /fleet, /fleet.json, /metrics   blocklist.fleet_web (loopback clients only)
     GET|HEAD /<path>          any other path: a regular file below publish/,
                               strong ETag, If-None-Match -> 304, Content-Length,
-                              no Range, no directory listing, no dot files
+                              Cache-Control max-age=300 (an edge may keep the
+                              versioned files far longer), no Range, no directory listing, no dot files
                               (publish's temp files), nothing outside publish/
-                              (.., symlinks). A middleware serves them only when
-                              no route matched, so routes added to the app
-                              after make_app still win.
+                              (.., symlinks). Below /lists/ and /root/ (the
+                              versioned files) a route serves them; elsewhere a
+                              middleware, only when no route matched, so routes
+                              added to the app after make_app still win.
 
 With --tls-cert and --tls-key (`run_serve(..., tls=make_tls_context(...))`)
 it serves HTTPS only, so node ids and reported versions never cross the
@@ -31,7 +33,11 @@ network in the clear (a proof is good for one poll, but who polls is private).
 The semantics are those of a plain static server, so the same directory copied
 to nginx, an object store or a CDN works unchanged (plugins then poll).
 One shared task stats manifest.json every WATCH_INTERVAL seconds and wakes the
-waiting long-polls when it changes; publish replaces it atomically. Another
+waiting long-polls when it changes, all at once (one Event); publish replaces it
+atomically. Built for fleets of thousands: the reports of polls that arrive
+together are written in one transaction (FleetRecorder), files up to 1 MiB are
+answered from memory (SmallFiles), and a herd of requests shares one stat of
+the manifest and one read of a new file. Another
 (blocklist.refresh.run_refresher) re-signs it before it expires: serve runs in
 the hotline home, which holds the online key.
 """
@@ -50,16 +56,17 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from blocklist.core.errors import ConfigError, StoreError
 from blocklist.core.protocol import HAVE, NODE, PROOF, REPORT, ReportOutcome
 from blocklist.fleet_web import METRICS_REGISTRY, add_fleet_routes
 from blocklist.home import Home
-from blocklist.nodes import FleetStore
+from blocklist.nodes import FleetStore, precheck
 from blocklist.refresh import REFRESH_CHECK, run_refresher
 
 log = logging.getLogger("blocklist.serve")
@@ -67,12 +74,14 @@ log = logging.getLogger("blocklist.serve")
 MANIFEST = "manifest.json"
 MAX_WAIT = 60.0
 WATCH_INTERVAL = 0.05
+FRESH = 0.005  # a poll sees a manifest checked at most this long ago (the watcher checks every WATCH_INTERVAL)
 CHUNK = 256 * 1024
+BACKLOG = 4096  # a fleet reconnects at once after a restart (the kernel caps it at net.core.somaxconn)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 
-class ManifestWatcher:
+class ManifestWatcher(Collector):
     """The current manifest bytes and ETag; `changed` is set (and replaced) whenever they change."""
 
     def __init__(self, path: Path) -> None:
@@ -82,8 +91,16 @@ class ManifestWatcher:
         self.changed = asyncio.Event()
         self._key: tuple[int, int, int] | None = None
         self.closing = False
+        self.waiting = 0  # long-polls parked now
+        self._checked = -1.0  # time.monotonic() of the last stat
+        self.answered: Counter[tuple[str, int]] = Counter()  # (manifest|file, status) -> requests
 
-    def refresh(self) -> None:
+    def refresh(self, max_age: float = 0.0) -> None:
+        """Read the manifest again if it changed; not if it was checked less than `max_age` s ago."""
+        now = time.monotonic()
+        if now - self._checked < max_age:
+            return
+        self._checked = now
         try:
             st = os.stat(self.path)
             key = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -101,10 +118,36 @@ class ManifestWatcher:
         self.changed.set()
         self.changed = asyncio.Event()
 
+    async def wait(self, seconds: float) -> None:
+        """Park a long-poll until the manifest changes or `seconds` pass.
+
+        Every parked poll waits on the same Event: one change wakes them all in
+        one pass of the event loop, with no task or thread per poll (a timer each).
+        """
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(seconds):
+                await self.changed.wait()
+            return  # woken by `refresh`, which has just read the new manifest (or by `close`)
+        except TimeoutError:
+            pass
+        finally:
+            self.waiting -= 1
+        self.refresh()
+
     async def run(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             self.refresh()
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("blocklist_serve_polls_waiting", "Manifest long-polls parked until a change",
+                                value=self.waiting)
+        answers = CounterMetricFamily("blocklist_serve_requests", "Requests answered, by what was asked "
+                                      "(manifest or file) and the status", labels=["path", "status"])
+        for (path, status), count in sorted(self.answered.items()):
+            answers.add_metric([path, str(status)], count)
+        yield answers
 
     def close(self) -> None:
         """Wake every waiting long-poll (they answer 304) so the server can stop at once."""
@@ -113,12 +156,18 @@ class ManifestWatcher:
 
 
 class FleetRecorder(Collector):
-    """Judges each poll's proof and records the verified ones off the event loop.
+    """Judges each poll's proof and records the verified ones off the event loop, in batches.
 
-    A failure is logged, never fails the poll. What was done with each poll is
-    counted (blocklist_fleet_polls_total{outcome}) and summed up in one log line
-    per LOG_EVERY seconds at most: a flood of forged polls must not flood the
-    log either, and no log line repeats a header a stranger sent.
+    A poll whose proof is malformed or out of the clock window is judged on the
+    event loop (no database access). The others wait for the next batch: while
+    one batch is written (one SQLite transaction, one disk sync, in a thread),
+    the polls that arrive gather into the next, so a thousand nodes polling at
+    once cost a few transactions rather than a thousand. A poll is answered once
+    its batch is committed: X-Blocklist-Report "recorded" means `blocklist fleet`
+    already shows it. A failure is logged, never fails the poll. What was done
+    with each poll is counted (blocklist_fleet_polls_total{outcome}) and summed
+    up in one log line per LOG_EVERY seconds at most: a flood of forged polls
+    must not flood the log either, and no log line repeats a header a stranger sent.
     """
 
     LOG_EVERY = 60.0
@@ -127,27 +176,52 @@ class FleetRecorder(Collector):
         self.store = FleetStore(path)
         self.lock = threading.Lock()
         self.outcomes: Counter[ReportOutcome] = Counter()
+        self.batches = 0
         self._unlogged: Counter[ReportOutcome] = Counter()
         self._logged_at = 0.0
+        self._pending: list[tuple[tuple[str, str, str, str], asyncio.Future[ReportOutcome]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
-    def _accept(self, node: str, have: str, proof: str, remote: str) -> ReportOutcome:
+    def _accept(self, polls: list[tuple[str, str, str, str]]) -> list[ReportOutcome]:
         with self.lock:
-            return self.store.accept(node, have, proof, remote)
+            return self.store.accept_many(polls)
 
     async def record(self, request: web.Request) -> ReportOutcome:
         headers = request.headers
         if NODE not in headers or PROOF not in headers:
             outcome = ReportOutcome.ANONYMOUS
         else:
+            checked = precheck(headers[NODE], headers[PROOF], time.time())
+            if isinstance(checked, ReportOutcome):
+                outcome = checked
+            else:
+                future = asyncio.get_running_loop().create_future()
+                self._pending.append(((headers[NODE], headers.get(HAVE, ""), headers[PROOF],
+                                       request.remote or ""), future))
+                if self._writer is None or self._writer.done():
+                    self._writer = asyncio.create_task(self._write())
+                outcome = await future  # cancelled with the request: `_write` skips it
+        self._count(outcome)
+        return outcome
+
+    async def _write(self) -> None:
+        """Write the pending polls, a batch at a time, until none is left."""
+        while self._pending:
+            batch, self._pending = self._pending, []
             try:
-                outcome = await asyncio.to_thread(self._accept, headers[NODE], headers.get(HAVE, ""),
-                                                  headers[PROOF], request.remote or "")
+                outcomes = await asyncio.to_thread(self._accept, [poll for poll, _ in batch])
             except (sqlite3.Error, StoreError) as exc:
                 log.warning("fleet record failed reason=%r", str(exc),
                             extra={"event": "fleet_record_failed", "reason": str(exc)})
-                return ReportOutcome.REFUSED
-        self._count(outcome)
-        return outcome
+                outcomes = [ReportOutcome.REFUSED] * len(batch)
+            except BaseException:  # never leave a poll waiting for a batch that will not come
+                for _, future in batch:
+                    future.cancel()
+                raise
+            self.batches += 1
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
 
     def _count(self, outcome: ReportOutcome) -> None:
         self.outcomes[outcome] += 1
@@ -168,8 +242,13 @@ class FleetRecorder(Collector):
         for outcome in ReportOutcome:
             polls.add_metric([outcome.value], self.outcomes[outcome])
         yield polls
+        yield CounterMetricFamily("blocklist_fleet_report_batches", "Transactions that wrote the verified polls",
+                                  value=self.batches)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Write what is pending, then close the store."""
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
         with self.lock:
             self.store.close()
 
@@ -199,24 +278,23 @@ def _wait_seconds(request: web.Request) -> float:
 
 async def manifest(request: web.Request) -> web.StreamResponse:
     watcher = request.app[WATCHER]
-    watcher.refresh()
+    watcher.refresh(FRESH)  # a herd of polls shares one stat
     outcome = await request.app[FLEET].record(request)
     wait = _wait_seconds(request)
     inm = request.headers.get("If-None-Match")
     if wait > 0 and _matches(inm, watcher.etag) and not watcher.closing:
-        try:
-            await asyncio.wait_for(watcher.changed.wait(), wait)
-        except TimeoutError:
-            pass
-        watcher.refresh()
+        await watcher.wait(wait)
     # Always present (the wait applied, 0 if none asked): tells a plugin this source long-polls.
     headers = {"Cache-Control": "no-cache", "Accept-Ranges": "none", "X-Blocklist-Wait": f"{wait:g}",
                REPORT: outcome.value}
     if watcher.data is None:
+        watcher.answered["manifest", 404] += 1
         raise web.HTTPNotFound(text="nothing published yet\n", headers=headers)
     headers["ETag"] = watcher.etag  # type: ignore[assignment]
     if _matches(inm, watcher.etag):
+        watcher.answered["manifest", 304] += 1
         return web.Response(status=304, headers=headers)
+    watcher.answered["manifest", 200] += 1
     return web.Response(body=watcher.data, content_type="application/json", headers=headers)
 
 
@@ -227,7 +305,108 @@ async def publish_tree(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     if request.method not in ("GET", "HEAD"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-    return await static_file(request)
+    return await publish_file(request)
+
+
+async def publish_file(request: web.Request) -> web.StreamResponse:
+    """A file of the publish tree (`static_file`), counted in blocklist_serve_requests_total."""
+    answered = request.app[WATCHER].answered
+    try:
+        resp = await static_file(request)
+    except web.HTTPException as exc:
+        answered["file", exc.status] += 1
+        raise
+    answered["file", resp.status] += 1
+    return resp
+
+
+class SmallFiles:
+    """Whole small files of the publish tree in memory, with their ETags, checked by a stat on every use.
+
+    Thousands of nodes fetch the same new delta within a second of a publish:
+    each request then costs one stat, not an open, a path resolution and a
+    read in a thread. Files above MAX_FILE (big snapshots) are streamed from
+    disk as before; the total is capped at MAX_TOTAL, the oldest entry going
+    first. While one request reads a file, the others asking for it wait for
+    that read rather than each reading it (the herd after a publish). An entry
+    is used only while the path still names the same file
+    (inode, mtime, size): a file replaced or removed is never served stale,
+    and a path only gets an entry after the full checks of `static_file`.
+    """
+
+    MAX_FILE = 1 << 20
+    MAX_TOTAL = 32 << 20
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[tuple[int, int, int], str, bytes]] = {}
+        self.loading: dict[str, asyncio.Future[None]] = {}  # set when the file is kept (or not)
+        self.size = 0
+        self.hits = 0
+
+    @staticmethod
+    def key(st: os.stat_result) -> tuple[int, int, int]:
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def get(self, path: str) -> tuple[str, bytes] | None:
+        entry = self._files.get(path)
+        if entry is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or self.key(st) != entry[0]:
+            self._drop(path)
+            return None
+        self.hits += 1
+        return entry[1], entry[2]
+
+    async def lookup(self, path: str) -> tuple[str, bytes] | None:
+        """`get`, after the read of `path` another request is making, if any."""
+        loading = self.loading.get(path)
+        if loading is not None and path not in self._files:
+            await asyncio.shield(loading)
+        return self.get(path)
+
+    async def read(self, path: str, f: BinaryIO, st: os.stat_result, etag: str) -> bytes:
+        """Read the open file `f` at `path` in a thread and keep it; a longer read means it grew."""
+        done = self.loading.setdefault(path, asyncio.get_running_loop().create_future())
+        try:
+            data = await asyncio.to_thread(f.read, st.st_size + 1)
+            self.keep(path, st, etag, data)
+        finally:
+            if self.loading.get(path) is done:
+                del self.loading[path]
+            if not done.done():
+                done.set_result(None)
+        return data
+
+    def keep(self, path: str, st: os.stat_result, etag: str, data: bytes) -> None:
+        if len(data) > self.MAX_FILE or len(data) != st.st_size:
+            return
+        self._drop(path)
+        while self._files and self.size + len(data) > self.MAX_TOTAL:
+            self._drop(next(iter(self._files)))
+        self._files[path] = (self.key(st), etag, data)
+        self.size += len(data)
+
+    def _drop(self, path: str) -> None:
+        entry = self._files.pop(path, None)
+        if entry is not None:
+            self.size -= len(entry[2])
+
+
+FILES = web.AppKey("small_files", SmallFiles)
+
+
+def _file_headers(etag: str) -> dict[str, str]:
+    return {"ETag": etag, "Accept-Ranges": "none", "Cache-Control": "public, max-age=300"}
+
+
+def _from_memory(request: web.Request, etag: str, data: bytes) -> web.Response:
+    if _matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=_file_headers(etag))
+    return web.Response(body=data, content_type="application/octet-stream", headers=_file_headers(etag))
 
 
 async def static_file(request: web.Request) -> web.StreamResponse:
@@ -236,7 +415,12 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     parts = rel.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
         raise web.HTTPNotFound()
-    path = root.joinpath(*parts)
+    name = os.path.join(root, *parts)  # a str: pathlib costs more than the rest of a cached answer
+    cache = request.app[FILES]
+    cached = await cache.lookup(name)
+    if cached is not None:
+        return _from_memory(request, *cached)
+    path = Path(name)
     try:
         if not path.resolve().is_relative_to(root.resolve()):
             raise web.HTTPNotFound()
@@ -248,9 +432,14 @@ async def static_file(request: web.Request) -> web.StreamResponse:
         if not stat.S_ISREG(st.st_mode):
             raise web.HTTPNotFound()
         etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
-        headers = {"ETag": etag, "Accept-Ranges": "none", "Cache-Control": "public, max-age=300"}
+        headers = _file_headers(etag)
         if _matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers=headers)
+        if st.st_size <= cache.MAX_FILE and request.method != "HEAD":
+            data = await cache.read(name, f, st, etag)
+            if len(data) == st.st_size:
+                return _from_memory(request, etag, data)
+            f.seek(0)  # it changed while read: stream it as before
         resp = web.StreamResponse(headers=headers)
         resp.content_type = "application/octet-stream"
         resp.content_length = st.st_size
@@ -274,12 +463,14 @@ async def _watch(app: web.Application) -> AsyncIterator[None]:
     app[WATCHER] = watcher
     app[FLEET] = FleetRecorder(home.fleet_path)
     app[METRICS_REGISTRY].register(app[FLEET])
+    app[METRICS_REGISTRY].register(watcher)
     task = asyncio.create_task(watcher.run(app[WATCH_EVERY]))
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     app[METRICS_REGISTRY].unregister(app[FLEET])
-    app[FLEET].close()
+    app[METRICS_REGISTRY].unregister(watcher)
+    await app[FLEET].close()
 
 
 async def _refresh(app: web.Application) -> AsyncIterator[None]:
@@ -303,12 +494,15 @@ def make_app(home: Home, *, watch_interval: float = WATCH_INTERVAL,
     app = web.Application(middlewares=[publish_tree])
     app[HOME] = home
     app[WATCH_EVERY] = watch_interval
+    app[FILES] = SmallFiles()
     app.cleanup_ctx.append(_watch)
     if refresh_interval is not None:
         app[REFRESH_EVERY] = refresh_interval
         app.cleanup_ctx.append(_refresh)
     app.on_shutdown.append(_wake_waiters)
     app.router.add_get("/" + MANIFEST, manifest)
+    for folder in ("lists", "root"):  # the versioned files, fetched by every node after a publish: routed
+        app.router.add_get(f"/{folder}/{{tail:.+}}", publish_file)
     add_fleet_routes(app, home, fleet_allowed)
     return app
 
@@ -338,7 +532,7 @@ def run_serve(home_path: Path, bind: str, port: int, tls: ssl.SSLContext | None 
                     "source": f"{'https' if tls else 'http'}://{bind}:{port}/"})
     try:
         web.run_app(make_app(home), host=bind, port=port, print=None, shutdown_timeout=2.0,
-                    access_log=None, ssl_context=tls)
+                    access_log=None, ssl_context=tls, backlog=BACKLOG)
     except OSError as exc:
         log.error("cannot listen on=%s:%d reason=%r", bind, port, exc.strerror or str(exc),
                   extra={"event": "serve_listen_failed", "listen": f"{bind}:{port}",

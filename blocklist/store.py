@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blocklist.core.canary import with_canary
 from blocklist.core.digests import Entry, Reach, Scope, entry_digests, subtree_markers
 from blocklist.core.errors import FormatError, StoreError
 from blocklist.core.format.digestset import set_checksum
@@ -235,7 +236,9 @@ class Store:
                                           (info.id, last)).fetchone()
                     recorded = self.db.execute("SELECT 1 FROM recorded_versions WHERE list_id = ? AND version = ?",
                                                (info.id, last)).fetchone()
-                    if row and not recorded and row[0] == set_checksum(*self.digest_sets(info)):
+                    sets = self.digest_sets(info)  # published with the canary, or before canaries
+                    held = {set_checksum(*sets), set_checksum(*with_canary(info.name, info.salt, *sets))}
+                    if row and not recorded and row[0] in held:
                         values = columns.replace("since_version", "?")
                         self.db.execute(f"INSERT INTO history ({columns}) SELECT {values} FROM entries "
                                         "WHERE list_id = ?", (last, info.id))

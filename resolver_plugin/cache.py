@@ -20,6 +20,7 @@ Layout under `cache_dir` (written only by `sync`, read by every enforcement proc
                                 by enforcement processes and `breaker reset`, not by sync
     generation                  rewritten after every change; readers stat it to reload
     status.json                 the node status (resolver_plugin.operations.node_status)
+    selftest.json               the last `selftest` result (resolver_plugin.operations.selftest)
     metrics/<pid>.json          each enforcing process's counters (resolver_plugin.operations.metrics)
 
 With several sources (plugin.yaml `sources:`), each source's files are kept apart, in a
@@ -69,6 +70,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from blocklist.core import atomic
+from blocklist.core.canary import CanaryHostVerdict, CanaryVerdict, is_canary_host, is_canary_url
 from blocklist.core.digests import Scope
 from blocklist.core.errors import BlocklistError, ChecksumError, ConfigError, FormatError
 from blocklist.core.format.artifacts import read_delta, read_snapshot
@@ -191,6 +193,22 @@ class Cache:
 
     def state_file(self, name: str) -> Path:
         return self.list_dir(name) / "state.json"
+
+    def write_selftest(self, doc: dict[str, Any]) -> None:
+        """Keep the last `selftest` result (a JSON object) for `status` and the admin endpoint."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(self.root / "selftest.json", json.dumps(doc, sort_keys=True).encode())
+
+    def selftest(self) -> dict[str, Any] | None:
+        """The last `selftest` result; None when there is none or it is unreadable (logged)."""
+        try:
+            doc = json.loads((self.root / "selftest.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("cache: selftest.json unusable (%s)", exc, extra={"event": "selftest_unreadable"})
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def list_dir(self, name: str) -> Path:
         return self.root / "lists" / check_list_name(name)
@@ -700,8 +718,12 @@ class LiveMatcher:
         else:
             notes: list[Note] = []
             verdict = policy.check(url, notes)
-            if notes:
+            if notes and not is_canary_url(url):  # the selftest's probe is no would-be block
                 self._noted(notes, url)
+        if verdict.blocked and is_canary_url(url):
+            # the selftest's canary (blocklist.core.canary): counted apart from real blocks, and
+            # never by the circuit breaker
+            return CanaryVerdict(True, verdict.list, verdict.version, verdict.scope, verdict.reach)
         watch = self._watching
         if watch is not None:
             self._observe(watch, verdict.list if verdict.blocked else None, verdict.version)
@@ -730,8 +752,10 @@ class LiveMatcher:
         else:
             notes: list[Note] = []
             verdict = policy.check_host(host, notes)
-            if notes:
+            if notes and not is_canary_host(host.lower().rstrip(".")):
                 self._noted(notes, None)
+        if verdict.list is not None and is_canary_host(host.lower().rstrip(".")):
+            return CanaryHostVerdict(verdict.action, verdict.list, verdict.version)
         watch = self._watching
         if watch is not None:
             self._observe(watch, verdict.list if verdict.action is HostAction.BLOCK else None, verdict.version)

@@ -1,7 +1,7 @@
 """`blocklist-plugin`: the ISP side's command line. A shell: load config, call the module, exit.
 
 Each command imports its module lazily, so `squid-helper` starts without aiohttp.
-Exit codes: `check` 0 blocked / 1 allowed; `status` Nagios 0/1/2/3; others 0 ok,
+Exit codes: `check` 0 blocked / 1 allowed; `status`, `selftest` Nagios 0/1/2/3; others 0 ok,
 2 usage or config error, 1 runtime failure.
 """
 
@@ -30,7 +30,7 @@ class PluginGroup(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(3 if ctx.invoked_subcommand == "status" else 2)
+            sys.exit(3 if ctx.invoked_subcommand in ("status", "selftest") else 2)
         except InvalidURL as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -172,6 +172,39 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """
     from resolver_plugin.operations.status import run_status
     sys.exit(run_status(ctx.obj, as_json=as_json))
+
+
+@main.command()
+@click.option("--proxy", "proxy_url", metavar="URL", help="The filtering proxy, http://HOST:PORT.")
+@click.option("--squid", "squid_url", metavar="URL", help="Squid with the helper, http://HOST:PORT.")
+@click.option("--resolver", metavar="ADDR", help="The Unbound running stage 1, HOST:PORT.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@click.pass_context
+def selftest(ctx: click.Context, proxy_url: str | None, squid_url: str | None, resolver: str | None,
+             as_json: bool) -> None:
+    """Prove from the outside that this node blocks: each list's canary and a control through each stage.
+
+    Without --proxy/--squid/--resolver, the stages plugin.yaml's selftest section names (by
+    default the proxy on proxy.listen when plugin.yaml has a proxy section, and Unbound on
+    127.0.0.1:53 when resolver.proxy_address is set). Nagios exit codes: 0 every stage blocks
+    every canary and passes the control, 2 one does not or cannot be reached, 3 unknown
+    (e.g. no list cached, a list published before canaries). The result is kept for
+    `status` and the admin endpoint (/selftest).
+
+    \b
+    Example:
+      blocklist-plugin -c plugin.yaml selftest
+      blocklist-plugin -c plugin.yaml selftest --squid http://127.0.0.1:3128 --json
+    """
+    from resolver_plugin.config import parse_listen
+    from resolver_plugin.operations.selftest import run, stages_to_test
+    config = _config(ctx)
+    for name, value in (("--proxy", proxy_url), ("--squid", squid_url)):
+        if value is not None and not value.startswith("http://"):
+            raise ConfigError(f"{name}: {value!r} is not http://HOST:PORT")  # exit 3: UNKNOWN
+    if resolver is not None:
+        parse_listen(resolver, "--resolver")
+    sys.exit(run(config, stages_to_test(config, proxy_url, squid_url, resolver), as_json=as_json))
 
 
 @main.command()

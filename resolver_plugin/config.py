@@ -18,10 +18,14 @@ Nothing else in the plugin reads YAML or the environment; shells get a PluginCon
     timeouts: {connect: 5, read: 30, retry_first: 1, retry_max: 300}
     status: {warn_lag_seconds: 3600, crit_lag_seconds: 86400, warn_lag_versions: 1}
     proxy: {listen, allowed_clients, block_status, block_page, appeal_url, tls_listen,
-            connect_ports, allow_private_destinations, ...}
+            connect_ports, allow_private_destinations, workers, ...}
     squid: {}
     resolver: {proxy_address, proxy_address6, block_mode, block_address, block_address6, ttl}
     admin: {listen: 127.0.0.1:9150}
+    selftest: {proxy: URL, squid: URL, resolver: HOST:PORT, timeout: 5}   # where `selftest` finds
+                                              # each stage; proxy defaults to proxy.listen when
+                                              # plugin.yaml has a proxy section, resolver to
+                                              # 127.0.0.1:53 when resolver.proxy_address is set
     logging: {format: text, level: info}      # or json: one object per line (--log-format overrides)
     local: {allow: [{url, scope}], block: [{url, scope}]}   # resolver_plugin.local_policy
     safety: {enabled, traffic, max_block_ratio, min_requests}  # resolver_plugin.breaker (off without it)
@@ -48,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import os
 import socket
 import ssl
 import types
@@ -108,6 +113,9 @@ class StatusThresholds:
     warn_lag_versions: int = 1         # WARNING when this many versions behind for warn_lag_seconds
 
 
+MAX_PROXY_WORKERS = 256
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     listen: str = "127.0.0.1:3128"
@@ -131,6 +139,19 @@ class ProxyConfig:
     # Destinations that are not global unicast (loopback, private, link-local, the proxy's own
     # addresses, ...): refused; true lets every one through, a list of networks those.
     allow_private_destinations: bool | tuple[str, ...] = False
+    # Processes that serve the listeners (SO_REUSEPORT), under one supervising parent; "auto": one
+    # per core. 1: the proxy is one process, no parent.
+    workers: int | str = 1
+
+
+def proxy_workers(p: ProxyConfig) -> int:
+    """How many proxy processes `proxy.workers` asks for ("auto": one per core this process may use)."""
+    if p.workers == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            return os.cpu_count() or 1
+    return int(p.workers)
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,16 @@ class ResolverConfig:
 @dataclass(frozen=True)
 class AdminConfig:
     listen: str | None = "127.0.0.1:9150"   # None disables the admin endpoint
+
+
+@dataclass(frozen=True)
+class SelftestConfig:
+    """Where `blocklist-plugin selftest` sends the canary (resolver_plugin.operations.selftest)."""
+
+    proxy: str | None = None     # http://HOST:PORT of the filtering proxy; None: not tested
+    squid: str | None = None     # http://HOST:PORT of Squid (its http_port); None: not tested
+    resolver: str | None = None  # HOST:PORT of the Unbound that runs stage 1; None: not tested
+    timeout: float = 5.0         # seconds for each request
 
 
 @dataclass(frozen=True)
@@ -200,6 +231,7 @@ class PluginConfig:
     resolver: ResolverConfig = ResolverConfig()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
+    selftest: SelftestConfig = SelftestConfig()
     monitored: frozenset[str] = frozenset()  # node names of the lists in mode monitor (also in `lists`)
     local: LocalPolicyConfig = LocalPolicyConfig()
     safety: SafetyConfig = SafetyConfig()  # the circuit breaker (resolver_plugin.breaker)
@@ -238,7 +270,7 @@ class PluginConfig:
 
 _SECTIONS = {"limits": Limits, "timeouts": Timeouts, "status": StatusThresholds,
              "proxy": ProxyConfig, "squid": SquidConfig, "resolver": ResolverConfig,
-             "admin": AdminConfig, "logging": LoggingConfig}
+             "admin": AdminConfig, "logging": LoggingConfig, "selftest": SelftestConfig}
 _ONE_SOURCE = ("source", "public_key", "public_key_file", "lists", "node_token_file", "tls_ca_file")
 _SOURCE_KEYS = ("name", "url", "public_key", "public_key_file", "lists", "node_token_file", "tls_ca_file")
 _TOP = {*_ONE_SOURCE, "sources", "cache_dir", "node_id", "poll_interval", "long_poll", "fail_closed",
@@ -253,6 +285,8 @@ def _coerce(where: str, key: str, hint: Any, value: Any) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if options == [int, str]:
+            return _count_or_auto(where, key, value)
         if len(options) > 1:
             return _flag_or_strings(where, key, options, value)
         hint = options[0]
@@ -292,6 +326,13 @@ def _flag_or_strings(where: str, key: str, options: list[Any], value: Any) -> bo
     if isinstance(value, list | str):
         return _strings(where, key, value)
     raise ConfigError(f"{where}: {key} must be true, false or a list")
+
+
+def _count_or_auto(where: str, key: str, value: Any) -> int | str:
+    """A count of at least 1, or "auto" (`int | str`: proxy.workers)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ConfigError(f"{where}: {key} must be a whole number of at least 1, or auto")
 
 
 def _flag(where: str, key: str, hint: type, value: Any) -> bool:
@@ -364,6 +405,7 @@ def _validate(cfg: PluginConfig, where: str) -> None:
     if cfg.admin.listen is not None:
         parse_listen(cfg.admin.listen, f"{where}: admin.listen")
     _validate_resolver(cfg.resolver, where)
+    _validate_selftest(cfg.selftest, where)
     s = cfg.status
     if s.crit_lag_seconds < s.warn_lag_seconds:
         raise ConfigError(f"{where}: status.crit_lag_seconds must be >= warn_lag_seconds")
@@ -421,6 +463,8 @@ def _validate_proxy(p: ProxyConfig, where: str) -> None:
     for key in ("connect_timeout", "upstream_timeout", "header_timeout", "idle_timeout"):
         if getattr(p, key) <= 0:
             raise ConfigError(f"{where}: proxy.{key} must be more than 0 seconds")
+    if isinstance(p.workers, int) and p.workers > MAX_PROXY_WORKERS:
+        raise ConfigError(f"{where}: proxy.workers must be at most {MAX_PROXY_WORKERS}")
     if not 0 < p.tls_origin_port < 65536:
         raise ConfigError(f"{where}: proxy.tls_origin_port must be a TCP port (1-65535)")
     if not all(0 < port < 65536 for port in p.connect_ports):
@@ -445,6 +489,32 @@ def _validate_resolver(r: ResolverConfig, where: str) -> None:
                 raise ConfigError(f"{where}: resolver.{key} must be an IPv{version} address")
     if r.block_mode is BlockMode.ADDRESS and not (r.block_address or r.block_address6):
         raise ConfigError(f"{where}: resolver.block_mode address needs block_address or block_address6")
+
+
+def _validate_selftest(t: SelftestConfig, where: str) -> None:
+    for key in ("proxy", "squid"):
+        value = getattr(t, key)
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+                raise ConfigError(f"{where}: selftest.{key} must be http://HOST:PORT, got {value!r}")
+    if t.resolver is not None:
+        parse_listen(t.resolver, f"{where}: selftest.resolver")
+    if not 0 < t.timeout <= 60:
+        raise ConfigError(f"{where}: selftest.timeout must be more than 0 and at most 60 seconds")
+
+
+def _selftest_defaults(raw: dict[str, Any], values: dict[str, Any]) -> SelftestConfig:
+    """selftest's stages: as set, else the stages plugin.yaml configures (a `proxy:` section: the
+    proxy on proxy.listen; resolver.proxy_address: Unbound on 127.0.0.1:53). `null` turns one off."""
+    section = raw.get("selftest")
+    given: dict[str, Any] = section if isinstance(section, dict) else {}
+    selftest: SelftestConfig = values["selftest"]
+    if "proxy" not in given and "proxy" in raw:
+        selftest = dataclasses.replace(selftest, proxy=f"http://{values['proxy'].listen}")
+    if "resolver" not in given and values["resolver"].proxy_address is not None:
+        selftest = dataclasses.replace(selftest, resolver="127.0.0.1:53")
+    return selftest
 
 
 def changed_settings(old: PluginConfig, new: PluginConfig) -> list[str]:
@@ -521,6 +591,7 @@ def load_config(path: Path | str) -> PluginConfig:
     safety = raw.get("safety") if raw.get("safety") is not None or "safety" not in raw else {}  # bare `safety:`: on
     values["safety"] = parse_safety(where, lines, safety,
                                     stage_one=bool(resolver.proxy_address or resolver.proxy_address6))
+    values["selftest"] = _selftest_defaults(raw, values)
     proxy = values["proxy"]
     if proxy.block_page is not None:
         values["proxy"] = dataclasses.replace(proxy, block_page=str((path.parent / proxy.block_page).resolve()))

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from blocklist.core.canary import with_canary
 from blocklist.core.format.digestset import set_checksum
 from blocklist.home import Home
 from blocklist.publish import current_manifest
@@ -107,7 +108,8 @@ def test_kill_during_publish(hotline: Hotline, tmp_path: Path, soak: bool) -> No
         store = Store(home.store_path)
         info = store.require_list("default")
         manifest = current_manifest(home, home.signing_key())
-        assert manifest.lists["default"].checksum == set_checksum(*store.digest_sets(info))
+        assert manifest.lists["default"].checksum == set_checksum(*with_canary(info.name, info.salt,
+                                                                               *store.digest_sets(info)))
         assert store.last_published(info) == version
         store.close()
     assert version == 2 + runs

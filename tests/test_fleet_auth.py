@@ -242,7 +242,7 @@ async def test_sync_proves_each_poll_afresh(tmp_path: Path) -> None:
     proofs = [parse_proof(h[PROOF]) for h in polls]
     assert all(p is not None and verify_proof(report_key(token), p, "sim-node", h[HAVE])
                for p, h in zip(proofs, polls, strict=True))
-    assert [h[HAVE] for h in polls] == ["", "default=1", "default=1"]
+    assert [h[HAVE] for h in polls] == ["default=0", "default=1", "default=1"]
     millis = [p.millis for p in proofs if p is not None]
     assert millis == sorted(set(millis)) and len({p.nonce for p in proofs if p is not None}) == 3
     assert all(token not in str(dict(h)) for h in polls)
@@ -300,3 +300,20 @@ def test_serve_refuses_tls_files_it_cannot_use(hotline: Hotline, tmp_path: Path)
     assert swapped.exit_code == 3 and "not a certificate and its key" in swapped.stderr
     missing = hotline.run("serve", "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(key), ok=None)
     assert missing.exit_code == 3 and "none.pem" in missing.stderr
+
+
+async def test_a_node_with_no_version_of_a_list_is_shown_behind(hotline: Hotline, plugin: Plugin,
+                                                                aiohttp_client: Any) -> None:
+    """A node's first poll reports its configured lists at 0: the fleet shows it LAGGING, not in sync."""
+    hotline.run("add", "http://bad.example/1.html")
+    hotline.run("publish")
+    client = await aiohttp_client(make_app(Home(hotline.home)))
+    plugin.write_config(source=str(client.make_url("/")), node_id="fresh-node")  # registered, its token given
+    assert await sync_once(plugin.config())
+    doc = fleet_json(hotline)
+    assert doc["nodes"][0]["versions"] == {"default": 0} and doc["nodes"][0]["flags"] == ["LAGGING"]
+    assert "fresh-node LAGGING (default 1 behind)" in doc["summary"]
+    row = next(line for line in hotline.run("fleet", ok=None).output.splitlines() if line.startswith("fresh-node "))
+    assert row.split()[-3:] == ["none", "(1", "behind)"]
+    assert await sync_once(plugin.config())  # the next poll reports what the first one fetched
+    assert fleet_json(hotline)["nodes"][0]["versions"] == {"default": 1}

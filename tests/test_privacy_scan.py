@@ -8,8 +8,8 @@ The scenario, every program started as a user would (subprocesses):
    Squid helper enforce them: blocked URLs (also HEAD, CONNECT, an invalid port),
    and allowed URLs fetched from a local origin;
 3. a second version is published and synced (a delta in both directories);
-4. `blocklist-plugin status`, `status --json`, `check`; the admin endpoint's
-   /, /healthz, /status (JSON and HTML) and /metrics; `blocklist fleet` (text and
+4. `blocklist-plugin status`, `status --json`, `check`, `selftest --json`; the admin
+   endpoint's /, /healthz, /status (JSON and HTML), /selftest and /metrics; `blocklist fleet` (text and
    JSON) and serve's /fleet, /fleet.json and /metrics;
 5. failing syncs: a plugin pinning the wrong key (bad signature), a plugin whose
    source is unreachable, and the main plugin after serve is stopped; then the
@@ -214,6 +214,11 @@ async def test_no_plaintext_listed_url_anywhere(hotline: Hotline, plugin: Plugin
         assert status == 200 and "<html" in body.lower()
         status, body = await fetch(run, "admin-metrics", admin + "/metrics")
         assert status == 200 and "blocklist_" in body
+        # the canary through the proxy, and the result everywhere it is shown
+        assert run.plugin("selftest", plugin, "selftest", "--proxy", proxy.url, "--json") == 0
+        status, body = await fetch(run, "admin-selftest", admin + "/selftest")
+        assert status == 200 and json.loads(body)["state"] == "OK"
+        run.plugin("status-selftest", plugin, "status")
         run.save("fleet", hotline.run("fleet", ok=None).output)
         run.save("fleet-json", hotline.run("fleet", "--json", ok=None).output)
         served = f"http://127.0.0.1:{serve_port}"

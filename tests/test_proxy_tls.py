@@ -20,6 +20,7 @@ from aiohttp import web
 
 from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
 from tests.support.net import free_port
+from tests.support.procfs import children, socket_inodes
 from tests.support.proxy import RunningProxy, raw_exchange, start_proxy
 from tests.support.tls import client_hello, self_signed_cert, sni_extension, with_extensions
 
@@ -240,3 +241,35 @@ async def test_tls_listener_refuses_private_destinations_by_default(listed, tmp_
         running.stop()
     assert any(f" TLS localhost:{origin_port} 403 " in line and line.endswith(" refused destination")
                for line in access_lines(running))
+
+
+def listening_inodes(port: int) -> set[str]:
+    """The inodes of the sockets listening on 127.0.0.1:`port` (/proc/net/tcp state 0A)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+            found.add(fields[9])
+    return found
+
+
+async def test_the_tls_listener_has_workers_too(listed, tmp_path: Path, tls_origin) -> None:
+    origin_port, cafile = tls_origin
+    running, tls_port = start_tls_proxy(listed, tmp_path, origin_port, workers=2)
+    try:
+        deadline = time.monotonic() + 20
+        while len(children(running.proc.pid)) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        workers = children(running.proc.pid)
+        listening = listening_inodes(tls_port)
+        # one SO_REUSEPORT socket per worker, each in its worker (and in the parent, which keeps them)
+        assert len(workers) == 2 and len(listening) == 2
+        assert all(socket_inodes(pid) & listening for pid in workers)
+        for _ in range(6):
+            assert (await https_get(tls_port, "localhost", cafile)).startswith(b"HTTP/1.1 200")
+        with pytest.raises(ssl.SSLError) as denied:
+            await https_get(tls_port, "www.blocked.example", cafile)
+        assert denied.value.reason == "TLSV1_ALERT_ACCESS_DENIED"
+    finally:
+        running.stop()
+    assert running.proc.returncode == 0 and "Traceback" not in running.stderr.read_text()

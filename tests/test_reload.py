@@ -78,8 +78,9 @@ def test_changed_settings_name_what_differs(installed: Plugin) -> None:
     installed.write_config(source="http://127.0.0.1:9/", node_id="renamed", proxy={"block_status": 403},
                            lists=["default", "other"])
     # The test plugin registers each node id with the hotline and keeps its token in <node id>.token.
+    # A proxy section also makes `selftest` test the proxy by default (selftest.proxy).
     assert changed_settings(before, installed.config()) == ["lists", "node_id", "proxy.block_status",
-                                                             "node_token_file"]
+                                                             "selftest.proxy", "node_token_file"]
     other_key_file(installed.dir)
     installed.write_config(source="http://127.0.0.1:9/", public_key_file="other.pub")
     assert changed_settings(before, installed.config()) == ["public_key"]

@@ -10,6 +10,7 @@ that user can execute (see `helper_command`).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import shutil
@@ -29,6 +30,7 @@ from aiohttp import web
 
 from tests.conftest import require_program
 from tests.support.net import free_port
+from tests.support.plugin import plugin_cli
 from tests.support.processes import terminate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -357,3 +359,23 @@ async def test_squid_websocket_upgrade_is_checked_as_http(squid: Squid, origin: 
             assert (await asyncio.wait_for(ws.receive_str(), 20)) == "echo hello"
     request = f"GET http://{origin}/blocked.html HTTP/1.1\r\nHost: {origin}\r\n{UPGRADE}\r\n".encode()
     assert (await raw_status(squid.port, request)).startswith(b"HTTP/1.1 451 ")
+
+
+async def test_squid_selftest_blocks_the_canary_and_passes_the_control(squid: Squid, plugin) -> None:
+    """`selftest --squid`: the canary gets our deny page (X-Squid-Error: ERR_BLOCKLIST), the control
+    does not (Squid fails to resolve its .invalid host: passed by the filter); a stopped Squid is CRITICAL."""
+    target = f"http://127.0.0.1:{squid.port}"
+    result = await asyncio.to_thread(plugin_cli, plugin, "selftest", "--squid", target, "--json")
+    doc = json.loads(result.output)
+    assert result.exit_code == 0, doc
+    canary, control = doc["probes"]
+    assert (canary["stage"], canary["list"], canary["version"], canary["target"]) == ("squid", "default", 1, target)
+    assert canary["seen"] == "HTTP 451 ERR_BLOCKLIST" and canary["got"] == "blocked"
+    assert control["got"] == "passed" and "ERR_BLOCKLIST" not in control["seen"], control
+
+    squid.stop()
+    result = await asyncio.to_thread(plugin_cli, plugin, "selftest", "--squid", target, "--json")
+    doc = json.loads(result.output)
+    assert result.exit_code == 2, doc
+    assert {p["got"] for p in doc["probes"]} == {"error"}
+    assert doc["summary"].startswith("squid canary of default: expected blocked, unreachable: connection refused")

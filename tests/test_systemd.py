@@ -30,7 +30,8 @@ SCRIPTS = Path(sys.executable).parent  # the console scripts of this environment
 INSTALLED = {"/usr/local/bin/blocklist-plugin": SCRIPTS / "blocklist-plugin",
              "/usr/local/bin/blocklist": SCRIPTS / "blocklist"}
 SERVICES = ["blocklist-plugin-sync.service", "blocklist-plugin-proxy.service", "blocklist-serve.service",
-            "blocklist-refresh.service"]
+            "blocklist-refresh.service", "blocklist-plugin-selftest.service"]
+TIMERS = ["blocklist-refresh.timer", "blocklist-plugin-selftest.timer"]
 HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
              "PrivateDevices": "yes", "RestrictAddressFamilies": None, "RestrictNamespaces": "yes",
              "SystemCallArchitectures": "native", "LockPersonality": "yes", "RestrictSUIDSGID": "yes"}
@@ -72,7 +73,7 @@ def verify(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_unit_is_there() -> None:
-    assert sorted(p.name for p in UNITS.iterdir()) == sorted([*SERVICES, "blocklist-refresh.timer"])
+    assert sorted(p.name for p in UNITS.iterdir()) == sorted([*SERVICES, *TIMERS])
     for here in INSTALLED.values():
         assert here.exists(), f"{here}: run tools/bootstrap.sh"
 
@@ -131,6 +132,14 @@ def test_the_timer_runs_refresh_hourly() -> None:
     service = unit("blocklist-refresh.service")["Service"]
     assert service["Type"] == "oneshot" and shlex.split(service["ExecStart"])[-1] == "refresh"
     assert "Install" not in unit("blocklist-refresh.service")  # started by the timer only
+
+
+def test_the_selftest_timer_runs_the_selftest_every_five_minutes() -> None:
+    timer = unit("blocklist-plugin-selftest.timer")
+    assert timer["Timer"]["OnUnitActiveSec"] == "5min" and timer["Install"]["WantedBy"] == "timers.target"
+    service = unit("blocklist-plugin-selftest.service")["Service"]
+    assert service["Type"] == "oneshot" and shlex.split(service["ExecStart"])[-1] == "selftest"
+    assert "Install" not in unit("blocklist-plugin-selftest.service")  # started by the timer only
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import json
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from blocklist.core.canary import ZONE_LINE, canary_host
 from blocklist.core.matcher import HostAction
 from resolver_plugin.cache import Cache, LiveMatcher
 from resolver_plugin.enforcement.unbound_module import (
@@ -44,6 +46,7 @@ from resolver_plugin.enforcement.unbound_module import (
     qname_from_wire,
 )
 from tests.conftest import IN_CI, Hotline, Plugin, require_program
+from tests.support.plugin import plugin_cli
 from tests.support.tls import self_signed_cert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -306,6 +309,19 @@ def test_quick_passes_reach_the_metrics(glue) -> None:
     glue._stage.flush_quick()
     glue._stage.flush_quick()  # nothing new: nothing counted twice
     assert metrics._tally.checks[("unbound", "host")] == before + 5
+
+
+def test_canary_queries_are_counted_apart_from_real_ones(glue) -> None:
+    """A list's canary host is steered like any host with pages, and counted with action "canary"."""
+    from resolver_plugin.operations import metrics
+    blocks = metrics._tally.blocks
+    before = (blocks[("unbound", "default", "canary")], blocks[("unbound", "default", "proxy")])
+    canary = _qstate(canary_host("default"))
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, canary, {})
+    assert canary.return_msg.message.answer == [f"{canary_host('default')}. 30 IN A {PROXY}"]
+    glue.operate(0, _FAKE_UB.MODULE_EVENT_NEW, _qstate("pages.example"), {})
+    after = (blocks[("unbound", "default", "canary")], blocks[("unbound", "default", "proxy")])
+    assert after == (before[0] + 1, before[1] + 1)
 
 
 def test_quick_pass_learns_clear_names_and_forgets_them_on_a_new_version(
@@ -1004,3 +1020,32 @@ def test_end_to_end_with_proxy(hotline: Hotline, plugin: Plugin, start_resolver,
         for server in (origin, tls_origin):
             server.shutdown()
             server.server_close()
+
+
+def test_unbound_selftest_needs_the_canary_zone_line(listed: Plugin, start_resolver) -> None:
+    """Unbound answers .invalid itself (a default local-zone) before any module runs: without
+    ZONE_LINE the canary never reaches our module and `selftest` says so (CRITICAL, with the
+    line to add); with it, the canary's host is steered to the proxy and the control is not."""
+    plain = start_resolver()
+    result = plugin_cli(listed, "selftest", "--resolver", f"127.0.0.1:{plain.port}", "--json")
+    doc = json.loads(result.output)
+    assert result.exit_code == 2, doc
+    canary = doc["probes"][0]
+    assert (canary["expected"], canary["got"]) == ("blocked", "passed")
+    assert canary["seen"].startswith("NXDOMAIN (Unbound answered .invalid itself?")
+    assert ZONE_LINE in canary["seen"]
+
+    resolver = start_resolver(extra=f"  {ZONE_LINE}")
+    result = plugin_cli(listed, "selftest", "--resolver", f"127.0.0.1:{resolver.port}", "--json")
+    doc = json.loads(result.output)
+    assert result.exit_code == 0, doc
+    canary, control = doc["probes"]
+    assert (canary["stage"], canary["list"], canary["seen"]) == ("resolver", "default", f"NOERROR {PROXY}")
+    assert control["seen"] == "NXDOMAIN" and control["got"] == "passed"  # the "internet" answered it
+    assert dig(resolver.port, "blocklist-canary.invalid").status == "NXDOMAIN"
+    assert "blocklist-canary" not in resolver.log_text()
+
+    resolver.stop()
+    result = plugin_cli(listed, "selftest", "--resolver", f"127.0.0.1:{resolver.port}", "--json")
+    assert result.exit_code == 2
+    assert "unreachable" in json.loads(result.output)["summary"]

@@ -7,8 +7,8 @@ Builds its own data (tools/datagen.py: synthetic lists in all three scopes, a
 Zipf-distributed request stream with 0.1% listed), runs every measurement side by
 side, prints a table, writes tools/out/bench.json, and draws docs/bench-*.png (tools/out/
 for --quick or --sizes) when matplotlib is installed (pip install -e '.[bench]'). The
-Squid/squidGuard, proxy, Unbound, propagation and memory (8 helpers sharing one mapped
-list, 100 swaps) measurements run the scripts beside
+Squid/squidGuard, proxy, Unbound, propagation, fleet and memory (8 helpers sharing one
+mapped list, 100 swaps) measurements run the scripts beside
 this one (tools/bench_*.py) as subprocesses and take their JSON; one that cannot run (a
 missing program) is reported, not hidden. The Unbound rows compare stage 1 with plain
 Unbound and with Unbound's own RPZ (a zone of the same hosts, which bench_unbound builds
@@ -52,12 +52,17 @@ GOALS = {
     "plugin_rss_formula": "3 x snapshot + 40 MB",
     "squid_vs_squidguard": 1.0,
     "propagation_p99_s_50_longpoll": 2.0,
+    "fleet_p99_s_2000_longpoll": 1.0,
+    "fleet_serve_rss_mb_2000": 250,
     "unbound_cost": 0.20,
     "helper_private_mb_over_one_entry": 8,
     "helper_first_answer_ms_over_one_entry": 50,
     "unbound_vs_rpz": 1.0,          # stage 1's queries per CPU-second over Unbound's RPZ, every mix
     "unbound_fresh_s": 1.0,         # a new version reaches a cached name
     "unbound_reload_growth_mb": 8,  # resolver RSS over 100 reloads, after a warm-up
+    # tools/bench_proxy.py: ours / Squid, requests per CPU-second (1 worker each) and requests/s (N each)
+    "proxy_vs_squid_per_cpu_s": 1.0,
+    "proxy_vs_squid_rps": 1.0,
 }
 
 RSS_PROBE = r"""
@@ -185,7 +190,7 @@ def main() -> None:
     peers = {
         "squid": ("bench_squid.py", 900), "proxy": ("bench_proxy.py", 600),
         "unbound": ("bench_unbound.py", 3600), "propagation": ("bench_propagation.py", 900),
-        "memory": ("bench_memory.py", 1800),
+        "fleet": ("bench_fleet.py", 1500), "memory": ("bench_memory.py", 1800),
     }
     for name, (script, timeout) in peers.items():
         print(f"bench: {name}", file=sys.stderr)
@@ -215,7 +220,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[Any]]:
     for fp in r["fp_rate"]:
         rows.append([f"FP rate at eps {fp['configured']:g}", f"{fp['measured']:.2e} ({fp['ratio']}x)",
                      "<= 2x", _met(fp["ratio"] <= 2.0)])
-    for name in ("squid", "proxy", "unbound", "propagation", "memory"):
+    for name in ("squid", "proxy", "unbound", "propagation", "fleet", "memory"):
         peer = r.get(name, {})
         for label, value in peer.get("summary", {}).items():
             rows.append([label, value.get("figure"), value.get("goal", ""), _met(value.get("met"))])
@@ -263,6 +268,59 @@ def _plots(r: dict[str, Any], folder: Path) -> None:
     ax2.legend()
     fig.tight_layout()
     path = folder / "bench-matcher-memory.png"
+    fig.savefig(path, dpi=90)
+    print(f"bench: wrote {path}", file=sys.stderr)
+    if r.get("fleet", {}).get("runs"):
+        _fleet_plot(plt, r["fleet"], folder)
+    _plot_proxy(r.get("proxy", {}), folder, plt)
+
+
+def _plot_proxy(proxy: dict[str, Any], folder: Path, plt: Any) -> None:
+    """Ours and Squid side by side: requests/s and requests per CPU-second, per mix and worker count."""
+    results = proxy.get("results")
+    if not results:
+        return
+    names = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "rps", "requests / s"), (axes[1], "requests_per_cpu_s", "requests / CPU-s")):
+        for i, mix in enumerate(("allowed", "blocked")):
+            values = [results[n][mix][key] or 0 for n in names]
+            ax.bar([x + i * 0.4 for x in range(len(names))], values, width=0.4, label=mix)
+        ax.set_xticks([x + 0.2 for x in range(len(names))], names)
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle(f"proxy vs Squid, {proxy.get('connections')} connections, 1 KiB objects")
+    fig.tight_layout()
+    path = folder / "bench-proxy-squid.png"
+    fig.savefig(path, dpi=90)
+    print(f"bench: wrote {path}", file=sys.stderr)
+
+
+def _fleet_plot(plt: Any, fleet: dict[str, Any], folder: Path) -> None:
+    """Per run (long-poll, nginx tier, direct polling): publish to fetched p50/p99/max, serve's RSS and requests/s."""
+    runs = {mode: row for mode, row in fleet["runs"].items() if "p99_s" in row}
+    labels = {"longpoll": "long-poll\nserve", "tier": "polling via\nnginx cache", "direct": "polling\nserve",
+              "tier-reports": "long-poll serve\nvia nginx cache"}
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
+    x = range(len(runs))
+    for offset, key in ((-0.25, "p50_s"), (0, "p99_s"), (0.25, "max_s")):
+        ax1.bar([i + offset for i in x], [row[key] for row in runs.values()], width=0.25, label=key[:-2])
+    ax1.set_xticks(list(x), [labels.get(m, m) for m in runs])
+    ax1.axhline(GOALS["fleet_p99_s_2000_longpoll"], color="grey", linestyle="--", label="goal (long-poll p99)")
+    ax1.set_ylabel(f"s from publish to fetched, {fleet['nodes']} nodes")
+    ax1.legend()
+    ax2.bar(list(x), [row.get("serve_rss_rest_mb", 0) for row in runs.values()], width=0.35, label="at rest")
+    ax2.bar([i + 0.35 for i in x], [row["serve_rss_peak_mb"] for row in runs.values()], width=0.35, label="peak")
+    ax2.set_xticks([i + 0.17 for i in x], [labels.get(m, m) for m in runs])
+    ax2.axhline(GOALS["fleet_serve_rss_mb_2000"], color="grey", linestyle="--", label="goal")
+    ax2.set_ylabel("serve RSS, MB")
+    ax2.legend()
+    ax3.bar(list(x), [max(row["serve_requests_per_s"], 0.1) for row in runs.values()])
+    ax3.set_yscale("log")
+    ax3.set_xticks(list(x), [labels.get(m, m) for m in runs])
+    ax3.set_ylabel("requests/s serve answered")
+    fig.tight_layout()
+    path = folder / "bench-fleet.png"
     fig.savefig(path, dpi=90)
     print(f"bench: wrote {path}", file=sys.stderr)
 

@@ -17,6 +17,9 @@ are the WHATWG URL Standard's host parser, applied to the canonical host:
   be one (`256.1.1.1` and `1.2.3.4.5` are refused). IPv6 literals are checked
   by canonicalization already.
 
+And one rule of ours: a name in CANARY_ZONE is reserved for the canary that every
+published list carries (blocklist.core.canary), so no entry can shadow or remove it.
+
 The plugin never calls this: what it does with a request URL is unchanged.
 """
 
@@ -29,7 +32,9 @@ import idna
 
 from blocklist.core.errors import InvalidURL
 
-__all__ = ["browser_host", "check_listable_host", "unlistable_reason"]
+__all__ = ["CANARY_ZONE", "browser_host", "check_listable_host", "unlistable_reason"]
+
+CANARY_ZONE = "blocklist-canary.invalid"  # RFC 6761 .invalid: see blocklist.core.canary
 
 MAX_LABEL = 63
 MAX_NAME = 253
@@ -40,6 +45,8 @@ def unlistable_reason(host: str) -> str | None:
     """Why a canonical host cannot be listed, or None when a browser can reach it."""
     if host.startswith("["):
         return None  # an IPv6 literal: canonicalization accepts only valid ones
+    if host == CANARY_ZONE or host.endswith("." + CANARY_ZONE):
+        return f"host {host!r} is in {CANARY_ZONE}, which is reserved for the lists' canaries"
     raw = unquote_to_bytes(host)
     bad = sorted({byte for byte in raw if byte in _FORBIDDEN})
     if bad:

@@ -2,7 +2,8 @@
 
     X-Blocklist-Node: <node id>          printable, at most MAX_NODE_ID characters
     X-Blocklist-Have: iwf=3,other=5      the versions the node enforces, at most
-                                         MAX_LISTS_REPORTED items; malformed items are dropped
+                                         MAX_LISTS_REPORTED items; malformed items are dropped;
+                                         0 for a list it is configured for and has no version of
     X-Blocklist-Proof: v1 t=<ms> n=<nonce> mac=<hex>
                                          the node's credential, proven for this one poll (below)
     X-Blocklist-Wait: <seconds>          request: how long the server may hold a poll whose

@@ -199,7 +199,9 @@ class Syncer:
 
     async def _poll(self, wait: float, now: float) -> bool:
         """Fetch and judge the manifest; False (and the error recorded) if it failed."""
-        have = format_have({n: self._enforced_version(n, f.version) for n, f in self.filters.items()})
+        versions = dict.fromkeys(self.source.lists, 0)  # 0: configured, no version yet (the fleet shows it behind)
+        versions.update({n: self._enforced_version(n, f.version) for n, f in self.filters.items()})
+        have = format_have(versions)
         headers = {"Accept-Encoding": "identity", HAVE: have, **self.reporter.headers(have)}
         wait = wait if (self.etag and self.long_poll_ok) else 0.0
         if self.etag:

@@ -45,6 +45,7 @@ from collections import Counter
 from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
+from blocklist.core.canary import CanaryVerdict
 from blocklist.core.errors import InvalidURL
 from blocklist.core.matcher import HostAction
 from resolver_plugin.cache import LiveMatcher
@@ -117,7 +118,10 @@ class SquidHelper:
         self._checks += 1
         if not verdict.blocked:
             return prefix + b"ERR"
-        self._blocks[verdict.list or ""] += 1
+        if isinstance(verdict, CanaryVerdict):  # the selftest's probe: counted apart (blocklist.core.canary)
+            metrics.observe_canary(COMPONENT, verdict.list or "")
+        else:
+            self._blocks[verdict.list or ""] += 1
         if self.log_blocked_urls:
             log.info("blocked list=%s url=%s", verdict.list, uri,
                      extra={"event": "squid_blocked", "list": verdict.list, "version": verdict.version, "url": uri})

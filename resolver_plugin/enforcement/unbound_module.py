@@ -95,6 +95,7 @@ if ub is not None:
     sys.modules.setdefault("yaml._yaml", None)  # type: ignore[arg-type]
 
 try:
+    from blocklist.core.canary import CanaryHostVerdict, is_canary_host
     from blocklist.core.errors import BlocklistError, ConfigError, InvalidURL
     from blocklist.core.matcher import HOST_PASS, HostAction, HostVerdict
     from blocklist.core.urls import is_canonical_name
@@ -559,6 +560,8 @@ class _Stage:
         elif acted:
             self.counts.proxied += 1
         verdict = HostVerdict(decision.action, decision.list) if acted else HOST_PASS
+        if acted and is_canary_host(qname.lower().rstrip(".")):  # the selftest's probe: counted apart
+            verdict = CanaryHostVerdict(decision.action, decision.list)
         metrics.observe_host_check(COMPONENT, verdict, time.perf_counter() - started)
         return decision
 

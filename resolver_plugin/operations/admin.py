@@ -1,10 +1,11 @@
-"""The plugin's admin HTTP endpoint: /healthz, /status (JSON or an HTML page) and /metrics.
+"""The plugin's admin HTTP endpoint: /healthz, /status (JSON or an HTML page), /selftest and /metrics.
 
 One per node: `admin.listen` (loopback by default) names one port, and the
 first long-running process to bind it serves it. Everything it shows is read
 at request time from the files `sync` writes (status.json, the cache) and the
-counter files of every enforcement process (resolver_plugin.operations.metrics), so it
-does not matter which process that is. Intended use:
+counter files of every enforcement process (resolver_plugin.operations.metrics), the last
+`selftest` result the cache keeps (/selftest: 404 before the first run), so it does not
+matter which process that is. Intended use:
 
     # in the sync daemon and in the proxy, inside their event loop:
     metrics.share_counters(config.cache_dir, live)    # enforcement processes only
@@ -126,6 +127,14 @@ class PluginCollector(Collector):
                        [(r, int(r.breaker_open)) for r in lists if r.mode == "enforce"])
         yield from self._sync_samples(report)
 
+        selftest = report.selftest
+        if selftest is not None and isinstance(selftest.get("exit_code"), int):
+            yield _gauge("blocklist_selftest_state", "The last selftest, as it exited: 0 OK (every stage blocks "
+                         "the canary and passes the control), 2 CRITICAL, 3 UNKNOWN", [],
+                         [([], selftest["exit_code"])])
+            if isinstance(selftest.get("checked_at"), int | float):
+                yield _gauge("blocklist_selftest_timestamp_seconds", "When the last selftest ran", [],
+                             [([], selftest["checked_at"])])
         tally = metrics.total(self.config.cache_dir)
         blocks, monitor, bloom = tally.blocks, tally.monitor, tally.bloom
         if several:
@@ -201,6 +210,8 @@ def status_page(report: Report) -> str:
     footer += [one.text(report.now) for one in report.sources]
     if report.policy_text():
         footer.append(report.policy_text())
+    if report.selftest_text():
+        footer.append(report.selftest_text())
     return scrub(_PAGE.substitute(
         refresh=REFRESH_SECONDS, node_id=e(report.node_id), state=report.state.name,
         summary=e(report.summary), checked_at=utc(report.now),
@@ -236,6 +247,17 @@ async def status(request: web.Request) -> web.Response:
                         headers=SECURITY_HEADERS)
 
 
+async def selftest(request: web.Request) -> web.Response:
+    """The last `selftest` result, as the command printed it with --json; 404 before the first."""
+    doc = await asyncio.to_thread(Cache(request.app[CONFIG].cache_dir).selftest)
+    if doc is None:
+        doc, code = {"state": "UNKNOWN", "exit_code": 3, "summary": "no selftest has run on this node"}, 404
+    else:
+        code = 200
+    return web.Response(status=code, text=json.dumps(doc, indent=1), content_type="application/json",
+                        headers=SECURITY_HEADERS)
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     data = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
     return web.Response(body=data, headers={**SECURITY_HEADERS, "Content-Type": CONTENT_TYPE_LATEST})
@@ -259,6 +281,7 @@ def make_admin_app(config: PluginConfig, live: LiveMatcher | None = None) -> web
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
+    app.router.add_get("/selftest", selftest)
     app.router.add_get("/metrics", metrics_handler)
     return app
 
@@ -284,6 +307,6 @@ async def start_admin(config: PluginConfig, live: LiveMatcher | None = None) -> 
                            "reason": str(exc.strerror or exc)})
         await runner.cleanup()
         return None
-    log.info("admin: /healthz, /status and /metrics on %s", config.admin.listen,
+    log.info("admin: /healthz, /status, /selftest and /metrics on %s", config.admin.listen,
              extra={"event": "admin_started", "listen": config.admin.listen})
     return runner

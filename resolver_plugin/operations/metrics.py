@@ -1,7 +1,10 @@
 """Check counters of every plugin process, summed for the admin endpoint's /metrics.
 
 Enforcement shells call `observe_check` / `observe_host_check` / `observe_invalid`
-on every decision; labels are list names and components, never URLs or hosts.
+on every decision; labels are list names and components, never URLs or hosts. A
+block of a list's canary (blocklist.core.canary: the selftest's probe) is counted
+with action "canary", never "block" or "proxy", so real block counts and ratios
+leave the selftest out.
 
 Getting counters from processes that cannot serve HTTP (Squid helpers, the
 Unbound module) to the one admin endpoint: each process that calls
@@ -38,6 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from blocklist.core.canary import CanaryHostVerdict, CanaryVerdict
 from blocklist.core.matcher import HostVerdict, Verdict
 from resolver_plugin.cache import Cache, LiveMatcher
 
@@ -123,11 +127,23 @@ def _count(component: str, kind: str, count: int, seconds: float) -> None:
     values[-1] += seconds
 
 
+CANARY = "canary"  # the action label of a canary hit
+
+
 def observe_check(component: str, verdict: Verdict, seconds: float) -> None:
     with _lock:
         _count(component, "url", 1, seconds)
         if verdict.blocked:
-            _tally.blocks[(component, verdict.list or "", "block")] += 1
+            _tally.blocks[(component, verdict.list or "", CANARY if isinstance(verdict, CanaryVerdict)
+                           else "block")] += 1
+
+
+def observe_canary(component: str, list_name: str) -> None:
+    """A canary hit in a batch of checks (see observe_checks): its check is in the batch."""
+    global _changes
+    with _lock:
+        _changes += 1
+        _tally.blocks[(component, list_name, CANARY)] += 1
 
 
 def observe_checks(component: str, count: int, blocks: Mapping[str, int], seconds: float) -> None:
@@ -152,7 +168,8 @@ def observe_host_check(component: str, verdict: HostVerdict, seconds: float) -> 
     with _lock:
         _count(component, "host", 1, seconds)
         if verdict.list is not None:
-            _tally.blocks[(component, verdict.list, verdict.action.value)] += 1
+            action = CANARY if isinstance(verdict, CanaryHostVerdict) else verdict.action.value
+            _tally.blocks[(component, verdict.list, action)] += 1
 
 
 def observe_invalid(component: str) -> None:

@@ -32,7 +32,9 @@ node's state is the worst of them, and every reason names the list, so the sourc
 A monitored list (`lists: [{name, mode: monitor}]`) is judged the same way: it is synced
 and will block once enforced. The report also shows the local policy (how many entries,
 how many checks it decided) and what each monitored list would have blocked, from the
-counters of every enforcing process (resolver_plugin.operations.metrics).
+counters of every enforcing process (resolver_plugin.operations.metrics), and the last
+`selftest` result (resolver_plugin.operations.selftest), which does not change the state:
+the selftest is its own Nagios check, and a node does not alert twice for one fault.
 Network errors alone are no problem until they make the node lag or go silent.
 No output names the source or any other URL.
 """
@@ -151,6 +153,7 @@ class Report:
     local_decisions: dict[str, int] = field(default_factory=dict)  # "allow"/"block" -> checks it decided
     monitor_hits: dict[str, int] = field(default_factory=dict)     # monitored list -> would-be blocks
     sources: tuple[SourceReport, ...] = ()  # with plugin.yaml `sources:`, one per source
+    selftest: dict[str, Any] | None = None  # the last `selftest` result, as it kept it; None: never run
 
     @property
     def state(self) -> Severity:
@@ -181,7 +184,27 @@ class Report:
                 "local": {"entries": self.local_entries, "decisions": self.local_decisions},
                 "monitor_hits": self.monitor_hits,
                 **({"sources": [s.as_json() for s in self.sources]} if self.sources else {}),
+                "selftest": self.selftest_summary(),
                 "lists": [r.as_json(self.now) for r in self.lists]}
+
+    def selftest_summary(self) -> dict[str, Any] | None:
+        """The last selftest's state, summary and time (its probes: the admin endpoint's /selftest)."""
+        doc = self.selftest
+        if doc is None:
+            return None
+        at = doc.get("checked_at")
+        age = round(self.now - at, 3) if isinstance(at, int | float) else None
+        return {"state": doc.get("state"), "exit_code": doc.get("exit_code"), "summary": doc.get("summary"),
+                "checked_at": at, "age": age}
+
+    def selftest_text(self) -> str:
+        """One line on the last selftest ("" when none has run)."""
+        doc = self.selftest_summary()
+        if doc is None:
+            return ""
+        at = doc["checked_at"]
+        when = f" {relative(at, self.now)}" if isinstance(at, int | float) else ""
+        return f"last selftest{when}: {doc['state']} - {doc['summary']}"
 
     def policy_text(self) -> str:
         """The local policy and the monitored lists in one line ("" when the node has neither)."""
@@ -257,14 +280,15 @@ SourceRecord = tuple[NodeStatus | None, str | None]
 def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: Mapping[str, int | None],
              now: float, *, status_error: str | None = None,
              cache_errors: Mapping[str, str] | None = None, tally: metrics.Tally | None = None,
-             records: Mapping[str, SourceRecord] | None = None, trips: Mapping[str, Trip] | None = None) -> Report:
+             records: Mapping[str, SourceRecord] | None = None, trips: Mapping[str, Trip] | None = None,
+             selftest: dict[str, Any] | None = None) -> Report:
     """Judge every configured list; pure: the caller reads the files (see `gather`).
 
     `cached_versions` maps a list (by its node name) to its cached version (None: not
     cached); `status` and `status_error` are the status file of the one-source form, or
     `records` maps each source's name to its own; `cache_errors` says which lists' cache
     state could not be read; `tally` holds the node's counters; `trips` the circuit
-    breaker's records about each list's cached version.
+    breaker's records about each list's cached version; `selftest` the last selftest result.
     """
     cache_errors = cache_errors or {}
     if records is None:
@@ -316,7 +340,7 @@ def evaluate(config: PluginConfig, status: NodeStatus | None, cached_versions: M
                               "warn_lag_versions": t.warn_lag_versions},
                   local_entries={"allow": len(config.local.allow), "block": len(config.local.block)},
                   local_decisions=decided, monitor_hits=hits,
-                  sources=tuple(sources) if config.several_sources else ())
+                  sources=tuple(sources) if config.several_sources else (), selftest=selftest)
 
 
 def _with_breaker(report: ListReport, trip: Trip) -> ListReport:
@@ -357,7 +381,8 @@ def gather(config: PluginConfig, now: float | None = None) -> Report:
         if trip is not None and trip.version == cached.get(name):
             trips[name] = trip
     tally = metrics.total(config.cache_dir) if config.local or config.monitored else None
-    return evaluate(config, None, cached, now, cache_errors=cache_errors, tally=tally, records=records, trips=trips)
+    return evaluate(config, None, cached, now, cache_errors=cache_errors, tally=tally, records=records, trips=trips,
+                    selftest=cache.selftest())
 
 
 def _lag_text(r: ListReport) -> str:
@@ -412,6 +437,8 @@ def render(report: Report) -> str:
     lines += ["", footer, *(one.text(report.now) for one in report.sources)]
     if report.policy_text():
         lines.append(report.policy_text())
+    if report.selftest_text():
+        lines.append(report.selftest_text())
     return scrub("\n".join(lines))
 
 

@@ -44,13 +44,13 @@ def reason_phrase(status: int) -> str:
 
 
 def _response(status: int, body: bytes, content_type: str, head_only: bool,
-              extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+              extra: tuple[tuple[str, str], ...] = (), close: bool = True) -> bytes:
     lines = [f"HTTP/1.1 {status} {reason_phrase(status)}",
              f"Content-Type: {content_type}",
              f"Content-Length: {len(body)}",
              "Cache-Control: no-store",
              *(f"{name}: {value}" for name, value in extra),
-             "Connection: close", "", ""]
+             *(["Connection: close"] if close else []), "", ""]
     head = "\r\n".join(lines).encode("latin-1")
     return head if head_only else head + body
 
@@ -93,7 +93,7 @@ class BlockPage:
         self.appeal_url = config.appeal_url
         self.template = load_template(config)
         self.list_meta = list_meta
-        self._cache: dict[tuple[str, str, ListMeta], bytes] = {}
+        self._cache: dict[tuple[str, str, ListMeta, bool], bytes] = {}
 
     def render(self, list_name: str, minute: str | None = None, meta: ListMeta = _NO_META) -> bytes:
         """The HTML body for `list_name` at `minute` ("YYYY-MM-DD HH:MM UTC"; default now)."""
@@ -110,11 +110,12 @@ class BlockPage:
             status=str(self.status), appeal_link=link, title=title, legal_basis=basis, list_info=info)
         return text.encode("utf-8")
 
-    def response(self, list_name: str, head_only: bool = False) -> bytes:
-        """The complete HTTP response (status line, headers, body) blocking with `list_name`."""
+    def response(self, list_name: str, head_only: bool = False, keep_alive: bool = False) -> bytes:
+        """The complete HTTP response (status line, headers, body) blocking with `list_name`;
+        with `Connection: close` unless `keep_alive`."""
         minute = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         meta = self.list_meta(list_name)
-        key = (list_name, minute, meta)
+        key = (list_name, minute, meta, keep_alive)
         full = self._cache.get(key)
         if full is None:
             if len(self._cache) >= _CACHE_SIZE:
@@ -124,7 +125,7 @@ class BlockPage:
             if appeal_url and meta_problem(ListMeta(appeal_url=appeal_url)) is None:
                 extra = (("Link", f'<{appeal_url}>; rel="blocked-by"'),)
             full = _response(self.status, self.render(list_name, minute, meta), "text/html; charset=utf-8",
-                             False, extra)
+                             False, extra, close=not keep_alive)
             self._cache[key] = full
         if head_only:
             return full[:full.index(b"\r\n\r\n") + 4]

@@ -121,10 +121,15 @@ def upstream_url(target: str) -> URL:
 
 def _response_head(resp: aiohttp.ClientResponse, chunked: bool, keep_alive: bool) -> bytes:
     pairs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in resp.raw_headers]
+    return response_head(resp.status, resp.reason or "", pairs, chunked, keep_alive)
+
+
+def response_head(status: int, reason: str, pairs: list[tuple[str, str]], chunked: bool, keep_alive: bool) -> bytes:
+    """The response head for the client: the origin's fields less hop-by-hop ones, our Via and framing."""
     drop = HOP_BY_HOP | _connection_named(pairs)
     if chunked:
         drop = drop | {"content-length"}
-    lines = [f"HTTP/1.1 {resp.status} {resp.reason or ''}".rstrip()]
+    lines = [f"HTTP/1.1 {status} {reason}".rstrip()]
     lines += [f"{n}: {v}" for n, v in pairs if n.lower() not in drop]
     lines.append(f"Via: {VIA}")
     if chunked:
@@ -175,15 +180,15 @@ async def forward(session: aiohttp.ClientSession, head: RequestHead, url: URL,
             has_length = "Content-Length" in resp.headers and "Transfer-Encoding" not in resp.headers
             keep_alive = head.keep_alive and (no_body or has_length or head.version == "HTTP/1.1")
             chunked = not no_body and not has_length and head.version == "HTTP/1.1"
-            response_head = _response_head(resp, chunked, keep_alive)
+            out_head = _response_head(resp, chunked, keep_alive)
             # Body bytes already here go out with the head: one write, one packet for small answers.
             first = b"" if no_body else resp.content.read_nowait(COPY_SIZE)
             started = True
-            writer.write(response_head + _frame(first, chunked) if first else response_head)
+            writer.write(out_head + frame(first, chunked) if first else out_head)
             sent = len(first)
             if not no_body:
                 sent += await _copy_body(resp, writer, chunked, timeout.sock_read)
-            await _drain(writer, timeout.sock_read)
+            await drain(writer, timeout.sock_read)
             return Forwarded(resp.status, sent, keep_alive)
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         # ValueError: e.g. UnicodeError from getaddrinfo for a host label IDNA cannot encode.
@@ -198,7 +203,7 @@ async def forward(session: aiohttp.ClientSession, head: RequestHead, url: URL,
         raise UpstreamError(502, type(exc).__name__) from None
 
 
-async def _drain(writer: asyncio.StreamWriter, timeout: float | None) -> None:
+async def drain(writer: asyncio.StreamWriter, timeout: float | None) -> None:
     """Wait until the client took what we wrote; a client that stops reading is dropped."""
     if writer.transport.get_write_buffer_size() <= DRAIN_QUIET:
         await writer.drain()  # not paused: returns at once (raises if the connection is lost)
@@ -207,7 +212,7 @@ async def _drain(writer: asyncio.StreamWriter, timeout: float | None) -> None:
         await writer.drain()
 
 
-def _frame(piece: bytes, chunked: bool) -> bytes:
+def frame(piece: bytes, chunked: bool) -> bytes:
     return b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
 
 
@@ -217,8 +222,8 @@ async def _copy_body(resp: aiohttp.ClientResponse, writer: asyncio.StreamWriter,
     async for piece in resp.content.iter_chunked(COPY_SIZE):
         if piece:
             sent += len(piece)
-            writer.write(_frame(piece, chunked))
-            await _drain(writer, timeout)
+            writer.write(frame(piece, chunked))
+            await drain(writer, timeout)
     if chunked:
         writer.write(b"0\r\n\r\n")
     return sent

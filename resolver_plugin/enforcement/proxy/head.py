@@ -74,12 +74,8 @@ class RequestHead:
         return [v for n, v in self.headers if n.lower() == lname]
 
 
-async def _line(reader: asyncio.StreamReader, budget: int, status: int) -> bytes:
-    """One line without its CRLF/LF; RequestError(status) if longer than `budget` bytes."""
-    try:
-        raw = await reader.readuntil(b"\n")
-    except asyncio.LimitOverrunError:
-        raise RequestError(status, "line too long") from None
+def _cut(raw: bytes, budget: int, status: int) -> bytes:
+    """A line as read (ending in LF) without its CRLF/LF; RequestError(status) if longer than `budget`."""
     if len(raw) > budget:
         raise RequestError(status, "line too long")
     line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
@@ -88,42 +84,102 @@ async def _line(reader: asyncio.StreamReader, budget: int, status: int) -> bytes
     return line
 
 
-async def read_head(reader: asyncio.StreamReader, max_header_bytes: int) -> RequestHead | None:
-    """The next request head, or None at a clean EOF before it. Raises RequestError,
-    or asyncio.IncompleteReadError when the client goes away mid-head."""
-    budget = max_header_bytes
-    for _ in range(5):
-        if reader.at_eof():
-            return None
-        try:
-            line = await _line(reader, budget, 414)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
+async def _line(reader: asyncio.StreamReader, budget: int, status: int) -> bytes:
+    """One line without its CRLF/LF; RequestError(status) if longer than `budget` bytes."""
+    try:
+        raw = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise RequestError(status, "line too long") from None
+    return _cut(raw, budget, status)
+
+
+class _Head:
+    """The request head, a line at a time: the same rules whether the lines come one `await`
+    each or all from bytes already received."""
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self.budget = max_header_bytes
+        self.blank = 0
+        self.head: RequestHead | None = None
+
+    def next_line(self) -> tuple[int, int]:
+        """(budget, status if over it) for the next line."""
+        if self.head is None:
+            return self.budget, 414
+        if self.budget <= 0:
+            raise RequestError(431, "header too large")
+        return self.budget, 431
+
+    def feed(self, line: bytes) -> RequestHead | None:
+        """Take one line; the head once it is complete."""
+        self.budget -= len(line) + 2
+        if self.head is None:
+            if not line:  # up to 4 empty lines before the request line (RFC 9112 2.2)
+                self.blank += 1
+                if self.blank == 5:
+                    raise RequestError(400, "no request line")
                 return None
-            raise
-        budget -= len(line) + 2
-        if line:
-            break
-    else:
-        raise RequestError(400, "no request line")
+            self.head = _request_line(line)
+            return None
+        if not line:
+            _framing(self.head)
+            return self.head
+        if len(self.head.headers) >= MAX_HEADERS:
+            raise RequestError(431, "too many header fields")
+        self.head.headers.append(_field(line))
+        return None
+
+
+def _request_line(line: bytes) -> RequestHead:
     parts = line.split(b" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1]):
         raise RequestError(400, "bad request line")
     if not _VERSION.fullmatch(parts[2]):
         raise RequestError(505 if parts[2].startswith(b"HTTP/") else 400, "unsupported version")
-    head = RequestHead(parts[0].decode("ascii"), parts[1].decode("ascii"), parts[2].decode("ascii"), [])
-    while True:
-        if budget <= 0:
-            raise RequestError(431, "header too large")
-        line = await _line(reader, budget, 431)
-        budget -= len(line) + 2
-        if not line:
+    return RequestHead(parts[0].decode("ascii"), parts[1].decode("ascii"), parts[2].decode("ascii"), [])
+
+
+async def _feed_received(reader: asyncio.StreamReader, parser: _Head) -> RequestHead | None:
+    """Feed `parser` the complete lines `reader` holds already, taking them; the head if they end it."""
+    data = bytes(getattr(reader, "_buffer", b"")[:max(parser.budget, 0) + 2])  # asyncio keeps them there
+    pos = 0
+    head = None
+    while head is None:
+        budget, status = parser.next_line()
+        end = data.find(b"\n", pos)
+        if end < 0:
             break
-        if len(head.headers) >= MAX_HEADERS:
-            raise RequestError(431, "too many header fields")
-        head.headers.append(_field(line))
-    _framing(head)
+        line = _cut(data[pos:end + 1], budget, status)
+        pos = end + 1
+        head = parser.feed(line)
+    if pos:
+        await reader.readexactly(pos)  # already here: returns at once
     return head
+
+
+async def read_head(reader: asyncio.StreamReader, max_header_bytes: int) -> RequestHead | None:
+    """The next request head, or None at a clean EOF before it. Raises RequestError,
+    or asyncio.IncompleteReadError when the client goes away mid-head.
+
+    Lines already received (usually the whole head, one packet) are parsed at once, the
+    others as they arrive, a line per `await`; both by the same rules (`_Head`)."""
+    parser = _Head(max_header_bytes)
+    while True:
+        head = await _feed_received(reader, parser)
+        if head is not None:
+            return head
+        if parser.head is None and reader.at_eof():
+            return None
+        budget, status = parser.next_line()
+        try:
+            line = await _line(reader, budget, status)
+        except asyncio.IncompleteReadError as exc:
+            if parser.head is None and not exc.partial:
+                return None
+            raise
+        head = parser.feed(line)
+        if head is not None:
+            return head
 
 
 def _field(line: bytes) -> tuple[str, str]:

@@ -16,7 +16,9 @@ Per connection: refuse when over `max_connections` (503) or not in
 block or the client closes:
 
 - absolute-form `http://` or `https://` target: checked; listed -> the block page
-  (`block_status`, default 451) and close; else forwarded, bodies streamed;
+  (`block_status`, default 451), then the next request if the blocked one had no body
+  and said `keep-alive` (Connection or Proxy-Connection, as browsers do), else close;
+  else forwarded, bodies streamed;
 - origin-form `/path` with one Host: the request of a client that stage 1's
   DNS answer (resolver.proxy_address) or an interception rule sent here as
   if we were the origin; checked and forwarded as `http://Host/path`. One that
@@ -52,8 +54,11 @@ import functools
 import ipaddress
 import logging
 import math
+import os
 import signal
+import socket
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -62,7 +67,7 @@ from yarl import URL
 from blocklist.core.errors import InvalidURL
 from blocklist.core.matcher import HostVerdict
 from resolver_plugin.cache import LiveMatcher
-from resolver_plugin.config import PluginConfig, parse_listen
+from resolver_plugin.config import PluginConfig, parse_listen, proxy_workers
 from resolver_plugin.enforcement.proxy.blockpage import BlockPage, error_response
 from resolver_plugin.enforcement.proxy.connect import DESTINATION_REFUSED, serve_connect
 from resolver_plugin.enforcement.proxy.destinations import Destinations
@@ -70,13 +75,16 @@ from resolver_plugin.enforcement.proxy.forward import (
     BodyStream,
     UpstreamError,
     client_address,
+    drain,
     forward,
     upstream_url,
 )
 from resolver_plugin.enforcement.proxy.head import RequestError, RequestHead, iter_body, read_head
+from resolver_plugin.enforcement.proxy.origin import OriginPool, fetch, lean
 from resolver_plugin.enforcement.proxy.target import OTHER_SCHEME, absolute_target, intercepted_url
 from resolver_plugin.enforcement.proxy.tls import sni_tunnel
 from resolver_plugin.enforcement.proxy.tls_hello import ACCESS_DENIED_ALERT
+from resolver_plugin.enforcement.proxy.workers import Listeners, run_workers
 from resolver_plugin.operations import logsetup, metrics
 from resolver_plugin.operations.reload import reread, sighup_event
 
@@ -91,7 +99,8 @@ LINGER_BYTES = 1 << 20
 # What a reload cannot change: the listening sockets, bound at start and carrying connections,
 # the cache directory, the one every process of the node shares, and the destination policy,
 # which the upstream connection pool's resolver holds from the start.
-RESTART_ONLY = ("cache_dir", "proxy.listen", "proxy.tls_listen", "proxy.allow_private_destinations")
+RESTART_ONLY = ("cache_dir", "proxy.listen", "proxy.tls_listen", "proxy.allow_private_destinations",
+                "proxy.workers")
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -107,9 +116,11 @@ class ProxyServer:
         self.open_connections = 0
         listening = [parse_listen(a)[0] for a in (self.proxy.listen, self.proxy.tls_listen) if a]
         self.destinations = Destinations(self.proxy.allow_private_destinations, [*self.own_addresses, *listening])
+        self.origins = OriginPool(self.destinations)
         self._loop_warned = -math.inf
         self.server: asyncio.Server | None = None
         self.tls_server: asyncio.Server | None = None
+        self._more_servers: list[asyncio.Server] = []  # a worker's second address of a listener
         self.session: aiohttp.ClientSession | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
 
@@ -135,21 +146,32 @@ class ProxyServer:
 
     # -- lifecycle
 
-    async def start(self, host: str | None = None, port: int | None = None) -> asyncio.Server:
+    async def start(self, host: str | None = None, port: int | None = None,
+                    sockets: list[socket.socket] | None = None) -> asyncio.Server:
+        """The proxy listener: on `sockets` already listening (a worker's), else on host:port or `proxy.listen`."""
+        self.session = self._session()
+        limit = max(self.proxy.max_header_bytes, 65536)
+        if sockets:
+            self.server, *more = [await asyncio.start_server(self._connection, sock=s, limit=limit) for s in sockets]
+            self._more_servers += more
+            return self.server
         if host is None or port is None:
             host, port = parse_listen(self.proxy.listen, "proxy.listen")
-        self.session = self._session()
-        self.server = await asyncio.start_server(
-            self._connection, host, port, limit=max(self.proxy.max_header_bytes, 65536),
-            backlog=1024, reuse_address=True)
+        self.server = await asyncio.start_server(self._connection, host, port, limit=limit, backlog=1024,
+                                                 reuse_address=True)
         return self.server
 
-    async def start_tls(self, host: str | None = None, port: int | None = None) -> asyncio.Server:
-        """The TLS listener (resolver_plugin.enforcement.proxy.tls), on `proxy.tls_listen` unless given."""
+    async def start_tls(self, host: str | None = None, port: int | None = None,
+                        sockets: list[socket.socket] | None = None) -> asyncio.Server:
+        """The TLS listener (resolver_plugin.enforcement.proxy.tls), on `sockets`, host:port or `proxy.tls_listen`."""
+        serve_tls = functools.partial(self._connection, tls=True)
+        if sockets:
+            self.tls_server, *more = [await asyncio.start_server(serve_tls, sock=s) for s in sockets]
+            self._more_servers += more
+            return self.tls_server
         if host is None or port is None:
             host, port = parse_listen(self.proxy.tls_listen or "", "proxy.tls_listen")
-        self.tls_server = await asyncio.start_server(
-            functools.partial(self._connection, tls=True), host, port, backlog=1024, reuse_address=True)
+        self.tls_server = await asyncio.start_server(serve_tls, host, port, backlog=1024, reuse_address=True)
         return self.tls_server
 
     def _session(self) -> aiohttp.ClientSession:
@@ -166,7 +188,7 @@ class ProxyServer:
         return self.server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        servers = [s for s in (self.server, self.tls_server) if s is not None]
+        servers = [s for s in (self.server, self.tls_server, *self._more_servers) if s is not None]
         for server in servers:
             server.close()
         for task in list(self._handlers):
@@ -177,6 +199,7 @@ class ProxyServer:
             await server.wait_closed()
         if self.session is not None:
             await self.session.close()
+        self.origins.close()
 
     # -- one connection
 
@@ -231,7 +254,7 @@ class ProxyServer:
     async def _refuse(self, writer: asyncio.StreamWriter, status: int, client_ip: str, tls: bool) -> None:
         writer.write(ACCESS_DENIED_ALERT if tls else error_response(status))
         self.access(client_ip, "-", "-", status, 0, 0.0, "refused")
-        await asyncio.wait_for(writer.drain(), 5)
+        await drain(writer, 5)
 
     async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        client_ip: str, first: bool) -> bool:
@@ -266,8 +289,12 @@ class ProxyServer:
         except RequestError as exc:
             return await self.error(writer, exc.status, client_ip, head.method, "-")
         if verdict.blocked:
-            await self.block(writer, head, client_ip, verdict.list or "unknown", started)
-            return False
+            # A request without a body leaves nothing unread: its connection may carry the next one
+            # when the client asked for that in so many words (browsers and curl send keep-alive in
+            # Connection or Proxy-Connection); one that did not is answered and closed, as ever.
+            keep_alive = head.keep_alive and not head.has_body and "keep-alive" in head.connection_tokens
+            await self.block(writer, head, client_ip, verdict.list or "unknown", started, keep_alive)
+            return keep_alive
         return await self._forward(reader, writer, head, target, url, client_ip, started)
 
     async def _other_scheme(self, writer: asyncio.StreamWriter, head: RequestHead, client_ip: str,
@@ -302,8 +329,12 @@ class ProxyServer:
             body = BodyStream(iter_body(reader, head, self.proxy.max_body_bytes, self.proxy.upstream_timeout))
         assert self.session is not None
         try:
-            result = await forward(self.session, head, url, body, writer, client_ip, self.timeout,
-                                   self.proxy.forwarded_for)
+            if body is None and lean(head, url):
+                result = await fetch(self.origins, head, url, writer, client_ip, self.proxy.connect_timeout,
+                                     self.proxy.upstream_timeout, self.proxy.forwarded_for)
+            else:
+                result = await forward(self.session, head, url, body, writer, client_ip, self.timeout,
+                                       self.proxy.forwarded_for)
         except UpstreamError as exc:
             if exc.status == 403:
                 metrics.observe_refused(COMPONENT, "destination")
@@ -328,19 +359,19 @@ class ProxyServer:
                     target: str, outcome: str = "error", text: str | None = None) -> bool:
         writer.write(error_response(status, head_only=method == "HEAD", text=text))
         self.access(client_ip, method, target, status, 0, 0.0, outcome)
-        await asyncio.wait_for(writer.drain(), 5)
+        await drain(writer, 5)
         return False
 
     async def block(self, writer: asyncio.StreamWriter, head: RequestHead, client_ip: str, list_name: str,
-                    started: float) -> None:
-        response = self.page.response(list_name, head_only=head.method == "HEAD")
+                    started: float, keep_alive: bool = False) -> None:
+        response = self.page.response(list_name, head_only=head.method == "HEAD", keep_alive=keep_alive)
         writer.write(response)
         target = "-"
         if self.proxy.log_blocked_urls:
             target = (intercepted_url(head) or "-") if head.target.startswith("/") else head.target
         self.access(client_ip, head.method, target, self.page.status, len(response),
                      time.monotonic() - started, f"blocked list={list_name}")
-        await asyncio.wait_for(writer.drain(), 5)
+        await drain(writer, 5)
 
     def tunnel_verdict(self, host: str) -> HostVerdict | None:
         """check_host for a tunnel (CONNECT, TLS), counted in /metrics; None for a host no URL names."""
@@ -402,14 +433,21 @@ def setup_access_log(path: str | None) -> None:
     access_log.setLevel(logging.INFO)
 
 
-async def _reload_loop(live: LiveMatcher, destinations: Destinations) -> None:
+async def _reload_loop(live: LiveMatcher, destinations: Destinations, parent: int | None = None,
+                       stop: asyncio.Event | None = None) -> None:
     """Pick up new cached versions off the event loop: a big list loads in a thread. Now and
-    then, read the host's own addresses again: they are refused destinations."""
+    then, read the host's own addresses again: they are refused destinations. A worker whose
+    parent is gone (`parent` no longer ours) sets `stop`."""
     loop = asyncio.get_running_loop()
     ticks = 0
     while True:
         await asyncio.sleep(RELOAD_INTERVAL)
         ticks += 1
+        if parent is not None and stop is not None and os.getppid() != parent:
+            log.error("proxy: the supervising parent %d is gone; stopping", parent,
+                      extra={"event": "proxy_parent_gone"})
+            stop.set()
+            return
         try:
             await loop.run_in_executor(None, live.maybe_reload)
             if ticks % OWN_ADDRESS_TICKS == 0:
@@ -429,14 +467,18 @@ async def _start_admin(config: PluginConfig, live: LiveMatcher) -> Any:
     return await start_admin(config, live)  # None when the port is taken (another process serves it)
 
 
-async def serve(config: PluginConfig) -> int:
-    """Run the proxy until SIGTERM/SIGINT, re-reading plugin.yaml on SIGHUP; the exit code."""
+async def serve(config: PluginConfig, sockets: Listeners | None = None, worker: int | None = None,
+                parent: int | None = None) -> int:
+    """Run the proxy until SIGTERM/SIGINT, re-reading plugin.yaml on SIGHUP; the exit code.
+
+    A worker of `proxy.workers` (resolver_plugin.enforcement.proxy.workers) serves the
+    `sockets` its parent bound, and stops when its `parent` is gone."""
     # check_interval=inf: requests never reload inline; _reload_loop does it in a thread.
     live = LiveMatcher(config, check_interval=math.inf, component=COMPONENT)
     server = ProxyServer(config, live)
     host, port = parse_listen(config.proxy.listen, "proxy.listen")
     try:
-        await server.start(host, port)
+        await server.start(host, port, sockets.plain if sockets else None)
     except OSError as exc:
         log.error("proxy: cannot listen on %s: %s", config.proxy.listen, exc.strerror,
                   extra={"event": "proxy_listen_failed", "listen": config.proxy.listen, "reason": exc.strerror})
@@ -444,7 +486,7 @@ async def serve(config: PluginConfig) -> int:
         return 1
     if config.proxy.tls_listen is not None:
         try:
-            await server.start_tls()
+            await server.start_tls(sockets=sockets.tls if sockets else None)
         except OSError as exc:
             log.error("proxy: cannot listen on %s: %s", config.proxy.tls_listen, exc.strerror,
                       extra={"event": "proxy_listen_failed", "listen": config.proxy.tls_listen, "reason": exc.strerror})
@@ -457,10 +499,11 @@ async def serve(config: PluginConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reload = sighup_event()
-    reloader = asyncio.create_task(_reload_loop(live, server.destinations))
+    reloader = asyncio.create_task(_reload_loop(live, server.destinations, parent, stop))
     metrics.share_counters(config.cache_dir, live)  # for whichever process serves the admin endpoint
     admin = await _start_admin(config, live)
-    log.info("proxy: listening on %s:%d, enforcing %s", host, server.port,
+    log.info("proxy%s: listening on %s:%d, enforcing %s", f" worker {worker} (pid {os.getpid()})"
+             if worker is not None else "", host, server.port,
              ", ".join(f"{n} v{v}" for n, v in live.matcher.versions().items()) or "nothing yet",
              extra={"event": "proxy_started", "node": config.node_id, "listen": f"{host}:{server.port}",
                     "versions": live.matcher.versions()})
@@ -508,4 +551,23 @@ def run_proxy(config: PluginConfig) -> int:
     """`blocklist-plugin proxy`: serve until stopped; ConfigError if the block page is unusable."""
     BlockPage(config.proxy)  # fail at start, with the CLI's error message, not at the first block
     setup_access_log(config.proxy.access_log)
-    return asyncio.run(serve(config))
+    count = proxy_workers(config.proxy)
+    if count > 1:
+        return run_workers(config, count, serve_worker, RESTART_ONLY, check=lambda c: BlockPage(c.proxy))
+    return _run(serve(config))
+
+
+def serve_worker(config: PluginConfig, sockets: Listeners, worker: int, parent: int) -> int:
+    """One worker of `proxy.workers` (in the forked process): serve `sockets` until stopped; the exit code."""
+    return _run(serve(config, sockets=sockets, worker=worker, parent=parent))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run the proxy on uvloop's event loop (libuv: less time in the loop and its transports per
+    request than asyncio's own), or on asyncio's where uvloop is not installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; a platform without it still runs
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
