@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from array import array
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from blocklist.core.urls import canonicalize
 from resolver_plugin.cache import Cache, ListState, LiveMatcher
 from resolver_plugin.distribution.sync import Syncer
 from tests.conftest import Plugin
+from tests.support.procfs import children, mapped_files
+from tests.support.proxy import start_proxy
 from tests.support.status import publish
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,3 +313,31 @@ def test_a_compiled_file_is_mapped_only_for_keys_that_signed_its_list(installed:
     with caplog.at_level(logging.ERROR), pytest.raises(BlocklistError):
         cache.load_list("default", {}, config.limits.max_snapshot_bytes, mapped=True)  # another source's keys
     assert "not by this source's keys" in caplog.text
+
+
+def test_proxy_workers_map_one_copy_and_swap_to_the_new_version_together(installed: Plugin, tmp_path: Path) -> None:
+    proxy = start_proxy(installed, tmp_path, workers=2)
+    try:
+        workers: set[int] = set()
+        for _ in range(200):  # bounded: 20 s
+            workers = children(proxy.proc.pid)
+            if len(workers) == 2 and all(mapped_files(pid, "compiled-") for pid in workers):
+                break
+            time.sleep(0.1)
+        first = {pid: mapped_files(pid, "compiled-") for pid in workers}
+        assert len(workers) == 2 and len({frozenset(m) for m in first.values()}) == 1, first
+        ((_, path),) = next(iter(first.values()))
+        assert path.endswith(f"compiled-1-{Cache(installed.config().cache_dir).state('default').checksum[:16]}")  # type: ignore[union-attr]
+        publish(installed, "http://bad.example/c.html")
+        installed.install_published()  # version 2, as sync writes it
+        after: dict[int, set[tuple[str, str]]] = {}
+        for _ in range(200):
+            after = {pid: mapped_files(pid, "compiled-") for pid in workers}
+            if all(len(m) == 1 and "compiled-2-" in next(iter(m))[1] for m in after.values()):
+                break
+            time.sleep(0.1)
+        assert len({frozenset(m) for m in after.values()}) == 1, after  # one file, the same inode
+        assert all(len(m) == 1 and "compiled-2-" in next(iter(m))[1] for m in after.values()), after
+    finally:
+        proxy.stop()
+    assert proxy.proc.returncode == 0
