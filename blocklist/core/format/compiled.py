@@ -101,8 +101,8 @@ def write_compiled(c: CompiledList) -> bytes:
         "subtree_markers": c.subtree_markers, "byte_order": sys.byteorder, "digest_size": 8,
         "signers": sorted(set(c.signers)),
     }
-    # Offsets depend on the header's length, which depends on the offsets' digits: lay out
-    # twice with room for the largest offset this file can have.
+    # The offsets depend on the header's length and the header holds the offsets: reserve
+    # room for the section table (1 KiB, far more than its longest form) and pad to it.
     placeholder = len(canonical_json(header)) + 1024
     offset = PREFIX.size + placeholder + _pad(PREFIX.size + placeholder)
     sections: dict[str, dict[str, Any]] = {}
