@@ -262,11 +262,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = f"{args.entries:,}"
     result["summary"] = {
         f"helper private memory, {n} vs 1 entry ({args.helpers} helpers, max)": {
-            "figure": f"{hb['private_mb_max']} MB vs {h1['private_mb_max']} MB (+{extra_private} MB)",
+            "figure": f"{hb['private_mb_max']} MB vs {h1['private_mb_max']} MB ({extra_private:+} MB)",
             "goal": f"<= +{PRIVATE_SLACK_MB} MB", "met": extra_private <= PRIVATE_SLACK_MB},
         f"helpers' PSS sum, {n} vs 1 entry": {"figure": f"{hb['pss_mb_sum']} MB vs {h1['pss_mb_sum']} MB"},
         f"helper first answer from spawn, {n} vs 1 entry (fastest of {args.helpers})": {
-            "figure": f"{hb['first_answer_ms_min']} ms vs {h1['first_answer_ms_min']} ms (+{extra_first} ms)",
+            "figure": f"{hb['first_answer_ms_min']} ms vs {h1['first_answer_ms_min']} ms ({extra_first:+} ms)",
             "goal": f"<= +{FIRST_ANSWER_SLACK_MS} ms", "met": extra_first <= FIRST_ANSWER_SLACK_MS},
         f"helper first answer from spawn, {n} vs 1 entry (median)": {
             "figure": f"{hb['first_answer_ms_median']} ms vs {h1['first_answer_ms_median']} ms"},
