@@ -10,7 +10,10 @@ Layout under `cache_dir` (written only by `sync`, read by every enforcement proc
     sync.lock                   flock held by the one `sync` that writes this cache
     lists/<name>/snapshot-N     a verified snapshot, bytes as fetched (signed)
     lists/<name>/delta-M-N      verified deltas applied on top of it, in order
-    lists/<name>/state.json     {"version", "checksum", "snapshot", "deltas"}: what to load
+    lists/<name>/compiled-N-C   the list at version N (C: its checksum's first 16 hex digits)
+                                as blocklist.core.format.compiled lays it out, which every
+                                enforcing process maps read-only: one copy per node
+    lists/<name>/state.json     {"version", "checksum", "snapshot", "deltas", "compiled"}: what to load
     lists/<name>/previous.json  the same for the version before it, whose files are kept too: what
                                 the circuit breaker falls back to (resolver_plugin.breaker)
     breaker/<name>.json         a trip of the circuit breaker; breaker/audit.jsonl its history. Written
@@ -31,12 +34,19 @@ The one-source form keeps everything at the top, as before sources existed.
 `Cache` is the one owner of these names: everything else asks it for a path, and
 `Cache.source(name)` is the view of one source's files (the top itself for the unnamed source).
 
-Writers put new artifact files first, then previous.json (the state being
-replaced), and replace state.json last (each file atomically), then bump
-`generation`, then delete files neither state.json nor previous.json names: a
-kill -9 anywhere leaves a state.json and a previous.json that name complete files.
-Readers verify the signatures and the resulting checksum again on every load,
-so a damaged cache is refused and the previous in-memory list stays in force.
+Writers put new artifact files first (the compiled file among them), then
+previous.json (the state being replaced), and replace state.json last (each file
+atomically: temp file, fsync, rename), then bump `generation`, then delete files
+neither state.json nor previous.json names: a kill -9 anywhere leaves a state.json
+and a previous.json that name complete files. A compiled file of an older version
+is deleted while processes may still map it: they move on at their next reload,
+and an unlinked mapped file stays readable to them.
+`sync` verifies the signatures and the resulting checksum on every load. Enforcing
+processes map the compiled file and check its header, bounds and SHA-256 against
+state.json (blocklist.core.format.compiled), without parsing or copying; a cache
+without one (written by a release before it) or with one that fails the check is
+read from the signed files as sync reads it, so a damaged cache is refused and the
+node never starts open. A list that fails both keeps its previous in-memory version.
 An expired list is still loaded: a plugin never starts open when it has a cache.
 """
 
@@ -47,11 +57,12 @@ import fcntl
 import json
 import logging
 import math
+import mmap
 import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +74,7 @@ from blocklist.core.canary import CanaryHostVerdict, CanaryVerdict, is_canary_ho
 from blocklist.core.digests import Scope
 from blocklist.core.errors import BlocklistError, ChecksumError, ConfigError, FormatError
 from blocklist.core.format.artifacts import read_delta, read_snapshot
+from blocklist.core.format.compiled import read_compiled, write_compiled
 from blocklist.core.format.container import MAX_HEADER, PREFIX, signer_of
 from blocklist.core.format.keys import Keyring, key_id
 from blocklist.core.format.listmeta import ListMeta, meta_from_json
@@ -99,10 +111,14 @@ class ListState:
     checksum: str
     snapshot: str           # file name inside lists/<name>/
     deltas: tuple[str, ...]  # file names, applied in order
+    compiled: str | None = None  # the compiled list file of the result; None in caches written before it
 
     def as_json(self) -> dict[str, Any]:
-        return {"version": self.version, "checksum": self.checksum, "snapshot": self.snapshot,
-                "deltas": list(self.deltas)}
+        out: dict[str, Any] = {"version": self.version, "checksum": self.checksum, "snapshot": self.snapshot,
+                               "deltas": list(self.deltas)}
+        if self.compiled is not None:
+            out["compiled"] = self.compiled
+        return out
 
 
 def _safe_name(name: Any) -> str:
@@ -264,26 +280,38 @@ class Cache:
             raw = json.loads(path.read_text())
             return ListState(version=int(raw["version"]), checksum=str(raw["checksum"]),
                              snapshot=_safe_name(raw["snapshot"]),
-                             deltas=tuple(_safe_name(d) for d in raw["deltas"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+                             deltas=tuple(_safe_name(d) for d in raw["deltas"]),
+                             compiled=_safe_name(raw["compiled"]) if raw.get("compiled") is not None else None)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FormatError(f"cache: {path}: unreadable state ({exc})") from None
 
-    def write_list(self, name: str, state: ListState, files: dict[str, bytes]) -> None:
-        """Store verified `files` and make `state` current, crash-safely."""
+    def write_list(self, name: str, state: ListState, files: dict[str, bytes],
+                   compiled: ListFilter | None = None) -> ListState:
+        """Store verified `files` and make `state` current, crash-safely; returns the state written.
+
+        With `compiled` (the filter `state` describes) its compiled list file is written
+        too, under a new name, and state.json names it.
+        """
         folder = self.list_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
+        files = dict(files)
+        if compiled is not None and compiled.entry_bloom is not None and compiled.host_bloom is not None:
+            state = replace(state, compiled=f"compiled-{state.version}-{state.checksum[:16]}")
+            signers = self._signers(name, state, files)
+            files[state.compiled] = write_compiled(replace(compiled.compiled(), signers=signers))  # type: ignore[index]
         for file_name, data in files.items():
             atomic.write_bytes(folder / _safe_name(file_name), data)
         previous = self._kept_previous(name, state)
         atomic.write_bytes(self.state_file(name), json.dumps(state.as_json()).encode())
         self.bump_generation()
-        keep = {state.snapshot, *state.deltas, "state.json"}
+        keep = {state.snapshot, *state.deltas, state.compiled, "state.json"}
         if previous is not None:
-            keep |= {previous.snapshot, *previous.deltas, "previous.json"}
+            keep |= {previous.snapshot, *previous.deltas, previous.compiled, "previous.json"}
         for path in folder.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
         breaker.clear_stale(self.breaker_dir, self.label(name), state.version)
+        return state
 
     def _kept_previous(self, name: str, state: ListState) -> ListState | None:
         """Make the state `state` replaces previous.json (when older); the previous state to keep."""
@@ -295,6 +323,36 @@ class Cache:
             atomic.write_bytes(self.list_dir(name) / "previous.json", json.dumps(current.as_json()).encode())
             return current
         return previous if previous is not None and previous.version < state.version else None
+
+    def _signers(self, name: str, state: ListState, files: dict[str, bytes]) -> tuple[str, ...]:
+        """The key ids that signed `state`'s snapshot and deltas (being written, or on disk); () if unknown."""
+        signers = []
+        for file_name in (state.snapshot, *state.deltas):
+            try:
+                head = files.get(file_name)
+                if head is None:
+                    with open(self.list_dir(name) / file_name, "rb") as f:
+                        head = f.read(PREFIX.size + MAX_HEADER)
+                signers.append(signer_of(head[:PREFIX.size + MAX_HEADER]))
+            except (OSError, FormatError):
+                return ()  # readers then read the signed files
+        return tuple(signers)
+
+    def ensure_compiled(self, name: str, current: ListFilter, keys: Keyring) -> bool:
+        """Write the compiled file of the cached list `current` (sync verified it) if it is
+        missing or fails the readers' check; True if it was written."""
+        state = self.state(name)
+        if state is None or state.version != current.version or state.checksum != current.checksum:
+            return False
+        if state.compiled is not None:
+            try:
+                self._mapped(name, state, keys)
+                return False
+            except FormatError as exc:
+                log.error("cache: list %s: compiled file refused, writing it again: %s", name, exc,
+                          extra={"event": "compiled_refused", "list": name, "file": state.compiled,
+                                 "reason": str(exc)})
+        return self.write_list(name, state, {}, current).compiled is not None
 
     def write_manifest(self, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -352,13 +410,69 @@ class Cache:
         except OSError:
             return 0
 
-    def load_list(self, name: str, keys: Keyring, max_bytes: int,
-                  state: ListState | None = None) -> ListFilter | None:
+    def load_list(self, name: str, keys: Keyring, max_bytes: int, state: ListState | None = None,
+                  mapped: bool = False) -> ListFilter | None:
         """The verified ListFilter of a cached list (`state`, by default state.json's), None if not
-        cached; raises if damaged."""
+        cached; raises if damaged.
+
+        `mapped` (enforcing processes): the compiled file, mapped and checked (not its
+        signatures: sync verified them before it wrote it), when the state names one and
+        it passes; else, with a log line, the signed files, verified as sync loads them.
+        """
+        pinned = state is not None
         state = state or self.state(name)
         if state is None:
             return None
+        for _ in range(3):
+            if not mapped or state.compiled is None:
+                break
+            try:
+                return self._mapped(name, state, keys)
+            except FileNotFoundError as exc:
+                fresh = None if pinned else self.state(name)
+                if fresh is None or fresh == state:
+                    self._refused(name, state, exc)
+                    break
+                state = fresh  # sync replaced state.json and deleted the file between our two reads
+            except (FormatError, OSError) as exc:
+                self._refused(name, state, exc)
+                break
+        return self._parsed(name, state, keys, max_bytes)
+
+    def _refused(self, name: str, state: ListState, exc: Exception) -> None:
+        reason = f"{exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        log.error("cache: list %s: compiled file %s refused (%s); reading the signed files instead",
+                  name, state.compiled, reason,
+                  extra={"event": "compiled_refused", "list": name, "file": state.compiled, "reason": reason})
+
+    def _mapped(self, name: str, state: ListState, keys: Keyring) -> ListFilter:
+        """The list from its compiled file, mapped read-only; raises FormatError (or OSError).
+
+        The file must name signers, all among `keys` (this source's): a list of another
+        source, or one its keys no longer vouch for, is read from the signed files instead.
+        """
+        path = self.list_dir(name) / _safe_name(state.compiled)
+        with open(path, "rb") as f:
+            try:
+                mapping = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                                    prot=mmap.PROT_READ)
+            except ValueError:  # an empty file
+                raise FormatError(f"cache: {name}: {state.compiled}: empty") from None
+        what = f"cache: {name}: {state.compiled}"
+        try:
+            compiled = read_compiled(mapping, name, state.version, state.checksum, what)
+            if not compiled.signers or not set(compiled.signers) <= set(keys):
+                raise FormatError(f"{what}: signed by {','.join(compiled.signers) or 'no key'}, "
+                                  "not by this source's keys")
+        except FormatError:
+            try:
+                mapping.close()
+            except BufferError:  # a view is still referenced (by the traceback): unmapped when it goes
+                pass
+            raise
+        return ListFilter.from_compiled(compiled)
+
+    def _parsed(self, name: str, state: ListState, keys: Keyring, max_bytes: int) -> ListFilter:
         folder = self.list_dir(name)
         try:
             snap = read_snapshot((folder / state.snapshot).read_bytes(), keys, max_bytes)
@@ -371,7 +485,7 @@ class Cache:
             raise ChecksumError(f"cache: {name}: loaded version {current.version} does not match state.json")
         return current
 
-    def load_enforced(self, name: str, keys: Keyring, max_bytes: int) -> ListFilter | None:
+    def load_enforced(self, name: str, keys: Keyring, max_bytes: int, mapped: bool = False) -> ListFilter | None:
         """load_list, or the previous version while the circuit breaker holds the cached one;
         never nothing: a previous version that fails to load leaves the cached one in force."""
         state = self.state(name)
@@ -380,14 +494,14 @@ class Cache:
             try:
                 previous = self.previous(name)
                 if previous is not None and previous.version == trip.fallback:
-                    return self.load_list(name, keys, max_bytes, previous)
+                    return self.load_list(name, keys, max_bytes, previous, mapped)
                 raise FormatError(f"cache: {name}: previous.json does not name version {trip.fallback}")
             except BlocklistError as exc:
                 log.error("breaker: list %s: cannot load v%d to fall back to (%s); v%d stays in force",
                           name, trip.fallback, exc, state.version,
                           extra={"event": "breaker_fallback_failed", "list": name, "version": trip.fallback,
                                  "kind": exc.kind, "reason": str(exc)})
-        return self.load_list(name, keys, max_bytes, state)
+        return self.load_list(name, keys, max_bytes, state, mapped)
 
     def load_matcher(self, config: PluginConfig, previous: Matcher | None = None) -> tuple[Matcher, list[str]]:
         """A Matcher of every cached list (in config order) and the names that failed or are missing.
@@ -405,7 +519,7 @@ class Cache:
             for name in source.lists:
                 label = source.qualified(name)
                 try:
-                    loaded = load(name, keys, config.limits.max_snapshot_bytes)
+                    loaded = load(name, keys, config.limits.max_snapshot_bytes, mapped=True)
                 except BlocklistError as exc:
                     log.error("cache: list %s refused, keeping the last good version: %s", label, exc,
                               extra={"event": "cache_refused", "list": label, "source_name": source.name or None,

@@ -119,13 +119,16 @@ class Plugin:
             self.write_config()
         return load_config(self.config_path)
 
-    def install_published(self) -> None:
+    def install_published(self, compiled: bool = True) -> None:
         """Put the hotline's current published lists into the cache as `sync` would.
 
         A stand-in for the network in tests of enforcement shells: the files are
         verified with the plugin's pinned key exactly like the cache loader does.
+        `compiled=False` leaves out the compiled list files, as a release before them did.
         """
+        from blocklist.core.format.artifacts import read_snapshot
         from blocklist.core.format.manifest import read_manifest
+        from blocklist.core.matcher import ListFilter
         from resolver_plugin.cache import Cache, ListState
 
         config = self.config()
@@ -138,7 +141,8 @@ class Plugin:
                 continue
             snap = (self.hotline.publish_dir / ref.snapshot.path).read_bytes()
             file_name = ref.snapshot.path.rsplit("/", 1)[1]
-            cache.write_list(name, ListState(ref.version, ref.checksum, file_name, ()), {file_name: snap})
+            built = ListFilter.from_snapshot(read_snapshot(snap, config.public_keys)) if compiled else None
+            cache.write_list(name, ListState(ref.version, ref.checksum, file_name, ()), {file_name: snap}, built)
         cache.write_manifest(data)
         cache.write_meta({n: manifest.lists[n].meta for n in config.lists if n in manifest.lists})
 

@@ -209,7 +209,9 @@ def test_a_damaged_previous_version_leaves_the_newest_in_force(hotline: Hotline,
     cache = Cache(plugin.config().cache_dir)
     previous = cache.previous("default")
     assert previous is not None and previous.version == 1
-    (cache.list_dir("default") / previous.snapshot).write_bytes(b"damaged")
+    for name in (previous.snapshot, previous.compiled):  # the signed snapshot and the mapped file
+        assert name is not None
+        (cache.list_dir("default") / name).write_bytes(b"damaged")
     live = LiveMatcher(plugin.config(), component="squid")
     with caplog.at_level(logging.ERROR, logger="blocklist.plugin.cache"):
         _traffic(live, 21, 1.0)
@@ -219,18 +221,23 @@ def test_a_damaged_previous_version_leaves_the_newest_in_force(hotline: Hotline,
 
 def test_the_cache_keeps_exactly_the_previous_version(hotline: Hotline, plugin: Plugin) -> None:
     _versions(hotline, plugin)
-    folder = Cache(plugin.config().cache_dir).list_dir("default")
-    assert sorted(p.name for p in folder.iterdir()) == ["previous.json", "snapshot-1", "snapshot-2", "state.json"]
+    cache = Cache(plugin.config().cache_dir)
+    folder = cache.list_dir("default")
+    assert _files(folder) == ["compiled-1", "compiled-2", "previous.json", "snapshot-1", "snapshot-2", "state.json"]
     hotline.run("add", "http://pages.example/v3.html")
     hotline.run("publish")
     plugin.install_published()
-    assert sorted(p.name for p in folder.iterdir()) == ["previous.json", "snapshot-2", "snapshot-3", "state.json"]
-    cache = Cache(plugin.config().cache_dir)
+    assert _files(folder) == ["compiled-2", "compiled-3", "previous.json", "snapshot-2", "snapshot-3", "state.json"]
     state = cache.state("default")
     assert state is not None
     cache.write_list("default", state, {})  # the same version again (a repair) keeps the previous one
     previous = cache.previous("default")
     assert previous is not None and previous.version == 2
+
+
+def _files(folder: Path) -> list[str]:
+    """The list folder's file names, a compiled file's by its version alone (the rest is a checksum)."""
+    return sorted(p.name.rsplit("-", 1)[0] if p.name.startswith("compiled-") else p.name for p in folder.iterdir())
 
 
 def test_two_processes_tripping_at_once_record_one_trip(tmp_path: Path) -> None:

@@ -10,13 +10,17 @@ from hypothesis import strategies as st
 
 from blocklist.core.errors import BlocklistError, FormatError
 from blocklist.core.format.artifacts import diff, read_delta, read_snapshot, write_delta, write_snapshot
+from blocklist.core.format.compiled import read_compiled, write_compiled
 from blocklist.core.format.manifest import read_manifest, write_manifest
+from blocklist.core.matcher import ListFilter
 from tests.support.artifacts import KEY, KEYS, make_snapshot, manifest
 from tests.support.properties import Branches
 
 SNAP = write_snapshot(make_snapshot(1, list(range(1, 40)), [5, 6, 7]), KEY)
 DELTA = write_delta(diff("iwf", make_snapshot(1, [1, 2], [5]), make_snapshot(2, [2, 3], [5, 6]), 9), KEY)
 MANIFEST = write_manifest(manifest(), [KEY])
+COMPILED_OF = ListFilter.from_snapshot(read_snapshot(SNAP, KEYS))
+COMPILED = write_compiled(COMPILED_OF.compiled())
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 mutation = st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
@@ -80,6 +84,26 @@ def test_truncated_or_extended_snapshot_is_rejected() -> None:
 
     prop()
     assert ran["truncated"] and ran["extended"], ran
+
+
+def test_mutated_truncated_or_random_compiled_files_are_rejected() -> None:
+    ran = Branches()
+    expected = (COMPILED_OF.name, COMPILED_OF.version, COMPILED_OF.checksum)
+
+    @FUZZ
+    @given(mutation, st.integers(min_value=0, max_value=len(COMPILED)), st.binary(max_size=64))
+    def prop(changes: list[tuple[int, int]], cut: int, tail: bytes) -> None:
+        for label, data in (("mutated", mutate(COMPILED, changes)), ("cut", COMPILED[:cut] + tail),
+                            ("random", tail)):
+            if data == COMPILED:
+                continue
+            with pytest.raises(FormatError):
+                read_compiled(data, *expected)
+            ran(label)
+
+    prop()
+    assert read_compiled(COMPILED, *expected).checksum == COMPILED_OF.checksum
+    assert ran["mutated"] > 100 and ran["cut"] > 100 and ran["random"], ran
 
 
 json_values = st.recursive(

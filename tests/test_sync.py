@@ -353,7 +353,8 @@ def test_delta_with_a_wrong_checksum_falls_back_to_the_snapshot(attacked: Source
     assert sync_once(plugin) == 0
     assert "falling back to the snapshot" in caplog.text and "kind=checksum" in caplog.text
     state = json.loads((plugin.dir / "cache" / "lists" / "default" / "state.json").read_text())
-    assert state == {"version": 2, "checksum": ref.checksum, "snapshot": "snapshot-2", "deltas": []}
+    assert state == {"version": 2, "checksum": ref.checksum, "snapshot": "snapshot-2", "deltas": [],
+                     "compiled": f"compiled-2-{ref.checksum[:16]}"}
     assert blocked(plugin, URL_A) and blocked(plugin, URL_B)
 
 

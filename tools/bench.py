@@ -7,7 +7,8 @@ Builds its own data (tools/datagen.py: synthetic lists in all three scopes, a
 Zipf-distributed request stream with 0.1% listed), runs every measurement side by
 side, prints a table, writes tools/out/bench.json, and draws docs/bench-*.png (tools/out/
 for --quick or --sizes) when matplotlib is installed (pip install -e '.[bench]'). The
-Squid/squidGuard, proxy, Unbound, propagation and fleet measurements run the scripts beside
+Squid/squidGuard, proxy, Unbound, propagation, fleet and memory (8 helpers sharing one
+mapped list, 100 swaps) measurements run the scripts beside
 this one (tools/bench_*.py) as subprocesses and take their JSON; one that cannot run (a
 missing program) is reported, not hidden. The Unbound rows compare stage 1 with plain
 Unbound and with Unbound's own RPZ (a zone of the same hosts, which bench_unbound builds
@@ -54,6 +55,8 @@ GOALS = {
     "fleet_p99_s_2000_longpoll": 1.0,
     "fleet_serve_rss_mb_2000": 250,
     "unbound_cost": 0.20,
+    "helper_private_mb_over_one_entry": 8,
+    "helper_first_answer_ms_over_one_entry": 50,
     "unbound_vs_rpz": 1.0,          # stage 1's queries per CPU-second over Unbound's RPZ, every mix
     "unbound_fresh_s": 1.0,         # a new version reaches a cached name
     "unbound_reload_growth_mb": 8,  # resolver RSS over 100 reloads, after a warm-up
@@ -187,7 +190,7 @@ def main() -> None:
     peers = {
         "squid": ("bench_squid.py", 900), "proxy": ("bench_proxy.py", 600),
         "unbound": ("bench_unbound.py", 3600), "propagation": ("bench_propagation.py", 900),
-        "fleet": ("bench_fleet.py", 1500),
+        "fleet": ("bench_fleet.py", 1500), "memory": ("bench_memory.py", 1800),
     }
     for name, (script, timeout) in peers.items():
         print(f"bench: {name}", file=sys.stderr)
@@ -217,7 +220,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[Any]]:
     for fp in r["fp_rate"]:
         rows.append([f"FP rate at eps {fp['configured']:g}", f"{fp['measured']:.2e} ({fp['ratio']}x)",
                      "<= 2x", _met(fp["ratio"] <= 2.0)])
-    for name in ("squid", "proxy", "unbound", "propagation", "fleet"):
+    for name in ("squid", "proxy", "unbound", "propagation", "fleet", "memory"):
         peer = r.get(name, {})
         for label, value in peer.get("summary", {}).items():
             rows.append([label, value.get("figure"), value.get("goal", ""), _met(value.get("met"))])

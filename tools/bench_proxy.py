@@ -383,8 +383,13 @@ def prepare_list(folder: Path, entries: int) -> Path:
     data = (home.publish_dir / "manifest.json").read_bytes()
     ref = read_manifest(data, {key_id(key): key}).lists["bench"]
     name = ref.snapshot.path.rsplit("/", 1)[1]
+    snap = (home.publish_dir / ref.snapshot.path).read_bytes()
+    # with its compiled list file, as sync writes it: the proxy's workers map that one copy
+    from blocklist.core.format.artifacts import read_snapshot
+    from blocklist.core.matcher import ListFilter
+    built = ListFilter.from_snapshot(read_snapshot(snap, {key_id(key): key}))
     Cache(config.parent / "cache").write_list("bench", ListState(ref.version, ref.checksum, name, ()),
-                                              {name: (home.publish_dir / ref.snapshot.path).read_bytes()})
+                                              {name: snap}, built)
     return config
 
 

@@ -83,8 +83,8 @@ def with_canary(list_name: str, salt: bytes, entries: array[int], hosts: array[i
 def has_canary(list_name: str, salt: bytes, entries: Sequence[int], hosts: Sequence[int]) -> bool:
     """Whether a list's digest sets carry its canary (a snapshot published before canaries does not)."""
     canary_entries, canary_hosts = canary_digests(list_name, salt)
-    return (all(contains(entries, v) for v in canary_entries)  # type: ignore[arg-type]
-            and all(contains(hosts, v) for v in canary_hosts))  # type: ignore[arg-type]
+    return (all(contains(entries, v) for v in canary_entries)
+            and all(contains(hosts, v) for v in canary_hosts))
 
 
 def is_canary_host(host: str) -> bool:

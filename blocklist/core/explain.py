@@ -13,7 +13,7 @@ record every lookup, so an explanation cannot disagree with a verdict.
 
 from __future__ import annotations
 
-from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +136,7 @@ class _Tracing(ListFilter):
         self._kinds[value] = kind
         return value
 
-    def _member(self, bloom: BloomFilter | None, exact: array[int], value: int) -> bool:
+    def _member(self, bloom: BloomFilter | None, exact: Sequence[int], value: int) -> bool:
         hit = None if bloom is None else bloom_key(value) in bloom
         found = super()._member(bloom, exact, value)
         self.lookups.append(Lookup(self._kinds.get(value, b"?").decode("ascii"), value, hit, found))

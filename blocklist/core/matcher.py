@@ -29,8 +29,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -49,6 +48,7 @@ from blocklist.core.digests import (
 from blocklist.core.errors import ChecksumError, FormatError
 from blocklist.core.format.artifacts import Delta, Snapshot
 from blocklist.core.format.bloom import bloom_key, grow_bloom
+from blocklist.core.format.compiled import CompiledList
 from blocklist.core.format.digestset import contains, merge_sorted, set_checksum
 from blocklist.core.urls import MAX_URL_LENGTH, CanonicalURL, canonicalize, canonicalize_host, server_view
 
@@ -153,13 +153,15 @@ _CLEAR, _LISTED, _SUBS, _MARKED = "clear", "listed", "subdomains", "marked"
 class ListFilter:
     """One list at one version: salt, two Bloom filters and two exact digest sets."""
 
-    def __init__(self, name: str, version: int, salt: bytes, entries: array[int], hosts: array[int],
+    def __init__(self, name: str, version: int, salt: bytes, entries: Sequence[int], hosts: Sequence[int],
                  entry_bloom: BloomFilter | None = None, host_bloom: BloomFilter | None = None,
                  created: int = 0, expires: int = 0, checksum: str | None = None,
                  subtree_markers: bool = False) -> None:
         self.name, self.version, self.salt = name, version, salt
         # hosts holds subtree markers: a name without one has nothing listed at or below it
         self.subtree_markers = subtree_markers
+        # arrays('Q'), or memoryviews of a compiled list file's mapping (from_compiled): the
+        # mapping is unmapped when the last filter holding its views is dropped
         self.entries, self.hosts = entries, hosts
         self.entry_bloom, self.host_bloom = entry_bloom, host_bloom
         self.created, self.expires = created, expires
@@ -175,6 +177,17 @@ class ListFilter:
         return cls(snap.list, snap.version, snap.salt, snap.entries, snap.hosts,
                    snap.entry_bloom, snap.host_bloom, snap.created, snap.expires, snap.checksum,
                    snap.subtree_markers)
+
+    @classmethod
+    def from_compiled(cls, c: CompiledList) -> ListFilter:
+        """The filter over a compiled list (blocklist.core.format.compiled), its views not copied."""
+        return cls(c.list, c.version, c.salt, c.entries, c.hosts, c.entry_bloom, c.host_bloom,
+                   c.created, c.expires, c.checksum, c.subtree_markers)
+
+    def compiled(self) -> CompiledList:
+        """What the compiled list file of this filter holds."""
+        return CompiledList(self.name, self.version, self.created, self.expires, self.salt, self.checksum,
+                            self.subtree_markers, self.entry_bloom, self.host_bloom, self.entries, self.hosts)
 
     def apply(self, delta: Delta) -> ListFilter:
         """A new filter at `delta.to_version`; raises if the delta does not fit this one."""
@@ -204,7 +217,7 @@ class ListFilter:
         h.update(kind + b"\x00" + key.encode("utf-8"))
         return int.from_bytes(h.digest()[:8], "big")
 
-    def _member(self, bloom: BloomFilter | None, exact: array[int], value: int) -> bool:
+    def _member(self, bloom: BloomFilter | None, exact: Sequence[int], value: int) -> bool:
         if bloom is not None and bloom_key(value) not in bloom:
             return False
         if contains(exact, value):

@@ -15,9 +15,12 @@ One sync (`Syncer.sync_once`):
      is listed and smaller than a snapshot, each delta verified and applied;
      on any failure of the chain, the snapshot. A list whose cached files a
      retired online key signed takes the snapshot. The result is judged
-     (check_list), written with Cache.write_list, which bumps `generation` so
+     (check_list), written with Cache.write_list with its compiled file (the
+     layout enforcing processes map), which bumps `generation` so
      enforcement processes (LiveMatcher) reload, and only then trusted as the
-     enforced version (accept_list): a failed write is retried next time.
+     enforced version (accept_list): a failed write is retried next time. At
+     start, a cached list without a compiled file (a cache of an earlier release)
+     or with a damaged one gets it written (Cache.ensure_compiled).
   4. status.json (resolver_plugin.operations.node_status) records versions, lag and errors.
 
 Several sources (plugin.yaml `sources:`): one Syncer per source, each with its own
@@ -51,6 +54,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from blocklist.core.errors import BlocklistError, ErrorKind
+from blocklist.core.format.keys import Keyring
 from blocklist.core.format.manifest import DeltaRef, FileRef, root_version_hint
 from blocklist.core.format.root import MAX_ROOT
 from blocklist.core.matcher import ListFilter
@@ -142,6 +146,7 @@ class Syncer:
                                  "kind": error_kind(exc), "reason": str(exc)})
                 continue
             if loaded is not None:
+                self._compile(name, loaded, keys)
                 self.filters[name] = loaded
                 self.trust.set_enforced(name, loaded.version, loaded.checksum, vouched=vouched)
                 st = self.status.lists[name]
@@ -149,6 +154,17 @@ class Syncer:
         if self.trust.manifest is not None:
             self._record_manifest(self.status.manifest.fetched_at)
             self._save_meta()
+
+    def _compile(self, name: str, loaded: ListFilter, keys: Keyring) -> None:
+        """The compiled file enforcing processes map, for a cache written before it or damaged since."""
+        try:
+            if self.cache.ensure_compiled(name, loaded, keys):
+                log.info("compiled list=%s version=%d", name, loaded.version,
+                         extra={"event": "list_compiled", "list": name, "version": loaded.version})
+        except (BlocklistError, OSError) as exc:
+            # Readers go on reading the signed files; the next update writes it again.
+            log.error("cache: list %s: compiled file not written: %s", name, exc,
+                      extra={"event": "compile_failed", "list": name, "kind": failure_kind(exc), "reason": str(exc)})
 
     def _save_meta(self) -> None:
         """The configured lists' metadata of the trusted manifest into the cache (block pages read it)."""
@@ -285,7 +301,7 @@ class Syncer:
             raise SyncError(ErrorKind.CACHE, f"list {name}: state.json does not end at version "
                                              f"{current.version}, the base of the delta chain")
         self.cache.write_list(name, ListState(result.version, result.checksum, state.snapshot,
-                                              state.deltas + tuple(files)), files)
+                                              state.deltas + tuple(files)), files, compiled=result)
         self.trust.accept_list(name, result)  # only once the cache holds it
         self._save_keys()
         self._enforce(name, result, "delta", sum(len(d) for d in files.values()), started)
@@ -297,7 +313,8 @@ class Syncer:
         result = ListFilter.from_snapshot(snap)
         self.trust.check_list(name, result)
         file_name = f"snapshot-{snap.version}"
-        self.cache.write_list(name, ListState(snap.version, snap.checksum, file_name, ()), {file_name: data})
+        self.cache.write_list(name, ListState(snap.version, snap.checksum, file_name, ()), {file_name: data},
+                              compiled=result)
         self.trust.accept_list(name, result)
         self._save_keys()
         self._enforce(name, result, "snapshot", len(data), started)

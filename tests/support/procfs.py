@@ -41,3 +41,13 @@ def socket_inodes(pid: int) -> set[str]:
     except OSError:
         pass
     return inodes
+
+
+def mapped_files(pid: int, marker: str) -> set[tuple[str, str]]:
+    """(inode, path) of every file `pid` maps whose path contains `marker` (" (deleted)" kept)."""
+    found = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and marker in parts[5]:
+            found.add((parts[4], parts[5]))
+    return found

@@ -21,7 +21,7 @@ from blocklist.core.format.strictjson import count_field, typed_field
 
 __all__ = [
     "bloom_key", "build_bloom", "add_to_bloom", "grow_bloom", "bloom_params", "bloom_bytes",
-    "bloom_from",
+    "bloom_from", "bloom_over",
 ]
 
 
@@ -88,8 +88,8 @@ def bloom_bytes(bloom: BloomFilter) -> bytes:
     return data
 
 
-def bloom_from(params: Any, data: bytes, what: str) -> BloomFilter:
-    """The filter that `bloom_params` and `bloom_bytes` describe, checked before it is built."""
+def _checked_params(params: Any, length: int, what: str) -> tuple[float, int, int, int, int]:
+    """The parameters of a filter whose bits take `length` bytes, checked."""
     if not isinstance(params, Mapping):
         raise FormatError(f"{what}: bloom parameters missing")
     rate = typed_field(params, "error_rate", float, what)
@@ -99,12 +99,31 @@ def bloom_from(params: Any, data: bytes, what: str) -> BloomFilter:
     count = count_field(params, "count", what)
     if not (0 < rate < 1) or slices < 1 or per_slice < 1 or capacity < 1:
         raise FormatError(f"{what}: bloom parameters out of range")
-    if len(data) != math.ceil(slices * per_slice / 8):
-        raise FormatError(f"{what}: bloom section has {len(data)} bytes, "
+    if length != math.ceil(slices * per_slice / 8):
+        raise FormatError(f"{what}: bloom section has {length} bytes, "
                           f"parameters need {math.ceil(slices * per_slice / 8)}")
+    return rate, slices, per_slice, capacity, count
+
+
+def bloom_from(params: Any, data: bytes, what: str) -> BloomFilter:
+    """The filter that `bloom_params` and `bloom_bytes` describe, checked before it is built."""
+    rate, slices, per_slice, capacity, count = _checked_params(params, len(data), what)
     bloom = _unfilled(rate, slices, per_slice, capacity, count)
     bits = bitarray.bitarray(endian="little")
     bits.frombytes(data)
     del bits[slices * per_slice:]  # the last byte's padding
     bloom.bitarray = bits
+    return bloom
+
+
+def bloom_over(params: Any, buffer: Any, start: int, end: int, what: str) -> BloomFilter:
+    """Like bloom_from, but the filter's bits are `buffer[start:end]` itself (e.g. a read-only
+    mapping), not a copy; the view is made only once the parameters passed their checks.
+
+    The bit array keeps the last byte's padding bits: lookups never reach them (each
+    slice's index is below bits_per_slice). grow_bloom copies it into a writable one.
+    """
+    rate, slices, per_slice, capacity, count = _checked_params(params, end - start, what)
+    bloom = _unfilled(rate, slices, per_slice, capacity, count)
+    bloom.bitarray = bitarray.bitarray(buffer=memoryview(buffer)[start:end], endian="little")
     return bloom

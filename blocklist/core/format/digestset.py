@@ -9,7 +9,7 @@ import struct
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 
 from blocklist.core.errors import FormatError
 
@@ -21,15 +21,16 @@ def digest_array(values: Iterable[int]) -> array[int]:
     return array("Q", sorted(set(values)))
 
 
-def contains(values: array[int], value: int) -> bool:
-    """Membership in a sorted digest array (binary search)."""
+def contains(values: Sequence[int], value: int) -> bool:
+    """Membership in a sorted digest array (binary search); an array('Q') or a memoryview cast to 'Q'."""
     i = bisect_left(values, value)
     return i < len(values) and values[i] == value
 
 
-def merge_sorted(base: array[int], added: Collection[int], removed: Collection[int]) -> array[int]:
-    """`base` minus `removed` plus `added`, sorted and unique; `base` is not changed."""
-    if not added and not removed:
+def merge_sorted(base: Sequence[int], added: Collection[int], removed: Collection[int]) -> array[int]:
+    """`base` minus `removed` plus `added`, sorted and unique; `base` is not changed (nor copied
+    when it is an array and nothing changes)."""
+    if not added and not removed and isinstance(base, array):
         return base
     if len(added) + len(removed) > 256:  # in-place edits are O(n) each: rebuild instead
         return array("Q", sorted(set(base).difference(removed).union(added)))
@@ -45,7 +46,7 @@ def merge_sorted(base: array[int], added: Collection[int], removed: Collection[i
     return out
 
 
-def array_bytes(values: array[int]) -> bytes:
+def array_bytes(values: Sequence[int]) -> bytes:
     """The digests as the format stores them: 8 bytes each, big-endian."""
     out = array("Q", values)
     if sys.byteorder == "little":
@@ -66,7 +67,7 @@ def array_from(data: bytes, what: str) -> array[int]:
     return out
 
 
-def set_checksum(entries: array[int], hosts: array[int]) -> str:
+def set_checksum(entries: Sequence[int], hosts: Sequence[int]) -> str:
     """SHA-256 of the whole digest set, the value deltas and manifests announce."""
     h = hashlib.sha256()
     h.update(struct.pack(">Q", len(entries)))
