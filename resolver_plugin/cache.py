@@ -590,23 +590,9 @@ class LiveMatcher:
 
     def reload(self) -> bool:
         """Load the cache now; returns True if the enforced versions changed."""
-        with self._lock:
-            generation, breaker_generation = self.cache.generation(), breaker.generation(self.cache.breaker_dir)
-            matcher, missing = self.cache.load_matcher(self.config, self.matcher)
-            changed = matcher.versions() != self.matcher.versions()
-            # the policy before the matcher: see clear_suffix
-            self._policy = _policy(self.config, matcher)
-            self.matcher, self.missing, self._generation = matcher, missing, generation
-            self._breaker_generation = breaker_generation
-            self.loaded_at = time.time()
-            self._arm(matcher)
-        if changed:
-            log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
-                     extra={"event": "lists_enforced", "versions": matcher.versions()})
-        if missing:
-            log.warning("no cached version of %s yet%s", ", ".join(missing),
-                        " (fail-closed: blocking everything)" if self.fail_closed_active else "",
-                        extra={"event": "lists_missing", "missing": missing})
+        matcher, missing, before = self._load(self.config)
+        changed = matcher.versions() != before
+        self._log_loaded(matcher, missing, changed)
         return changed
 
     def reconfigure(self, config: PluginConfig) -> None:
@@ -616,17 +602,29 @@ class LiveMatcher:
         configurations name that fails to load (e.g. a key the cache was not
         signed with) keeps the version this process enforces. Same cache_dir only.
         """
+        matcher, missing, _ = self._load(config)
+        self.reload_meta()  # another set of sources names its lists otherwise
+        self._log_loaded(matcher, missing, True)
+
+    def _load(self, config: PluginConfig) -> tuple[Matcher, list[str], dict[str, int]]:
+        """Build the matcher `config` names from the cache and swap it in (one reference); the new
+        matcher, the lists missing, and the versions enforced before."""
         with self._lock:
+            before = self.matcher.versions()
             generation, breaker_generation = self.cache.generation(), breaker.generation(self.cache.breaker_dir)
             matcher, missing = self.cache.load_matcher(config, self.matcher)
+            # the policy before the matcher: see clear_suffix
             self._policy = _policy(config, matcher)
             self.config, self.matcher, self.missing, self._generation = config, matcher, missing, generation
             self._breaker_generation = breaker_generation
             self.loaded_at = time.time()
             self._arm(matcher)
-        self.reload_meta()  # another set of sources names its lists otherwise
-        log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
-                 extra={"event": "lists_enforced", "versions": matcher.versions()})
+        return matcher, missing, before
+
+    def _log_loaded(self, matcher: Matcher, missing: list[str], changed: bool) -> None:
+        if changed:
+            log.info("enforcing %s", ", ".join(f"{n} v{v}" for n, v in matcher.versions().items()) or "nothing",
+                     extra={"event": "lists_enforced", "versions": matcher.versions()})
         if missing:
             log.warning("no cached version of %s yet%s", ", ".join(missing),
                         " (fail-closed: blocking everything)" if self.fail_closed_active else "",

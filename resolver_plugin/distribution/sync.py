@@ -477,12 +477,7 @@ async def source_loop(config: PluginConfig, source: SourceConfig, stop: asyncio.
                          extra={"event": "sync_retry", "delay_ms": round(delay * 1000), "attempt": backoff.failures,
                                 "source_name": source.name or None})
             if delay > 0:
-                sleeper = asyncio.ensure_future(asyncio.sleep(delay))
-                try:
-                    await _until(stop, None, sleeper)
-                finally:
-                    sleeper.cancel()
-                    await asyncio.gather(sleeper, return_exceptions=True)
+                await _sleep(stop, delay)
 
 
 async def _start_syncer(config: PluginConfig, source: SourceConfig, fetcher: Fetcher, stop: asyncio.Event,
@@ -498,12 +493,7 @@ async def _start_syncer(config: PluginConfig, source: SourceConfig, fetcher: Fet
             log.error("sync cannot start%s: %s; retrying in %.2fs", f" source={source.name}" if source.name else "",
                       exc, delay, extra={"event": "sync_crashed", "kind": "internal", "reason": str(exc),
                                          "source_name": source.name or None})
-            sleeper = asyncio.ensure_future(asyncio.sleep(delay))
-            try:
-                await _until(stop, None, sleeper)
-            finally:
-                sleeper.cancel()
-                await asyncio.gather(sleeper, return_exceptions=True)
+            await _sleep(stop, delay)
     return None
 
 
@@ -520,6 +510,16 @@ async def _until(stop: asyncio.Event, reload: asyncio.Event | None, task: asynci
     for waiter in waiters:
         waiter.cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def _sleep(stop: asyncio.Event, delay: float) -> None:
+    """Sleep `delay` seconds, or less if `stop` is set first."""
+    sleeper = asyncio.ensure_future(asyncio.sleep(delay))
+    try:
+        await _until(stop, None, sleeper)
+    finally:
+        sleeper.cancel()
+        await asyncio.gather(sleeper, return_exceptions=True)
 
 
 def _result(task: asyncio.Future[bool]) -> bool:
