@@ -35,8 +35,10 @@ The one-source form keeps everything at the top, as before sources existed.
 `Cache.source(name)` is the view of one source's files (the top itself for the unnamed source).
 
 Writers put new artifact files first (the compiled file among them), then
-previous.json (the state being replaced), and replace state.json last (each file
-atomically: temp file, fsync, rename), then bump `generation`, then delete files
+previous.json (the state being replaced), with one fsync of the folder for them all,
+and replace state.json last (each file atomically: temp file, fsync, rename; the
+compiled file is not fsynced, since readers check it and sync writes it again at
+start when it fails), then bump `generation` (a signal, not fsynced), then delete files
 neither state.json nor previous.json names: a kill -9 anywhere leaves a state.json
 and a previous.json that name complete files. A compiled file of an older version
 is deleted while processes may still map it: they move on at their next reload,
@@ -125,6 +127,28 @@ def _safe_name(name: Any) -> str:
     if not isinstance(name, str) or "/" in name or name.startswith(".") or not name:
         raise FormatError(f"cache: bad file name {name!r}")
     return name
+
+
+
+_SIGNERS: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime) -> key id; files are immutable
+
+
+def _file_signer(path: Path) -> str:
+    """The key id in the header of the signed file at `path` (not verified); a stat when seen before.
+
+    Sync asks this of every cached file for every new version (which keys its cache still
+    needs); remembering it turns a growing chain of opens and reads into stats.
+    """
+    st = os.stat(path)
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    signer = _SIGNERS.get(key)
+    if signer is None:
+        with open(path, "rb") as f:
+            signer = signer_of(f.read(PREFIX.size + MAX_HEADER))
+        if len(_SIGNERS) >= 4096:
+            _SIGNERS.clear()
+        _SIGNERS[key] = signer
+    return signer
 
 
 class Cache:
@@ -255,10 +279,10 @@ class Cache:
         if state is None:
             return frozenset()
         signers = set()
+        folder = self.list_dir(name)
         for file_name in (state.snapshot, *state.deltas):
             try:
-                with open(self.list_dir(name) / file_name, "rb") as f:
-                    signers.add(signer_of(f.read(PREFIX.size + MAX_HEADER)))
+                signers.add(_file_signer(folder / file_name))
             except OSError as exc:
                 raise FormatError(f"cache: {name}: {exc.strerror}: {file_name}") from None
         return frozenset(signers)
@@ -294,14 +318,17 @@ class Cache:
         """
         folder = self.list_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        files = dict(files)
+        files = {_safe_name(file_name): data for file_name, data in files.items()}
         if compiled is not None and compiled.entry_bloom is not None and compiled.host_bloom is not None:
             state = replace(state, compiled=f"compiled-{state.version}-{state.checksum[:16]}")
             signers = self._signers(name, state, files)
             files[state.compiled] = write_compiled(replace(compiled.compiled(), signers=signers))  # type: ignore[index]
-        for file_name, data in files.items():
-            atomic.write_bytes(folder / _safe_name(file_name), data)
-        previous = self._kept_previous(name, state)
+        previous, changed = self._previous_of(name, state)
+        if changed is not None:
+            files["previous.json"] = json.dumps(changed.as_json()).encode()
+        # one directory fsync for them all; the compiled file is not fsynced (readers check it,
+        # and sync writes it again at start when a power cut left it short)
+        atomic.write_many(folder, files, volatile=frozenset({state.compiled} if state.compiled else ()))
         atomic.write_bytes(self.state_file(name), json.dumps(state.as_json()).encode())
         self.bump_generation()
         keep = {state.snapshot, *state.deltas, state.compiled, "state.json"}
@@ -313,27 +340,25 @@ class Cache:
         breaker.clear_stale(self.breaker_dir, self.label(name), state.version)
         return state
 
-    def _kept_previous(self, name: str, state: ListState) -> ListState | None:
-        """Make the state `state` replaces previous.json (when older); the previous state to keep."""
+    def _previous_of(self, name: str, state: ListState) -> tuple[ListState | None, ListState | None]:
+        """The previous state to keep once `state` is current (the current state when older, else
+        previous.json's when older than `state`), and the same again if previous.json must change."""
         try:
             current, previous = self.state(name), self.previous(name)
         except FormatError:
-            current, previous = None, None  # damaged: nothing to fall back to but what is being written
+            return None, None  # damaged: nothing to fall back to but what is being written
         if current is not None and current.version < state.version:
-            atomic.write_bytes(self.list_dir(name) / "previous.json", json.dumps(current.as_json()).encode())
-            return current
-        return previous if previous is not None and previous.version < state.version else None
+            return current, (current if current != previous else None)
+        return (previous if previous is not None and previous.version < state.version else None), None
 
     def _signers(self, name: str, state: ListState, files: dict[str, bytes]) -> tuple[str, ...]:
         """The key ids that signed `state`'s snapshot and deltas (being written, or on disk); () if unknown."""
-        signers = []
+        signers, folder = [], self.list_dir(name)
         for file_name in (state.snapshot, *state.deltas):
             try:
-                head = files.get(file_name)
-                if head is None:
-                    with open(self.list_dir(name) / file_name, "rb") as f:
-                        head = f.read(PREFIX.size + MAX_HEADER)
-                signers.append(signer_of(head[:PREFIX.size + MAX_HEADER]))
+                data = files.get(file_name)
+                signers.append(_file_signer(folder / file_name) if data is None
+                               else signer_of(data[:PREFIX.size + MAX_HEADER]))
             except (OSError, FormatError):
                 return ()  # readers then read the signed files
         return tuple(signers)
@@ -402,7 +427,8 @@ class Cache:
     def bump_generation(self) -> None:
         """Tell every enforcing process to reload (one file for the node: any source's change)."""
         self.top.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(self.top / "generation", str(time.time_ns()).encode())
+        # not fsynced: a signal to running processes, which all load state.json after a reboot
+        atomic.write_bytes(self.top / "generation", str(time.time_ns()).encode(), durable=False)
 
     def generation(self) -> int:
         try:

@@ -702,7 +702,8 @@ def test_full_cache_disk_keeps_the_last_good_version_and_recovers(hotline: Hotli
 
 
 class FailingWrites:
-    """blocklist.core.atomic.write_bytes failing at its `at`-th call of an attempt, in one of three ways.
+    """blocklist.core.atomic's file replacement (`_replace`, under write_bytes and write_many alike)
+    failing at its `at`-th call of an attempt, in one of three ways.
 
     full:      that write and every later one raise ENOSPC and write nothing (the disk fills up);
     once:      only that write raises ENOSPC (a transient shortage: the next writes fit);
@@ -712,13 +713,13 @@ class FailingWrites:
     def __init__(self, real, mode: str, at: int) -> None:
         self.real, self.mode, self.at, self.calls, self.failed = real, mode, at, 0, []
 
-    def __call__(self, path: Path, data: bytes, mode: int = 0o644) -> None:
+    def __call__(self, path: Path, data: bytes, mode: int, durable: bool) -> None:
         self.calls += 1
         if self.calls < self.at or (self.calls > self.at and self.mode != "full"):
-            return self.real(path, data, mode)
+            return self.real(path, data, mode, durable)
         self.failed.append(path.name)
         if self.mode == "after":
-            self.real(path, data, mode)
+            self.real(path, data, mode, durable)
             raise OSError(errno.EIO, "Input/output error", str(path))
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
@@ -735,7 +736,7 @@ def test_write_failure_at_every_write_of_a_daemon_sync(hotline: Hotline, plugin:
     url_a = "http://bad.example/a.html"
     hotline.run("add", url_a)
     hotline.run("publish")
-    real = atomic.write_bytes
+    real = atomic._replace
     outcomes: list[str] = []
     with ServerThread(make_app(Home(hotline.home))) as server:
         plugin.write_config(source=server.url, long_poll=0)
@@ -753,9 +754,9 @@ def test_write_failure_at_every_write_of_a_daemon_sync(hotline: Hotline, plugin:
                         hotline.run("add", *[f"http://v{version}.example/{i}" for i in range(1 + 40 * (at % 3))])
                         hotline.run("publish")
                         failing = FailingWrites(real, mode, at)
-                        monkeypatch.setattr(atomic, "write_bytes", failing)
+                        monkeypatch.setattr(atomic, "_replace", failing)
                         ok = await syncer.sync_once()
-                        monkeypatch.setattr(atomic, "write_bytes", real)
+                        monkeypatch.setattr(atomic, "_replace", real)
                         fresh = LiveMatcher(config)
                         have = fresh.matcher.versions().get("default")
                         where = f"{mode} at write {at} ({', '.join(failing.failed) or 'none'})"
