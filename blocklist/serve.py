@@ -39,8 +39,8 @@ network in the clear (a proof is good for one poll, but who polls is private).
 The semantics are those of a plain static server, so the same directory copied
 to nginx, an object store or a CDN works unchanged (plugins then poll).
 One shared task stats manifest.json every WATCH_INTERVAL seconds and wakes the
-waiting long-polls when it changes, all at once (one Event); publish replaces it
-atomically. Built for fleets of thousands: the reports of polls that arrive
+waiting long-polls when it changes, all at once, and ends those whose wait is over
+(no timer per poll); publish replaces it atomically. Built for fleets of thousands: the reports of polls that arrive
 together are written in one transaction (FleetRecorder), files up to 1 MiB are
 answered from memory (SmallFiles), and a herd of requests shares one stat of
 the manifest and one read of a new file. Another
@@ -52,6 +52,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -99,13 +101,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ManifestWatcher(Collector):
-    """The current manifest bytes and ETag; `changed` is set (and replaced) whenever they change."""
+    """The current manifest bytes and ETag, and the long-polls parked until they change."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.data: bytes | None = None
         self.etag: str | None = None
-        self.changed = asyncio.Event()
+        # Parked polls: (deadline on the loop's clock, order, future), a heap. Set True when the
+        # manifest changes (all at once), False at the deadline (by `run`'s tick).
+        self._parked: list[tuple[float, int, asyncio.Future[bool]]] = []
+        self._order = itertools.count()
         self._key: tuple[int, int, int] | None = None
         self.closing = False
         self.waiting = 0  # long-polls parked now
@@ -133,30 +138,47 @@ class ManifestWatcher(Collector):
             return
         self._key, self.data = key, data
         self.etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"' if data is not None else None
-        self.changed.set()
-        self.changed = asyncio.Event()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        parked, self._parked = self._parked, []
+        for _, _, future in parked:
+            if not future.done():  # a poll whose client went away is cancelled
+                future.set_result(True)
+
+    def _expire(self, now: float) -> None:
+        parked = self._parked
+        while parked and parked[0][0] <= now:
+            future = heapq.heappop(parked)[2]
+            if not future.done():
+                future.set_result(False)
 
     async def wait(self, seconds: float) -> None:
-        """Park a long-poll until the manifest changes or `seconds` pass.
+        """Park a long-poll until the manifest changes or about `seconds` pass.
 
-        Every parked poll waits on the same Event: one change wakes them all in
-        one pass of the event loop, with no task or thread per poll (a timer each).
+        One change wakes every parked poll in one pass of the event loop, with no
+        task, thread or timer per poll: a poll is a future in a heap of deadlines,
+        which `run` expires on its tick (so a wait may last one WATCH_INTERVAL
+        longer). A timer each cost more than the rest of a poll: the loop keeps
+        them in a heap ordered by a comparison in Python, thousands deep.
         """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        heapq.heappush(self._parked, (loop.time() + seconds, next(self._order), future))
         self.waiting += 1
         try:
-            async with asyncio.timeout(seconds):
-                await self.changed.wait()
-            return  # woken by `refresh`, which has just read the new manifest (or by `close`)
-        except TimeoutError:
-            pass
+            changed = await future
         finally:
             self.waiting -= 1
-        self.refresh()
+        if not changed:
+            self.refresh()  # the deadline: one last look
 
     async def run(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
             self.refresh()
+            self._expire(loop.time())
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("blocklist_serve_polls_waiting", "Manifest long-polls parked until a change",
@@ -172,7 +194,7 @@ class ManifestWatcher(Collector):
     def close(self) -> None:
         """Wake every waiting long-poll (they answer 304) so the server can stop at once."""
         self.closing = True
-        self.changed.set()
+        self._wake_all()
 
 
 class FleetRecorder(Collector):
