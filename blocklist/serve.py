@@ -76,6 +76,7 @@ from blocklist.core.protocol import (
     BUNDLE,
     BUNDLE_TYPE,
     HAVE,
+    MAX_BUNDLE_PARTS,
     NODE,
     PROOF,
     REPORT,
@@ -476,11 +477,13 @@ class Bundles:
     the same versions) and kept until the manifest changes, MAX_TOTAL bytes at
     most. A list without a chain from the node's version (or with a file over
     SmallFiles.MAX_FILE, missing, or not the size the manifest names) is left
-    out; with no file left, or over the node's budget, the answer is the plain
+    out, and so is a chain that would take the answer past MAX_BUNDLE_PARTS or
+    MAX_HEADER; with no file left, or over the node's budget, the answer is the plain
     manifest. The node checks every part exactly as if it had fetched it.
     """
 
     MAX_TOTAL = 32 << 20
+    MAX_HEADER = 2048  # characters of X-Blocklist-Bundle (nginx's default proxy buffer is 4 KiB)
 
     def __init__(self, root: Path, files: SmallFiles) -> None:
         self.root = root
@@ -519,8 +522,11 @@ class Bundles:
     def _build(self, manifest: bytes, have: str) -> tuple[int, str, bytes] | None:
         parts: list[tuple[str, bytes]] = [("manifest.json", manifest)]
         for name, version in sorted(parse_have(have).items()):
-            if name in self._chains:
-                parts += self._chain(name, version)
+            chain = self._chain(name, version) if name in self._chains else []
+            # Within what every reader takes: MAX_BUNDLE_PARTS, and a header that fits any proxy's buffer.
+            header = ", ".join(f"{path}={len(data)}" for path, data in parts + chain)
+            if len(parts) + len(chain) <= MAX_BUNDLE_PARTS and len(header) <= self.MAX_HEADER:
+                parts += chain
         if len(parts) == 1:
             return None
         header, body = format_bundle(parts)

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from blocklist.core.protocol import BUNDLE, BUNDLE_TYPE, HAVE, MAX_BUNDLE_PARTS, format_bundle, parse_bundle
 from blocklist.home import Home
-from blocklist.serve import make_app
+from blocklist.serve import Bundles, make_app
 from resolver_plugin.cache import Cache
 from resolver_plugin.distribution.fetch import HttpFetcher, http_session
 from resolver_plugin.distribution.sync import BUNDLE_BYTES, Syncer
@@ -60,7 +60,8 @@ def test_a_bundle_parses_back_and_a_malformed_one_is_refused() -> None:
             parse_bundle(header, data)
 
 
-async def test_serve_bundles_the_delta_chain_only_when_asked(aiohttp_client: Any, hotline: Hotline) -> None:
+async def test_serve_bundles_the_delta_chain_only_when_asked(aiohttp_client: Any, hotline: Hotline,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     publish(hotline, "http://bad.example/1.html")
     publish(hotline, "http://bad.example/2.html")
     publish(hotline, "http://bad.example/3.html")
@@ -90,6 +91,12 @@ async def test_serve_bundles_the_delta_chain_only_when_asked(aiohttp_client: Any
         resp = await client.request(method, "/manifest.json", headers=headers)
         assert resp.status == 200 and BUNDLE not in resp.headers, (headers, method)
         assert await resp.read() == (manifest if method == "GET" else b"")
+    monkeypatch.setattr(Bundles, "MAX_HEADER", len(two.headers[BUNDLE]))  # room for one delta, not two
+    small = await aiohttp_client(make_app(Home(hotline.home)))
+    resp = await small.get("/manifest.json", headers={HAVE: "default=1", BUNDLE: "1048576"})
+    assert BUNDLE not in resp.headers and await resp.read() == manifest
+    resp = await small.get("/manifest.json", headers={HAVE: "default=2", BUNDLE: "1048576"})
+    assert resp.headers[BUNDLE] == two.headers[BUNDLE]
     same = await client.get("/manifest.json", headers={HAVE: "default=1", BUNDLE: "1048576",
                                                        "If-None-Match": plain.headers["ETag"]})
     assert same.status == 304 and BUNDLE not in same.headers
@@ -173,4 +180,5 @@ async def test_a_bundled_file_is_checked_as_a_fetched_one(plugin: Plugin, aiohtt
         assert not await syncer.sync_once()
         assert syncer.filters["default"].version == 2
         assert "a bundle answer that does not parse" in caplog.text
+        assert await syncer.sync_once() and syncer.filters["default"].version == 3  # asks no more: fetches
     assert BUNDLE_BYTES >= 1 << 20

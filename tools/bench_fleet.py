@@ -428,15 +428,18 @@ def measure(fleet: Fleet, publishes: int, metrics: Metrics, serve: subprocess.Po
     requests_before, started = metrics.requests(), time.monotonic()
     workers = [p.pid for p in fleet.workers]
     serve_cpu = workers_cpu = 0.0
-    cycle_start = 0.0
+    cycle_start = idle = 0.0
     for i in range(publishes):
         if parked:  # every node's poll parked in serve: its memory at rest
             deadline = time.monotonic() + 60
             while metrics.waiting() < fleet.nodes and time.monotonic() < deadline:
                 time.sleep(0.05)
             rest.append(rss_mb(serve.pid))
-            if i == 0:
+            if i == 0:  # serve's floor with every poll parked and nothing asked (the watcher's ticks)
+                idle = cpu_s([serve.pid])
+                time.sleep(1.0)
                 cycle_start = cpu_s([serve.pid])
+                idle = cycle_start - idle
         else:
             time.sleep(1.5)
         cpu = cpu_s([serve.pid]), cpu_s(workers)
@@ -474,6 +477,7 @@ def measure(fleet: Fleet, publishes: int, metrics: Metrics, serve: subprocess.Po
         # publish to every poll parked again, the first publish to the last (it includes the bench's
         # reads of /metrics while it waits, and serve's idle watcher): the load-independent cost
         row["serve_cpu_s_per_publish_cycle"] = round(cycle_cpu / publishes, 3)
+        row["serve_cpu_s_idle_per_s"] = round(idle, 3)
     return row
 
 

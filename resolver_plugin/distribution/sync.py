@@ -106,6 +106,7 @@ class Syncer:
         self.long_poll_ok = False  # the source sends X-Blocklist-Wait: it long-polls
         self._file = ""  # the file being fetched, for log lines
         self._bundled: dict[str, bytes] = {}  # path -> bytes the last manifest answer carried, unchecked
+        self.ask_bundle = True  # until the source sends a bundle that does not parse
         self._manifest_saved = True  # the trusted manifest is in the cache
         self._saved_keys = set(self.cache.trusted_keys(self.source.public_keys))
         self.node_id = clean_node_id(config.node_id)  # a header value: printable, bounded
@@ -196,6 +197,7 @@ class Syncer:
                     await self._sync_list(name)
                 except (BlocklistError, OSError) as exc:
                     self._record_error(name, exc)
+        self._bundled = {}  # what this sync did not use
         in_sync = polled and all(self.trust.in_sync(n) for n in self.lists)
         for name in self.lists:
             if self.trust.in_sync(name) and polled:
@@ -208,8 +210,9 @@ class Syncer:
         versions = dict.fromkeys(self.source.lists, 0)  # 0: configured, no version yet (the fleet shows it behind)
         versions.update({n: self._enforced_version(n, f.version) for n, f in self.filters.items()})
         have = format_have(versions)
-        headers = {"Accept-Encoding": "identity", HAVE: have, BUNDLE: str(BUNDLE_BYTES),
-                   **self.reporter.headers(have)}
+        headers = {"Accept-Encoding": "identity", HAVE: have, **self.reporter.headers(have)}
+        if self.ask_bundle:
+            headers[BUNDLE] = str(BUNDLE_BYTES)
         wait = wait if (self.etag and self.long_poll_ok) else 0.0
         if self.etag:
             headers["If-None-Match"] = self.etag
@@ -256,7 +259,9 @@ class Syncer:
         try:
             parts = parse_bundle(header, body)
         except ValueError as exc:
-            raise SyncError(ErrorKind.HTTP, f"{MANIFEST}: a bundle answer that does not parse: {exc}") from None
+            self.ask_bundle = False  # a broken source: fetch the files one by one from now on
+            raise SyncError(ErrorKind.HTTP, f"{MANIFEST}: a bundle answer that does not parse: {exc}; "
+                                            "no more bundles asked of this source") from None
         manifest = parts[0][1]
         if len(manifest) > limit:
             raise SizeError(f"{MANIFEST}: {len(manifest)} bytes, more than the {limit} expected")
