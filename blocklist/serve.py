@@ -39,11 +39,13 @@ network in the clear (a proof is good for one poll, but who polls is private).
 The semantics are those of a plain static server, so the same directory copied
 to nginx, an object store or a CDN works unchanged (plugins then poll).
 One shared task stats manifest.json every WATCH_INTERVAL seconds and wakes the
-waiting long-polls when it changes, all at once, and ends those whose wait is over
-(no timer per poll); publish replaces it atomically. Built for fleets of thousands: the reports of polls that arrive
-together are written in one transaction (FleetRecorder), files up to 1 MiB are
-answered from memory (SmallFiles), and a herd of requests shares one stat of
-the manifest and one read of a new file. Another
+waiting long-polls when it changes, all at once, and ends those whose wait is
+over (no timer per poll); publish replaces it atomically. Built for fleets of
+thousands: the reports of polls that arrive together are written in one
+transaction (FleetRecorder), files up to 1 MiB are answered from memory
+(SmallFiles), a herd of requests shares one stat of the manifest and one read
+of a new file, and a woken poll that asks gets its delta with the manifest
+(Bundles): one request per node per publish. Another
 (blocklist.refresh.run_refresher) re-signs it before it expires: serve runs in
 the hotline home, which holds the online key.
 """
@@ -478,8 +480,8 @@ class Bundles:
     most. A list without a chain from the node's version (or with a file over
     SmallFiles.MAX_FILE, missing, or not the size the manifest names) is left
     out, and so is a chain that would take the answer past MAX_BUNDLE_PARTS or
-    MAX_HEADER; with no file left, or over the node's budget, the answer is the plain
-    manifest. The node checks every part exactly as if it had fetched it.
+    MAX_HEADER; with no file left, or over the node's budget, the answer is the
+    plain manifest. The node checks every part exactly as if it had fetched it.
     """
 
     MAX_TOTAL = 32 << 20
