@@ -20,6 +20,7 @@ could write them): they are dropped when the store is first opened.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -183,7 +184,7 @@ class FleetStore:
         row = self.db.execute("SELECT report_key FROM nodes WHERE node_id = ?", (node,)).fetchone()
         if row is None or not verify_proof(row[0], proof, node, have_header):
             return ReportOutcome.REFUSED
-        versions = json.dumps(parse_have(have_header), sort_keys=True)
+        versions = _versions_json(have_header)
         updated = self.db.execute(
             "UPDATE nodes SET last_proof = ?, first_seen = CASE WHEN polls = 0 THEN ? ELSE first_seen END, "
             "last_seen = ?, remote = ?, versions = ?, polls = polls + 1 WHERE node_id = ? AND last_proof < ?",
@@ -203,6 +204,12 @@ class FleetStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+@functools.lru_cache(maxsize=1024)
+def _versions_json(have_header: str) -> str:
+    """The versions column for an X-Blocklist-Have value (a fleet reports a few distinct ones)."""
+    return json.dumps(parse_have(have_header), sort_keys=True)
 
 
 def precheck(node_header: str, proof_header: str, now: float) -> Proof | ReportOutcome:

@@ -15,6 +15,12 @@ What the application `make_app` builds answers:
                               for `blocklist fleet` (blocklist.nodes); any other
                               is served alike and never recorded. Every answer
                               says which in X-Blocklist-Report.
+                              A GET with X-Blocklist-Bundle: <bytes> whose
+                              answer brings a new manifest gets, in the same
+                              body, the delta chains from the versions in its
+                              X-Blocklist-Have (files in memory, <bytes> in
+                              all at most): Bundles. The node then needs no
+                              other request for the publish.
     /fleet, /fleet.json, /metrics   blocklist.fleet_web (loopback clients only)
     GET|HEAD /<path>          any other path: a regular file below publish/,
                               strong ETag, If-None-Match -> 304, Content-Length,
@@ -33,11 +39,13 @@ network in the clear (a proof is good for one poll, but who polls is private).
 The semantics are those of a plain static server, so the same directory copied
 to nginx, an object store or a CDN works unchanged (plugins then poll).
 One shared task stats manifest.json every WATCH_INTERVAL seconds and wakes the
-waiting long-polls when it changes, all at once (one Event); publish replaces it
-atomically. Built for fleets of thousands: the reports of polls that arrive
-together are written in one transaction (FleetRecorder), files up to 1 MiB are
-answered from memory (SmallFiles), and a herd of requests shares one stat of
-the manifest and one read of a new file. Another
+waiting long-polls when it changes, all at once, and ends those whose wait is
+over (no timer per poll); publish replaces it atomically. Built for fleets of
+thousands: the reports of polls that arrive together are written in one
+transaction (FleetRecorder), files up to 1 MiB are answered from memory
+(SmallFiles), a herd of requests shares one stat of the manifest and one read
+of a new file, and a woken poll that asks gets its delta with the manifest
+(Bundles): one request per node per publish. Another
 (blocklist.refresh.run_refresher) re-signs it before it expires: serve runs in
 the hotline home, which holds the online key.
 """
@@ -46,6 +54,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
+import itertools
+import json
 import logging
 import os
 import sqlite3
@@ -63,7 +74,18 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from blocklist.core.errors import ConfigError, StoreError
-from blocklist.core.protocol import HAVE, NODE, PROOF, REPORT, ReportOutcome
+from blocklist.core.protocol import (
+    BUNDLE,
+    BUNDLE_TYPE,
+    HAVE,
+    MAX_BUNDLE_PARTS,
+    NODE,
+    PROOF,
+    REPORT,
+    ReportOutcome,
+    format_bundle,
+    parse_have,
+)
 from blocklist.fleet_web import METRICS_REGISTRY, add_fleet_routes
 from blocklist.home import Home
 from blocklist.nodes import FleetStore, precheck
@@ -82,18 +104,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ManifestWatcher(Collector):
-    """The current manifest bytes and ETag; `changed` is set (and replaced) whenever they change."""
+    """The current manifest bytes and ETag, and the long-polls parked until they change."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.data: bytes | None = None
         self.etag: str | None = None
-        self.changed = asyncio.Event()
+        # Parked polls: (deadline on the loop's clock, order, future), a heap. Set True when the
+        # manifest changes (all at once), False at the deadline (by `run`'s tick).
+        self._parked: list[tuple[float, int, asyncio.Future[bool]]] = []
+        self._order = itertools.count()
         self._key: tuple[int, int, int] | None = None
         self.closing = False
         self.waiting = 0  # long-polls parked now
         self._checked = -1.0  # time.monotonic() of the last stat
         self.answered: Counter[tuple[str, int]] = Counter()  # (manifest|file, status) -> requests
+        self.bundled = 0  # manifest answers that carried files (X-Blocklist-Bundle)
 
     def refresh(self, max_age: float = 0.0) -> None:
         """Read the manifest again if it changed; not if it was checked less than `max_age` s ago."""
@@ -115,30 +141,47 @@ class ManifestWatcher(Collector):
             return
         self._key, self.data = key, data
         self.etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"' if data is not None else None
-        self.changed.set()
-        self.changed = asyncio.Event()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        parked, self._parked = self._parked, []
+        for _, _, future in parked:
+            if not future.done():  # a poll whose client went away is cancelled
+                future.set_result(True)
+
+    def _expire(self, now: float) -> None:
+        parked = self._parked
+        while parked and parked[0][0] <= now:
+            future = heapq.heappop(parked)[2]
+            if not future.done():
+                future.set_result(False)
 
     async def wait(self, seconds: float) -> None:
-        """Park a long-poll until the manifest changes or `seconds` pass.
+        """Park a long-poll until the manifest changes or about `seconds` pass.
 
-        Every parked poll waits on the same Event: one change wakes them all in
-        one pass of the event loop, with no task or thread per poll (a timer each).
+        One change wakes every parked poll in one pass of the event loop, with no
+        task, thread or timer per poll: a poll is a future in a heap of deadlines,
+        which `run` expires on its tick (so a wait may last one WATCH_INTERVAL
+        longer). A timer each cost more than the rest of a poll: the loop keeps
+        them in a heap ordered by a comparison in Python, thousands deep.
         """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        heapq.heappush(self._parked, (loop.time() + seconds, next(self._order), future))
         self.waiting += 1
         try:
-            async with asyncio.timeout(seconds):
-                await self.changed.wait()
-            return  # woken by `refresh`, which has just read the new manifest (or by `close`)
-        except TimeoutError:
-            pass
+            changed = await future
         finally:
             self.waiting -= 1
-        self.refresh()
+        if not changed:
+            self.refresh()  # the deadline: one last look
 
     async def run(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
             self.refresh()
+            self._expire(loop.time())
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("blocklist_serve_polls_waiting", "Manifest long-polls parked until a change",
@@ -148,11 +191,13 @@ class ManifestWatcher(Collector):
         for (path, status), count in sorted(self.answered.items()):
             answers.add_metric([path, str(status)], count)
         yield answers
+        yield CounterMetricFamily("blocklist_serve_bundles", "Manifest answers that also carried the files "
+                                  "the node needs next (X-Blocklist-Bundle)", value=self.bundled)
 
     def close(self) -> None:
         """Wake every waiting long-poll (they answer 304) so the server can stop at once."""
         self.closing = True
-        self.changed.set()
+        self._wake_all()
 
 
 class FleetRecorder(Collector):
@@ -295,7 +340,22 @@ async def manifest(request: web.Request) -> web.StreamResponse:
         watcher.answered["manifest", 304] += 1
         return web.Response(status=304, headers=headers)
     watcher.answered["manifest", 200] += 1
+    bundle = _bundle(request, watcher)
+    if bundle is not None:
+        headers[BUNDLE], body = bundle
+        # Per node: no cache may keep it, and none may answer another request with it.
+        headers["Cache-Control"], headers["Vary"] = "no-store", f"{BUNDLE}, {HAVE}"
+        watcher.bundled += 1
+        return web.Response(body=body, content_type=BUNDLE_TYPE, headers=headers)
     return web.Response(body=watcher.data, content_type="application/json", headers=headers)
+
+
+def _bundle(request: web.Request, watcher: ManifestWatcher) -> tuple[str, bytes] | None:
+    """The bundle this manifest answer may carry: asked for, with a budget, a GET."""
+    asked = request.headers.get(BUNDLE)
+    if asked is None or request.method != "GET" or not asked.isdigit() or len(asked) > 12:
+        return None
+    return request.app[BUNDLES].answer(watcher, request.headers.get(HAVE, ""), int(asked))
 
 
 @web.middleware
@@ -399,6 +459,120 @@ class SmallFiles:
 FILES = web.AppKey("small_files", SmallFiles)
 
 
+def _tree_name(root: Path, rel: str) -> str | None:
+    """The file name of `rel` below `root`, or None if `rel` may not name a published file."""
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
+        return None
+    return os.path.join(root, *parts)  # a str: pathlib costs more than the rest of a cached answer
+
+
+class Bundles:
+    """The manifest answers that also carry the files a node needs next (X-Blocklist-Bundle).
+
+    After a publish every long-polling node wakes with the new manifest and
+    then asks for its list's new delta: a second request each, the same file
+    for the whole herd. A node that asks for a bundle gets, in the same body,
+    the delta chain from each version of its X-Blocklist-Have to the
+    manifest's, so one request per node carries the publish. Each answer is
+    built once per manifest and distinct X-Blocklist-Have value (a herd holds
+    the same versions) and kept until the manifest changes, MAX_TOTAL bytes at
+    most. A list without a chain from the node's version (or with a file over
+    SmallFiles.MAX_FILE, missing, or not the size the manifest names) is left
+    out, and so is a chain that would take the answer past MAX_BUNDLE_PARTS or
+    MAX_HEADER; with no file left, or over the node's budget, the answer is the
+    plain manifest. The node checks every part exactly as if it had fetched it.
+    """
+
+    MAX_TOTAL = 32 << 20
+    MAX_HEADER = 2048  # characters of X-Blocklist-Bundle (nginx's default proxy buffer is 4 KiB)
+
+    def __init__(self, root: Path, files: SmallFiles) -> None:
+        self.root = root
+        self.files = files
+        self._etag: str | None = None
+        self._chains: dict[str, tuple[int, dict[int, tuple[int, str, int]]]] = {}  # list -> (version, from -> delta)
+        self._answers: dict[str, tuple[int, str, bytes] | None] = {}  # have -> (files' bytes, header, body)
+        self._size = 0
+
+    def answer(self, watcher: ManifestWatcher, have: str, budget: int) -> tuple[str, bytes] | None:
+        """The (X-Blocklist-Bundle header, body) for a node reporting `have`, or None: the plain manifest."""
+        if watcher.etag != self._etag:
+            self._reset(watcher)
+        if have not in self._answers:
+            built = self._build(watcher.data or b"", have)
+            if self._size + len(built[2] if built else b"") > self.MAX_TOTAL:
+                self._answers.clear()
+                self._size = 0
+            self._answers[have] = built
+            self._size += len(have) + (len(built[2]) if built else 0)
+        found = self._answers[have]
+        if found is None or found[0] > budget:
+            return None
+        return found[1], found[2]
+
+    def _reset(self, watcher: ManifestWatcher) -> None:
+        self._etag, self._answers, self._size, self._chains = watcher.etag, {}, 0, {}
+        try:
+            lists = json.loads(watcher.data or b"null")["signed"]["lists"]
+            for name, ref in lists.items():
+                self._chains[name] = (int(ref["version"]), {int(d["from"]): (int(d["to"]), str(d["path"]),
+                                                                             int(d["size"])) for d in ref["deltas"]})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            self._chains = {}  # not a manifest this serve can read: plain answers
+
+    def _build(self, manifest: bytes, have: str) -> tuple[int, str, bytes] | None:
+        parts: list[tuple[str, bytes]] = [("manifest.json", manifest)]
+        for name, version in sorted(parse_have(have).items()):
+            chain = self._chain(name, version) if name in self._chains else []
+            # Within what every reader takes: MAX_BUNDLE_PARTS, and a header that fits any proxy's buffer.
+            header = ", ".join(f"{path}={len(data)}" for path, data in parts + chain)
+            if len(parts) + len(chain) <= MAX_BUNDLE_PARTS and len(header) <= self.MAX_HEADER:
+                parts += chain
+        if len(parts) == 1:
+            return None
+        header, body = format_bundle(parts)
+        return len(body) - len(manifest), header, body
+
+    def _chain(self, name: str, have: int) -> list[tuple[str, bytes]]:
+        """The delta files from `have` to the list's version, or none if any is missing."""
+        version, deltas = self._chains[name]
+        chain: list[tuple[str, bytes]] = []
+        at = have
+        while have and at != version and at in deltas and len(chain) < len(deltas):
+            to, path, size = deltas[at]
+            data = self._read(path)
+            if data is None or len(data) != size:
+                return []
+            chain.append((path, data))
+            at = to
+        return chain if at == version else []
+
+    def _read(self, rel: str) -> bytes | None:
+        """A file of the publish tree through SmallFiles, with the checks of `static_file`."""
+        name = _tree_name(self.root, rel)
+        if name is None:
+            return None
+        cached = self.files.get(name)
+        if cached is not None:
+            return cached[1]
+        try:
+            if not Path(name).resolve().is_relative_to(self.root.resolve()):
+                return None
+            with open(name, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode) or st.st_size > self.files.MAX_FILE:
+                    return None
+                data = f.read(st.st_size + 1)  # small, once per file and manifest: on the loop
+        except OSError:
+            return None
+        self.files.keep(name, st, f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"', data)
+        return data if len(data) == st.st_size else None
+
+
+BUNDLES = web.AppKey("bundles", Bundles)
+
+
 def _file_headers(etag: str) -> dict[str, str]:
     return {"ETag": etag, "Accept-Ranges": "none", "Cache-Control": "public, max-age=300"}
 
@@ -411,11 +585,9 @@ def _from_memory(request: web.Request, etag: str, data: bytes) -> web.Response:
 
 async def static_file(request: web.Request) -> web.StreamResponse:
     root: Path = request.app[HOME].publish_dir
-    rel = request.path.lstrip("/")
-    parts = rel.split("/")
-    if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
+    name = _tree_name(root, request.path.lstrip("/"))
+    if name is None:
         raise web.HTTPNotFound()
-    name = os.path.join(root, *parts)  # a str: pathlib costs more than the rest of a cached answer
     cache = request.app[FILES]
     cached = await cache.lookup(name)
     if cached is not None:
@@ -495,6 +667,7 @@ def make_app(home: Home, *, watch_interval: float = WATCH_INTERVAL,
     app[HOME] = home
     app[WATCH_EVERY] = watch_interval
     app[FILES] = SmallFiles()
+    app[BUNDLES] = Bundles(home.publish_dir, app[FILES])
     app.cleanup_ctx.append(_watch)
     if refresh_interval is not None:
         app[REFRESH_EVERY] = refresh_interval

@@ -119,6 +119,9 @@ def test_nginx_as_a_caching_tier_in_front_of_serve(tmp_path: Path, hotline: Hotl
             assert sync_once(plugin) == 0
             time.sleep(0.3)
         assert state_version(plugin) == 2 and blocked(plugin, URL_B)
+        # a bundle is per node: the edge does not forward the ask, and answers the cached manifest
+        status, headers, body = get("manifest.json", {"X-Blocklist-Have": "default=1", "X-Blocklist-Bundle": "99999"})
+        assert status == 200 and "X-Blocklist-Bundle" not in headers and json.loads(body)["signed"]
     finally:
         stop_nginx(nginx)
         assert serve.stop() == 0
@@ -135,6 +138,7 @@ def test_a_caching_tier_can_pass_the_node_reports_to_serve(tmp_path: Path, hotli
     import urllib.error
     import urllib.request
 
+    from blocklist.core.protocol import parse_bundle
     from tests.support.nodes import enroll, poll_headers
     from tests.support.processes import launch
     from tools.nginx_mirror import start_nginx_cache
@@ -172,8 +176,19 @@ def test_a_caching_tier_can_pass_the_node_reports_to_serve(tmp_path: Path, hotli
         assert time.monotonic() - started >= 0.9
         get("lists/default/snapshot-1")
         assert get("lists/default/snapshot-1")[0]["X-Cache-Status"] == "HIT"
+        hotline.run("add", URL_B)
+        hotline.run("publish")
+        time.sleep(0.1)  # serve sees the new manifest within its watch interval
+        delta = (hotline.publish_dir / "lists/default/delta-1-2").read_bytes()
+        ask = {"X-Blocklist-Bundle": "99999", "If-None-Match": reported["ETag"]}
+        bundled, body = get("manifest.json", {**poll_headers(token, "edge-node", "default=1"), **ask})
+        parts = dict(parse_bundle(bundled["X-Blocklist-Bundle"], body))  # a proven poll: serve's answer, whole
+        assert parts == {"manifest.json": (hotline.publish_dir / "manifest.json").read_bytes(),
+                         "lists/default/delta-1-2": delta}
+        anonymous, body = get("manifest.json", {"X-Blocklist-Have": "default=1", "X-Blocklist-Bundle": "99999"})
+        assert "X-Blocklist-Bundle" not in anonymous and json.loads(body)["signed"]  # the cache's manifest
     finally:
         stop_nginx(nginx)
         assert serve.stop() == 0
     doc = json.loads(hotline.run("fleet", "--json", ok=None).output)
-    assert [(n["node_id"], n["versions"], n["polls"]) for n in doc["nodes"]] == [("edge-node", {"default": 1}, 2)]
+    assert [(n["node_id"], n["versions"], n["polls"]) for n in doc["nodes"]] == [("edge-node", {"default": 1}, 3)]

@@ -10,7 +10,7 @@ The scenario, every program started as a user would (subprocesses):
 3. a second version is published and synced (a delta in both directories);
 4. `blocklist-plugin status`, `status --json`, `check`, `selftest --json`; the admin
    endpoint's /, /healthz, /status (JSON and HTML), /selftest and /metrics; `blocklist fleet` (text and
-   JSON) and serve's /fleet, /fleet.json and /metrics;
+   JSON) and serve's /fleet, /fleet.json, /metrics and a bundle answer (manifest and delta);
 5. failing syncs: a plugin pinning the wrong key (bad signature), a plugin whose
    source is unreachable, and the main plugin after serve is stopped; then the
    status of each.
@@ -226,6 +226,13 @@ async def test_no_plaintext_listed_url_anywhere(hotline: Hotline, plugin: Plugin
             status, body = await fetch(run, "serve-" + page.strip("/"), served + page)
             assert status == 200
         assert "isp-privacy-1" in body or page == "/manifest.json"
+        # a bundle answer: the manifest and the new delta in one body, as a node asking for it gets them
+        delta = json.loads((hotline.publish_dir / "manifest.json").read_bytes())["signed"]["lists"]["default"]
+        async with aiohttp.ClientSession() as session, session.get(served + "/manifest.json", headers={
+                "X-Blocklist-Have": f"default={delta['deltas'][-1]['from']}", "X-Blocklist-Bundle": "1048576"}) as resp:
+            bundled = await resp.read()
+            run.save("serve-bundle", "".join(f"{k}: {v}\n" for k, v in resp.headers.items()).encode() + bundled)
+            assert "delta-" in resp.headers["X-Blocklist-Bundle"]
 
         # 5. failing syncs and their status
         for name, extra in (("bad-signature", {"public_key": wrong_key()}),

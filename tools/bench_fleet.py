@@ -12,9 +12,11 @@ reports as the plugin does:
 GET manifest.json with X-Blocklist-Node, X-Blocklist-Have and an
 X-Blocklist-Proof made with the node's token (blocklist.core.protocol; the
 tokens are issued by `blocklist node add`, run in-process), If-None-Match, and
-X-Blocklist-Wait once the source has shown it long-polls; on a new manifest it
-GETs the list's new delta (or the snapshot when it has no base) and checks its
-size and SHA-256 (not the signature: the plugin's cost is not measured here).
+X-Blocklist-Wait once the source has shown it long-polls, and X-Blocklist-Bundle
+(--no-bundle: as plugins before it); on a new manifest it takes the list's new
+delta from the answer's bundle, else GETs it (or the snapshot when it has no
+base), and checks its size and SHA-256 (not the signature: the plugin's cost is
+not measured here).
 
 The time of one node for one publish runs from the new manifest.json appearing
 (publish's rename, watched every millisecond) to that node holding every byte of
@@ -35,8 +37,11 @@ goal is judged on the stricter figure. The runs:
   direct     plain polling of serve itself, no tier (full run only): what the tier saves
 
 For each run, serve's request rate (its blocklist_serve_requests_total) over the
-publishes. The bench raises its RLIMIT_NOFILE soft limit to the hard limit (serve,
-nginx and the workers inherit it): 2,000 nodes need over 4,000 descriptors.
+publishes, its requests per node per publish and, in the runs where every poll
+parks, its CPU seconds per whole cycle (publish to every poll parked again):
+the two figures that do not depend on how busy the machine is. The bench raises
+its RLIMIT_NOFILE soft limit to the hard limit (serve, nginx and the workers
+inherit it): 2,000 nodes need over 4,000 descriptors.
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from blocklist.core.protocol import HAVE, NODE, PROOF, WAIT, make_proof, report_key  # noqa: E402
+from blocklist.core.protocol import BUNDLE, HAVE, NODE, PROOF, WAIT, make_proof, parse_bundle, report_key  # noqa: E402
+from resolver_plugin.distribution.sync import BUNDLE_BYTES  # noqa: E402
 from tools.bench_propagation import free_port, percentile, wait_port  # noqa: E402
 from tools.nginx_mirror import start_nginx_cache, stop_nginx  # noqa: E402
 
@@ -78,8 +84,9 @@ LIST = "bench"
 class Node:
     """One simulated plugin: its id, report key, manifest ETag and the version it holds."""
 
-    def __init__(self, node_id: str, token: str) -> None:
+    def __init__(self, node_id: str, token: str, bundle: bool = True) -> None:
         self.node_id = node_id
+        self.bundle = bundle  # ask for X-Blocklist-Bundle, as the plugin does (False: as an older plugin)
         self.key = report_key(token)
         self.millis = 0
         self.etag: str | None = None
@@ -91,6 +98,8 @@ class Node:
         self.millis = max(int(time.time() * 1000), self.millis + 1)
         headers = {"Accept-Encoding": "identity", NODE: self.node_id, HAVE: have,
                    PROOF: make_proof(self.key, self.node_id, have, self.millis).header()}
+        if self.bundle:
+            headers[BUNDLE] = str(BUNDLE_BYTES)
         if self.etag:
             headers["If-None-Match"] = self.etag
             if long_poll > 0 and self.long_poll_ok:
@@ -170,10 +179,16 @@ async def run_node(node: Node, base: str, long_poll: float, interval: float, sto
             status, headers, body = await conn.get("manifest.json", node.headers(long_poll), long_poll + 30)
             node.long_poll_ok = WAIT.lower() in headers
             if status == 200:
+                bundled: dict[str, bytes] = {}
+                if BUNDLE.lower() in headers:  # as the plugin: the manifest, and files it may use
+                    parts = parse_bundle(headers[BUNDLE.lower()], body)
+                    body, bundled = parts[0][1], dict(parts[1:])
                 ref = json.loads(body)["signed"]["lists"][LIST]
                 if ref["version"] != node.version:
                     for f in _files_to_fetch(ref, node.version):
-                        fstatus, _, data = await conn.get(f["path"], {"Accept-Encoding": "identity"}, 30)
+                        fstatus, data = 200, bundled.get(f["path"], b"")
+                        if len(data) != f["size"]:
+                            fstatus, _, data = await conn.get(f["path"], {"Accept-Encoding": "identity"}, 30)
                         if fstatus != 200 or len(data) != f["size"] or \
                                 hashlib.sha256(data).hexdigest() != f["sha256"]:
                             raise ValueError(f"{f['path']}: HTTP {fstatus}, {len(data)} bytes, not as named")
@@ -196,7 +211,7 @@ async def run_node(node: Node, base: str, long_poll: float, interval: float, sto
 async def client_main(args: argparse.Namespace) -> None:
     tokens = json.loads(Path(args.tokens).read_text())
     ids = sorted(tokens)[args.first:args.first + args.count]
-    nodes = [Node(i, tokens[i]) for i in ids]
+    nodes = [Node(i, tokens[i], not args.no_bundle) for i in ids]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -297,7 +312,7 @@ class Fleet:
         wait_port(port)
         return proc
 
-    def start_workers(self, url: str, procs: int, long_poll: float, interval: float) -> None:
+    def start_workers(self, url: str, procs: int, long_poll: float, interval: float, bundle: bool = True) -> None:
         self.fetched.clear()
         self.errors = 0
         self.error_kinds.clear()
@@ -305,7 +320,8 @@ class Fleet:
         for first in range(0, self.nodes, share):
             proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--client", "--url", url,
                                      "--tokens", str(self.tokens), "--first", str(first), "--count", str(share),
-                                     "--long-poll", str(long_poll), "--poll-interval", str(interval)],
+                                     "--long-poll", str(long_poll), "--poll-interval", str(interval),
+                                     *([] if bundle else ["--no-bundle"])],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env)
             threading.Thread(target=self._read, args=(proc,), daemon=True).start()
             self.workers.append(proc)
@@ -417,12 +433,18 @@ def measure(fleet: Fleet, publishes: int, metrics: Metrics, serve: subprocess.Po
     requests_before, started = metrics.requests(), time.monotonic()
     workers = [p.pid for p in fleet.workers]
     serve_cpu = workers_cpu = 0.0
-    for _ in range(publishes):
+    cycle_start = idle = 0.0
+    for i in range(publishes):
         if parked:  # every node's poll parked in serve: its memory at rest
             deadline = time.monotonic() + 60
             while metrics.waiting() < fleet.nodes and time.monotonic() < deadline:
                 time.sleep(0.05)
             rest.append(rss_mb(serve.pid))
+            if i == 0:  # serve's floor with every poll parked and nothing asked (the watcher's ticks)
+                idle = cpu_s([serve.pid])
+                time.sleep(1.0)
+                cycle_start = cpu_s([serve.pid])
+                idle = cycle_start - idle
         else:
             time.sleep(1.5)
         cpu = cpu_s([serve.pid]), cpu_s(workers)
@@ -435,6 +457,12 @@ def measure(fleet: Fleet, publishes: int, metrics: Metrics, serve: subprocess.Po
             after_return += [max(0.0, t - returned) for t in fleet.fetched[version]]  # 0: held before
     elapsed = time.monotonic() - started
     served = metrics.requests() - requests_before
+    cycle_cpu = None
+    if parked:  # the whole cycle: until every node has polled again (its report verified and written) and parked
+        deadline = time.monotonic() + 60
+        while metrics.waiting() < fleet.nodes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cycle_cpu = cpu_s([serve.pid]) - cycle_start
     row = {"nodes": fleet.nodes, "publishes": publishes, "samples": len(times),
            "p50_s": round(percentile(times, 50), 3), "p99_s": round(percentile(times, 99), 3),
            "max_s": round(max(times), 3), "errors": fleet.errors,
@@ -442,12 +470,19 @@ def measure(fleet: Fleet, publishes: int, metrics: Metrics, serve: subprocess.Po
            "p99_after_publish_returned_s": round(percentile(after_return, 99), 3),
            "serve_requests": int(served), "serve_requests_per_s": round(served / elapsed, 1),
            "serve_requests_per_publish": round(served / publishes, 1),
+           "serve_requests_per_node_per_publish": round(served / publishes / fleet.nodes, 3),
+           "serve_bundles": int(metrics.value(metrics.read(), "blocklist_serve_bundles_total")),
            "serve_rss_peak_mb": rss_mb(serve.pid, "VmHWM"),
            # CPU seconds from each publish to the last node holding it: what bounds the figure when a core is busy
            "serve_cpu_s_per_publish": round(serve_cpu / publishes, 3),
            "nodes_cpu_s_per_publish": round(workers_cpu / publishes, 3)}
     if rest:
         row["serve_rss_rest_mb"] = max(rest)
+    if cycle_cpu is not None:
+        # publish to every poll parked again, the first publish to the last (it includes the bench's
+        # reads of /metrics while it waits, and serve's idle watcher): the load-independent cost
+        row["serve_cpu_s_per_publish_cycle"] = round(cycle_cpu / publishes, 3)
+        row["serve_cpu_s_idle_per_s"] = round(idle, 3)
     return row
 
 
@@ -470,7 +505,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             nginx = None
             try:
                 if mode == "longpoll":
-                    fleet.start_workers(f"http://127.0.0.1:{port}/", args.procs, 25, args.poll_interval)
+                    fleet.start_workers(f"http://127.0.0.1:{port}/", args.procs, 25, args.poll_interval,
+                                        not args.no_bundle)
                     result["runs"][mode] = measure(fleet, args.publishes, metrics, serve, parked=True)
                 elif mode in ("tier", "tier-reports"):
                     program = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -483,12 +519,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                               connections=3 * args.nodes + 256, reports=reports)
                     wait_port(edge)
                     fleet.start_workers(f"http://127.0.0.1:{edge}/", args.procs, 25 if reports else 0,
-                                        args.poll_interval)
+                                        args.poll_interval, not args.no_bundle)
                     result["runs"][mode] = measure(fleet, args.publishes, metrics, serve, parked=reports)
                     log = (tmp / f"nginx-{edge}" / "error.log").read_text(errors="replace").splitlines()
                     result["runs"][mode]["nginx_error_log"] = log[-5:]
                 elif mode == "direct":
-                    fleet.start_workers(f"http://127.0.0.1:{port}/", args.procs, 0, args.poll_interval)
+                    fleet.start_workers(f"http://127.0.0.1:{port}/", args.procs, 0, args.poll_interval,
+                                        not args.no_bundle)
                     result["runs"][mode] = measure(fleet, args.publishes, metrics, serve, parked=False)
             finally:
                 fleet.stop_workers()
@@ -523,6 +560,10 @@ def summarize(result: dict[str, Any]) -> None:
         result["summary"][f"serve requests/s, {n} nodes long-polling"] = {
             "figure": f"{lp['serve_requests_per_s']:g} ({lp['serve_requests_per_publish']:g} per publish)",
             "goal": "", "met": None}
+        result["summary"][f"serve per publish, {n} nodes long-polling"] = {
+            "figure": f"{lp['serve_requests_per_node_per_publish']:g} requests a node, "
+                      f"{lp.get('serve_cpu_s_per_publish_cycle', 0):g} CPU-s a cycle "
+                      f"({lp['serve_bundles']} bundles in all)", "goal": "", "met": None}
 
 
 def main() -> None:
@@ -538,6 +579,8 @@ def main() -> None:
     parser.add_argument("--runs", default=None, help="comma-separated: longpoll,tier,tier-reports,direct")
     parser.add_argument("--profile", default=None, metavar="FILE",
                         help="run serve under cProfile, writing FILE.<run>.prof (python -m pstats FILE...)")
+    parser.add_argument("--no-bundle", action="store_true",
+                        help="nodes do not ask for X-Blocklist-Bundle (as plugins before it): the comparison")
     # the worker side (run by the bench itself)
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)

@@ -7,11 +7,11 @@ Two forms, both what a deployment would run:
                      If-None-Match, the versioned list and root files cached for a day,
                      one request to serve per expired file however many nodes ask
                      (proxy_cache_lock), and no per-node state at the edge: the
-                     node headers are not forwarded, serve's long-poll and report
-                     headers are not passed back (so plugins poll plainly).
+                     node headers are not forwarded (nor the ask for a bundle), serve's
+                     long-poll and report headers are not passed back (so plugins poll plainly).
                      With reports=True, manifest polls that carry a node's proof
-                     bypass the cache to serve (fleet reports and long-polls), the
-                     files staying at the edge.
+                     bypass the cache to serve (fleet reports, long-polls and bundles),
+                     the files staying at the edge.
 """
 
 
@@ -78,6 +78,7 @@ http {{
         proxy_set_header X-Blocklist-Have "";
         proxy_set_header X-Blocklist-Proof "";
         proxy_set_header X-Blocklist-Wait "";
+        proxy_set_header X-Blocklist-Bundle "";  # a bundle answer is one node's: never from the cache
         proxy_hide_header X-Blocklist-Wait;
         proxy_hide_header X-Blocklist-Report;
         proxy_cache blocklist;

@@ -11,6 +11,14 @@
                                          so a plugin knows the source long-polls
     X-Blocklist-Report: <outcome>        answer: whether serve recorded this poll for the fleet
                                          (a ReportOutcome value); only `blocklist serve` sends it
+    X-Blocklist-Bundle: <bytes>          request: the node takes, in the answer that brings a new
+                                         manifest, the files it needs next up to <bytes> in all
+    X-Blocklist-Bundle: manifest.json=<size>, <path>=<size>, ...
+                                         answer: the body is these parts, back to back, in this
+                                         order: the manifest, then files of the publish tree
+                                         (the delta chains from the versions in X-Blocklist-Have).
+                                         Only `blocklist serve` sends it, and only when asked;
+                                         without it the body is the manifest, as from any mirror.
 
 The proof, in ABNF (RFC 5234; SP is one space, nothing else may separate the fields):
 
@@ -41,8 +49,9 @@ import re
 import secrets
 from dataclasses import dataclass
 
-__all__ = ["HAVE", "MAX_LISTS_REPORTED", "MAX_NODE_ID", "NODE", "PROOF", "PROOF_WINDOW_MS", "REPORT", "WAIT",
-           "Proof", "ReportOutcome", "check_token", "clean_node_id", "format_have", "make_proof", "new_token",
+__all__ = ["BUNDLE", "BUNDLE_TYPE", "HAVE", "MAX_BUNDLE_PARTS", "MAX_LISTS_REPORTED", "MAX_NODE_ID", "NODE",
+           "PROOF", "PROOF_WINDOW_MS", "REPORT", "WAIT", "Proof", "ReportOutcome", "check_token",
+           "clean_node_id", "format_have", "make_proof", "new_token", "format_bundle", "parse_bundle",
            "parse_have", "parse_proof", "proof_mac", "report_key", "verify_proof"]
 
 NODE = "X-Blocklist-Node"
@@ -50,11 +59,15 @@ HAVE = "X-Blocklist-Have"
 PROOF = "X-Blocklist-Proof"
 WAIT = "X-Blocklist-Wait"
 REPORT = "X-Blocklist-Report"
+BUNDLE = "X-Blocklist-Bundle"
+BUNDLE_TYPE = "application/vnd.blocklist.bundle"
+MAX_BUNDLE_PARTS = 65  # the manifest and one delta for each of MAX_LISTS_REPORTED lists
 MAX_NODE_ID = 128
 MAX_LISTS_REPORTED = 64
 PROOF_WINDOW_MS = 300_000     # a proof's clock may differ from the server's by this much
 TOKEN_PREFIX = "blnode1."
 _TOKEN = re.compile(r"blnode1\.[A-Za-z0-9_-]{43}")
+_PART = re.compile(r"([A-Za-z0-9][A-Za-z0-9._/-]{0,254})=([0-9]{1,12})")
 _PROOF = re.compile(r"v1 t=([0-9]{1,15}) n=([0-9a-f]{32}) mac=([0-9a-f]{64})")
 
 
@@ -88,6 +101,35 @@ def clean_node_id(node_id: str) -> str | None:
     if not node_id or len(node_id) > MAX_NODE_ID or not node_id.isprintable():
         return None
     return node_id
+
+
+def format_bundle(parts: list[tuple[str, bytes]]) -> tuple[str, bytes]:
+    """The X-Blocklist-Bundle answer header and body of `parts`, (path, bytes) with the manifest first."""
+    header = ", ".join(f"{path}={len(data)}" for path, data in parts)
+    return header, b"".join(data for _, data in parts)
+
+
+def parse_bundle(header: str, body: bytes) -> list[tuple[str, bytes]]:
+    """The (path, bytes) parts of a bundle answer, manifest.json first; ValueError unless the header
+    follows the grammar (relative paths without "..", at most MAX_BUNDLE_PARTS) and its sizes add up
+    to the body's. The parts are only bytes: the caller checks each as if it had fetched it."""
+    items = [item.strip() for item in header.split(",")]
+    if len(items) > MAX_BUNDLE_PARTS:
+        raise ValueError(f"{len(items)} parts, more than {MAX_BUNDLE_PARTS}")
+    parts: list[tuple[str, bytes]] = []
+    at = 0
+    for item in items:
+        found = _PART.fullmatch(item)
+        if found is None or ".." in found[1].split("/") or "//" in found[1]:
+            raise ValueError(f"part {item[:80]!r} is not <path>=<size>")
+        size = int(found[2])
+        parts.append((found[1], body[at:at + size]))
+        at += size
+    if at != len(body):
+        raise ValueError(f"the parts add up to {at} bytes, the body has {len(body)}")
+    if parts[0][0] != "manifest.json" or len({path for path, _ in parts}) != len(parts):
+        raise ValueError("the first part is not manifest.json, or a part is named twice")
+    return parts
 
 
 # ----------------------------------------------------------------------------- node credentials

@@ -6,7 +6,11 @@ One sync (`Syncer.sync_once`):
      it enforces (X-Blocklist-Have; the previous one of a list whose circuit breaker is
      open, resolver_plugin.breaker), with node_token_file a proof of the node's
      token for this poll (X-Blocklist-Proof), If-None-Match and, once the source
-     has shown it long-polls (its answers carry X-Blocklist-Wait), X-Blocklist-Wait: long_poll.
+     has shown it long-polls (its answers carry X-Blocklist-Wait), X-Blocklist-Wait: long_poll,
+     and X-Blocklist-Bundle: BUNDLE_BYTES. `blocklist serve` may then answer a new manifest
+     with the delta files the node needs next in the same body (blocklist.core.protocol);
+     those bytes stand in for the GETs of step 3, checked as if fetched. Any other source
+     answers the manifest alone.
   2. A new manifest names its root version: the roots up to it are fetched
      (root/<N>.json), judged (update_root) and cached one by one, with
      keys.json; then the manifest is judged (update_manifest) and cached
@@ -53,12 +57,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from blocklist.core.errors import BlocklistError, ErrorKind
+from blocklist.core.errors import BlocklistError, ErrorKind, SizeError
 from blocklist.core.format.keys import Keyring
 from blocklist.core.format.manifest import DeltaRef, FileRef, root_version_hint
 from blocklist.core.format.root import MAX_ROOT
 from blocklist.core.matcher import ListFilter
-from blocklist.core.protocol import HAVE, REPORT, clean_node_id, format_have
+from blocklist.core.protocol import BUNDLE, HAVE, REPORT, clean_node_id, format_have, parse_bundle
 from resolver_plugin import breaker
 from resolver_plugin.cache import Cache, ListState
 from resolver_plugin.config import PluginConfig, SourceConfig
@@ -73,6 +77,7 @@ log = logging.getLogger("blocklist.plugin.sync")
 
 MANIFEST = "manifest.json"
 MIN_CYCLE = 0.1  # seconds between long-poll cycles, so a misbehaving source cannot spin us
+BUNDLE_BYTES = 1 << 20  # the files a manifest answer may carry with it (X-Blocklist-Bundle), in all
 # What a reload cannot change: this process holds the cache directory's writer lock, and every
 # enforcement process of the node reads that directory.
 RESTART_ONLY = ("cache_dir",)  # each source's HTTP session (its tls_ca_file) is made again on a reload
@@ -100,6 +105,8 @@ class Syncer:
         self.etag: str | None = None
         self.long_poll_ok = False  # the source sends X-Blocklist-Wait: it long-polls
         self._file = ""  # the file being fetched, for log lines
+        self._bundled: dict[str, bytes] = {}  # path -> bytes the last manifest answer carried, unchecked
+        self.ask_bundle = True  # until the source sends a bundle that does not parse
         self._manifest_saved = True  # the trusted manifest is in the cache
         self._saved_keys = set(self.cache.trusted_keys(self.source.public_keys))
         self.node_id = clean_node_id(config.node_id)  # a header value: printable, bounded
@@ -190,6 +197,7 @@ class Syncer:
                     await self._sync_list(name)
                 except (BlocklistError, OSError) as exc:
                     self._record_error(name, exc)
+        self._bundled = {}  # what this sync did not use
         in_sync = polled and all(self.trust.in_sync(n) for n in self.lists)
         for name in self.lists:
             if self.trust.in_sync(name) and polled:
@@ -203,26 +211,31 @@ class Syncer:
         versions.update({n: self._enforced_version(n, f.version) for n, f in self.filters.items()})
         have = format_have(versions)
         headers = {"Accept-Encoding": "identity", HAVE: have, **self.reporter.headers(have)}
+        if self.ask_bundle:
+            headers[BUNDLE] = str(BUNDLE_BYTES)
         wait = wait if (self.etag and self.long_poll_ok) else 0.0
         if self.etag:
             headers["If-None-Match"] = self.etag
         if wait > 0:
             headers["X-Blocklist-Wait"] = f"{wait:g}"
+        self._bundled = {}
         try:
-            resp = await self.fetcher.get(MANIFEST, self.config.limits.max_manifest_bytes, headers, wait)
+            limit = self.config.limits.max_manifest_bytes
+            resp = await self.fetcher.get(MANIFEST, limit + BUNDLE_BYTES, headers, wait)
             self.long_poll_ok = "X-Blocklist-Wait" in resp.headers
             self.reporter.note(resp.headers.get(REPORT))
             if resp.status == 304:
                 self.trust.check_fresh(time.time())
                 return True
-            await self._walk_roots(root_version_hint(resp.body, self.config.limits.max_manifest_bytes))
+            body = self._unbundle(resp.headers.get(BUNDLE), resp.body, limit)
+            await self._walk_roots(root_version_hint(body, limit))
             before = self.trust.manifest
-            manifest = self.trust.update_manifest(resp.body, time.time())
+            manifest = self.trust.update_manifest(body, time.time())
             if manifest is not before:
                 self._manifest_saved = False
                 self._record_manifest(now)
             if not self._manifest_saved:
-                self.cache.write_manifest(self.trust.manifest_bytes or resp.body)
+                self.cache.write_manifest(self.trust.manifest_bytes or body)
                 self._save_meta()
                 self._manifest_saved = True
             self.etag = resp.etag
@@ -230,6 +243,30 @@ class Syncer:
         except (BlocklistError, OSError) as exc:
             self._record_error(None, exc, MANIFEST)
             return False
+
+    def _unbundle(self, header: str | None, body: bytes, limit: int) -> bytes:
+        """The manifest of a manifest answer; the files a bundle carried with it go to `_bundled`.
+
+        Without X-Blocklist-Bundle (any mirror, an older serve) the body is the manifest.
+        A bundled file is used only where this node would fetch that very path, and is
+        checked as a fetched one is (size, SHA-256, signature): a bundle saves requests,
+        it vouches for nothing.
+        """
+        if header is None:
+            if len(body) > limit:
+                raise SizeError(f"{MANIFEST}: {len(body)} bytes, more than the {limit} expected")
+            return body
+        try:
+            parts = parse_bundle(header, body)
+        except ValueError as exc:
+            self.ask_bundle = False  # a broken source: fetch the files one by one from now on
+            raise SyncError(ErrorKind.HTTP, f"{MANIFEST}: a bundle answer that does not parse: {exc}; "
+                                            "no more bundles asked of this source") from None
+        manifest = parts[0][1]
+        if len(manifest) > limit:
+            raise SizeError(f"{MANIFEST}: {len(manifest)} bytes, more than the {limit} expected")
+        self._bundled = dict(parts[1:])
+        return manifest
 
     def _enforced_version(self, name: str, version: int) -> int:
         """What the node's enforcement processes enforce of cached `version`: the previous one while
@@ -321,6 +358,9 @@ class Syncer:
 
     async def _fetch_file(self, ref: FileRef) -> bytes:
         self._file = ref.path
+        bundled = self._bundled.pop(ref.path, None)
+        if bundled is not None and len(bundled) == ref.size:
+            return bundled  # checked by the caller like any fetched file
         resp = await self.fetcher.get(ref.path, ref.size, {"Accept-Encoding": "identity"})
         return resp.body
 
