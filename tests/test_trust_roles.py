@@ -229,7 +229,8 @@ async def test_the_same_version_re_signed_or_reformatted_is_no_change_and_no_ala
     node = await synced(sim, tmp_path)
     expires = recorded(node).manifest.expires
     sim.requests.clear()
-    fresh = sim.refresh(now=int(time.time()) + 60)
+    assert node.trust.manifest is not None
+    fresh = sim.refresh(now=node.trust.manifest.created + 60)  # 60 s after the first, whatever the clock did since
     assert await node.sync_once()
     assert sim.fetched() == [MANIFEST]  # no list is fetched again
     assert recorded(node).manifest.expires == expires + 60 and node.cache.manifest_bytes() == fresh
