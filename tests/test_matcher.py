@@ -222,6 +222,21 @@ def test_a_fresh_name_under_a_known_parent_costs_no_digest(monkeypatch: pytest.M
     assert make_filter(ENTRIES, markers=False).clear_suffix("q1.unlisted.example") is None
 
 
+_SUFFIX_LABELS = st.sampled_from(["site", "www", "unlisted", "cdn", "subs", "evil", "example", "q1", "1", "255",
+                                  "300", "x-y"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(labels=st.lists(_SUFFIX_LABELS, min_size=1, max_size=5))
+def test_clear_suffix_walk_from_the_right_is_the_domain_keys_walk(labels: list[str]) -> None:
+    """The right-to-left walk answers as the walk over domain_keys (IP forms and one label included)."""
+    host = ".".join(labels)
+    fast, slow = make_filter(ENTRIES), make_filter(ENTRIES)
+    assert fast.clear_suffix(host) == slow._clear_suffix_slow(host), host
+    for odd in ("1.2.3.4", "10.0.0.300", "[::1]", "example", "a.1.2.3.4"):
+        assert fast.clear_suffix(odd) == slow._clear_suffix_slow(odd), odd
+
+
 def test_matcher_clear_suffix_holds_in_every_list() -> None:
     first = make_filter([("http://a.one.example/x", Scope.PAGE)])
     second = make_filter([("http://deep.b.two.example/x", Scope.PAGE)], name="second")

@@ -190,6 +190,33 @@ def test_qname_from_wire(wire: bytes, name: str) -> None:
     assert qname_from_wire(wire) == name
 
 
+def _qname_label_by_label(wire: bytes) -> str:
+    """qname_from_wire's definition, one label at a time (its first implementation)."""
+    labels, i = [], 0
+    while i < len(wire) and wire[i] != 0:
+        n = wire[i]
+        if n > 63 or i + 1 + n > len(wire):
+            return "malformed"
+        labels.append("".join(chr(b) if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "-_") else f"\\{b:03d}"
+                              for b in wire[i + 1:i + 1 + n]))
+        i += 1 + n
+    return ".".join(labels) + "."
+
+
+@settings(max_examples=300, deadline=None)
+@given(wire=st.binary(max_size=40) | st.lists(
+    st.lists(st.sampled_from(b"aZ09-_.%/ \\\x00\x7f\xc3"), min_size=1, max_size=8).map(lambda b: bytes([len(b), *b])),
+    max_size=5).map(lambda parts: b"".join(parts) + b"\0"))
+def test_qname_from_wire_is_its_label_by_label_definition(wire: bytes) -> None:
+    from blocklist.core.errors import InvalidURL
+
+    try:
+        got = qname_from_wire(wire)
+    except InvalidURL:
+        got = "malformed"
+    assert got == _qname_label_by_label(wire), wire
+
+
 @pytest.mark.parametrize("wire", [b"\x05abc", b"\x40" + b"a" * 64 + b"\x00"])
 def test_qname_from_wire_refuses_malformed(wire: bytes) -> None:
     from blocklist.core.errors import InvalidURL

@@ -266,6 +266,21 @@ class ListFilter:
         markers do not show one (or a suffix is listed whole or carries subdomain-reach
         entries, which apply to every name below it).
         """
+        dot = host.rfind(".")
+        if dot < 0 or host.startswith("[") or host[dot + 1:].isdigit():
+            return self._clear_suffix_slow(host)  # one label, or an IP address (or its look-alike)
+        # domain_keys(host) shortest first, without building them all: most names stop at two labels
+        dot = host.rfind(".", 0, dot)
+        while True:
+            name = host[dot + 1:]
+            state = self._suffix(name)
+            if state is not _MARKED:
+                return name if state is _CLEAR else None
+            if dot < 0:
+                return None
+            dot = host.rfind(".", 0, dot)
+
+    def _clear_suffix_slow(self, host: str) -> str | None:
         for name in domain_keys(host)[::-1]:
             if "." not in name and not name.startswith("["):
                 return None  # markers stop at two labels: one label's has no word on names below it
@@ -396,6 +411,8 @@ class Matcher:
 
     def clear_suffix(self, host: str) -> str | None:
         """A suffix of the canonical `host` below which every name passes stage 1 in every list."""
+        if len(self.filters) == 1:  # the usual case; the same answer as below
+            return self.filters[0].clear_suffix(host)
         found = [f.clear_suffix(host) for f in self.filters]
         suffixes = [s for s in found if s is not None]
         if not found or len(suffixes) < len(found):

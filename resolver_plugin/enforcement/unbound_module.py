@@ -126,6 +126,7 @@ _SECURITY_INDETERMINATE = 2  # sec_status above "bogus": the validator leaves it
 _VERB_QUERY = 3              # Unbound verbosity at which our debug lines appear
 
 _SAFE_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+_SAFE_BYTES_DOT = _SAFE_BYTES + b"."
 _PLAIN_NAME = re.compile(r"(?:[a-z0-9_-]+\.)*[a-z0-9_-]+")
 _SAFE_LABEL = re.compile(r"[a-z0-9_\-\u0080-\ud7ff\ue000-\U0010ffff]+")
 
@@ -261,18 +262,27 @@ def _answer(resolver: ResolverConfig, verdict: HostVerdict, qtype: int) -> Decis
 
 def qname_from_wire(wire: bytes) -> str:
     """A wire-format name in presentation format: ``\\DDD`` for every byte outside [A-Za-z0-9_-]."""
+    return _wire_name(wire) + "."
+
+
+def _wire_name(wire: bytes) -> str:
+    """qname_from_wire() without the final dot."""
     labels, i, end = [], 0, len(wire)
-    while i < end and wire[i] != 0:
+    while i < end:
         n = wire[i]
-        if n > 63 or i + 1 + n > end:
+        if not n:
+            break
+        j = i + 1 + n
+        if n > 63 or j > end:
             raise InvalidURL("malformed query name")
-        label = wire[i + 1:i + 1 + n]
-        i += 1 + n
-        if label.translate(None, _SAFE_BYTES):  # what is left is the odd bytes
-            labels.append("".join(chr(b) if b in _SAFE_BYTES else f"\\{b:03d}" for b in label))
-        else:
-            labels.append(label.decode("ascii"))
-    return ".".join(labels) + "."
+        labels.append(wire[i + 1:j])
+        i = j
+    name = b".".join(labels)
+    # one test for the whole name: no byte outside the safe ones and the dots between labels
+    if not name.translate(None, _SAFE_BYTES_DOT) and name.count(b".") < len(labels):
+        return name.decode("ascii")
+    return ".".join(label.decode("ascii") if not label.translate(None, _SAFE_BYTES)
+                    else "".join(chr(b) if b in _SAFE_BYTES else f"\\{b:03d}" for b in label) for label in labels)
 
 
 # -- inside Unbound ------------------------------------------------------------------
@@ -522,7 +532,7 @@ class _Stage:
                 return False
             self.clear = (matcher, clear := set())
         try:
-            name = qname_from_wire(wire)[:-1]
+            name = _wire_name(wire)
         except InvalidURL:
             return False  # decide() counts it as malformed
         # Only a name the slow path reads unchanged (canonical, not an IP address).
