@@ -91,7 +91,14 @@ class Wrapped(Ours):
         log = self.folder / f"{self.name}.log"
         self.proc = subprocess.Popen([*self.wrapper, sys.executable, *self.python_args, "-c", str(config), "proxy"],
                                      env=self.env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
-        wait_listening(self.port, self.proc, self.name, log)
+        deadline = time.monotonic() + 900  # under callgrind, Python's start-up alone takes minutes
+        while True:
+            try:
+                wait_listening(self.port, self.proc, self.name, log)
+                return
+            except RuntimeError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
 
 
 def _callgrind_total(path: Path) -> int:
