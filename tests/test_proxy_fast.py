@@ -153,3 +153,26 @@ def test_a_head_in_pieces_and_a_chunked_answer_keep_the_connection(proxy: Runnin
     assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(BODY) and b"Connection: close" in rest
     log = proxy.access_log.read_text()
     assert log.count(" 200 ") == 2 and "allowed" in log
+
+
+def test_a_plain_http_target_is_split_as_yarl_splits_it() -> None:
+    from resolver_plugin.enforcement.proxy.forward import upstream_url
+    taken: list[str] = []
+    hosts = st.sampled_from(["a.test", "Example.COM", "127.0.0.1", "a..b", "-a.", "xn--80ak6aa92e.com", "XN--a.b",
+                             "[::1]", "user@a.test", ".", ""])
+    ports = st.sampled_from(["", ":80", ":8080", ":080", ":0", ":65535", ":65536", ":99999", ":"])
+    paths = st.sampled_from(["", "/", "/x/../y", "/%zz/%41?x=%", "/a?b#c", "?q", "/p?q=1&r", "/[]{}|\\^`\"<>", "#f"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(hosts, ports, paths)
+    def check(host: str, port: str, path: str) -> None:
+        target = f"http://{host}{port}{path}"
+        simple = fast.simple_http(target)
+        if simple is None:
+            return
+        taken.append(target)
+        url = upstream_url(target)  # never raises for what simple_http takes
+        assert simple == (url.raw_host, url.port, url.raw_path_qs, url.host_port_subcomponent), target
+
+    check()
+    assert taken

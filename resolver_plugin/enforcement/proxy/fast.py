@@ -65,6 +65,9 @@ _FIELD = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([2-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _RFIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*")
 _NO_BODY_STATUS = frozenset({204, 304})
+# An http:// target yarl reads as it stands (forward.upstream_url): a plain host, a port 1-65535
+# without leading zeros, a path without a fragment. Others (IDNA, IPv6, userinfo, ...) go to yarl.
+_SIMPLE_HTTP = re.compile(r"http://([A-Za-z0-9][A-Za-z0-9.\-]*)(?::([1-9][0-9]{0,4}))?(/[^#]*)?")
 
 IDLE, BUSY, SLOW, LINGER, CLOSED = range(5)
 
@@ -94,6 +97,21 @@ def parse_request(data: bytes, end: int) -> RequestHead | None:
     except RequestError:
         return None
     return head
+
+
+def simple_http(target: str) -> tuple[str, int, str, str] | None:
+    """(host, port, path and query, Host field) of a plain http:// target, as forward.upstream_url's
+    URL gives them (raw_host, port, raw_path_qs, host_port_subcomponent); None for any other."""
+    match = _SIMPLE_HTTP.fullmatch(target)
+    if match is None:
+        return None
+    host, port_text, path = match.groups()
+    if "xn--" in host.lower():
+        return None
+    port = int(port_text) if port_text else 80
+    if port > 65535:
+        return None
+    return host, port, path or "/", host if port == 80 else f"{host}:{port}"
 
 
 class _Response:
@@ -403,11 +421,12 @@ class ClientProtocol(asyncio.Protocol):
         server = self.server
         started = time.monotonic()
         live = server.live
+        simple = simple_http(target)
         try:
             t0 = time.perf_counter()
             verdict = live.check(target)
             metrics.observe_check(COMPONENT, verdict, time.perf_counter() - t0)
-            url = upstream_url(target)
+            url = upstream_url(target) if simple is None else None
         except InvalidURL:
             metrics.observe_invalid(COMPONENT)
             self._error(400, head.method, "-")
@@ -420,17 +439,24 @@ class ClientProtocol(asyncio.Protocol):
             keep_alive = head.keep_alive and "keep-alive" in head.connection_tokens
             self._block(head, verdict.list or "unknown", started, keep_alive)
             return
-        if not server.destinations.host_allowed(url.raw_host or ""):
+        if simple is None:
+            assert url is not None
+            simple = (url.raw_host or "", url.port or 80, url.raw_path_qs, url.host_port_subcomponent or "")
+            lean = slow_origin.lean(head, url)
+        else:
+            lean = head.method in slow_origin.LEAN_METHODS
+        host, port, path_qs, host_port = simple
+        if not server.destinations.host_allowed(host):
             metrics.observe_refused(COMPONENT, "destination")
             self._error(403, head.method, target, "refused destination", DESTINATION_REFUSED)
             return
-        if not slow_origin.lean(head, url):  # https://, other methods: aiohttp's client, as a coroutine
-            self._slow(pending=(head, target, url, started))
+        if not lean:  # https://, other methods: aiohttp's client, as a coroutine
+            self._slow(pending=(head, target, url or upstream_url(target), started))
             return
         self.state = BUSY
         self.head, self.target, self.started = head, target, started
-        self.host, self.port = url.raw_host or "", url.port or 80
-        self.request = slow_origin.request_bytes(head, url, self.client_ip, server.proxy.forwarded_for)
+        self.host, self.port = host, port
+        self.request = slow_origin.head_bytes(head, path_qs, host_port, self.client_ip, server.proxy.forwarded_for)
         self._send_upstream()
 
     def _block(self, head: RequestHead, list_name: str, started: float, keep_alive: bool) -> None:

@@ -40,6 +40,7 @@ COPY_SIZE = 65536
 DRAIN_QUIET = 65536  # bytes waiting for the client below which a write does not wait for it
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
                         "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"})
+_DROP_UPSTREAM = HOP_BY_HOP | {"host", "expect", "content-length"}
 _NO_BODY_STATUS = frozenset({204, 304})
 _T = TypeVar("_T")
 
@@ -81,10 +82,19 @@ def _connection_named(pairs: list[tuple[str, str]]) -> set[str]:
 def upstream_headers(head: RequestHead, client_ip: str,
                      forwarded_for: ForwardedFor = ForwardedFor.APPEND) -> CIMultiDict[str]:
     """The headers to send to the origin for `head` from `client_ip`, X-Forwarded-For as `forwarded_for` says."""
+    return CIMultiDict(upstream_pairs(head, client_ip, forwarded_for))
+
+
+def upstream_pairs(head: RequestHead, client_ip: str,
+                   forwarded_for: ForwardedFor = ForwardedFor.APPEND) -> list[tuple[str, str]]:
+    """upstream_headers as (name, value) pairs in their order: the client's fields less hop-by-hop
+    ones, Host, Expect and X-Forwarded-For, then Content-Length, Via and X-Forwarded-For."""
     mode = ForwardedFor(forwarded_for)  # its value names a mode too ("append")
     # Content-Length is re-added from the parsed value (its repeated or listed forms collapse to one).
-    drop = HOP_BY_HOP | _connection_named(head.headers) | {"host", "expect", "content-length"}
-    out: CIMultiDict[str] = CIMultiDict()
+    drop = _DROP_UPSTREAM
+    if any(name.lower() == "connection" for name, _ in head.headers):
+        drop = drop | _connection_named(head.headers)
+    out: list[tuple[str, str]] = []
     forwarded_for_chain: list[str] = []
     for name, value in head.headers:
         lname = name.lower()
@@ -93,17 +103,16 @@ def upstream_headers(head: RequestHead, client_ip: str,
         if lname == "x-forwarded-for":
             forwarded_for_chain.append(value)
             continue
-        out.add(name, value)
+        out.append((name, value))
     if head.content_length is not None:
-        out["Content-Length"] = str(head.content_length)
-    out.add("Via", VIA)
+        out.append(("Content-Length", str(head.content_length)))
+    out.append(("Via", VIA))
     if mode is ForwardedFor.APPEND:
-        out["X-Forwarded-For"] = ", ".join([*forwarded_for_chain, client_ip])
+        out.append(("X-Forwarded-For", ", ".join([*forwarded_for_chain, client_ip])))
     elif mode is ForwardedFor.TRUNCATE:
-        out["X-Forwarded-For"] = client_ip
+        out.append(("X-Forwarded-For", client_ip))
     elif mode is ForwardedFor.TRANSPARENT:
-        for value in forwarded_for_chain:
-            out.add("X-Forwarded-For", value)
+        out += [("X-Forwarded-For", value) for value in forwarded_for_chain]
     return out
 
 

@@ -49,7 +49,7 @@ from resolver_plugin.enforcement.proxy.forward import (
     frame,
     open_tunnel,
     response_head,
-    upstream_headers,
+    upstream_pairs,
 )
 from resolver_plugin.enforcement.proxy.head import RequestHead
 
@@ -163,9 +163,14 @@ class _Response:
 
 
 def request_bytes(head: RequestHead, url: URL, client_ip: str, forwarded_for: ForwardedFor) -> bytes:
-    headers = upstream_headers(head, client_ip, forwarded_for)
-    lines = [f"{head.method} {url.raw_path_qs or '/'} HTTP/1.1", f"Host: {url.host_port_subcomponent}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return head_bytes(head, url.raw_path_qs, url.host_port_subcomponent or "", client_ip, forwarded_for)
+
+
+def head_bytes(head: RequestHead, path_qs: str, host_port: str, client_ip: str, forwarded_for: ForwardedFor) -> bytes:
+    """The request head for the origin: `path_qs` on `host_port` (the URL's host and port, the port
+    left out when it is 80)."""
+    lines = [f"{head.method} {path_qs or '/'} HTTP/1.1", f"Host: {host_port}"]
+    lines += [f"{name}: {value}" for name, value in upstream_pairs(head, client_ip, forwarded_for)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
