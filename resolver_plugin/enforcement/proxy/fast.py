@@ -44,10 +44,11 @@ from resolver_plugin.enforcement.proxy.blockpage import error_response
 from resolver_plugin.enforcement.proxy.connect import DESTINATION_REFUSED
 from resolver_plugin.enforcement.proxy.destinations import Destinations
 from resolver_plugin.enforcement.proxy.forward import (
+    HOP_BY_HOP,
+    VIA,
     UpstreamError,
     frame,
     open_origin,
-    response_head,
     upstream_url,
 )
 from resolver_plugin.enforcement.proxy.head import MAX_HEADERS, RequestError, RequestHead, frame_head
@@ -114,26 +115,90 @@ def simple_http(target: str) -> tuple[str, int, str, str] | None:
     return host, port, path or "/", host if port == 80 else f"{host}:{port}"
 
 
-class _Response:
-    __slots__ = ("status", "reason", "minor", "pairs")
+_SPECIAL = frozenset({b"transfer-encoding", b"content-length", b"connection"})
+_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
+_VIA_LINE = f"Via: {VIA}".encode()
+_status_lines: dict[bytes, bytes] = {}
 
-    def __init__(self, status: int, reason: str, minor: int, pairs: list[tuple[str, str]]) -> None:
-        self.status, self.reason, self.minor, self.pairs = status, reason, minor, pairs
+
+class Reframed:
+    """An origin's response head as the client gets it, and how its body is framed."""
+
+    __slots__ = ("head", "status", "length", "chunked", "keep_alive", "reusable")
+
+    def __init__(self, head: bytes, status: int, length: int | None, chunked: bool, keep_alive: bool,
+                 reusable: bool) -> None:
+        self.head, self.status, self.length = head, status, length  # length None: to the close
+        self.chunked, self.keep_alive, self.reusable = chunked, keep_alive, reusable
 
 
-def parse_response(data: bytes, end: int) -> _Response | None:
-    """The final response head in data[:end], if origin.py would read it alike; else None."""
+def _status_line(raw: bytes, match: re.Match[bytes]) -> bytes:
+    """The client's status line for the origin's `raw` one, as forward.response_head writes it (remembered)."""
+    reason = (match.group(3) or b"").decode("latin-1")
+    line = f"HTTP/1.1 {int(match.group(2))} {reason}".rstrip().encode("latin-1")
+    if len(_status_lines) > 256:
+        _status_lines.clear()
+    _status_lines[raw] = line
+    return line
+
+
+def reframe(data: bytes, end: int, request: RequestHead) -> Reframed | None:
+    """The final response head in data[:end] re-framed for `request`'s client, exactly as origin.py
+    reads it (read_response_head, _framing) and forward.response_head writes it; None for a head
+    the fast way leaves to them (1xx, Transfer-Encoding, a line they refuse, an odd Content-Length
+    or Connection value)."""
     lines = data[:end].split(b"\r\n")
-    status = _STATUS.fullmatch(lines[0])
-    if status is None or len(lines) > slow_origin.MAX_FIELDS + 1 or status.group(2) == b"101":
+    status_match = _STATUS.fullmatch(lines[0])
+    if status_match is None or len(lines) > slow_origin.MAX_FIELDS + 1 or status_match.group(2) == b"101":
         return None
-    pairs = []
+    minor = status_match.group(1)
+    fields: list[tuple[bytes, bytes, bytes]] = []
+    lengths: set[bytes] = set()
+    named: set[bytes] = set()
+    close = minor == b"0"
     for line in lines[1:]:
         field = _RFIELD.fullmatch(line)
         if field is None:
             return None
-        pairs.append((field.group(1).decode("latin-1"), field.group(2).decode("latin-1")))
-    return _Response(int(status.group(2)), (status.group(3) or b"").decode("latin-1"), int(status.group(1)), pairs)
+        name, value = field.groups()
+        lname = name.lower()
+        if lname in _SPECIAL:
+            if lname == b"transfer-encoding" or not value.isascii():
+                return None
+            if lname == b"content-length":
+                lengths.update(v.strip() for v in value.split(b","))
+            else:
+                tokens = {t.strip().lower() for t in value.split(b",")}
+                named |= tokens
+                close = close or b"close" in tokens
+                if minor == b"0" and b"keep-alive" in tokens:
+                    close = False
+        fields.append((name, value, lname))
+    status = int(status_match.group(2))
+    no_body = request.method == "HEAD" or status in _NO_BODY_STATUS
+    length: int | None = None
+    if no_body:
+        length = 0
+    elif lengths:
+        value = next(iter(lengths))
+        if len(lengths) != 1 or not value.isdigit() or len(value) > 18:
+            return None
+        length = int(value)
+    version11 = request.version == "HTTP/1.1"
+    keep_alive = request.keep_alive and (length is not None or version11)
+    chunked = length is None and version11
+    drop = _HOP_BY_HOP | named if named else _HOP_BY_HOP
+    if chunked:
+        drop = drop | {b"content-length"}
+    out = [_status_lines.get(lines[0]) or _status_line(lines[0], status_match)]
+    out += [name + b": " + value for name, value, lname in fields if lname not in drop]
+    out.append(_VIA_LINE)
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked")
+    if not keep_alive:
+        out.append(b"Connection: close")
+    out.append(b"\r\n")
+    return Reframed(b"\r\n".join(out), status, length, chunked, keep_alive, length is not None and not close)
 
 
 class _ClientWriter:
@@ -534,39 +599,26 @@ class ClientProtocol(asyncio.Protocol):
         if end + 4 > slow_origin.MAX_HEAD:
             self._slow_response(rbuf)
             return
-        resp = parse_response(rbuf, end)
         head = self.head
         assert head is not None
-        if resp is None:
+        got = reframe(rbuf, end, head)
+        if got is None:
             self._slow_response(rbuf)
             return
-        no_body = head.method == "HEAD" or resp.status in _NO_BODY_STATUS
-        try:
-            framing = slow_origin.response_framing(resp, no_body)  # type: ignore[arg-type]
-        except slow_origin.BadResponse:
-            self._drop_origin()
-            self._upstream_failed(UpstreamError(502, "BadResponse"))
-            return
-        if framing.chunked:
-            self._slow_response(rbuf)
-            return
-        has_length = framing.length is not None and not no_body
-        self.keep_alive = head.keep_alive and (no_body or has_length or head.version == "HTTP/1.1")
-        self.chunked = not no_body and not has_length and head.version == "HTTP/1.1"
-        self.remaining = 0 if no_body else framing.length
-        self.reusable = framing.reusable
-        self.status = resp.status
-        out = response_head(resp.status, resp.reason, resp.pairs, self.chunked, self.keep_alive)
+        self.keep_alive, self.chunked, self.reusable = got.keep_alive, got.chunked, got.reusable
+        self.remaining = got.length
+        self.status = got.status
         self.sent_head = True
         self.rbuf = b""
         rest = rbuf[end + 4:]
-        if no_body:
+        if got.length == 0:
             assert self.transport is not None
-            self.transport.write(out)
+            self.transport.write(got.head)
             if rest:
                 self.reusable = False
             self._done()
             return
+        out = got.head
         self._body(rest, out)
 
     def _body(self, data: bytes, out: bytes = b"") -> None:
