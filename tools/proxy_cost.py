@@ -12,10 +12,10 @@ process (one worker):
 - CPU-seconds (utime + stime from /proc/PID/stat, sampled around the run) per request, in
   microseconds. What a request costs does not depend on how busy the machine is, so this is
   usable on a shared machine, though noisier than on an idle one (cache effects, clock ticks);
-- with `--callgrind` (ours only): the proxy runs under `valgrind --tool=callgrind`, its counters
-  are zeroed after the warm-up (`callgrind_control -z`) and dumped after the run (`-d`): user-space
-  instructions per request, the figure that does not move with load at all (kernel time is not
-  in it);
+- with `--callgrind`: each proxy runs under `valgrind --tool=callgrind` (Squid as one process,
+  `squid -N`), its counters are zeroed after the warm-up (`callgrind_control -z`) and dumped
+  after the run (`-d`): user-space instructions per request, the figure that does not move with
+  load at all (kernel time is not in it). Squid's by difference (see measure_squid_grind);
 - with `--cprofile DIR` (ours only): the proxy runs under `python -m cProfile`, DIR/proxy.prof
   written when it stops, to read with pstats (warm-up and both mixes together).
 
@@ -45,7 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tools.bench_proxy import (  # noqa: E402
+    BLOCKED_HOST,
     PLUGIN_MAIN,
+    SQUID_CONF,
     Client,
     Ours,
     Squid,
@@ -103,6 +105,41 @@ class Wrapped(Ours):
                     raise
 
 
+class WrappedSquid(Squid):
+    """Squid, one process (`-N`: no master, no kid), under callgrind: the comparator's instructions."""
+
+    def __init__(self, exe: str, folder: Path, grind: Path) -> None:
+        super().__init__(1, exe, folder)
+        self.grind = grind
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.dir.mkdir(exist_ok=True)
+        self.dir.chmod(0o777)
+        self.grind.chmod(0o777)  # Squid writes its dump as its own user
+        conf = self.dir / "squid.conf"
+        conf.write_text(SQUID_CONF.format(port=self.port, workers=1, dir=self.dir, blocked=BLOCKED_HOST))
+        grind = f"--callgrind-out-file={self.grind}/callgrind.out.%p"
+        self.proc = subprocess.Popen(["valgrind", "--tool=callgrind", grind,
+                                      self.exe, "-N", "-n", f"blgrind{self.port}", "-f", str(conf)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=(self.dir / "squid.out").open("wb"))
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                wait_listening(self.port, self.proc, self.name, self.dir / "cache.log")
+                return
+            except RuntimeError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, grace=300)  # a clean exit writes the whole dump; under callgrind that takes a while
+            self.proc = None
+
+
 def _callgrind_total(path: Path) -> int:
     text = path.read_text(errors="replace")
     match = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.M)
@@ -142,6 +179,34 @@ def measure(target: Target, mixes: dict[str, list[bytes]], args: argparse.Namesp
     return out
 
 
+def measure_squid_grind(target: WrappedSquid, mixes: dict[str, list[bytes]], args: argparse.Namespace
+                        ) -> dict[str, Any]:
+    """Squid's instructions per request, by difference: a process blocked in epoll does not answer
+    callgrind_control, so each mix runs twice from start to stop (`--requests` / 4 and
+    `--requests` requests after the warm-up), the dump Squid writes as it exits read each time."""
+    out: dict[str, Any] = {}
+    for mix, requests in mixes.items():
+        totals = []
+        counts = (args.requests // 4, args.requests)
+        for count in counts:
+            target.start()
+            try:
+                asyncio.run(fixed_load(target.port, requests, args.connections, args.warmup, target.block_status
+                                       if mix == "blocked" else 200))
+                asyncio.run(fixed_load(target.port, requests, args.connections, count, target.block_status
+                                       if mix == "blocked" else 200))
+            finally:
+                target.stop()
+            dumps = sorted(target.grind.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
+            totals.append(_callgrind_total(dumps[-1]))
+            for dump in dumps:
+                dump.unlink()
+        per = round((totals[1] - totals[0]) / (counts[1] - counts[0]))
+        out[mix] = {"instructions_per_request": per, "totals": totals, "requests": list(counts)}
+        print(f"proxy_cost: {target.name} {mix}: {out[mix]}", file=sys.stderr)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20_000, help="requests per mix (after the warm-up)")
@@ -151,7 +216,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="interleaved rounds (ours, Squid, ours, ...); the cheapest round of each is kept")
     parser.add_argument("--only", choices=("ours", "squid"))
-    parser.add_argument("--callgrind", action="store_true", help="ours under callgrind: instructions per request")
+    parser.add_argument("--callgrind", action="store_true", help="under callgrind: instructions per request")
     parser.add_argument("--keep-dumps", metavar="DIR", help="with --callgrind: keep the dumps here")
     parser.add_argument("--cprofile", metavar="DIR", help="ours under cProfile: DIR/proxy.prof at exit")
     args = parser.parse_args()
@@ -182,10 +247,18 @@ def main() -> None:
                                    "-m", "resolver_plugin"]
                 targets.append((Wrapped(config, env, folder, wrapper, python_args), grind))
             squid = shutil.which("squid") or "/usr/sbin/squid"
-            if args.only != "ours" and not args.callgrind and Path(squid).exists():
-                targets.append((Squid(1, squid, folder), None))
+            if args.only != "ours" and Path(squid).exists():
+                if args.callgrind:
+                    squid_grind = folder / "squid-grind"
+                    squid_grind.mkdir()
+                    targets.append((WrappedSquid(squid, folder, squid_grind), squid_grind))
+                else:
+                    targets.append((Squid(1, squid, folder), None))
             for _ in range(args.rounds):
                 for target, grind in targets:
+                    if isinstance(target, WrappedSquid):
+                        result[target.name] = measure_squid_grind(target, mixes, args)
+                        continue
                     target.start()
                     try:
                         got = measure(target, mixes, args, grind)

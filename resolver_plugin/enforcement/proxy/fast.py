@@ -51,7 +51,7 @@ from resolver_plugin.enforcement.proxy.forward import (
     open_origin,
     upstream_url,
 )
-from resolver_plugin.enforcement.proxy.head import MAX_HEADERS, RequestError, RequestHead, frame_head
+from resolver_plugin.enforcement.proxy.head import MAX_HEADERS, RequestError, RequestHead
 from resolver_plugin.enforcement.proxy.target import absolute_target, intercepted_url
 from resolver_plugin.operations import metrics
 
@@ -62,6 +62,8 @@ LINGER_BYTES = 1 << 20
 # head.py's grammar, a whole line at a time (CR and LF are in none of the classes)
 _REQUEST_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) (HTTP/1\.[01])")
 _FIELD = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*")
+_CONNECTION_FIELDS = frozenset({"connection", "proxy-connection"})
+_FRAMING_FIELDS = frozenset({"content-length", "transfer-encoding", "expect"})
 # origin.py's grammar for a response head's lines
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([2-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _RFIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*")
@@ -77,7 +79,9 @@ def parse_request(data: bytes, end: int) -> RequestHead | None:
     """The head in data[:end] (end: where its CRLFCRLF starts) if it is one the fast way takes, else None.
 
     None means "let head.py read it": every head this accepts, head.py accepts alike and
-    reads the same, so a None costs nothing but a second parse."""
+    reads the same (its framing included: a head this takes has no Content-Length,
+    Transfer-Encoding or Expect field and at most one Host, so head._framing finds no body
+    and only the Connection and Proxy-Connection tokens), so a None costs a second parse."""
     try:
         text = data[:end].decode("utf-8")
     except UnicodeDecodeError:
@@ -86,18 +90,26 @@ def parse_request(data: bytes, end: int) -> RequestHead | None:
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None or len(lines) > MAX_HEADERS + 1:
         return None
-    headers = []
+    headers: list[tuple[str, str]] = []
+    hosts = 0
+    tokens: set[str] = set()
     for line in lines[1:]:
         field = _FIELD.fullmatch(line)
         if field is None:
             return None
-        headers.append((field.group(1), field.group(2)))
-    head = RequestHead(match.group(1), match.group(2), match.group(3), headers)
-    try:
-        frame_head(head)
-    except RequestError:
+        name, value = field.groups()
+        headers.append((name, value))
+        lname = name.lower()
+        if lname == "host":
+            hosts += 1
+        elif lname in _CONNECTION_FIELDS:
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+        elif lname in _FRAMING_FIELDS:
+            return None
+    if hosts > 1:
         return None
-    return head
+    method, target, version = match.groups()
+    return RequestHead(method, target, version, headers, connection_tokens=frozenset(tokens))
 
 
 def simple_http(target: str) -> tuple[str, int, str, str] | None:

@@ -226,9 +226,6 @@ def _framing(head: RequestHead) -> None:
     head.connection_tokens = frozenset(tokens)
 
 
-frame_head = _framing  # for the fast way (resolver_plugin.enforcement.proxy.fast): the same rules
-
-
 def _body_framing(head: RequestHead, lengths: set[str], codings: list[str]) -> None:
     """Chunked or one Content-Length, never both nor two (request smuggling)."""
     if codings and lengths:
