@@ -190,16 +190,16 @@ def measure_squid_grind(target: WrappedSquid, mixes: dict[str, list[bytes]], arg
         counts = (args.requests // 4, args.requests)
         for count in counts:
             target.start()
+            assert target.proc is not None
+            pid = target.proc.pid  # Squid's own dump, not one of a process it forks
+            expect = target.block_status if mix == "blocked" else 200
             try:
-                asyncio.run(fixed_load(target.port, requests, args.connections, args.warmup, target.block_status
-                                       if mix == "blocked" else 200))
-                asyncio.run(fixed_load(target.port, requests, args.connections, count, target.block_status
-                                       if mix == "blocked" else 200))
+                asyncio.run(fixed_load(target.port, requests, args.connections, args.warmup, expect))
+                asyncio.run(fixed_load(target.port, requests, args.connections, count, expect))
             finally:
                 target.stop()
-            dumps = sorted(target.grind.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
-            totals.append(_callgrind_total(dumps[-1]))
-            for dump in dumps:
+            totals.append(_callgrind_total(target.grind / f"callgrind.out.{pid}"))
+            for dump in target.grind.glob("callgrind.out*"):
                 dump.unlink()
         per = round((totals[1] - totals[0]) / (counts[1] - counts[0]))
         out[mix] = {"instructions_per_request": per, "totals": totals, "requests": list(counts)}

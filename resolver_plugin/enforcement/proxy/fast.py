@@ -97,13 +97,16 @@ def parse_request(data: bytes, end: int) -> RequestHead | None:
         field = _FIELD.fullmatch(line)
         if field is None:
             return None
-        name, value = field.groups()
-        headers.append((name, value))
+        name, value = pair = field.groups()
+        headers.append(pair)  # type: ignore[arg-type]  # two groups: (name, value)
         lname = name.lower()
         if lname == "host":
             hosts += 1
         elif lname in _CONNECTION_FIELDS:
-            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+            for token in value.split(","):
+                token = token.strip().lower()
+                if token:
+                    tokens.add(token)
         elif lname in _FRAMING_FIELDS:
             return None
     if hosts > 1:

@@ -3,9 +3,12 @@
 A shell over the core: every decision is `LiveMatcher.check(url)` or, for
 CONNECT, `LiveMatcher.check_host(host)`; this module only speaks HTTP.
 
-Stack: `asyncio.start_server` with our strict HTTP/1.1 request parser
-(resolver_plugin.enforcement.proxy.head) on the client side, aiohttp's client towards
-origins (resolver_plugin.enforcement.proxy.forward). Not aiohttp's web server, because a
+Stack: every connection starts on the fast way (resolver_plugin.enforcement.proxy.fast: an
+asyncio Protocol that serves a GET or HEAD whose head arrived whole, by a block page or an
+origin's answer, in callbacks), which hands anything else, before any side effect, to the
+coroutine way here (`_stream`): our strict HTTP/1.1 request parser
+(resolver_plugin.enforcement.proxy.head) on the client side, origin.py's lean way and
+aiohttp's client towards origins (resolver_plugin.enforcement.proxy.forward). Not aiohttp's web server, because a
 forward proxy needs what it does not give: CONNECT with a raw bidirectional
 tunnel on the client's socket, a 403 before any byte is parsed for clients
 outside `allowed_clients`, our own answers (400/413/414/431) to every
