@@ -255,7 +255,10 @@ class OriginProtocol(asyncio.Protocol):
             self.dead = True
             self.close()
             return
-        client.origin_data(data)
+        try:
+            client.origin_data(data)
+        except Exception as exc:  # noqa: BLE001 - the edge: no traceback to a client, the server goes on
+            client._internal_error(exc)  # noqa: SLF001 - its own module
 
     def eof_received(self) -> bool:
         self.dead = True
@@ -392,6 +395,17 @@ class ClientProtocol(asyncio.Protocol):
         self.state = CLOSED
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception as exc:  # noqa: BLE001 - the edge: no traceback to a client, the server goes on
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """As the coroutine way ends a connection on a bug: logged without a traceback (debug has it), closed."""
+        self.server.internal_error(exc, self.client_ip)
+        self._close()
+
+    def _received(self, data: bytes) -> None:
         state = self.state
         if state == IDLE:
             self.buf = self.buf + data if self.buf else data
@@ -570,7 +584,7 @@ class ClientProtocol(asyncio.Protocol):
         self._arm(server.proxy.upstream_timeout)
         if conn is None:
             self.reused = False
-            server.loop.create_task(self._connect(key))
+            server.track(self._connect(key))
             return
         self.reused = True
         self._attach(conn)
@@ -756,7 +770,7 @@ class ClientProtocol(asyncio.Protocol):
         reader.feed_data(received)
         origin_writer = asyncio.StreamWriter(transport, protocol, reader, self.server.loop)
         stream = slow_origin.Connection(reader, origin_writer)
-        self.server.loop.create_task(self._deliver(stream))
+        self.server.track(self._deliver(stream))
 
     async def _deliver(self, conn: slow_origin.Connection) -> None:
         server = self.server

@@ -243,13 +243,29 @@ class ProxyServer:
         self.open_connections += 1
         await self._stream(reader, writer, str(peer[0]) if peer else "-", tls=tls)
 
+    def internal_error(self, exc: BaseException, client_ip: str) -> None:
+        log.error("proxy: internal error %s on a connection from %s", type(exc).__name__, client_ip,
+                  extra={"event": "proxy_internal_error", "kind": "internal", "reason": type(exc).__name__,
+                         "client": client_ip}, exc_info=None)
+        log.debug("proxy: internal error", exc_info=exc)
+
+    def track(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task the server keeps (and cancels when it closes)."""
+        task = self.loop.create_task(coro)
+        self._handlers.add(task)
+        task.add_done_callback(self._tracked_done)
+
+    def _tracked_done(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.internal_error(task.exception(), "-")  # type: ignore[arg-type]
+
     def stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_ip: str, *,
                first: bool, screened: bool, pending: tuple[Any, ...] | None = None) -> None:
         """Serve the rest of a connection the fast way hands over (counted in open_connections already):
         `screened` if its client was let in, `pending` (head, target, url, started) a checked request
         to forward first."""
-        self.loop.create_task(self._stream(reader, writer, client_ip, first=first, screened=screened,
-                                           pending=pending))
+        self.track(self._stream(reader, writer, client_ip, first=first, screened=screened, pending=pending))
 
     async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_ip: str, *,
                       tls: bool = False, first: bool = True, screened: bool = False,
@@ -280,10 +296,7 @@ class ProxyServer:
             pass  # shutting down
         except Exception as exc:  # noqa: BLE001 - the edge: no traceback to a client, the server goes on
             # Close without a word: we cannot know how much of a response was already sent.
-            log.error("proxy: internal error %s on a connection from %s", type(exc).__name__, client_ip,
-                      extra={"event": "proxy_internal_error", "kind": "internal", "reason": type(exc).__name__,
-                             "client": client_ip})
-            log.debug("proxy: internal error", exc_info=True)
+            self.internal_error(exc, client_ip)
         finally:
             self.open_connections -= 1
             self._handlers.discard(task)
