@@ -48,6 +48,7 @@ from tools.bench_proxy import (  # noqa: E402
     BLOCKED_HOST,
     PLUGIN_MAIN,
     SQUID_CONF,
+    SQUID_USER,
     Client,
     Ours,
     Squid,
@@ -120,10 +121,14 @@ class WrappedSquid(Squid):
         conf = self.dir / "squid.conf"
         conf.write_text(SQUID_CONF.format(port=self.port, workers=1, dir=self.dir, blocked=BLOCKED_HOST))
         grind = f"--callgrind-out-file={self.grind}/callgrind.out.%p"
+        # As Squid's own user from the start: the dump file callgrind opens at start must still be
+        # writable when Squid exits, after it dropped root.
+        user: dict[str, Any] = {"user": SQUID_USER, "group": SQUID_USER, "extra_groups": []} \
+            if os.geteuid() == 0 else {}
         self.proc = subprocess.Popen(["valgrind", "--tool=callgrind", grind,
                                       self.exe, "-N", "-n", f"blgrind{self.port}", "-f", str(conf)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=(self.dir / "squid.out").open("wb"))
+                                     stderr=(self.dir / "squid.out").open("wb"), **user)
         deadline = time.monotonic() + 600
         while True:
             try:
