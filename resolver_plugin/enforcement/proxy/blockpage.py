@@ -93,7 +93,9 @@ class BlockPage:
         self.appeal_url = config.appeal_url
         self.template = load_template(config)
         self.list_meta = list_meta
-        self._cache: dict[tuple[str, str, ListMeta, bool], bytes] = {}
+        self._cache: dict[tuple[str, str, bool], tuple[ListMeta, bytes]] = {}
+        self._minute_at = -1
+        self._minute = ""
 
     def render(self, list_name: str, minute: str | None = None, meta: ListMeta = _NO_META) -> bytes:
         """The HTML body for `list_name` at `minute` ("YYYY-MM-DD HH:MM UTC"; default now)."""
@@ -113,11 +115,16 @@ class BlockPage:
     def response(self, list_name: str, head_only: bool = False, keep_alive: bool = False) -> bytes:
         """The complete HTTP response (status line, headers, body) blocking with `list_name`;
         with `Connection: close` unless `keep_alive`."""
-        minute = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        now = int(time.time()) // 60
+        if now != self._minute_at:  # the page names the minute: one strftime a minute
+            self._minute_at, self._minute = now, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now * 60))
+        minute = self._minute
         meta = self.list_meta(list_name)
-        key = (list_name, minute, meta, keep_alive)
-        full = self._cache.get(key)
-        if full is None:
+        key = (list_name, minute, keep_alive)
+        hit = self._cache.get(key)
+        if hit is not None and (hit[0] is meta or hit[0] == meta):  # made with the metadata in force now
+            full = hit[1]
+        else:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
             appeal_url = meta.appeal_url or self.appeal_url
@@ -126,7 +133,7 @@ class BlockPage:
                 extra = (("Link", f'<{appeal_url}>; rel="blocked-by"'),)
             full = _response(self.status, self.render(list_name, minute, meta), "text/html; charset=utf-8",
                              False, extra, close=not keep_alive)
-            self._cache[key] = full
+            self._cache[key] = (meta, full)
         if head_only:
             return full[:full.index(b"\r\n\r\n") + 4]
         return full

@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -40,7 +40,9 @@ COPY_SIZE = 65536
 DRAIN_QUIET = 65536  # bytes waiting for the client below which a write does not wait for it
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
                         "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"})
+_DROP_UPSTREAM = HOP_BY_HOP | {"host", "expect", "content-length"}
 _NO_BODY_STATUS = frozenset({204, 304})
+_T = TypeVar("_T")
 
 
 class UpstreamError(Exception):
@@ -80,10 +82,19 @@ def _connection_named(pairs: list[tuple[str, str]]) -> set[str]:
 def upstream_headers(head: RequestHead, client_ip: str,
                      forwarded_for: ForwardedFor = ForwardedFor.APPEND) -> CIMultiDict[str]:
     """The headers to send to the origin for `head` from `client_ip`, X-Forwarded-For as `forwarded_for` says."""
+    return CIMultiDict(upstream_pairs(head, client_ip, forwarded_for))
+
+
+def upstream_pairs(head: RequestHead, client_ip: str,
+                   forwarded_for: ForwardedFor = ForwardedFor.APPEND) -> list[tuple[str, str]]:
+    """upstream_headers as (name, value) pairs in their order: the client's fields less hop-by-hop
+    ones, Host, Expect and X-Forwarded-For, then Content-Length, Via and X-Forwarded-For."""
     mode = ForwardedFor(forwarded_for)  # its value names a mode too ("append")
     # Content-Length is re-added from the parsed value (its repeated or listed forms collapse to one).
-    drop = HOP_BY_HOP | _connection_named(head.headers) | {"host", "expect", "content-length"}
-    out: CIMultiDict[str] = CIMultiDict()
+    drop = _DROP_UPSTREAM
+    if any(name.lower() == "connection" for name, _ in head.headers):
+        drop = drop | _connection_named(head.headers)
+    out: list[tuple[str, str]] = []
     forwarded_for_chain: list[str] = []
     for name, value in head.headers:
         lname = name.lower()
@@ -92,17 +103,16 @@ def upstream_headers(head: RequestHead, client_ip: str,
         if lname == "x-forwarded-for":
             forwarded_for_chain.append(value)
             continue
-        out.add(name, value)
+        out.append((name, value))
     if head.content_length is not None:
-        out["Content-Length"] = str(head.content_length)
-    out.add("Via", VIA)
+        out.append(("Content-Length", str(head.content_length)))
+    out.append(("Via", VIA))
     if mode is ForwardedFor.APPEND:
-        out["X-Forwarded-For"] = ", ".join([*forwarded_for_chain, client_ip])
+        out.append(("X-Forwarded-For", ", ".join([*forwarded_for_chain, client_ip])))
     elif mode is ForwardedFor.TRUNCATE:
-        out["X-Forwarded-For"] = client_ip
+        out.append(("X-Forwarded-For", client_ip))
     elif mode is ForwardedFor.TRANSPARENT:
-        for value in forwarded_for_chain:
-            out.add("X-Forwarded-For", value)
+        out += [("X-Forwarded-For", value) for value in forwarded_for_chain]
     return out
 
 
@@ -240,10 +250,33 @@ async def open_tunnel(host: str, port: int, connect_timeout: float, destinations
     is left); the connection goes to the remaining addresses in turn, never to
     the name, so what was checked is what is connected to.
     """
+    async def connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(address, port, limit=COPY_SIZE)
+
+    return await _open_checked(host, port, connect_timeout, destinations, loop_addresses, connect)
+
+
+_P = TypeVar("_P", bound=asyncio.Protocol)
+
+
+async def open_origin(host: str, port: int, connect_timeout: float, destinations: Destinations,
+                      factory: Callable[[], _P]) -> _P:
+    """open_tunnel's connection, by the same rules, with a protocol of `factory` (the fast way's)."""
+    loop = asyncio.get_running_loop()
+
+    async def connect(address: str) -> _P:
+        _, protocol = await loop.create_connection(factory, address, port)
+        return protocol
+
+    return await _open_checked(host, port, connect_timeout, destinations, frozenset(), connect)
+
+
+async def _open_checked(host: str, port: int, connect_timeout: float, destinations: Destinations,
+                        loop_addresses: frozenset[str], connect: Callable[[str], Awaitable[_T]]) -> _T:
     try:
         async with asyncio.timeout(connect_timeout):
             if destinations.allow_all and not loop_addresses:
-                return await asyncio.open_connection(host, port, limit=COPY_SIZE)
+                return await connect(host)
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
             addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
             if loop_addresses.intersection(addresses):
@@ -253,10 +286,10 @@ async def open_tunnel(host: str, port: int, connect_timeout: float, destinations
                 raise UpstreamError(403, "destination refused")
             for address in addresses[:-1]:
                 try:
-                    return await asyncio.open_connection(address, port, limit=COPY_SIZE)
+                    return await connect(address)
                 except OSError:
                     continue
-            return await asyncio.open_connection(addresses[-1], port, limit=COPY_SIZE)
+            return await connect(addresses[-1])
     except TimeoutError:
         raise UpstreamError(504, "connect timeout") from None
     except (OSError, UnicodeError, ValueError) as exc:

@@ -35,6 +35,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from yarl import URL
 
@@ -48,7 +49,7 @@ from resolver_plugin.enforcement.proxy.forward import (
     frame,
     open_tunnel,
     response_head,
-    upstream_headers,
+    upstream_pairs,
 )
 from resolver_plugin.enforcement.proxy.head import RequestHead
 
@@ -162,9 +163,14 @@ class _Response:
 
 
 def request_bytes(head: RequestHead, url: URL, client_ip: str, forwarded_for: ForwardedFor) -> bytes:
-    headers = upstream_headers(head, client_ip, forwarded_for)
-    lines = [f"{head.method} {url.raw_path_qs or '/'} HTTP/1.1", f"Host: {url.host_port_subcomponent}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return head_bytes(head, url.raw_path_qs, url.host_port_subcomponent or "", client_ip, forwarded_for)
+
+
+def head_bytes(head: RequestHead, path_qs: str, host_port: str, client_ip: str, forwarded_for: ForwardedFor) -> bytes:
+    """The request head for the origin: `path_qs` on `host_port` (the URL's host and port, the port
+    left out when it is 80)."""
+    lines = [f"{head.method} {path_qs or '/'} HTTP/1.1", f"Host: {host_port}"]
+    lines += [f"{name}: {value}" for name, value in upstream_pairs(head, client_ip, forwarded_for)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
@@ -266,6 +272,7 @@ class _Framing:
 
 
 def _framing(resp: _Response, no_body: bool) -> _Framing:
+    """How the body of `resp` is framed (RFC 9112 6.3); BadResponse when ambiguous."""
     codings: list[str] = []
     lengths: set[str] = set()
     close = resp.minor == 0
@@ -296,6 +303,10 @@ def _framing(resp: _Response, no_body: bool) -> _Framing:
     return _Framing(None, False, False)
 
 
+Connection = _Connection          # for the fast way (resolver_plugin.enforcement.proxy.fast)
+response_framing = _framing
+
+
 async def fetch(pool: OriginPool, head: RequestHead, url: URL, writer: asyncio.StreamWriter, client_ip: str,
                 connect_timeout: float, read_timeout: float,
                 forwarded_for: ForwardedFor = ForwardedFor.APPEND) -> Forwarded:
@@ -306,6 +317,14 @@ async def fetch(pool: OriginPool, head: RequestHead, url: URL, writer: asyncio.S
     request = request_bytes(head, url, client_ip, forwarded_for)
     host, port = url.raw_host or "", url.port or 80
     conn, resp = await _exchange(pool, host, port, request, connect_timeout, read_timeout)
+    return await deliver(pool, conn, resp, head, writer, host, port, read_timeout)
+
+
+async def deliver(pool: OriginPool, conn: _Connection, resp: _Response, head: RequestHead, writer: Any,
+                  host: str, port: int, read_timeout: float) -> Forwarded:
+    """The rest of `fetch` once the response head is read: the answer re-framed to `writer`, the
+    connection back to `pool` when it may carry another request (also for the fast way's answers
+    it does not take, resolver_plugin.enforcement.proxy.fast)."""
     no_body = head.method == "HEAD" or resp.status in _NO_BODY_STATUS
     try:
         framing = _framing(resp, no_body)
@@ -369,7 +388,7 @@ async def _read(reader: asyncio.StreamReader, size: int, timeout: float) -> byte
         return await reader.read(size)
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, out: bytes, framing: _Framing,
+async def _copy(reader: asyncio.StreamReader, writer: Any, out: bytes, framing: _Framing,
                 chunked: bool, timeout: float) -> int:
     """The body to the client, the response head `out` going out with its first piece; bytes of body sent."""
     sent = 0

@@ -3,9 +3,12 @@
 A shell over the core: every decision is `LiveMatcher.check(url)` or, for
 CONNECT, `LiveMatcher.check_host(host)`; this module only speaks HTTP.
 
-Stack: `asyncio.start_server` with our strict HTTP/1.1 request parser
-(resolver_plugin.enforcement.proxy.head) on the client side, aiohttp's client towards
-origins (resolver_plugin.enforcement.proxy.forward). Not aiohttp's web server, because a
+Stack: every connection starts on the fast way (resolver_plugin.enforcement.proxy.fast: an
+asyncio Protocol that serves a GET or HEAD whose head arrived whole, by a block page or an
+origin's answer, in callbacks), which hands anything else, before any side effect, to the
+coroutine way here (`_stream`): our strict HTTP/1.1 request parser
+(resolver_plugin.enforcement.proxy.head) on the client side, origin.py's lean way and
+aiohttp's client towards origins (resolver_plugin.enforcement.proxy.forward). Not aiohttp's web server, because a
 forward proxy needs what it does not give: CONNECT with a raw bidirectional
 tunnel on the client's socket, a 403 before any byte is parsed for clients
 outside `allowed_clients`, our own answers (400/413/414/431) to every
@@ -71,6 +74,7 @@ from resolver_plugin.config import PluginConfig, parse_listen, proxy_workers
 from resolver_plugin.enforcement.proxy.blockpage import BlockPage, error_response
 from resolver_plugin.enforcement.proxy.connect import DESTINATION_REFUSED, serve_connect
 from resolver_plugin.enforcement.proxy.destinations import Destinations
+from resolver_plugin.enforcement.proxy.fast import ClientProtocol, FastPool
 from resolver_plugin.enforcement.proxy.forward import (
     BodyStream,
     UpstreamError,
@@ -117,6 +121,9 @@ class ProxyServer:
         listening = [parse_listen(a)[0] for a in (self.proxy.listen, self.proxy.tls_listen) if a]
         self.destinations = Destinations(self.proxy.allow_private_destinations, [*self.own_addresses, *listening])
         self.origins = OriginPool(self.destinations)
+        self.fast_origins = FastPool(self.destinations)
+        self.fast_clients: set[ClientProtocol] = set()
+        self.stream_limit = 65536
         self._loop_warned = -math.inf
         self.server: asyncio.Server | None = None
         self.tls_server: asyncio.Server | None = None
@@ -150,15 +157,18 @@ class ProxyServer:
                     sockets: list[socket.socket] | None = None) -> asyncio.Server:
         """The proxy listener: on `sockets` already listening (a worker's), else on host:port or `proxy.listen`."""
         self.session = self._session()
-        limit = max(self.proxy.max_header_bytes, 65536)
+        self.loop = asyncio.get_running_loop()
+        self.stream_limit = max(self.proxy.max_header_bytes, 65536)
+        # Each connection starts the fast way (resolver_plugin.enforcement.proxy.fast), which hands
+        # what it does not take to the coroutine way (`_stream`).
+        factory = functools.partial(ClientProtocol, self)
         if sockets:
-            self.server, *more = [await asyncio.start_server(self._connection, sock=s, limit=limit) for s in sockets]
+            self.server, *more = [await self.loop.create_server(factory, sock=s) for s in sockets]
             self._more_servers += more
             return self.server
         if host is None or port is None:
             host, port = parse_listen(self.proxy.listen, "proxy.listen")
-        self.server = await asyncio.start_server(self._connection, host, port, limit=limit, backlog=1024,
-                                                 reuse_address=True)
+        self.server = await self.loop.create_server(factory, host, port, backlog=1024, reuse_address=True)
         return self.server
 
     async def start_tls(self, host: str | None = None, port: int | None = None,
@@ -191,6 +201,9 @@ class ProxyServer:
         servers = [s for s in (self.server, self.tls_server, *self._more_servers) if s is not None]
         for server in servers:
             server.close()
+        for client in list(self.fast_clients):
+            if client.transport is not None:
+                client.transport.close()
         for task in list(self._handlers):
             task.cancel()
         if self._handlers:
@@ -200,12 +213,19 @@ class ProxyServer:
         if self.session is not None:
             await self.session.close()
         self.origins.close()
+        self.fast_origins.close()
 
     # -- one connection
 
-    def _allowed(self, ip: str) -> bool:
+    def allowed(self, ip: str) -> bool:
+        """Whether `ip` is in `allowed_clients`."""
         addr = client_address(ip)
         return addr is not None and any(addr in net for net in self.networks)
+
+    @property
+    def step(self) -> float:
+        """How often at most the fast way's deadline timer of a connection fires: the shortest timeout."""
+        return min(self.header_timeout, self.idle_timeout, self.proxy.upstream_timeout)
 
     def warn_loop(self) -> None:
         """Log, at most once a minute, that an origin resolved to our own address (no host named)."""
@@ -218,22 +238,56 @@ class ProxyServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                           tls: bool = False) -> None:
+        """A connection of the TLS listener (asyncio.start_server's callback)."""
+        peer = writer.get_extra_info("peername")
+        self.open_connections += 1
+        await self._stream(reader, writer, str(peer[0]) if peer else "-", tls=tls)
+
+    def internal_error(self, exc: BaseException, client_ip: str) -> None:
+        log.error("proxy: internal error %s on a connection from %s", type(exc).__name__, client_ip,
+                  extra={"event": "proxy_internal_error", "kind": "internal", "reason": type(exc).__name__,
+                         "client": client_ip}, exc_info=None)
+        log.debug("proxy: internal error", exc_info=exc)
+
+    def track(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task the server keeps (and cancels when it closes)."""
+        task = self.loop.create_task(coro)
+        self._handlers.add(task)
+        task.add_done_callback(self._tracked_done)
+
+    def _tracked_done(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.internal_error(task.exception(), "-")  # type: ignore[arg-type]
+
+    def stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_ip: str, *,
+               first: bool, screened: bool, pending: tuple[Any, ...] | None = None) -> None:
+        """Serve the rest of a connection the fast way hands over (counted in open_connections already):
+        `screened` if its client was let in, `pending` (head, target, url, started) a checked request
+        to forward first."""
+        self.track(self._stream(reader, writer, client_ip, first=first, screened=screened, pending=pending))
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_ip: str, *,
+                      tls: bool = False, first: bool = True, screened: bool = False,
+                      pending: tuple[Any, ...] | None = None) -> None:
+        """The coroutine way: serve requests (keep-alive) until an error, a block or the client closes."""
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
-        peer = writer.get_extra_info("peername")
-        client_ip = str(peer[0]) if peer else "-"
-        self.open_connections += 1
         try:
-            if self.open_connections > self.proxy.max_connections:
+            if not screened and self.open_connections > self.proxy.max_connections:
                 await self._refuse(writer, 503, client_ip, tls)
-            elif not self._allowed(client_ip):
+            elif not screened and not self.allowed(client_ip):
                 await self._refuse(writer, 403, client_ip, tls)
             elif tls:
                 await sni_tunnel(self, reader, writer, client_ip)
             else:
-                first = True
-                while await self._request(reader, writer, client_ip, first):
+                more = True
+                if pending is not None:
+                    head, target, url, started = pending
+                    more = await self._forward(reader, writer, head, target, url, client_ip, started)
+                    first = False
+                while more and await self._request(reader, writer, client_ip, first):
                     first = False
             await _linger(reader, writer)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
@@ -242,10 +296,7 @@ class ProxyServer:
             pass  # shutting down
         except Exception as exc:  # noqa: BLE001 - the edge: no traceback to a client, the server goes on
             # Close without a word: we cannot know how much of a response was already sent.
-            log.error("proxy: internal error %s on a connection from %s", type(exc).__name__, client_ip,
-                      extra={"event": "proxy_internal_error", "kind": "internal", "reason": type(exc).__name__,
-                             "client": client_ip})
-            log.debug("proxy: internal error", exc_info=True)
+            self.internal_error(exc, client_ip)
         finally:
             self.open_connections -= 1
             self._handlers.discard(task)
@@ -340,15 +391,18 @@ class ProxyServer:
                 metrics.observe_refused(COMPONENT, "destination")
                 return await self.error(writer, 403, client_ip, head.method, target, "refused destination",
                                         DESTINATION_REFUSED)
-            log.warning("proxy: upstream %s (%s) for a request from %s", exc.status, exc, client_ip,
-                        extra={"event": "proxy_upstream_error", "status": exc.status, "reason": str(exc),
-                               "client": client_ip})
+            self.upstream_warning(exc, client_ip)
             return await self.error(writer, exc.status, client_ip, head.method, target)
         except RequestError as exc:
             return await self.error(writer, exc.status, client_ip, head.method, target)
         self.access(client_ip, head.method, target, result.status, result.body_bytes,
                      time.monotonic() - started, "allowed")
         return result.keep_alive and not (body is not None and body.error is not None)
+
+    def upstream_warning(self, exc: UpstreamError, client_ip: str) -> None:
+        log.warning("proxy: upstream %s (%s) for a request from %s", exc.status, exc, client_ip,
+                    extra={"event": "proxy_upstream_error", "status": exc.status, "reason": str(exc),
+                           "client": client_ip})
 
     async def _read_head(self, reader: asyncio.StreamReader, first: bool) -> RequestHead | None:
         # A keep-alive connection may sit idle between requests: its next head gets idle_timeout.
