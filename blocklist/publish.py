@@ -1,9 +1,10 @@
 """`blocklist publish`: compile lists into snapshots and deltas, then sign a new manifest.
 
 Order matters for mirrors and crashes: new snapshot and delta files are written
-(atomically) first, the manifest that names them is replaced last, the store
-records the publication after that, and only then are files that the new
-manifest no longer names removed. A kill at any point leaves publish/ at the
+(atomically) first, the store's record of the publication is written in its
+transaction, the manifest that names them is replaced last, the transaction
+commits after that, and only then are files that the new manifest no longer
+names removed (nodes fetch the version while only the commit is left). A kill at any point leaves publish/ at the
 old manifest or the new one, never between; re-running completes the work.
 The next version number comes from the published manifest, so a crash between
 the manifest and the store record never reuses a version; the store then sees
@@ -76,13 +77,18 @@ def current_manifest(home: Home, key: Ed25519PrivateKey, *, allow_format_1: bool
                          allow_format_1=allow_format_1)
 
 
+def renewal(previous: Manifest, root_version: int, now: int, expires: int) -> Manifest:
+    """`previous` fresh: the same version when only created and expires change (a plugin takes
+    it as no change), the next one when it moves to another root."""
+    version = previous.version + (previous.root_version != root_version)
+    return Manifest(version=version, created=max(now, previous.created), expires=expires,
+                    lists=previous.lists, root_version=root_version)
+
+
 def resign(home: Home, key: Ed25519PrivateKey, previous: Manifest, root_version: int, now: int,
            expires: int) -> Manifest:
-    """Write `previous` again, fresh: the same version when only created and expires change (a
-    plugin takes it as no change), the next one when it moves to another root."""
-    version = previous.version + (previous.root_version != root_version)
-    manifest = Manifest(version=version, created=max(now, previous.created), expires=expires,
-                        lists=previous.lists, root_version=root_version)
+    """Write the renewal of `previous` as the published manifest."""
+    manifest = renewal(previous, root_version, now, expires)
     atomic.write_bytes(home.publish_dir / MANIFEST_NAME, write_manifest(manifest, [key]))
     return manifest
 
@@ -191,21 +197,21 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
                     result.retitled.append(info.name)
 
         lifetime = expires - now
+        manifest: Manifest | None = None
         if (not result.published and not result.retitled and previous is not None
                 and previous.expires - now > lifetime / 2):
             result.manifest_version = previous.version
         elif not result.published and not result.retitled and previous is not None:
             result.renewed = True  # nothing changed: the same version, re-signed with a fresh expiry
-            manifest = resign(home, key, previous, root.version, now, expires)
-            result.manifest_version = manifest.version
-            store.audit(actor, "publish", "", {"manifest": manifest.version, "published": {}, "renewed": True})
+            manifest = renewal(previous, root.version, now, expires)
         else:
             manifest = Manifest(version=(previous.version if previous else 0) + 1, created=now,
                                 expires=expires, lists=lists, root_version=root.version)
-            atomic.write_bytes(home.publish_dir / MANIFEST_NAME, write_manifest(manifest, [key]))
+        if manifest is not None:
             result.manifest_version = manifest.version
-            store.audit(actor, "publish", "", {"manifest": manifest.version, "published": result.published,
-                                               "renewed": result.renewed, "retitled": result.retitled})
+            detail = ({"published": {}, "renewed": True} if result.renewed else
+                      {"published": result.published, "renewed": False, "retitled": result.retitled})
+            store.audit(actor, "publish", "", {"manifest": manifest.version, **detail})
         for info in infos:
             ref = lists.get(info.name)
             if ref is not None:
@@ -215,6 +221,10 @@ def publish(home: Home, store: Store, actor: str, only: list[str] | None = None,
                     record_entries(store, info, ref.version)
                     store.record_publication(info, ref.version, ref.checksum, ref.entries)
                 store.clear_touched(info)
+        # The manifest last, once the store's statements have run: they commit right after it
+        # (a failed write rolls them back), and nodes see the version while only the commit is left.
+        if manifest is not None:
+            atomic.write_bytes(home.publish_dir / MANIFEST_NAME, write_manifest(manifest, [key]))
     if result.wrote_manifest:
         prune(home.publish_dir, lists, config.keep_versions)
     return result
