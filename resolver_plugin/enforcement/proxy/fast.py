@@ -272,60 +272,26 @@ class OriginProtocol(asyncio.Protocol):
         if client is not None:
             client.origin_closed()
 
+    def reusable(self, now: float) -> bool:
+        return (not self.dead and now - self.used < slow_origin.IDLE_SECONDS and self.transport is not None
+                and not self.transport.is_closing())
+
     def close(self) -> None:
         self.dead = True
         if self.transport is not None:
             self.transport.close()
 
 
-class FastPool:
-    """Idle kept-alive OriginProtocol connections, by (host, port): origin.OriginPool's limits."""
+class FastPool(slow_origin.IdlePool["OriginProtocol"]):
+    """Idle kept-alive OriginProtocol connections, by (host, port): origin.IdlePool's rules."""
 
     def __init__(self, destinations: Destinations) -> None:
+        super().__init__()
         self.destinations = destinations
-        self.idle: dict[tuple[str, int], list[OriginProtocol]] = {}
-        self.idle_count = 0
-        self._purged = time.monotonic()
-
-    def take(self, key: tuple[str, int], now: float) -> OriginProtocol | None:
-        idle = self.idle.get(key)
-        while idle:
-            conn = idle.pop()
-            self.idle_count -= 1
-            if not conn.dead and now - conn.used < slow_origin.IDLE_SECONDS and conn.transport is not None \
-                    and not conn.transport.is_closing():
-                return conn
-            conn.close()
-        return None
 
     def put(self, conn: OriginProtocol, now: float) -> None:
         conn.client = None
-        conn.used = now
-        idle = self.idle.setdefault(conn.key, [])
-        if conn.dead or len(idle) >= slow_origin.MAX_IDLE_PER_ORIGIN or self.idle_count >= slow_origin.MAX_IDLE:
-            conn.close()
-        else:
-            idle.append(conn)
-            self.idle_count += 1
-        if now - self._purged > slow_origin.IDLE_SECONDS:
-            self._purged = now
-            for key, conns in list(self.idle.items()):
-                kept = [c for c in conns if now - c.used < slow_origin.IDLE_SECONDS and not c.dead]
-                for c in conns:
-                    if c not in kept:
-                        c.close()
-                self.idle_count -= len(conns) - len(kept)
-                if kept:
-                    self.idle[key] = kept
-                else:
-                    del self.idle[key]
-
-    def close(self) -> None:
-        for conns in self.idle.values():
-            for conn in conns:
-                conn.close()
-        self.idle.clear()
-        self.idle_count = 0
+        self.keep(conn.key, conn, now)
 
 
 class ClientProtocol(asyncio.Protocol):

@@ -35,7 +35,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from yarl import URL
 
@@ -84,38 +84,52 @@ class _Connection:
     writer: asyncio.StreamWriter
     used: float = 0.0
 
+    def reusable(self, now: float) -> bool:
+        """Not idle too long, not closed by the origin, and it sent nothing unasked."""
+        return (now - self.used < IDLE_SECONDS and not self.reader.at_eof() and not self.writer.is_closing()
+                and not _buffered(self.reader))
+
     def close(self) -> None:
         self.writer.close()
 
 
-class OriginPool:
-    """Idle kept-alive connections to origins, by (host, port)."""
+class Kept(Protocol):
+    """What IdlePool keeps: a connection that knows when it was last used and whether it still serves."""
 
-    def __init__(self, destinations: Destinations) -> None:
-        self.destinations = destinations
-        self.idle: dict[tuple[str, int], list[_Connection]] = {}
+    used: float
+
+    def reusable(self, now: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+K = TypeVar("K", bound=Kept)
+
+
+class IdlePool(Generic[K]):
+    """Idle kept-alive connections to origins by (host, port), within MAX_IDLE_PER_ORIGIN and
+    MAX_IDLE; one not `reusable` is closed, never handed out (the coroutine way's pool and the
+    fast way's, fast.FastPool, share these rules)."""
+
+    def __init__(self) -> None:
+        self.idle: dict[tuple[str, int], list[K]] = {}
         self.idle_count = 0
         self._purged = time.monotonic()
 
-    async def get(self, host: str, port: int, connect_timeout: float) -> tuple[_Connection, bool]:
-        """A connection to host:port: an idle one (True) or a new one (False); UpstreamError if none."""
-        idle = self.idle.get((host, port))
-        now = time.monotonic()
+    def take(self, key: tuple[str, int], now: float) -> K | None:
+        idle = self.idle.get(key)
         while idle:
             conn = idle.pop()
             self.idle_count -= 1
-            if now - conn.used < IDLE_SECONDS and not conn.reader.at_eof() and not conn.writer.is_closing() \
-                    and not _buffered(conn.reader):
-                return conn, True
+            if conn.reusable(now):
+                return conn
             conn.close()  # closed by the origin, or it sent something unasked: never reused
-        reader, writer = await open_tunnel(host, port, connect_timeout, self.destinations)
-        return _Connection(reader, writer), False
+        return None
 
-    def put(self, host: str, port: int, conn: _Connection) -> None:
-        now = time.monotonic()
+    def keep(self, key: tuple[str, int], conn: K, now: float) -> None:
         conn.used = now
-        idle = self.idle.setdefault((host, port), [])
-        if len(idle) >= MAX_IDLE_PER_ORIGIN or self.idle_count >= MAX_IDLE:
+        idle = self.idle.setdefault(key, [])
+        if not conn.reusable(now) or len(idle) >= MAX_IDLE_PER_ORIGIN or self.idle_count >= MAX_IDLE:
             conn.close()
         else:
             idle.append(conn)
@@ -126,7 +140,7 @@ class OriginPool:
     def _purge(self, now: float) -> None:
         self._purged = now
         for key, idle in list(self.idle.items()):
-            kept = [c for c in idle if now - c.used < IDLE_SECONDS and not c.writer.is_closing()]
+            kept = [c for c in idle if c.reusable(now)]
             for conn in idle:
                 if conn not in kept:
                     conn.close()
@@ -142,6 +156,25 @@ class OriginPool:
                 conn.close()
         self.idle.clear()
         self.idle_count = 0
+
+
+class OriginPool(IdlePool[_Connection]):
+    """Idle kept-alive connections to origins, by (host, port), for the coroutine way."""
+
+    def __init__(self, destinations: Destinations) -> None:
+        super().__init__()
+        self.destinations = destinations
+
+    async def get(self, host: str, port: int, connect_timeout: float) -> tuple[_Connection, bool]:
+        """A connection to host:port: an idle one (True) or a new one (False); UpstreamError if none."""
+        conn = self.take((host, port), time.monotonic())
+        if conn is not None:
+            return conn, True
+        reader, writer = await open_tunnel(host, port, connect_timeout, self.destinations)
+        return _Connection(reader, writer), False
+
+    def put(self, host: str, port: int, conn: _Connection) -> None:
+        self.keep((host, port), conn, time.monotonic())
 
 
 def _buffered(reader: asyncio.StreamReader) -> int:
