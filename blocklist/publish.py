@@ -4,8 +4,9 @@ Order matters for mirrors and crashes: new snapshot and delta files are written
 (atomically) first, the store's record of the publication is written in its
 transaction, the manifest that names them is replaced last, the transaction
 commits after that, and only then are files that the new manifest no longer
-names removed (nodes fetch the version while only the commit is left). A kill at any point leaves publish/ at the
-old manifest or the new one, never between; re-running completes the work.
+names removed (nodes fetch the version while only the commit is left). A kill
+at any point leaves publish/ at the old manifest or the new one, never between;
+re-running completes the work.
 The next version number comes from the published manifest, so a crash between
 the manifest and the store record never reuses a version; the store then sees
 that its record lags the manifest and compiles the next version in full.
