@@ -129,7 +129,6 @@ def _safe_name(name: Any) -> str:
     return name
 
 
-
 _SIGNERS: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime) -> key id; files are immutable
 
 
