@@ -450,6 +450,11 @@ def best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "rounds_requests_per_cpu_s": [r["requests_per_cpu_s"] for r in rounds]}
 
 
+def _rate(figures: dict[str, Any]) -> str:
+    return (f"{figures['rps']:,} /s, {figures['requests_per_cpu_s']:,} per CPU-s, "
+            f"{figures['latency_p50_ms']}/{figures['latency_p99_ms']} ms")
+
+
 def summary(result: dict[str, Any], workers: list[int]) -> dict[str, Any]:
     res = result["results"]
     out: dict[str, Any] = {}
@@ -459,15 +464,11 @@ def summary(result: dict[str, Any], workers: list[int]) -> dict[str, Any]:
             if ours is None:
                 continue
             o = ours[mix]
-            out[f"proxy {mix}, {n} worker(s): requests/s, per CPU-s, p50/p99"] = {
-                "figure": f"{o['rps']:,} /s, {o['requests_per_cpu_s']:,} per CPU-s, "
-                          f"{o['latency_p50_ms']}/{o['latency_p99_ms']} ms"}
+            out[f"proxy {mix}, {n} worker(s): requests/s, per CPU-s, p50/p99"] = {"figure": _rate(o)}
             if squid is None:
                 continue
             s = squid[mix]
-            out[f"Squid {mix}, {n} worker(s): requests/s, per CPU-s, p50/p99"] = {
-                "figure": f"{s['rps']:,} /s, {s['requests_per_cpu_s']:,} per CPU-s, "
-                          f"{s['latency_p50_ms']}/{s['latency_p99_ms']} ms"}
+            out[f"Squid {mix}, {n} worker(s): requests/s, per CPU-s, p50/p99"] = {"figure": _rate(s)}
             per_cpu = round(o["requests_per_cpu_s"] / s["requests_per_cpu_s"], 2)
             rps = round(o["rps"] / s["rps"], 2)
             result.setdefault("ratios", {})[f"{mix}_w{n}"] = {"per_cpu_s": per_cpu, "rps": rps}

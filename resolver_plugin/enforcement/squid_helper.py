@@ -47,7 +47,7 @@ from urllib.parse import unquote_to_bytes
 
 from blocklist.core.canary import CanaryVerdict
 from blocklist.core.errors import InvalidURL
-from blocklist.core.matcher import HostAction
+from blocklist.core.matcher import HostAction, Verdict
 from resolver_plugin.cache import LiveMatcher
 from resolver_plugin.config import PluginConfig
 from resolver_plugin.operations import metrics
@@ -123,8 +123,7 @@ class SquidHelper:
         else:
             self._blocks[verdict.list or ""] += 1
         if self.log_blocked_urls:
-            log.info("blocked list=%s url=%s", verdict.list, uri,
-                     extra={"event": "squid_blocked", "list": verdict.list, "version": verdict.version, "url": uri})
+            _log_block(verdict, uri)
         return prefix + self._ok(verdict.list, verdict.version)
 
     def overlong(self, head: bytes) -> bytes:
@@ -143,8 +142,7 @@ class SquidHelper:
         if not verdict.blocked:
             return b"ERR"
         if self.log_blocked_urls:
-            log.info("blocked list=%s url=%s", verdict.list, uri,
-                     extra={"event": "squid_blocked", "list": verdict.list, "version": verdict.version, "url": uri})
+            _log_block(verdict, uri)
         return self._ok(verdict.list, verdict.version)
 
     def _internal_error(self, exc: Exception) -> bytes:
@@ -235,3 +233,9 @@ def run_helper(config: PluginConfig, stdin: BinaryIO, stdout: BinaryIO) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _log_block(verdict: Verdict, uri: str) -> None:
+    """A blocked URL in the log: only with squid.log_blocked_urls, the operator's choice."""
+    log.info("blocked list=%s url=%s", verdict.list, uri,
+             extra={"event": "squid_blocked", "list": verdict.list, "version": verdict.version, "url": uri})
