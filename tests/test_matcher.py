@@ -10,7 +10,7 @@ from pybloom_live import BloomFilter
 from blocklist.core.digests import Reach, Scope, make_entry
 from blocklist.core.errors import ChecksumError, FormatError, InvalidURL
 from blocklist.core.format.digestset import digest_array, set_checksum
-from blocklist.core.matcher import HostAction, ListFilter, Matcher
+from blocklist.core.matcher import ALLOWED, HostAction, ListFilter, Matcher
 from blocklist.core.urls import host_suffixes
 from tests.support.artifacts import make_filter
 from tests.support.properties import Branches
@@ -303,6 +303,21 @@ def test_large_delta_rebuilds_sorted_sets() -> None:
     assert not Matcher([applied]).check("http://a.example/5").blocked
 
 
+def test_a_host_listed_whole_is_remembered_with_its_block_and_never_hides_a_more_specific_entry() -> None:
+    m = Matcher([LIST])
+    first = m.check("http://www.evil.example/x")
+    assert first.blocked and first.scope is Scope.DOMAIN
+    assert m._authority_verdicts["www.evil.example"] is first
+    assert m.check("http://www.evil.example/y?z").scope is Scope.DOMAIN
+    # a host one list lists whole and another carries entries under: its path still matters
+    pages = make_filter([("http://evil.example/page.html", Scope.PAGE)], name="pages")
+    both = Matcher([LIST, pages])
+    assert both.check("http://evil.example/other").scope is Scope.DOMAIN
+    assert "evil.example" not in both._authority_verdicts
+    page = both.check("http://evil.example/page.html")
+    assert (page.list, page.scope) == ("pages", Scope.PAGE)
+
+
 def test_remembered_authorities_never_hide_an_entry() -> None:
     m = Matcher([LIST])
     # a host that carries entries is never remembered as unlisted
@@ -310,7 +325,7 @@ def test_remembered_authorities_never_hide_an_entry() -> None:
     assert m.check("http://site.example/bad/page.html").blocked
     # an unlisted host is remembered; its URLs stay allowed, other hosts are unaffected
     assert not m.check("http://unlisted.example/a").blocked
-    assert "unlisted.example" in m._unlisted_authorities
+    assert m._authority_verdicts["unlisted.example"] is ALLOWED
     assert not m.check("http://unlisted.example/b?c#d").blocked
     assert m.check("http://www.evil.example/x").blocked
     # the authority is taken as written only when canonicalization cannot reinterpret it

@@ -178,6 +178,7 @@ def measure(target: Target, mixes: dict[str, list[bytes]], args: argparse.Namesp
             dumps = sorted(callgrind_dir.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
             row["instructions_per_request"] = round(_callgrind_total(dumps[-1]) / done)
             if args.keep_dumps:
+                Path(args.keep_dumps).mkdir(parents=True, exist_ok=True)
                 shutil.copy(dumps[-1], Path(args.keep_dumps) / f"callgrind.{mix}")
         out[mix] = row
         print(f"proxy_cost: {target.name} {mix}: {row}", file=sys.stderr)

@@ -349,9 +349,10 @@ class Matcher:
 
     def __init__(self, filters: Iterable[ListFilter] = ()) -> None:
         self.filters: tuple[ListFilter, ...] = tuple(filters)
-        # URL authorities ("www.example.com", "a.example:8080") whose host no list names:
-        # such a URL is allowed whatever its path, without canonicalizing it.
-        self._unlisted_authorities: set[str] = set()
+        # URL authorities ("www.example.com", "a.example:8080") whose verdict does not depend on
+        # the path: no list names the host (ALLOWED), or the lists that name it list it whole
+        # (their block). Such a URL is answered without canonicalizing it.
+        self._authority_verdicts: dict[str, Verdict] = {}
 
     def __bool__(self) -> bool:
         return bool(self.filters)
@@ -373,10 +374,12 @@ class Matcher:
             canonical = url
         else:
             authority = plain_authority(url)
-            if authority is not None and authority in self._unlisted_authorities:
-                return ALLOWED
+            if authority is not None:
+                known = self._authority_verdicts.get(authority)
+                if known is not None:
+                    return known
             canonical = canonicalize(url)
-        host_listed = False
+        host_listed = path_matters = False
         best: Verdict | None = None
         best_rank = -1
         for f in self.filters:
@@ -386,6 +389,7 @@ class Matcher:
             host_listed = True
             reach = None
             if action is HostAction.PROXY:
+                path_matters = True
                 found = f.check_entries(canonical, carriers)
                 if found is None:
                     continue
@@ -395,12 +399,12 @@ class Matcher:
                 best, best_rank = Verdict(True, f.name, f.version, scope, reach), _RANK[scope]
                 if scope is Scope.PAGE:
                     break
+        if authority is not None and not path_matters:
+            if len(self._authority_verdicts) >= AUTHORITY_CACHE_SIZE:
+                self._authority_verdicts.clear()
+            self._authority_verdicts[authority] = best or ALLOWED
         if best is not None:
             return best
-        if authority is not None and not host_listed:
-            if len(self._unlisted_authorities) >= AUTHORITY_CACHE_SIZE:
-                self._unlisted_authorities.clear()
-            self._unlisted_authorities.add(authority)
         if host_listed and not isinstance(url, CanonicalURL) and "%" in url:
             # An escaped "?" the spec reads as the query: a server may read it as a path
             # character ("/x%3F/../page.html" is "/page.html" to nginx). Check that reading too.
