@@ -732,7 +732,9 @@ class LiveMatcher:
         With a local policy or a monitored list, blocklist.core.policy decides and its notes
         are counted and logged here, for every stage.
         """
-        matcher = self.current()
+        if time.monotonic() >= self._next_check:  # current(), without a call on the request path
+            self.current()
+        matcher = self.matcher
         if not matcher and self.config.fail_closed:
             return FAIL_CLOSED_VERDICT
         policy = self._policy

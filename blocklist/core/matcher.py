@@ -373,8 +373,9 @@ class Matcher:
         if isinstance(url, CanonicalURL):
             canonical = url
         else:
-            authority = plain_authority(url)
-            if authority is not None:
+            plain = _PLAIN.match(url) if len(url) <= MAX_URL_LENGTH else None  # plain_authority, inlined
+            if plain is not None:
+                authority = plain.group(1)
                 known = self._authority_verdicts.get(authority)
                 if known is not None:
                     return known
