@@ -53,7 +53,7 @@ from blocklist.core.format.digestset import contains, merge_sorted, set_checksum
 from blocklist.core.urls import MAX_URL_LENGTH, CanonicalURL, canonicalize, canonicalize_host, server_view
 
 __all__ = ["ALLOWED", "HOST_PASS", "Carrier", "FailClosedHostVerdict", "FailClosedVerdict", "HostAction", "HostVerdict",
-           "ListFilter", "Matcher", "Verdict", "plain_authority"]
+           "ListFilter", "Matcher", "Verdict"]
 
 HOST_CACHE_SIZE = 65536
 AUTHORITY_CACHE_SIZE = 131072
@@ -61,13 +61,6 @@ AUTHORITY_CACHE_SIZE = 131072
 # of the authority alone (no escapes, userinfo or brackets that canonicalization would read).
 _PLAIN = re.compile(r"https?://([a-z0-9.-]{1,253}(?::[0-9]{1,5})?)(?:[/?#]|$)")
 
-
-def plain_authority(url: str) -> str | None:
-    """The authority of a URL that canonicalization cannot reinterpret, else None."""
-    if len(url) > MAX_URL_LENGTH:
-        return None
-    match = _PLAIN.match(url)
-    return match.group(1) if match else None
 
 _DOMAIN = kind_of(Scope.DOMAIN)
 _SUB_HOST, _TWIN_HOST, _EXACT_HOST = host_kind(Reach.SUBDOMAINS), host_kind(Reach.TWIN), host_kind(Reach.EXACT)
@@ -373,7 +366,7 @@ class Matcher:
         if isinstance(url, CanonicalURL):
             canonical = url
         else:
-            plain = _PLAIN.match(url) if len(url) <= MAX_URL_LENGTH else None  # plain_authority, inlined
+            plain = _PLAIN.match(url) if len(url) <= MAX_URL_LENGTH else None  # its authority, if plain
             if plain is not None:
                 authority = plain.group(1)
                 known = self._authority_verdicts.get(authority)
