@@ -64,6 +64,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -725,6 +726,16 @@ class LiveMatcher:
     @property
     def policy(self) -> Policy | None:
         return self._policy
+
+    def remembered(self) -> Mapping[str, Verdict] | None:
+        """The current matcher's remembered verdicts per plain authority (Matcher.remembered), for a
+        caller that answers such a URL without check(); None when check() does more than the
+        matcher's lookup: a local policy or monitored list, the circuit breaker watching a
+        version, or no list loaded."""
+        matcher = self.current()
+        if self._policy is not None or self._watching is not None or not matcher:
+            return None
+        return matcher.remembered
 
     def check(self, url: str) -> Verdict:
         """Matcher.check, or a block when fail_closed and nothing is loaded; raises InvalidURL.

@@ -87,6 +87,28 @@ def test_a_bad_version_trips_within_min_requests_and_the_previous_one_is_enforce
     assert files and all("popular" not in p.read_text() and "pages.example" not in p.read_text() for p in files)
 
 
+def test_the_squid_helpers_batches_are_all_judged_while_a_version_is_watched(hotline: Hotline,
+                                                                             plugin: Plugin) -> None:
+    """The helper answers a remembered allowed authority without a check, but not while the breaker
+    watches a version: every line counts, allowed ones too, so the ratio is the traffic's."""
+    from resolver_plugin.enforcement.squid_helper import SquidHelper
+
+    _versions(hotline, plugin)
+    live = LiveMatcher(plugin.config(), component="squid")
+    assert not live.matcher.check("http://other.example/").blocked  # remembered as allowed
+    assert live.remembered() is None
+    helper = SquidHelper(live)
+    helper.start_batch()
+    for i in range(15):  # 15 allowed lines of one authority, then 5 blocked: 25% is under the ratio
+        assert helper.answer(b"http://other.example/%d.html -" % i) == b"ERR"
+    for i in range(5):
+        assert helper.answer(b"http://www.%s/%d.html -" % (POPULAR.encode(), i)).startswith(b"OK ")
+    assert live.watch is not None and not live.watch.armed  # judged after 20 requests, and passed
+    assert breaker.read_trip(Cache(plugin.config().cache_dir).breaker_dir, "default") is None
+    helper.start_batch()
+    assert live.remembered() is not None  # judged: the helper answers from the memory again
+
+
 def test_every_process_of_the_node_follows_the_trip_unbound_too(hotline: Hotline, plugin: Plugin) -> None:
     _versions(hotline, plugin, resolver={"proxy_address": "192.0.2.80"}, safety=SAFETY)
     proxy = LiveMatcher(plugin.config(), check_interval=float("inf"), component="proxy")

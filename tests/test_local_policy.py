@@ -95,6 +95,21 @@ def test_squid_helper_applies_the_policy(hotline: Hotline, plugin: Plugin) -> No
     assert helper.answer(b"http://pages.example/bad.html -").startswith(b"OK ")
 
 
+def test_squid_helper_batches_never_answer_past_the_policy_from_the_matchers_memory(hotline: Hotline,
+                                                                                   plugin: Plugin) -> None:
+    """The lists alone allow local-order.example, and the matcher remembers that; the local block
+    still answers every line of it, batch after batch, and every one is counted."""
+    live = _live(hotline, plugin, "squid", local={"block": [BLOCK]})
+    assert not live.matcher.check("http://local-order.example/").blocked  # remembered as allowed
+    assert live.remembered() is None
+    helper = SquidHelper(live)
+    for batch in range(3):
+        helper.start_batch()
+        assert helper.answer(b"%d http://local-order.example/p -" % batch).startswith(b"%d OK " % batch)
+        assert helper.answer(b"http://other.example/ -") == b"ERR"
+    assert live.local_counts[("squid", "block")] == 3
+
+
 def test_unbound_decide_applies_the_policy(hotline: Hotline, plugin: Plugin) -> None:
     local = {"allow": [ALLOW], "block": [BLOCK, {"url": "http://court.example/order/", "scope": "folder"}]}
     live = _live(hotline, plugin, "unbound", lists=["default", {"name": "trial", "mode": "monitor"}], local=local)

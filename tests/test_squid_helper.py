@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.support.squid import ANSWER, OK_DEFAULT, Helper
 
@@ -171,3 +173,46 @@ def test_fail_closed_is_a_state_of_the_verdict(plugin) -> None:
     helper = SquidHelper(live)
     assert helper.answer(b"http://anything.example/ -") == expected
     assert helper.answer(b"anything.example:443 -") == expected
+
+
+_PIECES = st.sampled_from([b"", b"7 ", b"1234567890 ", b"12345678901 ", b" ", b"12  "])
+_URLS = st.sampled_from([b"http://", b"https://", b"HTTP://", b"ftp://", b""])
+_AUTHORITIES = st.sampled_from([b"good.example", b"bad.example", b"evil.test", b"www.evil.test", b"good.example:8080",
+                                b"good.example:99999", b"GOOD.example", b"good%2eexample", b"a@good.example",
+                                b"good.example.", b"[::1]", b"10.1.2.3", b"good.example:"])
+_RESTS = st.lists(st.sampled_from([b"/", b"/page.html", b"/a%20b.html", b"%2F", b"?q=1", b"#f", b"/caf\xc3\xa9/",
+                                   b"/%00", b" -", b"\t-", b"\x0b", b"\r", b" ", b"/x y", b"%", b":80"]), max_size=4)
+
+
+@given(st.lists(st.tuples(_PIECES, _URLS, _AUTHORITIES, _RESTS), min_size=1, max_size=30))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_answers_from_the_matchers_memory_are_those_of_a_check(published, parts) -> None:
+    """A line whose authority the matcher remembers as allowed is answered without a check:
+    for any line, the answer is the one the full check gives (the same LiveMatcher behind both)."""
+    from resolver_plugin.cache import LiveMatcher
+    from resolver_plugin.enforcement.squid_helper import SquidHelper
+
+    live = LiveMatcher(published.config())
+    checked, quick = SquidHelper(live), SquidHelper(live)
+    for channel, scheme, authority, rest in parts:
+        line = channel + scheme + authority + b"".join(rest)
+        expected = checked.answer(line)  # no batch started: every line is checked
+        quick.start_batch()
+        assert quick.answer(line) == expected, line
+
+
+def test_a_remembered_authority_is_answered_without_a_check_and_a_listed_one_with(published, monkeypatch) -> None:
+    from resolver_plugin.cache import LiveMatcher
+    from resolver_plugin.enforcement.squid_helper import SquidHelper
+
+    helper = SquidHelper(LiveMatcher(published.config()))
+    checks: list[bytes] = []
+    check = helper._check
+    monkeypatch.setattr(helper, "_check", lambda line: checks.append(line) or check(line))
+    helper.start_batch()
+    assert helper.answer(b"3 http://good.example/a -") == b"3 ERR"
+    assert helper.answer(b"4 http://good.example/b?c -") == b"4 ERR"
+    assert helper.answer(b"http://bad.example/page.html -") == OK_DEFAULT
+    assert helper.answer(b"http://bad.example/page.html -") == OK_DEFAULT
+    assert checks == [b"3 http://good.example/a -", b"http://bad.example/page.html -",
+                      b"http://bad.example/page.html -"]

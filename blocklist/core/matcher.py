@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -352,6 +352,12 @@ class Matcher:
 
     def versions(self) -> dict[str, int]:
         return {f.name: f.version for f in self.filters}
+
+    @property
+    def remembered(self) -> Mapping[str, Verdict]:
+        """The verdicts check() remembers per plain authority: a URL whose authority (as `_PLAIN`
+        reads it) is here gets this verdict, whatever its path."""
+        return self._authority_verdicts
 
     def replace(self, new: ListFilter) -> Matcher:
         """A matcher with `new` in place of the filter of the same list (or added)."""
