@@ -10,8 +10,9 @@ for --quick or --sizes) when matplotlib is installed (pip install -e '.[bench]')
 Squid/squidGuard, proxy, Unbound, propagation, fleet and memory (8 helpers sharing one
 mapped list, 100 swaps) measurements run the scripts beside
 this one (tools/bench_*.py) as subprocesses and take their JSON; one that cannot run (a
-missing program) is reported, not hidden. The Unbound rows compare stage 1 with plain
-Unbound and with Unbound's own RPZ (a zone of the same hosts, which bench_unbound builds
+missing program) is reported, not hidden. The full run also counts the Squid helper's and
+squidGuard's instructions per line under callgrind (bench_squid --callgrind). The Unbound
+rows compare stage 1 with plain Unbound and with Unbound's own RPZ (a zone of the same hosts, which bench_unbound builds
 and checks answers alike), and say how fast a new version reaches cached names, what the
 cache flush costs, and whether the resolver's memory stays flat over reloads.
 """
@@ -192,9 +193,12 @@ def main() -> None:
         "unbound": ("bench_unbound.py", 3600), "propagation": ("bench_propagation.py", 900),
         "fleet": ("bench_fleet.py", 1500), "memory": ("bench_memory.py", 1800),
     }
+    # the full run also counts the helper's and squidGuard's instructions per line: a figure the
+    # VM's noise does not move, beside their timed ones that it does
+    extra = {} if args.quick else {"squid": ["--callgrind", "80000"]}
     for name, (script, timeout) in peers.items():
         print(f"bench: {name}", file=sys.stderr)
-        result[name] = run_peer_bench(script, quick, timeout)
+        result[name] = run_peer_bench(script, quick + extra.get(name, []), timeout)
     (OUT / "bench.json").write_text(json.dumps(result, indent=1))
     print(table(summary_rows(result)))
     # the full run's plots are the ones docs/BENCHMARKS.md shows; a quick or partial run keeps its own
