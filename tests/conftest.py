@@ -18,7 +18,8 @@ from click.testing import CliRunner, Result
 from blocklist.cli import main as blocklist_main
 from tests.support.net import free_port
 from tests.support.nodes import enroll
-from tests.support.proxy import make_origin
+from tests.support.proxy import RunningProxy, make_origin, start_proxy
+from tests.support.raw_origin import RawOrigin
 from tests.support.status import SOURCE, publish
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -199,3 +200,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def soak(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--soak"))
+
+
+@pytest.fixture
+def raw_origin() -> Iterator[RawOrigin]:
+    """tests.support.raw_origin's origin, running."""
+    with RawOrigin() as origin:
+        yield origin
+
+
+@pytest.fixture
+def proxy(installed: Plugin, tmp_path: Path) -> Iterator[RunningProxy]:
+    """A running `blocklist-plugin proxy` of the installed plugin (upstream timeout 3 s); a test
+    module may define its own."""
+    running = start_proxy(installed, tmp_path, upstream_timeout=3)
+    yield running
+    running.stop()

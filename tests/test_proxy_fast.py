@@ -12,19 +12,16 @@ import asyncio
 import re
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from resolver_plugin.enforcement.proxy import fast
 from resolver_plugin.enforcement.proxy.head import RequestError, read_head
 from resolver_plugin.enforcement.proxy.origin import BadResponse, read_response_head
-from tests.conftest import Plugin
-from tests.support.proxy import RunningProxy, start_proxy
-from tests.test_proxy_origin import BODY, RawOrigin, dechunk
+from tests.support.proxy import RunningProxy
+from tests.support.raw_origin import BODY, RawOrigin
+from tests.test_proxy_origin import dechunk
 
 REQUEST_PARTS = [b"GET http://a.test/ HTTP/1.1", b"HEAD /x?y=1 HTTP/1.0", b"G T / HTTP/1.1", b"GET / HTTP/2.0",
                  b"GET  / HTTP/1.1", b"Host: a.test", b"host:a.test  ", b"Content-Length: 5", b"Content-Length: 0",
@@ -113,19 +110,6 @@ def test_every_response_head_the_fast_way_takes_is_reframed_as_origin_py_does() 
 
     check()
     assert taken
-
-
-@pytest.fixture
-def raw_origin() -> Iterator[RawOrigin]:
-    with RawOrigin() as origin:
-        yield origin
-
-
-@pytest.fixture
-def proxy(installed: Plugin, tmp_path: Path) -> Iterator[RunningProxy]:
-    running = start_proxy(installed, tmp_path, upstream_timeout=3)
-    yield running
-    running.stop()
 
 
 def _read_all(sock: socket.socket) -> bytes:
